@@ -1,0 +1,597 @@
+//! Planning and local execution of a sealed workflow.
+//!
+//! The executor is a dispatcher: it starts a step when all its inputs are available, at most `jobs` at
+//! a time, each on a blocking thread (steps are CPU- or process-bound), and reports everything as
+//! `Event`s on a channel; one reporter (in the CLI) turns events into output. A step's key is known only
+//! once its inputs' artifact digests are: that is what gives early cutoff (a rerun that produces the
+//! same bytes leaves its dependents' keys unchanged).
+
+use crate::artifact::ArtifactType;
+use crate::digest::{ArtifactDigest, FileDigest, StepKey};
+use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
+use crate::memo::Memo;
+use crate::step::{CancelToken, InputArtifact, Progress, RunContext, StepError};
+use crate::store::{Entry, Producer, RunRecord, Store, StoreError};
+use crate::workflow::Workflow;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+}
+
+/// Events from a run, in the order they happen.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        step: String,
+        kind: &'static str,
+        key: StepKey,
+    },
+    Progress {
+        step: String,
+        message: Option<String>,
+        done: u64,
+        total: u64,
+    },
+    Finished(StepOutcome),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    pub digest: ArtifactDigest,
+    pub path: PathBuf,
+}
+
+/// The result of one step, as printed by `wf run --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub id: String,
+    pub kind: &'static str,
+    pub status: Status,
+    pub key: Option<StepKey>,
+    pub seconds: f64,
+    pub output: Option<Output>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Detail of a failure (e.g. the stderr tail of a command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub steps: Vec<StepOutcome>,
+}
+
+impl RunSummary {
+    pub fn failed(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.status, Status::Failed | Status::Skipped))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Steps that may run at once.
+    pub jobs: usize,
+    /// Threads a step may use internally.
+    pub threads: usize,
+    /// Step ids to recompute even when cached.
+    pub force: BTreeSet<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        RunOptions {
+            jobs: cores,
+            threads: cores,
+            force: BTreeSet::new(),
+        }
+    }
+}
+
+/// Computes the key components of step `i` given its inputs' digests; hashes declared local files.
+pub fn key_components(
+    wf: &Workflow,
+    i: usize,
+    inputs: &BTreeMap<String, ArtifactDigest>,
+    memo: &Memo,
+) -> Result<KeyComponents, StepError> {
+    let def = &wf.steps[i];
+    let mut files = BTreeMap::new();
+    for rel in def.step.local_files(&def.params) {
+        hash_local(&wf.dir, &rel, memo, &mut files)?;
+    }
+    Ok(KeyComponents {
+        schema: KEY_SCHEMA,
+        kind: def.kind().to_string(),
+        version: def.step.version(),
+        params: canonical_json(&serde_json::Value::Object(
+            def.params
+                .values()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )),
+        seed: def.step.seeded().then_some(wf.seed),
+        inputs: inputs.clone(),
+        files,
+    })
+}
+
+/// Adds the digests of a declared file, or of every file under a declared directory (symbolic links
+/// followed), keyed by their path relative to the workflow directory.
+fn hash_local(
+    dir: &Path,
+    rel: &str,
+    memo: &Memo,
+    out: &mut BTreeMap<String, FileDigest>,
+) -> Result<(), StepError> {
+    let rel = rel.trim_end_matches('/');
+    let path = dir.join(rel);
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| StepError::new(format!("declared file `{rel}` ({}): {e}", path.display())))?;
+    if meta.is_file() {
+        let d = memo
+            .digest(&path, &meta)
+            .map_err(|e| StepError::new(format!("reading `{rel}`: {e}")))?;
+        out.insert(rel.to_string(), d);
+    } else if meta.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&path)
+            .map_err(|e| StepError::new(format!("reading directory `{rel}`: {e}")))?
+            .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+            .collect();
+        names.sort();
+        for name in names {
+            hash_local(dir, &format!("{rel}/{name}"), memo, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of `wf plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStep {
+    pub id: String,
+    pub kind: &'static str,
+    pub key: Option<StepKey>,
+    pub cache: &'static str,
+    pub reason: String,
+}
+
+/// What a run would do, without running anything. A step after a miss has no key yet: its inputs are
+/// not computed.
+pub fn plan(
+    wf: &Workflow,
+    store: &Store,
+    force: &BTreeSet<String>,
+) -> Result<Vec<PlanStep>, StoreError> {
+    let memo = Memo::load(&store.memo_path());
+    let mut produced: Vec<Option<ArtifactDigest>> = vec![None; wf.steps.len()];
+    let mut out = Vec::new();
+    for (i, def) in wf.steps.iter().enumerate() {
+        let mut inputs = BTreeMap::new();
+        let mut waiting = Vec::new();
+        for (slot, &p) in &def.inputs {
+            match produced[p] {
+                Some(d) => {
+                    inputs.insert(slot.clone(), d);
+                }
+                None => waiting.push(format!("`{}`", wf.steps[p].id)),
+            }
+        }
+        if !waiting.is_empty() {
+            waiting.dedup();
+            out.push(PlanStep {
+                id: def.id.clone(),
+                kind: def.kind(),
+                key: None,
+                cache: "miss",
+                reason: format!(
+                    "runs after {} (its key depends on their outputs)",
+                    waiting.join(", ")
+                ),
+            });
+            continue;
+        }
+        let components = match key_components(wf, i, &inputs, &memo) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(PlanStep {
+                    id: def.id.clone(),
+                    kind: def.kind(),
+                    key: None,
+                    cache: "miss",
+                    reason: e.message,
+                });
+                continue;
+            }
+        };
+        let key = components.key();
+        let entry = store.lookup(&key)?;
+        let (cache, reason) = match (&entry, force.contains(&def.id)) {
+            (_, true) => ("miss", "forced (--force)".to_string()),
+            (Some(_), false) => ("hit", "cached".to_string()),
+            (None, false) => ("miss", miss_reason(store, wf, &def.id, &key, &components)),
+        };
+        if let (Some(e), false) = (&entry, force.contains(&def.id)) {
+            produced[i] = Some(e.artifact);
+        }
+        out.push(PlanStep {
+            id: def.id.clone(),
+            kind: def.kind(),
+            key: Some(key),
+            cache,
+            reason,
+        });
+    }
+    memo.save();
+    Ok(out)
+}
+
+fn miss_reason(store: &Store, wf: &Workflow, id: &str, key: &StepKey, c: &KeyComponents) -> String {
+    match store.last_run(&wf.name, id) {
+        None => "never run".to_string(),
+        Some(prev) if prev.key == *key => "output no longer in the cache".to_string(),
+        Some(prev) => {
+            let reasons = c.changes_since(&prev.components);
+            if reasons.is_empty() {
+                "key changed".to_string()
+            } else {
+                reasons.join("; ")
+            }
+        }
+    }
+}
+
+struct ChannelProgress {
+    step: String,
+    tx: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+impl Progress for ChannelProgress {
+    fn message(&self, msg: &str) {
+        let _ = self.tx.send(Event::Progress {
+            step: self.step.clone(),
+            message: Some(msg.to_string()),
+            done: 0,
+            total: 0,
+        });
+    }
+    fn advance(&self, done: u64, total: u64) {
+        let _ = self.tx.send(Event::Progress {
+            step: self.step.clone(),
+            message: None,
+            done,
+            total,
+        });
+    }
+}
+
+/// Runs the workflow. Events go to `events`; the summary lists every step in topological order.
+pub async fn run(
+    wf: Arc<Workflow>,
+    store: Arc<Store>,
+    opts: RunOptions,
+    cancel: CancelToken,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+) -> RunSummary {
+    let n = wf.steps.len();
+    let memo = Arc::new(Memo::load(&store.memo_path()));
+    let mut outcomes: Vec<Option<StepOutcome>> = vec![None; n];
+    let mut artifacts: Vec<Option<(ArtifactType, ArtifactDigest)>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut running = 0usize;
+    let mut stopped = false;
+    let mut set: tokio::task::JoinSet<(usize, StepOutcome)> = tokio::task::JoinSet::new();
+    let jobs = opts.jobs.max(1);
+
+    loop {
+        if cancel.is_cancelled() {
+            stopped = true;
+        }
+        // Start every ready step while there is room.
+        if !stopped {
+            for i in 0..n {
+                if running >= jobs {
+                    break;
+                }
+                if started[i] {
+                    continue;
+                }
+                let def = &wf.steps[i];
+                if !def.inputs.values().all(|&p| artifacts[p].is_some()) {
+                    continue;
+                }
+                started[i] = true;
+                running += 1;
+                let inputs: BTreeMap<String, InputArtifact> = def
+                    .inputs
+                    .iter()
+                    .map(|(slot, &p)| {
+                        let (ty, digest) = artifacts[p].expect("ready");
+                        (
+                            slot.clone(),
+                            InputArtifact {
+                                ty,
+                                digest,
+                                path: store.artifact_path(&digest),
+                            },
+                        )
+                    })
+                    .collect();
+                let (wf, store, memo, opts, cancel, tx) = (
+                    wf.clone(),
+                    store.clone(),
+                    memo.clone(),
+                    opts.clone(),
+                    cancel.clone(),
+                    events.clone(),
+                );
+                let handle = tokio::task::spawn_blocking(move || {
+                    let t0 = Instant::now();
+                    let mut outcome = run_one(&wf, i, &store, &memo, &opts, &cancel, &inputs, &tx);
+                    outcome.seconds = t0.elapsed().as_secs_f64();
+                    outcome
+                });
+                let kind = def.kind();
+                let id = def.id.clone();
+                set.spawn(async move {
+                    let outcome = match handle.await {
+                        Ok(o) => o,
+                        Err(e) => failed_outcome(
+                            &id,
+                            kind,
+                            None,
+                            format!("step crashed: {e}"),
+                            None,
+                            None,
+                        ),
+                    };
+                    (i, outcome)
+                });
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        let (i, outcome) = joined.expect("the wrapper task never panics");
+        running -= 1;
+        match outcome.status {
+            Status::Ran | Status::Cached => {
+                if let Some(o) = &outcome.output {
+                    artifacts[i] = Some((wf.steps[i].output, o.digest));
+                }
+            }
+            Status::Failed | Status::Skipped => stopped = true,
+        }
+        let _ = events.send(Event::Finished(outcome.clone()));
+        outcomes[i] = Some(outcome);
+    }
+    memo.save();
+
+    // Whatever never started was skipped: after a failed input, or because the run stopped.
+    for i in 0..n {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        let def = &wf.steps[i];
+        let failed_input = def.inputs.values().find_map(|&p| match &outcomes[p] {
+            Some(o) if matches!(o.status, Status::Failed | Status::Skipped) => {
+                Some(wf.steps[p].id.clone())
+            }
+            _ => None,
+        });
+        let reason = match failed_input {
+            Some(p) => format!("input `{p}` did not complete"),
+            None if cancel.is_cancelled() => "the run was interrupted".to_string(),
+            None => "the run stopped after a failure".to_string(),
+        };
+        let outcome = StepOutcome {
+            id: def.id.clone(),
+            kind: def.kind(),
+            status: Status::Skipped,
+            key: None,
+            seconds: 0.0,
+            output: None,
+            error: Some(reason),
+            detail: None,
+            log: None,
+        };
+        let _ = events.send(Event::Finished(outcome.clone()));
+        outcomes[i] = Some(outcome);
+    }
+    RunSummary {
+        steps: outcomes
+            .into_iter()
+            .map(|o| o.expect("every step has an outcome"))
+            .collect(),
+    }
+}
+
+fn failed_outcome(
+    id: &str,
+    kind: &'static str,
+    key: Option<StepKey>,
+    error: String,
+    detail: Option<String>,
+    log: Option<PathBuf>,
+) -> StepOutcome {
+    StepOutcome {
+        id: id.to_string(),
+        kind,
+        status: Status::Failed,
+        key,
+        seconds: 0.0,
+        output: None,
+        error: Some(error),
+        detail,
+        log,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    wf: &Workflow,
+    i: usize,
+    store: &Store,
+    memo: &Memo,
+    opts: &RunOptions,
+    cancel: &CancelToken,
+    inputs: &BTreeMap<String, InputArtifact>,
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+) -> StepOutcome {
+    let def = &wf.steps[i];
+    let (id, kind) = (def.id.as_str(), def.kind());
+    let digests: BTreeMap<String, ArtifactDigest> =
+        inputs.iter().map(|(s, a)| (s.clone(), a.digest)).collect();
+    let components = match key_components(wf, i, &digests, memo) {
+        Ok(c) => c,
+        Err(e) => return failed_outcome(id, kind, None, e.message, e.detail, None),
+    };
+    let key = components.key();
+    let forced = opts.force.contains(id);
+    let done = |entry: Entry, status: Status| {
+        let record = RunRecord {
+            key,
+            components: components.clone(),
+            artifact: Some(entry.artifact),
+        };
+        if let Err(e) = store.save_run(&wf.name, id, &record) {
+            tracing::warn!("could not save run record of {id}: {e}");
+        }
+        StepOutcome {
+            id: id.to_string(),
+            kind,
+            status,
+            key: Some(key),
+            seconds: 0.0,
+            output: Some(Output {
+                digest: entry.artifact,
+                path: store.artifact_path(&entry.artifact),
+            }),
+            error: None,
+            detail: None,
+            log: None,
+        }
+    };
+    let store_err = |e: StoreError| failed_outcome(id, kind, Some(key), e.to_string(), None, None);
+
+    if !forced {
+        match store.lookup(&key) {
+            Ok(Some(entry)) => return done(entry, Status::Cached),
+            Ok(None) => {}
+            Err(e) => return store_err(e),
+        }
+    }
+    // One computation per key across processes; whoever waited finds the other's result.
+    let _lock = match store.lock_key(&key) {
+        Ok(l) => l,
+        Err(e) => return store_err(e),
+    };
+    if !forced {
+        match store.lookup(&key) {
+            Ok(Some(entry)) => return done(entry, Status::Cached),
+            Ok(None) => {}
+            Err(e) => return store_err(e),
+        }
+    }
+    if cancel.is_cancelled() {
+        return failed_outcome(
+            id,
+            kind,
+            Some(key),
+            "the run was interrupted".into(),
+            None,
+            None,
+        );
+    }
+    let staging = match store.stage(id) {
+        Ok(s) => s,
+        Err(e) => return store_err(e),
+    };
+    let _ = tx.send(Event::Started {
+        step: id.to_string(),
+        kind,
+        key,
+    });
+    tracing::debug!(step = id, key = %key, "running");
+    let progress = ChannelProgress {
+        step: id.to_string(),
+        tx: tx.clone(),
+    };
+    let cx = RunContext {
+        step_id: id,
+        workflow_dir: &wf.dir,
+        params: &def.params,
+        inputs,
+        out_dir: &staging.out,
+        scratch_dir: &staging.scratch,
+        log_path: &staging.log,
+        seed: wf.seed,
+        threads: opts.threads.max(1),
+        local_files: &components.files,
+        cancel,
+        progress: &progress,
+        store,
+    };
+    let result = def.step.run(&cx);
+    let log = store.keep_log(&staging, &wf.name, id);
+    match result {
+        Err(e) => failed_outcome(id, kind, Some(key), e.message, e.detail, log),
+        Ok(()) if cancel.is_cancelled() => failed_outcome(
+            id,
+            kind,
+            Some(key),
+            "the run was interrupted".into(),
+            None,
+            log,
+        ),
+        Ok(()) => {
+            let producer = Producer {
+                workflow: wf.name.clone(),
+                step: id.to_string(),
+            };
+            match store.commit(
+                &staging,
+                &key,
+                &components,
+                def.output,
+                producer,
+                opts.threads,
+            ) {
+                Ok(entry) => {
+                    let mut o = done(entry, Status::Ran);
+                    o.log = log;
+                    o
+                }
+                Err(e) => failed_outcome(
+                    id,
+                    kind,
+                    Some(key),
+                    format!("committing the output: {e}"),
+                    None,
+                    log,
+                ),
+            }
+        }
+    }
+}

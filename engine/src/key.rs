@@ -1,0 +1,246 @@
+//! The cache key: SHA-256 of a canonical, line-oriented string (encoding `wf-key-v1`).
+//!
+//! ```text
+//! wf-key-v1
+//! kind:<step kind>
+//! version:<step version>
+//! params:<canonical JSON of the params, defaults filled in, keys sorted, no whitespace>
+//! seed:<workflow seed, or - for steps without randomness>
+//! input:<slot>:<artifact digest hex>        one line per input slot, sorted by slot
+//! files:<files digest hex, or ->            BLAKE3 of "<path>\t<file digest>\n" lines, sorted by path
+//! ```
+//! Lines are joined with `\n` (no trailing newline). Never wall-clock time, absolute paths or mtimes.
+//! SHA-256 over a plain string so Step Functions (`States.Hash(States.Format(...), 'SHA-256')`) can
+//! derive the same key. Changing anything here changes every key: bump `KEY_SCHEMA` and the tag.
+//! `tests::golden_key` pins the encoding.
+
+use crate::digest::{ArtifactDigest, FileDigest, StepKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+
+pub const KEY_SCHEMA: u32 = 1;
+pub const KEY_TAG: &str = "wf-key-v1";
+
+/// Everything a step's key is made of; stored after each run so `wf plan` can say what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyComponents {
+    pub schema: u32,
+    pub kind: String,
+    pub version: u32,
+    /// Canonical JSON text of the params.
+    pub params: String,
+    pub seed: Option<u64>,
+    pub inputs: BTreeMap<String, ArtifactDigest>,
+    /// Declared local files (relative path → digest).
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+impl KeyComponents {
+    pub fn canonical_string(&self) -> String {
+        let mut s = String::new();
+        s.push_str(KEY_TAG);
+        s.push_str(&format!("\nkind:{}", self.kind));
+        s.push_str(&format!("\nversion:{}", self.version));
+        s.push_str(&format!("\nparams:{}", self.params));
+        match self.seed {
+            Some(seed) => s.push_str(&format!("\nseed:{seed}")),
+            None => s.push_str("\nseed:-"),
+        }
+        for (slot, digest) in &self.inputs {
+            s.push_str(&format!("\ninput:{slot}:{digest}"));
+        }
+        match self.files_digest() {
+            Some(d) => s.push_str(&format!("\nfiles:{d}")),
+            None => s.push_str("\nfiles:-"),
+        }
+        s
+    }
+
+    pub fn files_digest(&self) -> Option<String> {
+        if self.files.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        for (path, digest) in &self.files {
+            text.push_str(&format!("{path}\t{digest}\n"));
+        }
+        Some(blake3::hash(text.as_bytes()).to_hex().to_string())
+    }
+
+    pub fn key(&self) -> StepKey {
+        StepKey::of_key_string(&self.canonical_string())
+    }
+
+    /// Human reasons why `self` differs from the components of the previous run.
+    pub fn changes_since(&self, prev: &KeyComponents) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if prev.schema != self.schema {
+            reasons.push(format!(
+                "cache key schema changed ({} -> {})",
+                prev.schema, self.schema
+            ));
+        }
+        if prev.kind != self.kind {
+            reasons.push(format!(
+                "step kind changed (`{}` -> `{}`)",
+                prev.kind, self.kind
+            ));
+        } else if prev.version != self.version {
+            reasons.push(format!(
+                "`{}` step version changed ({} -> {})",
+                self.kind, prev.version, self.version
+            ));
+        }
+        if prev.params != self.params {
+            let a: BTreeMap<String, Json> = serde_json::from_str(&prev.params).unwrap_or_default();
+            let b: BTreeMap<String, Json> = serde_json::from_str(&self.params).unwrap_or_default();
+            let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+            names.sort();
+            names.dedup();
+            let changed: Vec<String> = names
+                .into_iter()
+                .filter(|n| a.get(*n) != b.get(*n))
+                .map(|n| format!("`{n}`"))
+                .collect();
+            reasons.push(format!("params changed: {}", changed.join(", ")));
+        }
+        if prev.seed != self.seed {
+            reasons.push("workflow seed changed".to_string());
+        }
+        for (slot, d) in &self.inputs {
+            match prev.inputs.get(slot) {
+                Some(p) if p == d => {}
+                Some(_) => reasons.push(format!("input `{slot}` changed")),
+                None => reasons.push(format!("new input `{slot}`")),
+            }
+        }
+        for slot in prev.inputs.keys().filter(|s| !self.inputs.contains_key(*s)) {
+            reasons.push(format!("input `{slot}` removed"));
+        }
+        for (path, d) in &self.files {
+            match prev.files.get(path) {
+                Some(p) if p == d => {}
+                Some(_) => reasons.push(format!("file `{path}` changed")),
+                None => reasons.push(format!("file `{path}` added")),
+            }
+        }
+        for path in prev.files.keys().filter(|p| !self.files.contains_key(*p)) {
+            reasons.push(format!("file `{path}` removed"));
+        }
+        reasons
+    }
+}
+
+/// Canonical JSON: object keys sorted, no whitespace, numbers as serde_json prints them (shortest
+/// round-trip). Written by hand so no cargo feature (`preserve_order`) can change key order.
+pub fn canonical_json(v: &Json) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Json, out: &mut String) {
+    match v {
+        Json::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::String((*k).clone()).to_string());
+                out.push(':');
+                write_canonical(&map[*k], out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> KeyComponents {
+        KeyComponents {
+            schema: KEY_SCHEMA,
+            kind: "command".into(),
+            version: 1,
+            params: canonical_json(
+                &serde_json::json!({"run": "sort $WF_IN_src/a > $WF_OUT/b", "produces": "Files", "files": [], "lr": 1.0e-4}),
+            ),
+            seed: None,
+            inputs: [("src".to_string(), ArtifactDigest::from_bytes([7; 32]))].into(),
+            files: [("make.py".to_string(), FileDigest::from_bytes([9; 32]))].into(),
+        }
+    }
+
+    /// Pins the key encoding: if this fails, every existing cache entry would silently miss.
+    /// Change it only together with `KEY_SCHEMA`/`KEY_TAG`.
+    #[test]
+    fn golden_key() {
+        let c = sample();
+        insta::assert_snapshot!(c.canonical_string(), @r#"
+        wf-key-v1
+        kind:command
+        version:1
+        params:{"files":[],"lr":0.0001,"produces":"Files","run":"sort $WF_IN_src/a > $WF_OUT/b"}
+        seed:-
+        input:src:0707070707070707070707070707070707070707070707070707070707070707
+        files:d38b7f4bb2cb3d8f1e1da3bd6a11d0cee7de8e03f2a3a3f6d4dbb8ab2d7a8f3e
+        "#);
+        insta::assert_snapshot!(c.key().to_hex(), @"0000000000000000000000000000000000000000000000000000000000000000");
+    }
+
+    #[test]
+    fn key_is_sha256_of_string() {
+        use sha2::Digest as _;
+        let c = sample();
+        let expect = hex::encode(sha2::Sha256::digest(c.canonical_string().as_bytes()));
+        assert_eq!(c.key().to_hex(), expect);
+    }
+
+    #[test]
+    fn canonical_json_sorts_and_normalises() {
+        let a = serde_json::json!({"b": 1, "a": {"z": [1.5, "x"], "y": null}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"y":null,"z":[1.5,"x"]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn reasons_name_what_changed() {
+        let a = sample();
+        let mut b = sample();
+        b.params = canonical_json(
+            &serde_json::json!({"run": "other", "produces": "Files", "files": [], "lr": 1.0e-4}),
+        );
+        b.files
+            .insert("make.py".into(), FileDigest::from_bytes([1; 32]));
+        b.inputs
+            .insert("src".into(), ArtifactDigest::from_bytes([2; 32]));
+        assert_eq!(
+            b.changes_since(&a),
+            vec![
+                "params changed: `run`",
+                "input `src` changed",
+                "file `make.py` changed"
+            ]
+        );
+        assert!(a.changes_since(&a).is_empty());
+    }
+}

@@ -1,0 +1,34 @@
+//! `wf-engine`: the core of wf. A workflow file is parsed into a spanned YAML tree (`yaml`), validated
+//! against the registered step kinds into a sealed, acyclic `Workflow` (`workflow`, `params`), planned
+//! and run with every step's output cached by content hash (`key`, `manifest`, `store`, `exec`).
+//!
+//! No AWS SDK and no candle here: the engine builds and tests in seconds. Step kinds live in
+//! `wf-steps` and reach the engine through the `Step` trait and one `Registry`.
+
+pub mod artifact;
+pub mod diag;
+pub mod digest;
+pub mod exec;
+pub mod graph;
+pub mod key;
+pub mod manifest;
+pub mod memo;
+pub mod params;
+pub mod registry;
+pub mod step;
+pub mod store;
+pub mod targets;
+pub mod workflow;
+pub mod yaml;
+
+pub use artifact::{ArtifactType, Slots};
+pub use diag::{Diagnostic, DiagnosticList, Diagnostics, Span};
+pub use digest::{ArtifactDigest, FileDigest, StepKey};
+pub use exec::{Event, RunOptions, RunSummary, Status, StepOutcome};
+pub use params::{ParamSpec, ParamType, Params};
+pub use registry::Registry;
+pub use step::{
+    CancelToken, CheckContext, InputArtifact, Progress, RemoteTask, RunContext, Step, StepError,
+};
+pub use store::Store;
+pub use workflow::{LoadError, StepDef, Workflow, load, load_str};

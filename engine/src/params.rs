@@ -1,0 +1,343 @@
+//! Typed step parameters: each step declares a schema; `with:` is checked against it (unknown keys,
+//! missing required keys, wrong types — all reported at once, with positions) and turned into a
+//! canonical JSON object that feeds the cache key and the step's own typed struct.
+
+use crate::diag::{Diagnostics, Span};
+use crate::yaml::{Node, Plain, Value};
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy)]
+pub enum ParamType {
+    Str,
+    /// An integer within an inclusive range.
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// A finite number; integers are accepted and stored as floats (so `1` and `1.0` hash the same).
+    Float,
+    Bool,
+    /// One of the listed strings.
+    Enum(&'static [&'static str]),
+    List(&'static ParamType),
+    /// A mapping from names to strings.
+    StrMap,
+    /// Any YAML value; the step checks its structure itself (with positions) in `Step::check`.
+    Any,
+}
+
+impl ParamType {
+    pub const fn int_min(min: i64) -> Self {
+        ParamType::Int { min, max: i64::MAX }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ParamType::Str => "a string".into(),
+            ParamType::Int { min, max } if *max == i64::MAX && *min == i64::MIN => {
+                "an integer".into()
+            }
+            ParamType::Int { min, max } if *max == i64::MAX => format!("an integer ≥ {min}"),
+            ParamType::Int { min, max } => format!("an integer in {min}..={max}"),
+            ParamType::Float => "a number".into(),
+            ParamType::Bool => "true or false".into(),
+            ParamType::Enum(options) => {
+                format!(
+                    "one of {}",
+                    options
+                        .iter()
+                        .map(|o| format!("`{o}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+            ParamType::List(inner) => format!("a list of {}", plural(&inner.describe())),
+            ParamType::StrMap => "a mapping of names to strings".into(),
+            ParamType::Any => "a value".into(),
+        }
+    }
+}
+
+fn plural(s: &str) -> String {
+    let s = s
+        .strip_prefix("an ")
+        .or_else(|| s.strip_prefix("a "))
+        .unwrap_or(s);
+    if s.starts_with("one of") {
+        format!("values, each {s}")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    /// `None`: required. `Some(json)`: the default, as JSON text (filled in before hashing, so writing
+    /// the default explicitly does not change the cache key).
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: None,
+            doc,
+        }
+    }
+    pub const fn optional(
+        name: &'static str,
+        ty: ParamType,
+        default: &'static str,
+        doc: &'static str,
+    ) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: Some(default),
+            doc,
+        }
+    }
+}
+
+/// Validated, canonical parameters of one step, with the source nodes kept for positioned checks.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    values: BTreeMap<String, Json>,
+    nodes: BTreeMap<String, Node>,
+    /// Where the `with:` block (or the step, when there is none) starts.
+    pub span: Span,
+}
+
+impl Params {
+    /// Builds params from values directly (tests, workers): no positions.
+    pub fn from_values(values: BTreeMap<String, Json>) -> Self {
+        Params {
+            values,
+            nodes: BTreeMap::new(),
+            span: Span::default(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Json> {
+        self.values.get(name)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// Position of a param's value, or of the `with:` block when it was defaulted.
+    pub fn span_of(&self, name: &str) -> Span {
+        self.nodes.get(name).map_or(self.span, |n| n.span)
+    }
+
+    pub fn values(&self) -> &BTreeMap<String, Json> {
+        &self.values
+    }
+
+    /// Canonical JSON: keys sorted, no whitespace, defaults filled in. Part of the cache key.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(&self.values).expect("JSON values always serialize")
+    }
+
+    /// The step's typed view of its params.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(Json::Object(self.values.clone().into_iter().collect()))
+    }
+}
+
+/// Checks `with:` against the schema. `context` names the step in messages (`step "train"`).
+pub fn validate(
+    specs: &[ParamSpec],
+    with: Option<&Node>,
+    step_span: Span,
+    context: &str,
+    diags: &mut Diagnostics,
+) -> Params {
+    let mut params = Params {
+        span: with.map_or(step_span, |w| w.span),
+        ..Params::default()
+    };
+    let entries: &[(crate::yaml::Key, Node)] = match with {
+        None => &[],
+        Some(node) if node.is_null() => &[],
+        Some(node) => match node.as_map() {
+            Some(m) => m,
+            None => {
+                diags.error(
+                    node.span,
+                    format!(
+                        "{context}: `with` must be a mapping of params, found {}",
+                        node.describe()
+                    ),
+                );
+                &[]
+            }
+        },
+    };
+    for (key, node) in entries {
+        let Some(spec) = specs.iter().find(|s| s.name == key.name) else {
+            let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            let msg = format!("{context}: unknown param `{}`", key.name);
+            match crate::diag::did_you_mean(&key.name, known.iter().copied()) {
+                Some(best) => {
+                    diags.error_with_help(key.span, msg, format!("did you mean `{best}`?"))
+                }
+                None if known.is_empty() => {
+                    diags.error_with_help(key.span, msg, "this step takes no params")
+                }
+                None => diags.error_with_help(
+                    key.span,
+                    msg,
+                    format!("known params: {}", known.join(", ")),
+                ),
+            }
+            continue;
+        };
+        if let Some(value) = convert(
+            &spec.ty,
+            node,
+            &format!("{context}: param `{}`", spec.name),
+            diags,
+        ) {
+            params.values.insert(spec.name.to_string(), value);
+            params.nodes.insert(spec.name.to_string(), node.clone());
+        }
+    }
+    for spec in specs {
+        if params.values.contains_key(spec.name) || entries.iter().any(|(k, _)| k.name == spec.name)
+        {
+            continue;
+        }
+        match spec.default {
+            Some(default) => {
+                let v: Json = serde_json::from_str(default).expect("param defaults are valid JSON");
+                params.values.insert(spec.name.to_string(), v);
+            }
+            None => diags.error_with_help(
+                params.span,
+                format!("{context}: missing required param `{}`", spec.name),
+                format!("`{}`: {}", spec.name, spec.doc),
+            ),
+        }
+    }
+    params
+}
+
+/// Converts one node to the canonical JSON of its declared type, or reports why it cannot.
+pub fn convert(ty: &ParamType, node: &Node, what: &str, diags: &mut Diagnostics) -> Option<Json> {
+    let mismatch = |diags: &mut Diagnostics| {
+        diags.error(
+            node.span,
+            format!(
+                "{what} expects {}, found {}",
+                ty.describe(),
+                node.describe()
+            ),
+        );
+        None
+    };
+    match ty {
+        ParamType::Str => match node.plain() {
+            Some(Plain::Str(s)) => Some(Json::String(s.to_string())),
+            _ => mismatch(diags),
+        },
+        ParamType::Int { min, max } => match node.plain() {
+            Some(Plain::Int(i)) if i >= *min && i <= *max => Some(Json::from(i)),
+            Some(Plain::Int(_)) => mismatch(diags),
+            _ => mismatch(diags),
+        },
+        ParamType::Float => match node.plain() {
+            Some(Plain::Int(i)) => Some(Json::from(i as f64)),
+            Some(Plain::Float(x)) if x.is_finite() => Some(Json::from(x)),
+            _ => mismatch(diags),
+        },
+        ParamType::Bool => match node.plain() {
+            Some(Plain::Bool(b)) => Some(Json::Bool(b)),
+            _ => mismatch(diags),
+        },
+        ParamType::Enum(options) => match node.plain() {
+            Some(Plain::Str(s)) if options.contains(&s) => Some(Json::String(s.to_string())),
+            Some(Plain::Str(s)) => {
+                let msg = format!("{what} expects {}, found \"{s}\"", ty.describe());
+                match crate::diag::did_you_mean(s, options.iter().copied()) {
+                    Some(best) => {
+                        diags.error_with_help(node.span, msg, format!("did you mean `{best}`?"))
+                    }
+                    None => diags.error(node.span, msg),
+                }
+                None
+            }
+            _ => mismatch(diags),
+        },
+        ParamType::List(inner) => match &node.value {
+            Value::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match convert(inner, item, &format!("{what}[{i}]"), diags) {
+                        Some(v) => out.push(v),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Json::Array(out))
+            }
+            _ => mismatch(diags),
+        },
+        ParamType::StrMap => match &node.value {
+            Value::Map(entries) => {
+                let mut out = serde_json::Map::new();
+                let mut ok = true;
+                for (k, v) in entries {
+                    match v.scalar_text() {
+                        Some(text) if !v.is_null() => {
+                            out.insert(k.name.clone(), Json::String(text.to_string()));
+                        }
+                        _ => {
+                            diags.error(
+                                v.span,
+                                format!(
+                                    "{what}.{} expects a string, found {}",
+                                    k.name,
+                                    v.describe()
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(Json::Object(out))
+            }
+            _ if node.is_null() => Some(Json::Object(serde_json::Map::new())),
+            _ => mismatch(diags),
+        },
+        ParamType::Any => Some(to_json(node)),
+    }
+}
+
+/// The core-schema JSON of any node (maps keep keys sorted, which is what canonical JSON needs).
+pub fn to_json(node: &Node) -> Json {
+    match &node.value {
+        Value::Map(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.name.clone(), to_json(v)))
+                .collect(),
+        ),
+        Value::Seq(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Scalar { .. } => match node.plain().expect("scalar") {
+            Plain::Null => Json::Null,
+            Plain::Bool(b) => Json::Bool(b),
+            Plain::Int(i) => Json::from(i),
+            Plain::Float(x) => serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number),
+            Plain::Str(s) => Json::String(s.to_string()),
+        },
+    }
+}

@@ -1,0 +1,154 @@
+//! The `Step` trait: what every kind of step (`uses:`) provides to the engine.
+//!
+//! A step declares its kind and version (bump the version when its behaviour changes, so cached outputs
+//! of the old behaviour are not reused), a param schema, typed input slots, and a typed output. It runs
+//! locally through `run`, and describes itself for remote execution through `remote` (consumed by the
+//! Step Functions compiler and the SageMaker executor). Steps are stateless; one instance serves all
+//! steps of its kind in a workflow.
+
+use crate::artifact::{ArtifactType, Slots};
+use crate::diag::Diagnostics;
+use crate::digest::{ArtifactDigest, FileDigest};
+use crate::params::{ParamSpec, Params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub trait Step: Send + Sync + 'static {
+    /// The YAML `uses:` name, e.g. `command`, `sharded-transform`.
+    fn kind(&self) -> &'static str;
+    /// Part of every cache key of this kind.
+    fn version(&self) -> u32;
+    /// One line for `wf` listings and did-you-mean help.
+    fn summary(&self) -> &'static str;
+    fn params(&self) -> &'static [ParamSpec];
+    fn inputs(&self) -> Slots;
+    /// The output type; may depend on params (the `command` step's `produces:`).
+    fn output(&self, params: &Params) -> ArtifactType;
+
+    /// Checks beyond the schema (structure of `Any` params, files that must exist), with positions.
+    fn check(&self, _params: &Params, _cx: &CheckContext<'_>, _diags: &mut Diagnostics) {}
+
+    /// Whether the workflow `seed` is part of this step's key (steps with randomness).
+    fn seeded(&self) -> bool {
+        false
+    }
+
+    /// Local files and directories (relative to the workflow file) whose content is part of the key.
+    fn local_files(&self, _params: &Params) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Runs the step: read inputs from `cx.inputs`, write the output into the empty `cx.out_dir`.
+    fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError>;
+
+    /// How this step runs remotely (SageMaker job, FSx import, ...).
+    fn remote(&self, params: &Params) -> RemoteTask;
+}
+
+/// What `check` may look at besides the params.
+pub struct CheckContext<'a> {
+    pub step_id: &'a str,
+    /// The directory holding the workflow file; relative paths resolve against it.
+    pub workflow_dir: &'a Path,
+}
+
+/// One resolved input of a running step.
+#[derive(Debug, Clone)]
+pub struct InputArtifact {
+    pub ty: ArtifactType,
+    pub digest: ArtifactDigest,
+    /// A read-only directory holding the artifact's files.
+    pub path: PathBuf,
+}
+
+/// Everything a running step sees.
+pub struct RunContext<'a> {
+    pub step_id: &'a str,
+    pub workflow_dir: &'a Path,
+    pub params: &'a Params,
+    pub inputs: &'a BTreeMap<String, InputArtifact>,
+    /// Empty directory the step fills; committed to the cache only if `run` returns `Ok`.
+    pub out_dir: &'a Path,
+    /// Scratch space removed after the step.
+    pub scratch_dir: &'a Path,
+    /// The step's log file: a step writes its diagnostics and child output here.
+    pub log_path: &'a Path,
+    pub seed: u64,
+    /// Threads the step may use.
+    pub threads: usize,
+    /// Digests of the declared local files, as used in the key.
+    pub local_files: &'a BTreeMap<String, FileDigest>,
+    pub cancel: &'a CancelToken,
+    pub progress: &'a dyn Progress,
+    /// The store, for steps that keep finer-grained caches of their own (per-case preprocessing).
+    pub store: &'a crate::store::Store,
+}
+
+/// Progress reporting from inside a step (the reporter decides how to show it).
+pub trait Progress: Send + Sync {
+    fn message(&self, msg: &str);
+    /// `done` of `total` units (cases, epochs, ...).
+    fn advance(&self, done: u64, total: u64);
+}
+
+/// A progress sink that drops everything.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn message(&self, _msg: &str) {}
+    fn advance(&self, _done: u64, _total: u64) {}
+}
+
+/// Set when the run is being stopped; long steps should poll it.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A step failure: a one-line message and an optional detail block (e.g. the stderr tail).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StepError {
+            message: message.into(),
+            detail: None,
+        }
+    }
+    pub fn with_detail(message: impl Into<String>, detail: impl Into<String>) -> Self {
+        StepError {
+            message: message.into(),
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+impl From<std::io::Error> for StepError {
+    fn from(e: std::io::Error) -> Self {
+        StepError::new(e.to_string())
+    }
+}
+
+/// The remote form of a step, for the Step Functions compiler and the SageMaker executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteTask {
+    /// A SageMaker Processing job running `wf worker <kind>`; `instances` from a param or 1.
+    Processing { instances: u32, sharded_input: bool },
+    /// A SageMaker Training job running `wf worker <kind>`.
+    Training { instances: u32 },
+    /// An FSx for Lustre file system linked to the input's S3 prefix.
+    FsxImport,
+}

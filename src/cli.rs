@@ -1,0 +1,430 @@
+//! Argument parsing (clap) and the subcommands of the CLI contract in DESIGN.md.
+
+use crate::report::Reporter;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use wf_engine::exec::{self, RunOptions};
+use wf_engine::{CancelToken, LoadError, Store, Workflow};
+
+/// Exit codes (documented in README.md).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_STEP_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "wf",
+    version,
+    about = "Typed, cached workflows for medical-imaging model training"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a workflow file; print every problem as FILE:LINE:COL: message.
+    Validate { file: PathBuf },
+    /// Show, per step, its cache key, whether it is cached, and why not.
+    Plan {
+        file: PathBuf,
+        /// Print one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Cache directory (default: `cache:` of the workflow, else .wf/cache beside it).
+        #[arg(long)]
+        cache: Option<String>,
+        /// Treat this step as forced (repeatable).
+        #[arg(long, value_name = "STEP")]
+        force: Vec<String>,
+    },
+    /// Run the workflow on this machine, reusing cached step outputs.
+    Run {
+        file: PathBuf,
+        /// Print the run summary as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Steps that may run at the same time (default: number of cores).
+        #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+        /// Recompute this step even if cached (repeatable).
+        #[arg(long, value_name = "STEP")]
+        force: Vec<String>,
+        /// Cache directory (default: `cache:` of the workflow, else .wf/cache beside it).
+        #[arg(long)]
+        cache: Option<String>,
+    },
+    /// Print the step graph.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Inspect and maintain a cache directory.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List cache entries.
+    Ls(CacheArgs),
+    /// Re-hash every stored file; exit 1 if anything is damaged.
+    Verify {
+        #[command(flatten)]
+        args: CacheArgs,
+        /// Remove damaged entries so the next run recomputes them.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove unreferenced data and crashed runs' leftovers.
+    Gc {
+        #[command(flatten)]
+        args: CacheArgs,
+        /// Also remove entries not used for this many days.
+        #[arg(long, value_name = "DAYS")]
+        older_than: Option<u64>,
+    },
+}
+
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// Cache directory (default: the workflow's, or ./.wf/cache).
+    #[arg(long)]
+    cache: Option<String>,
+    /// Use the cache of this workflow file.
+    #[arg(long)]
+    workflow: Option<PathBuf>,
+}
+
+/// An error that ends the command with an exit code.
+struct Fail(u8, String);
+
+impl Fail {
+    fn invalid(msg: impl Into<String>) -> Fail {
+        Fail(EXIT_INVALID, msg.into())
+    }
+}
+
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, msg)) => {
+            if !msg.is_empty() {
+                eprintln!("{msg}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    if let Ok(filter) = EnvFilter::try_from_env("WF_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Fail> {
+    match cli.command {
+        Command::Validate { file } => {
+            let wf = load(&file)?;
+            println!("{}: ok ({} steps)", file.display(), wf.steps.len());
+            Ok(EXIT_OK)
+        }
+        Command::Plan {
+            file,
+            json,
+            cache,
+            force,
+        } => {
+            let wf = load(&file)?;
+            let force = check_force(&wf, force)?;
+            let store = open_store(&wf, cache.as_deref())?;
+            let plan = exec::plan(&wf, &store, &force)
+                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+            if json {
+                let doc = serde_json::json!({ "steps": plan });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("plan serializes")
+                );
+            } else {
+                let w = plan.iter().map(|p| p.id.len()).max().unwrap_or(0);
+                let k = plan.iter().map(|p| p.kind.len()).max().unwrap_or(0);
+                for p in &plan {
+                    let key = p.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
+                    println!(
+                        "{:<w$}  {:<k$}  {key}  {:<4}  {}",
+                        p.id, p.kind, p.cache, p.reason
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Run {
+            file,
+            json,
+            jobs,
+            force,
+            cache,
+        } => {
+            let wf = load(&file)?;
+            let force = check_force(&wf, force)?;
+            let store = open_store(&wf, cache.as_deref())?;
+            let mut opts = RunOptions {
+                force,
+                ..RunOptions::default()
+            };
+            if let Some(j) = jobs {
+                opts.jobs = j as usize;
+            }
+            run(wf, store, opts, json)
+        }
+        Command::Graph { file, format } => {
+            let wf = load(&file)?;
+            let text = match format {
+                GraphFormat::Mermaid => wf_engine::graph::mermaid(&wf),
+                GraphFormat::Dot => wf_engine::graph::dot(&wf),
+            };
+            print!("{text}");
+            Ok(EXIT_OK)
+        }
+        Command::Cache { command } => cache_command(command),
+    }
+}
+
+fn load(file: &Path) -> Result<Workflow, Fail> {
+    let registry = wf_steps::registry();
+    match wf_engine::load(file, &registry) {
+        Ok(wf) => Ok(wf),
+        Err(LoadError::Read { path, source }) => Err(Fail::invalid(format!(
+            "error: cannot read workflow {}: {source}",
+            path.display()
+        ))),
+        Err(LoadError::Invalid(list)) => {
+            let n = list.0.len();
+            let plural = if n == 1 { "" } else { "s" };
+            Err(Fail::invalid(format!(
+                "{list}\nerror: {} is invalid ({n} problem{plural})",
+                file.display()
+            )))
+        }
+    }
+}
+
+fn check_force(wf: &Workflow, force: Vec<String>) -> Result<BTreeSet<String>, Fail> {
+    for f in &force {
+        if wf.step(f).is_none() {
+            let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
+            let hint = wf_engine::diag::did_you_mean(f, ids.iter().copied())
+                .map(|b| format!(" (did you mean `{b}`?)"))
+                .unwrap_or_default();
+            return Err(Fail::invalid(format!(
+                "error: --force {f}: no step `{f}` in {}{hint}",
+                wf.path.display()
+            )));
+        }
+    }
+    Ok(force.into_iter().collect())
+}
+
+/// `--cache` (relative to the current directory) > `cache:` (relative to the workflow) > .wf/cache.
+fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> Result<PathBuf, Fail> {
+    let (text, base) = match (flag, wf) {
+        (Some(f), _) => (f.to_string(), PathBuf::from(".")),
+        (None, Some(wf)) => match &wf.cache {
+            Some((c, _)) => (c.clone(), wf.dir.clone()),
+            None => return Ok(wf.dir.join(".wf").join("cache")),
+        },
+        (None, None) => return Ok(PathBuf::from(".wf").join("cache")),
+    };
+    if text.starts_with("s3://") {
+        return Err(Fail::invalid(format!(
+            "error: cache {text}: S3 caches are not supported by this build yet; use a local directory"
+        )));
+    }
+    Ok(base.join(text))
+}
+
+fn open_store(wf: &Workflow, flag: Option<&str>) -> Result<Store, Fail> {
+    let dir = cache_dir(Some(wf), flag)?;
+    Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))
+}
+
+fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> Result<u8, Fail> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Fail(
+                EXIT_STEP_FAILED,
+                format!("error: cannot start the runtime: {e}"),
+            )
+        })?;
+    let wf = Arc::new(wf);
+    let store = Arc::new(store);
+    let summary = rt.block_on(async {
+        let cancel = CancelToken::default();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = Reporter::new(&wf);
+        let printer = tokio::task::spawn_blocking(move || reporter.consume(rx));
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping running steps");
+                c.cancel();
+            }
+        });
+        let summary = exec::run(wf.clone(), store, opts, cancel, tx).await;
+        let _ = printer.await;
+        summary
+    });
+    if json {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serializes")
+        );
+    }
+    Ok(if summary.failed() {
+        EXIT_STEP_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
+    let resolve = |args: &CacheArgs| -> Result<PathBuf, Fail> {
+        let wf = args.workflow.as_deref().map(load).transpose()?;
+        cache_dir(wf.as_ref(), args.cache.as_deref())
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match command {
+        CacheCommand::Ls(args) => {
+            let dir = resolve(&args)?;
+            if !dir.is_dir() {
+                return Err(Fail::invalid(format!(
+                    "error: no cache at {}",
+                    dir.display()
+                )));
+            }
+            let store = Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))?;
+            let mut total = 0u64;
+            let entries = store.entries();
+            for (path, entry) in &entries {
+                match entry {
+                    Ok(e) => {
+                        total += e.bytes;
+                        println!(
+                            "{}  {:<18} {:<8} {:>6} files {:>10}  {}/{}",
+                            e.key.short(),
+                            e.kind,
+                            e.output_type,
+                            e.files,
+                            human_bytes(e.bytes),
+                            e.producer.workflow,
+                            e.producer.step
+                        );
+                    }
+                    Err(err) => println!("{}  (unreadable: {err})", path.display()),
+                }
+            }
+            eprintln!(
+                "{} entries, {} in {}",
+                entries.len(),
+                human_bytes(total),
+                store.root().display()
+            );
+            Ok(EXIT_OK)
+        }
+        CacheCommand::Verify { args, repair } => {
+            let dir = resolve(&args)?;
+            if !dir.is_dir() {
+                return Err(Fail::invalid(format!(
+                    "error: no cache at {}",
+                    dir.display()
+                )));
+            }
+            let store = Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))?;
+            let report = store
+                .verify(repair, threads)
+                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+            for p in &report.problems {
+                println!("{p}");
+            }
+            eprintln!(
+                "{} entries, {} files checked, {} problems{}",
+                report.entries,
+                report.files_checked,
+                report.problems.len(),
+                if repair {
+                    format!(", {} entries removed", report.removed)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(if report.problems.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_STEP_FAILED
+            })
+        }
+        CacheCommand::Gc { args, older_than } => {
+            let dir = resolve(&args)?;
+            if !dir.is_dir() {
+                return Err(Fail::invalid(format!(
+                    "error: no cache at {}",
+                    dir.display()
+                )));
+            }
+            let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
+                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+            eprintln!(
+                "removed {} entries, {} artifacts, {} objects ({}), {} staging directories",
+                report.entries_removed,
+                report.artifacts_removed,
+                report.objects_removed,
+                human_bytes(report.bytes_freed),
+                report.staging_removed
+            );
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

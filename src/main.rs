@@ -1,0 +1,11 @@
+//! The `wf` command line: parses arguments, loads the workflow, and hands off to the engine; one
+//! reporter turns run events into output. Exit codes: 0 success, 1 a step failed, 2 invalid input.
+
+mod cli;
+mod report;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

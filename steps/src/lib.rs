@@ -1,0 +1,13 @@
+//! `wf-steps`: the typed steps of wf and the one registry that lists them. Each step is one file:
+//! its params, its output artifact, the `Step` impl, and its tests.
+
+pub mod command;
+
+use wf_engine::Registry;
+
+/// Every step kind wf knows, registered explicitly (no inventory magic: this list is the source).
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(command::Command);
+    r
+}
