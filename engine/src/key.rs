@@ -200,9 +200,9 @@ mod tests {
         params:{"files":[],"lr":0.0001,"produces":"Files","run":"sort $WF_IN_src/a > $WF_OUT/b"}
         seed:-
         input:src:0707070707070707070707070707070707070707070707070707070707070707
-        files:d38b7f4bb2cb3d8f1e1da3bd6a11d0cee7de8e03f2a3a3f6d4dbb8ab2d7a8f3e
+        files:8f74f5fea47ad67706305f80551b2b9b664b0d4235cc0754c327902a5959cc4b
         "#);
-        insta::assert_snapshot!(c.key().to_hex(), @"0000000000000000000000000000000000000000000000000000000000000000");
+        insta::assert_snapshot!(c.key().to_hex(), @"965c00ebf0dbc25f455a871c468b8272b042a23c717d4615cbc43fc8b6f546e9");
     }
 
     #[test]

@@ -282,7 +282,7 @@ pub fn convert(ty: &ParamType, node: &Node, what: &str, diags: &mut Diagnostics)
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
                 for (i, item) in items.iter().enumerate() {
-                    match convert(inner, item, &format!("{what}[{i}]"), diags) {
+                    match convert(inner, item, &subpath(what, &format!("[{i}]")), diags) {
                         Some(v) => out.push(v),
                         None => ok = false,
                     }
@@ -319,6 +319,14 @@ pub fn convert(ty: &ParamType, node: &Node, what: &str, diags: &mut Diagnostics)
             _ => mismatch(diags),
         },
         ParamType::Any => Some(to_json(node)),
+    }
+}
+
+/// `param `x`` + `[1]` → `param `x[1]``.
+fn subpath(what: &str, suffix: &str) -> String {
+    match what.strip_suffix('`') {
+        Some(head) => format!("{head}{suffix}`"),
+        None => format!("{what}{suffix}"),
     }
 }
 

@@ -207,8 +207,8 @@ fn check_keys(node: &Node, diags: &mut Diagnostics) {
                     diags.error(
                         k.span,
                         format!(
-                            "duplicate key `{}` (first defined at line {})",
-                            k.name, first.span.line
+                            "duplicate key `{}` (first defined at {}:{})",
+                            k.name, first.span.line, first.span.col
                         ),
                     );
                 }
@@ -395,7 +395,7 @@ mod tests {
         let (_, errs) = parse_ok("a: 1\nb: 2\na: 3\n");
         assert_eq!(
             errs,
-            vec!["t.yaml:3:1: duplicate key `a` (first defined at line 1)"]
+            vec!["t.yaml:3:1: duplicate key `a` (first defined at 1:1)"]
         );
     }
 
