@@ -1,0 +1,10 @@
+//! wf-imaging: NIfTI I/O, MONAI-parity transforms, synthetic BraTS-like data and the rkyv sample format.
+//!
+//! Sits below the trainer and the steps and knows nothing of the engine. Array convention everywhere
+//! past loading: channel-first, C order `(C, X, Y, Z)` with Z fastest, exactly MONAI's / numpy's
+//! layout, so samples feed a MONAI-compatible UNet without transposition.
+
+pub mod error;
+pub mod nifti;
+
+pub use error::ImagingError;
