@@ -113,9 +113,8 @@ impl Step for Command {
                 diags.error(
                     span,
                     format!(
-                        "step `{}`: `files` entry `{rel}` does not exist (looked in {})",
-                        cx.step_id,
-                        cx.workflow_dir.display()
+                        "step `{}`: `files` entry `{rel}` does not exist (paths are relative to the workflow file)",
+                        cx.step_id
                     ),
                 );
             }
