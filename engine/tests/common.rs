@@ -41,7 +41,10 @@ impl Step for TestStep {
         Ok(())
     }
     fn remote(&self, _params: &Params) -> RemoteTask {
-        RemoteTask::Processing { instances: 1, sharded_input: false }
+        RemoteTask::Processing {
+            instances: 1,
+            sharded_input: false,
+        }
     }
 }
 
@@ -51,11 +54,26 @@ const FETCH: &[ParamSpec] = &[
 ];
 const PREPROCESS: &[ParamSpec] = &[
     ParamSpec::required("shards", ParamType::int_min(1), "parallel workers"),
-    ParamSpec::optional("labels", ParamType::Enum(&["msd", "brats"]), "\"msd\"", "label convention"),
-    ParamSpec::optional("pixdim", ParamType::List(&ParamType::Float), "[1.5,1.5,2.0]", "target spacing"),
+    ParamSpec::optional(
+        "labels",
+        ParamType::Enum(&["msd", "brats"]),
+        "\"msd\"",
+        "label convention",
+    ),
+    ParamSpec::optional(
+        "pixdim",
+        ParamType::List(&ParamType::Float),
+        "[1.5,1.5,2.0]",
+        "target spacing",
+    ),
 ];
 const TRAIN: &[ParamSpec] = &[
-    ParamSpec::optional("epochs", ParamType::int_min(1), "10", "passes over the data"),
+    ParamSpec::optional(
+        "epochs",
+        ParamType::int_min(1),
+        "10",
+        "passes over the data",
+    ),
     ParamSpec::optional("lr", ParamType::Float, "0.0001", "learning rate"),
     ParamSpec::optional("bf16", ParamType::Bool, "false", "mixed precision"),
 ];

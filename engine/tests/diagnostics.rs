@@ -47,17 +47,36 @@ fixture!(
 fn every_fixture_is_tested() {
     let source = std::fs::read_to_string("tests/diagnostics.rs").unwrap();
     for entry in std::fs::read_dir("tests/fixtures/invalid").unwrap() {
-        let name = entry.unwrap().path().file_stem().unwrap().to_str().unwrap().to_string();
-        assert!(source.contains(&format!("    {name},")), "fixture {name}.yaml has no test");
+        let name = entry
+            .unwrap()
+            .path()
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            source.contains(&format!("    {name},")),
+            "fixture {name}.yaml has no test"
+        );
     }
 }
 
 #[test]
 fn valid_pipeline_loads_in_topological_order() {
     let src = "steps:\n  export: { uses: export-checkpoint, inputs: { model: train } }\n  train: { uses: train-unet, inputs: { samples: prep } }\n  prep: { uses: preprocess, inputs: { dataset: fetch }, with: { shards: 2 } }\n  fetch: { uses: fetch-dataset, with: { source: synthetic } }\n";
-    let wf = wf_engine::load_str(src, Path::new("ok.yaml"), Path::new("."), &common::registry()).unwrap();
+    let wf = wf_engine::load_str(
+        src,
+        Path::new("ok.yaml"),
+        Path::new("."),
+        &common::registry(),
+    )
+    .unwrap();
     let order: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(order, ["fetch", "prep", "train", "export"]);
     // Defaults are filled in, and integers given for floats are canonicalized.
-    assert_eq!(wf.steps[2].params.canonical_json(), r#"{"bf16":false,"epochs":10,"lr":0.0001}"#);
+    assert_eq!(
+        wf.steps[2].params.canonical_json(),
+        r#"{"bf16":false,"epochs":10,"lr":0.0001}"#
+    );
 }
