@@ -402,12 +402,13 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
             let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
                 .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
             eprintln!(
-                "removed {} entries, {} artifacts, {} objects ({}), {} staging directories",
+                "removed {} entries, {} artifacts, {} objects ({}), {} staging directories, {} derived files",
                 report.entries_removed,
                 report.artifacts_removed,
                 report.objects_removed,
                 human_bytes(report.bytes_freed),
-                report.staging_removed
+                report.staging_removed,
+                report.derived_removed
             );
             Ok(EXIT_OK)
         }

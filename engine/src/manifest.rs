@@ -181,6 +181,43 @@ pub fn hash_files(paths: &[PathBuf], threads: usize) -> Vec<std::io::Result<File
         .collect()
 }
 
+/// Checks that the tree at `root` holds exactly the manifest's files with the manifest's contents.
+/// Returns one message per problem (empty when the tree matches).
+pub fn verify_tree(root: &Path, manifest: &Manifest, threads: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let paths: Vec<PathBuf> = manifest
+        .entries
+        .iter()
+        .map(|e| root.join(&e.path))
+        .collect();
+    for ((e, p), d) in manifest
+        .entries
+        .iter()
+        .zip(&paths)
+        .zip(hash_files(&paths, threads))
+    {
+        match d {
+            Ok(d) if d == e.digest => {}
+            Ok(_) => problems.push(format!(
+                "{}: content differs from the manifest",
+                p.display()
+            )),
+            Err(err) => problems.push(format!("{}: {err}", p.display())),
+        }
+    }
+    match list_files(root) {
+        Ok(listed) if listed.len() != manifest.entries.len() => problems.push(format!(
+            "{}: holds {} files, the manifest lists {}",
+            root.display(),
+            listed.len(),
+            manifest.entries.len()
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(e.to_string()),
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

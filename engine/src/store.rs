@@ -9,6 +9,7 @@
 //!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons)
 //!   logs/<workflow>/<step>.log   the last log of each step
 //!   memo/files-v1                local file digest memo (memo.rs)
+//!   derived/<namespace>/         finer-grained caches managed by steps (e.g. one preprocessed case)
 //!   tmp/                         staging of running steps; garbage after a crash
 //!   locks/<key>.lock             one writer per key at a time
 //!   gc.lock                      shared by runs, exclusive for `wf cache gc`
@@ -196,6 +197,14 @@ impl Store {
             h.clone()
         };
         self.root.join("objects").join(&h[..2]).join(name)
+    }
+
+    /// A directory for a step kind's own finer-grained cache (e.g. per-case preprocessing). The step
+    /// names files by a key of its own and writes them with [`write_atomic`] or a rename from
+    /// [`Store::stage`], so readers never see a partial file. `wf cache gc --older-than` removes files
+    /// there not used for that long (a step refreshes a file's mtime when it reuses it).
+    pub fn derived_dir(&self, namespace: &str) -> PathBuf {
+        self.root.join("derived").join(namespace)
     }
 
     pub fn log_path(&self, workflow: &str, step: &str) -> PathBuf {
@@ -517,43 +526,33 @@ impl Store {
         if manifest.digest() != entry.artifact {
             problems.push("manifest does not hash to the artifact digest".into());
         }
-        let tree = self.artifact_path(&entry.artifact);
         let objects: Vec<PathBuf> = manifest
             .entries
             .iter()
             .map(|e| self.object_path(&e.digest, e.executable))
             .collect();
-        let in_tree: Vec<PathBuf> = manifest
+        for ((e, p), d) in manifest
             .entries
             .iter()
-            .map(|e| tree.join(&e.path))
-            .collect();
-        for (label, paths) in [("object", &objects), ("artifact file", &in_tree)] {
-            let digests = manifest::hash_files(paths, threads);
-            for ((e, p), d) in manifest.entries.iter().zip(paths.iter()).zip(digests) {
-                report.files_checked += 1;
-                match d {
-                    Ok(d) if d == e.digest => {}
-                    Ok(_) => problems.push(format!(
-                        "{label} {} of `{}` has different content",
-                        p.display(),
-                        e.path
-                    )),
-                    Err(err) => {
-                        problems.push(format!("{label} {} of `{}`: {err}", p.display(), e.path))
-                    }
-                }
+            .zip(&objects)
+            .zip(manifest::hash_files(&objects, threads))
+        {
+            match d {
+                Ok(d) if d == e.digest => {}
+                Ok(_) => problems.push(format!(
+                    "object {} of `{}` has different content",
+                    p.display(),
+                    e.path
+                )),
+                Err(err) => problems.push(format!("object {} of `{}`: {err}", p.display(), e.path)),
             }
         }
-        match manifest::list_files(&tree) {
-            Ok(listed) if listed.len() != manifest.entries.len() => problems.push(format!(
-                "artifact tree has {} files, manifest lists {}",
-                listed.len(),
-                manifest.entries.len()
-            )),
-            Ok(_) => {}
-            Err(e) => problems.push(format!("artifact tree: {e}")),
-        }
+        report.files_checked += 2 * manifest.entries.len();
+        problems.extend(manifest::verify_tree(
+            &self.artifact_path(&entry.artifact),
+            &manifest,
+            threads,
+        ));
         problems
     }
 
@@ -632,6 +631,9 @@ impl Store {
                 }
             }
         }
+        if let Some(limit) = older_than {
+            report.derived_removed += remove_older(&store.root.join("derived"), limit);
+        }
         for path in read_dir_sorted(&store.root.join("tmp")) {
             remove_tree(&path);
             report.staging_removed += 1;
@@ -657,7 +659,30 @@ pub struct GcReport {
     pub artifacts_removed: usize,
     pub objects_removed: usize,
     pub staging_removed: usize,
+    pub derived_removed: usize,
     pub bytes_freed: u64,
+}
+
+/// Removes files under `dir` whose modification time is older than `limit`; returns how many.
+fn remove_older(dir: &Path, limit: Duration) -> usize {
+    let mut n = 0;
+    for path in read_dir_sorted(dir) {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => n += remove_older(&path, limit),
+            Ok(m)
+                if m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > limit) =>
+            {
+                if fs::remove_file(&path).is_ok() {
+                    n += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    n
 }
 
 fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {

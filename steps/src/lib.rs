@@ -2,6 +2,7 @@
 //! its params, its output artifact, the `Step` impl, and its tests.
 
 pub mod command;
+pub mod fsx_import;
 
 use wf_engine::Registry;
 
@@ -9,5 +10,6 @@ use wf_engine::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::Command);
+    r.register(fsx_import::FsxImport);
     r
 }
