@@ -51,7 +51,9 @@ pub enum ImagingError {
         index: usize,
         value: f32,
     },
-    #[error("case {case}: label value {value} is not part of the `{convention}` convention (allowed: {allowed})")]
+    #[error(
+        "case {case}: label value {value} is not part of the `{convention}` convention (allowed: {allowed})"
+    )]
     LabelValue {
         case: String,
         value: f32,

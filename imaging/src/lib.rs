@@ -6,5 +6,8 @@
 
 pub mod error;
 pub mod nifti;
+pub mod rng;
+pub mod transforms;
 
 pub use error::ImagingError;
+pub use rng::{Rng, sample_seed};

@@ -156,7 +156,10 @@ pub fn parse_header(bytes: &[u8], name: &str) -> Result<NiftiHeader, ImagingErro
         reason,
     };
     if bytes.len() < 4 {
-        return Err(bad_magic(format!("only {} bytes, a header needs 348", bytes.len())));
+        return Err(bad_magic(format!(
+            "only {} bytes, a header needs 348",
+            bytes.len()
+        )));
     }
     let raw = [bytes[0], bytes[1], bytes[2], bytes[3]];
     let (le, be) = (i32::from_le_bytes(raw), i32::from_be_bytes(raw));
@@ -165,7 +168,11 @@ pub fn parse_header(bytes: &[u8], name: &str) -> Result<NiftiHeader, ImagingErro
         (_, 348) => (1, true),
         (540, _) => (2, false),
         (_, 540) => (2, true),
-        _ => return Err(bad_magic(format!("sizeof_hdr is {le} (expected 348 or 540)"))),
+        _ => {
+            return Err(bad_magic(format!(
+                "sizeof_hdr is {le} (expected 348 or 540)"
+            )));
+        }
     };
     let size = if version == 1 { N1_SIZE } else { N2_SIZE };
     if bytes.len() < size {
@@ -179,14 +186,21 @@ pub fn parse_header(bytes: &[u8], name: &str) -> Result<NiftiHeader, ImagingErro
             what: "file",
         });
     }
-    let f = Fields { b: bytes, be: big_endian };
+    let f = Fields {
+        b: bytes,
+        be: big_endian,
+    };
     let h = if version == 1 {
         let magic = &bytes[344..348];
         if magic == b"ni1\0" {
-            return Err(bad_magic("magic `ni1`: separate .hdr/.img pairs are not supported".into()));
+            return Err(bad_magic(
+                "magic `ni1`: separate .hdr/.img pairs are not supported".into(),
+            ));
         }
         if magic != b"n+1\0" {
-            return Err(bad_magic(format!("NIfTI-1 magic is {magic:?}, expected \"n+1\\0\"")));
+            return Err(bad_magic(format!(
+                "NIfTI-1 magic is {magic:?}, expected \"n+1\\0\""
+            )));
         }
         let mut dim = [0i64; 8];
         let mut pixdim = [0f64; 8];
@@ -222,10 +236,15 @@ pub fn parse_header(bytes: &[u8], name: &str) -> Result<NiftiHeader, ImagingErro
     } else {
         let magic = &bytes[4..12];
         if &magic[..4] == b"ni2\0" {
-            return Err(bad_magic("magic `ni2`: separate .hdr/.img pairs are not supported".into()));
+            return Err(bad_magic(
+                "magic `ni2`: separate .hdr/.img pairs are not supported".into(),
+            ));
         }
         if &magic[..4] != b"n+2\0" {
-            return Err(bad_magic(format!("NIfTI-2 magic is {:?}, expected \"n+2\\0\"", &magic[..4])));
+            return Err(bad_magic(format!(
+                "NIfTI-2 magic is {:?}, expected \"n+2\\0\"",
+                &magic[..4]
+            )));
         }
         let mut dim = [0i64; 8];
         let mut pixdim = [0f64; 8];
@@ -283,21 +302,37 @@ impl NiftiHeader {
         for i in 1..=nd as usize {
             let d = self.dim[i];
             if d < 1 {
-                return Err(self.bad(name, "dim", format!("dim[{i}] = {d}, expected >= 1 (dims {:?})", self.dim)));
+                return Err(self.bad(
+                    name,
+                    "dim",
+                    format!("dim[{i}] = {d}, expected >= 1 (dims {:?})", self.dim),
+                ));
             }
-            total = total.checked_mul(d as u64).filter(|t| *t <= (isize::MAX as u64) / 8).ok_or_else(|| {
-                self.bad(name, "dim", format!("dims {:?} overflow any addressable size", &self.dim[1..=nd as usize]))
-            })?;
+            total = total
+                .checked_mul(d as u64)
+                .filter(|t| *t <= (isize::MAX as u64) / 8)
+                .ok_or_else(|| {
+                    self.bad(
+                        name,
+                        "dim",
+                        format!(
+                            "dims {:?} overflow any addressable size",
+                            &self.dim[1..=nd as usize]
+                        ),
+                    )
+                })?;
             shape.push(d as usize);
         }
         Ok(shape)
     }
 
     pub fn datatype(&self, name: &str) -> Result<Datatype, ImagingError> {
-        Datatype::from_code(self.datatype_code).map_err(|reason| ImagingError::UnsupportedDatatype {
-            name: name.to_string(),
-            code: self.datatype_code,
-            reason,
+        Datatype::from_code(self.datatype_code).map_err(|reason| {
+            ImagingError::UnsupportedDatatype {
+                name: name.to_string(),
+                code: self.datatype_code,
+                reason,
+            }
         })
     }
 
@@ -306,11 +341,19 @@ impl NiftiHeader {
     pub fn data_offset(&self, name: &str) -> Result<u64, ImagingError> {
         let v = self.vox_offset;
         if !v.is_finite() || v < 0.0 || v > (1u64 << 48) as f64 {
-            return Err(self.bad(name, "vox_offset", format!("{v} is not a usable byte offset")));
+            return Err(self.bad(
+                name,
+                "vox_offset",
+                format!("{v} is not a usable byte offset"),
+            ));
         }
         let min = self.sizeof_hdr as u64 + 4;
         let off = v as u64;
-        Ok(if off < self.sizeof_hdr as u64 { min } else { off })
+        Ok(if off < self.sizeof_hdr as u64 {
+            min
+        } else {
+            off
+        })
     }
 
     /// `(slope, inter)` to apply, or `None` when nibabel would not scale (slope 0 or non-finite).
@@ -320,7 +363,11 @@ impl NiftiHeader {
             return Ok(None);
         }
         if !i.is_finite() {
-            return Err(self.bad(name, "scl_inter", format!("valid slope {s} but non-finite intercept {i}")));
+            return Err(self.bad(
+                name,
+                "scl_inter",
+                format!("valid slope {s} but non-finite intercept {i}"),
+            ));
         }
         if s == 1.0 && i == 0.0 {
             return Ok(None);
@@ -347,7 +394,11 @@ impl NiftiHeader {
         let mut a = IDENTITY;
         for i in 0..3 {
             let n = shape.get(i).copied().unwrap_or(1) as f64;
-            let mut z = if i < shape.len() { self.pixdim[i + 1].abs() } else { 1.0 };
+            let mut z = if i < shape.len() {
+                self.pixdim[i + 1].abs()
+            } else {
+                1.0
+            };
             if i == 0 {
                 z = -z;
             }
@@ -366,14 +417,23 @@ impl NiftiHeader {
             let w2 = 1.0f32 - (b * b + c * c + d * d);
             let w = if w2 < 0.0 {
                 if w2 < -f32::EPSILON * 3.0 {
-                    return Err(self.bad(name, "quatern_b/c/d", format!("|(b,c,d)| > 1 ({b}, {c}, {d})")));
+                    return Err(self.bad(
+                        name,
+                        "quatern_b/c/d",
+                        format!("|(b,c,d)| > 1 ({b}, {c}, {d})"),
+                    ));
                 }
                 0.0
             } else {
                 w2.sqrt()
             };
             let r = quat2mat_f32([w, b, c, d]);
-            let mut vox = [self.pixdim[1] as f32, self.pixdim[2] as f32, self.pixdim[3] as f32].map(f32::abs);
+            let mut vox = [
+                self.pixdim[1] as f32,
+                self.pixdim[2] as f32,
+                self.pixdim[3] as f32,
+            ]
+            .map(f32::abs);
             if qfac_neg {
                 vox[2] = -vox[2];
             }
@@ -387,7 +447,11 @@ impl NiftiHeader {
             let w2 = 1.0 - (b * b + c * c + d * d);
             let w = if w2 < 0.0 {
                 if w2 < -f64::EPSILON * 3.0 {
-                    return Err(self.bad(name, "quatern_b/c/d", format!("|(b,c,d)| > 1 ({b}, {c}, {d})")));
+                    return Err(self.bad(
+                        name,
+                        "quatern_b/c/d",
+                        format!("|(b,c,d)| > 1 ({b}, {c}, {d})"),
+                    ));
                 }
                 0.0
             } else {
@@ -411,7 +475,12 @@ impl NiftiHeader {
     }
 }
 
-const IDENTITY: [[f64; 4]; 4] = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+const IDENTITY: [[f64; 4]; 4] = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
 
 macro_rules! quat2mat {
     ($name:ident, $t:ty) => {
@@ -460,7 +529,10 @@ pub fn read_nifti(path: &Path) -> Result<NiftiImage, ImagingError> {
 }
 
 /// Decompresses when the buffer is gzip (any number of members), else borrows it.
-pub fn maybe_gunzip<'a>(bytes: &'a [u8], name: &str) -> Result<std::borrow::Cow<'a, [u8]>, ImagingError> {
+pub fn maybe_gunzip<'a>(
+    bytes: &'a [u8],
+    name: &str,
+) -> Result<std::borrow::Cow<'a, [u8]>, ImagingError> {
     if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
         return Ok(std::borrow::Cow::Borrowed(bytes));
     }
@@ -499,7 +571,11 @@ pub fn read_nifti_bytes(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingE
             needed,
             offset,
             available,
-            what: if matches!(raw, std::borrow::Cow::Owned(_)) { "decompressed stream" } else { "file" },
+            what: if matches!(raw, std::borrow::Cow::Owned(_)) {
+                "decompressed stream"
+            } else {
+                "file"
+            },
         });
     }
     let payload = &raw[offset as usize..offset as usize + needed as usize];
@@ -524,7 +600,11 @@ fn decode(p: &[u8], dt: Datatype, be: bool, scaling: Option<(f64, f64)>) -> Vec<
         ($t:ty, $n:expr) => {{
             let it = p.chunks_exact($n).map(|c| {
                 let a: [u8; $n] = c.try_into().unwrap_or([0; $n]);
-                if be { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
+                if be {
+                    <$t>::from_be_bytes(a)
+                } else {
+                    <$t>::from_le_bytes(a)
+                }
             });
             match scaling {
                 None => it.map(|v| v as f32).collect(),
@@ -573,17 +653,27 @@ impl NiftiData<'_> {
 }
 
 /// Builds a little-endian NIfTI-1 header + payload (sform and qform code 1 from `affine`).
-pub fn encode_nifti(dims: &[usize], data: NiftiData<'_>, affine: &[[f64; 4]; 4], name: &str) -> Result<Vec<u8>, ImagingError> {
+pub fn encode_nifti(
+    dims: &[usize],
+    data: NiftiData<'_>,
+    affine: &[[f64; 4]; 4],
+    name: &str,
+) -> Result<Vec<u8>, ImagingError> {
     let werr = |reason: String| ImagingError::Write {
         name: name.to_string(),
         reason,
     };
     if dims.is_empty() || dims.len() > 7 || dims.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
-        return Err(werr(format!("dims {dims:?} do not fit NIfTI-1 (1..=7 dims of 1..=32767)")));
+        return Err(werr(format!(
+            "dims {dims:?} do not fit NIfTI-1 (1..=7 dims of 1..=32767)"
+        )));
     }
     let nvox: usize = dims.iter().product();
     if nvox != data.len() {
-        return Err(werr(format!("dims {dims:?} need {nvox} voxels, got {}", data.len())));
+        return Err(werr(format!(
+            "dims {dims:?} need {nvox} voxels, got {}",
+            data.len()
+        )));
     }
     if affine.iter().flatten().any(|v| !v.is_finite()) {
         return Err(werr("affine has non-finite entries".into()));
@@ -628,7 +718,11 @@ pub fn encode_nifti(dims: &[usize], data: NiftiData<'_>, affine: &[[f64; 4]; 4],
     for i in 0..3 {
         put(&mut h, 268 + 4 * i, &(affine[i][3] as f32).to_le_bytes());
         for j in 0..4 {
-            put(&mut h, 280 + 16 * i + 4 * j, &(affine[i][j] as f32).to_le_bytes());
+            put(
+                &mut h,
+                280 + 16 * i + 4 * j,
+                &(affine[i][j] as f32).to_le_bytes(),
+            );
         }
     }
     put(&mut h, 344, b"n+1\0");
@@ -658,7 +752,8 @@ fn mat2quat(affine: &[[f64; 4]; 4]) -> (Option<[f64; 3]>, f32) {
             r[i][j] = affine[i][j] / n;
         }
     }
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1]) - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
         + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
     let qfac = if det < 0.0 { -1.0f32 } else { 1.0 };
     if det < 0.0 {
@@ -710,7 +805,12 @@ fn mat2quat(affine: &[[f64; 4]; 4]) -> (Option<[f64; 3]>, f32) {
 
 /// Writes NIfTI-1 (float32 or uint8), gzip level 6 when `path` ends in `.gz`; via a temp file and
 /// rename so a crashed writer never leaves a half file under the final name.
-pub fn write_nifti(path: &Path, dims: &[usize], data: NiftiData<'_>, affine: &[[f64; 4]; 4]) -> Result<(), ImagingError> {
+pub fn write_nifti(
+    path: &Path,
+    dims: &[usize],
+    data: NiftiData<'_>,
+    affine: &[[f64; 4]; 4],
+) -> Result<(), ImagingError> {
     let name = path.display().to_string();
     let raw = encode_nifti(dims, data, affine, &name)?;
     let gz = path.extension().is_some_and(|e| e == "gz");
@@ -720,17 +820,24 @@ pub fn write_nifti(path: &Path, dims: &[usize], data: NiftiData<'_>, affine: &[[
 
 /// Deterministic gzip (mtime 0, no file name), so equal images give equal bytes.
 pub fn gzip(raw: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::with_capacity(raw.len() / 3 + 64), flate2::Compression::new(level));
+    let mut enc = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(raw.len() / 3 + 64),
+        flate2::Compression::new(level),
+    );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(raw);
     enc.finish().unwrap_or_default()
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImagingError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
@@ -765,22 +872,45 @@ mod tests {
         let mut seen = 0;
         for case in m["cases"].as_array().unwrap() {
             let inp = &case["inputs"]["image"];
-            let path = reference().join("inputs").join(inp["path"].as_str().unwrap());
+            let path = reference()
+                .join("inputs")
+                .join(inp["path"].as_str().unwrap());
             let img = read_nifti(&path).unwrap_or_else(|e| panic!("{e}"));
-            let shape: Vec<usize> = inp["nib_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let shape: Vec<usize> = inp["nib_shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
             assert_eq!(img.dims, shape, "{}", path.display());
-            let want_dt = inp["disk_dtype"].as_str().unwrap().trim_start_matches(['<', '>']);
+            let want_dt = inp["disk_dtype"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches(['<', '>']);
             let dt_ok = match want_dt {
                 "i2" => img.datatype == Datatype::I16,
                 "f4" => img.datatype == Datatype::F32,
                 other => img.datatype.name() == other,
             };
-            assert!(dt_ok, "{}: dtype {:?} vs {want_dt}", path.display(), img.datatype);
-            assert_eq!(inp["disk_dtype"].as_str().unwrap().starts_with('>'), img.header.big_endian);
+            assert!(
+                dt_ok,
+                "{}: dtype {:?} vs {want_dt}",
+                path.display(),
+                img.datatype
+            );
+            assert_eq!(
+                inp["disk_dtype"].as_str().unwrap().starts_with('>'),
+                img.header.big_endian
+            );
             for i in 0..4 {
                 for j in 0..4 {
                     let want = inp["affine"][i][j].as_f64().unwrap();
-                    assert!((img.affine[i][j] - want).abs() < 1e-6, "{}: affine[{i}][{j}] {} vs {want}", path.display(), img.affine[i][j]);
+                    assert!(
+                        (img.affine[i][j] - want).abs() < 1e-6,
+                        "{}: affine[{i}][{j}] {} vs {want}",
+                        path.display(),
+                        img.affine[i][j]
+                    );
                 }
             }
             assert!(img.data.iter().all(|v| v.is_finite()));
@@ -791,13 +921,22 @@ mod tests {
 
     #[test]
     fn qform_only_file_uses_quaternion() {
-        let aff = [[0.0, -2.5, 0.0, 10.0], [2.0, 0.0, 0.0, -4.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]];
+        let aff = [
+            [0.0, -2.5, 0.0, 10.0],
+            [2.0, 0.0, 0.0, -4.0],
+            [0.0, 0.0, 3.0, 7.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let mut raw = encode_nifti(&[2, 3, 4], NiftiData::U8(&[0; 24]), &aff, "t").unwrap();
         raw[254..256].copy_from_slice(&0i16.to_le_bytes()); // sform_code 0
         let img = read_nifti_bytes(&raw, "q").unwrap();
         for i in 0..4 {
             for j in 0..4 {
-                assert!((img.affine[i][j] - aff[i][j]).abs() < 1e-5, "{:?}", img.affine);
+                assert!(
+                    (img.affine[i][j] - aff[i][j]).abs() < 1e-5,
+                    "{:?}",
+                    img.affine
+                );
             }
         }
         raw[252..254].copy_from_slice(&0i16.to_le_bytes()); // qform_code 0 too: pixdim-based
@@ -809,7 +948,12 @@ mod tests {
     #[test]
     fn roundtrip_f32_and_u8_gz() {
         let dir = tempfile::tempdir().unwrap();
-        let aff = [[1.5, 0.0, 0.0, -3.0], [0.0, -1.5, 0.0, 4.0], [0.0, 0.0, 2.0, 5.0], [0.0, 0.0, 0.0, 1.0]];
+        let aff = [
+            [1.5, 0.0, 0.0, -3.0],
+            [0.0, -1.5, 0.0, 4.0],
+            [0.0, 0.0, 2.0, 5.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let data: Vec<f32> = (0..60).map(|i| i as f32 * 0.5 - 3.0).collect();
         let p = dir.path().join("a.nii.gz");
         write_nifti(&p, &[3, 4, 5], NiftiData::F32(&data), &aff).unwrap();

@@ -1,0 +1,135 @@
+//! `convert-labels`: raw label values → region bits (TC, WT, ET), one byte per voxel.
+//!
+//! `msd` (default) is MSD Task01's own convention; `brats` is MONAI's
+//! ConvertToMultiChannelBasedOnBratsClasses (TC = 1|4, WT = 1|2|4, ET = 4) and rejects other values;
+//! `brats-monai` is that class verbatim — values other than 1, 2, 4 silently map to no region — kept
+//! only to reproduce the seed pipeline (and the goldens) on MSD data, where it yields an empty ET.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Case, ET, LabelData, TC, WT};
+use crate::error::ImagingError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelConvention {
+    /// 1 edema, 2 non-enhancing, 3 enhancing: TC = 2|3, WT = 1|2|3, ET = 3.
+    #[default]
+    Msd,
+    /// 1 necrotic/non-enhancing, 2 edema, 4 enhancing: TC = 1|4, WT = 1|2|4, ET = 4.
+    Brats,
+    /// MONAI's class exactly, unknown values ignored (the seed pipeline's behaviour).
+    BratsMonai,
+}
+
+impl LabelConvention {
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelConvention::Msd => "msd",
+            LabelConvention::Brats => "brats",
+            LabelConvention::BratsMonai => "brats-monai",
+        }
+    }
+
+    fn allowed(self) -> &'static str {
+        match self {
+            LabelConvention::Msd => "0, 1, 2, 3",
+            LabelConvention::Brats => "0, 1, 2, 4",
+            LabelConvention::BratsMonai => "any",
+        }
+    }
+
+    /// Region bits for a raw value, `None` when the value is not part of the convention.
+    pub fn regions(self, v: f32) -> Option<u8> {
+        match (self, v) {
+            (_, 0.0) => Some(0),
+            (LabelConvention::Msd, 1.0) => Some(WT),
+            (LabelConvention::Msd, 2.0) => Some(TC | WT),
+            (LabelConvention::Msd, 3.0) => Some(TC | WT | ET),
+            (LabelConvention::Brats | LabelConvention::BratsMonai, 1.0) => Some(TC | WT),
+            (LabelConvention::Brats | LabelConvention::BratsMonai, 2.0) => Some(WT),
+            (LabelConvention::Brats | LabelConvention::BratsMonai, 4.0) => Some(TC | WT | ET),
+            (LabelConvention::BratsMonai, _) => Some(0),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertLabels {
+    #[serde(default)]
+    pub labels: LabelConvention,
+}
+
+impl ConvertLabels {
+    pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
+        let Some(label) = case.label.as_mut() else {
+            return Ok(case); // image-only cases (prediction) pass through
+        };
+        let LabelData::Raw(raw) = &label.data else {
+            return Err(ImagingError::Transform {
+                case: case.id,
+                transform: "convert-labels",
+                reason: "labels are already converted to regions".into(),
+            });
+        };
+        // Labels are few distinct values: a tiny cache of the last lookup keeps this one pass.
+        let conv = self.labels;
+        let mut out = Vec::with_capacity(raw.len());
+        let (mut last_v, mut last_r) = (0.0f32, 0u8);
+        for &v in raw {
+            if v != last_v {
+                last_r = conv.regions(v).ok_or_else(|| ImagingError::LabelValue {
+                    case: case.id.clone(),
+                    value: v,
+                    convention: conv.name(),
+                    allowed: conv.allowed(),
+                })?;
+                last_v = v;
+            }
+            out.push(last_r);
+        }
+        label.data = LabelData::Regions(out);
+        Ok(case)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transforms::{Image, Label, linalg::IDENTITY};
+
+    fn case(vals: &[f32]) -> Case {
+        Case {
+            id: "BRATS_042".into(),
+            image: Image { shape: [1, vals.len(), 1, 1], data: vec![0.0; vals.len()] },
+            label: Some(Label { shape: [vals.len(), 1, 1], data: LabelData::Raw(vals.to_vec()) }),
+            affine: IDENTITY,
+            channel_first: true,
+        }
+    }
+
+    fn regions(c: &Case) -> Vec<u8> {
+        match &c.label.as_ref().unwrap().data {
+            LabelData::Regions(r) => r.clone(),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn conventions() {
+        let msd = ConvertLabels { labels: LabelConvention::Msd }.apply(case(&[0.0, 1.0, 2.0, 3.0])).unwrap();
+        assert_eq!(regions(&msd), [0, WT, TC | WT, TC | WT | ET]);
+        let b = ConvertLabels { labels: LabelConvention::Brats }.apply(case(&[0.0, 1.0, 2.0, 4.0])).unwrap();
+        assert_eq!(regions(&b), [0, TC | WT, WT, TC | WT | ET]);
+        let m = ConvertLabels { labels: LabelConvention::BratsMonai }.apply(case(&[3.0, 1.0])).unwrap();
+        assert_eq!(regions(&m), [0, TC | WT]);
+        let e = ConvertLabels { labels: LabelConvention::Brats }.apply(case(&[0.0, 3.0])).unwrap_err().to_string();
+        assert!(e.contains("BRATS_042") && e.contains("label value 3"), "{e}");
+        let e = ConvertLabels::default().apply(case(&[0.0, 4.0])).unwrap_err().to_string();
+        assert!(e.contains("label value 4") && e.contains("msd"), "{e}");
+        let e = ConvertLabels::default().apply(case(&[0.5])).unwrap_err().to_string();
+        assert!(e.contains("0.5"), "{e}");
+    }
+}

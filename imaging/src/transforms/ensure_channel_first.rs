@@ -1,0 +1,18 @@
+//! `ensure-channel-first`: MONAI's EnsureChannelFirst. The data is already laid out channel-first by
+//! `load` (a 4D file's last axis is the channel axis, a 3D file gets one channel), so this only marks it.
+
+use serde::{Deserialize, Serialize};
+
+use super::Case;
+use crate::error::ImagingError;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsureChannelFirst {}
+
+impl EnsureChannelFirst {
+    pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
+        case.channel_first = true;
+        Ok(case)
+    }
+}

@@ -1,0 +1,548 @@
+//! The MONAI transform chain, natively: the in-memory case, the typed transform specs (deserializable
+//! from the YAML shape of DESIGN.md) and the [`Chain`] that splits into a cached deterministic prefix
+//! and a random suffix replayable from recorded draws.
+//!
+//! Array layout: the image is channel-first `(C, X, Y, Z)` in C order (Z fastest), as MONAI/numpy hold
+//! it, so goldens compare index for index and samples need no transposition before a MONAI-style UNet.
+//! Labels are `(X, Y, Z)` C order, either raw values (as in the file) or, after `convert-labels`, one
+//! byte per voxel of region bits ([`TC`], [`WT`], [`ET`]).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ImagingError;
+use crate::rng::Rng;
+
+pub mod convert_labels;
+pub mod ensure_channel_first;
+pub(crate) mod linalg;
+pub mod load;
+pub mod normalize_intensity;
+pub mod orientation;
+pub mod rand_flip;
+pub mod rand_scale_intensity;
+pub mod rand_shift_intensity;
+pub mod rand_spatial_crop;
+pub mod spacing;
+
+pub use convert_labels::{ConvertLabels, LabelConvention};
+pub use ensure_channel_first::EnsureChannelFirst;
+pub use load::Load;
+pub use normalize_intensity::NormalizeIntensity;
+pub use orientation::Orientation;
+pub use rand_flip::RandFlip;
+pub use rand_scale_intensity::RandScaleIntensity;
+pub use rand_shift_intensity::RandShiftIntensity;
+pub use rand_spatial_crop::RandSpatialCrop;
+pub use spacing::{InterpMode, Spacing, SpacingModes};
+
+/// Voxel (i, j, k, 1) → world mm (nibabel RAS+), float64 as MONAI keeps it.
+pub type Affine = [[f64; 4]; 4];
+
+/// Region bit: tumour core.
+pub const TC: u8 = 1;
+/// Region bit: whole tumour.
+pub const WT: u8 = 2;
+/// Region bit: enhancing tumour.
+pub const ET: u8 = 4;
+
+/// Float32 image, shape `(C, X, Y, Z)`, C order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub shape: [usize; 4],
+    pub data: Vec<f32>,
+}
+
+impl Image {
+    pub fn spatial(&self) -> [usize; 3] {
+        [self.shape[1], self.shape[2], self.shape[3]]
+    }
+    pub fn channels(&self) -> usize {
+        self.shape[0]
+    }
+    pub fn voxels_per_channel(&self) -> usize {
+        self.shape[1] * self.shape[2] * self.shape[3]
+    }
+}
+
+/// Label voxels before or after `convert-labels`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelData {
+    /// Values as in the file.
+    Raw(Vec<f32>),
+    /// One byte per voxel: [`TC`] | [`WT`] | [`ET`].
+    Regions(Vec<u8>),
+}
+
+/// A single-channel label volume `(X, Y, Z)`, C order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub shape: [usize; 3],
+    pub data: LabelData,
+}
+
+/// One case in flight through the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    pub id: String,
+    pub image: Image,
+    pub label: Option<Label>,
+    pub affine: Affine,
+    /// False right after `load` (MONAI's LoadImage keeps channels last); `ensure-channel-first` sets it.
+    /// The memory layout is channel-first from the start, so the flag only guards chain order.
+    pub channel_first: bool,
+}
+
+/// Where a case's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseSource {
+    pub id: String,
+    pub image: PathBuf,
+    pub label: Option<PathBuf>,
+}
+
+/// What a random transform drew for one sample, in chain order; enough to replay it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Drawn {
+    /// Crop window start and size (voxels, per spatial axis).
+    Crop { start: [u32; 3], size: [u32; 3] },
+    Flip { flipped: bool },
+    /// `Some(f)`: the image was multiplied by `1 + f`; `None`: the coin said no.
+    ScaleIntensity { factor: Option<f64> },
+    /// `Some(o)`: `o` was added to every voxel; `None`: the coin said no.
+    ShiftIntensity { offset: Option<f64> },
+}
+
+/// The drawn parameters of one sample (one entry per random transform, chain order).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DrawnParams {
+    pub draws: Vec<Drawn>,
+}
+
+impl DrawnParams {
+    pub fn crop_start(&self) -> Option<[u32; 3]> {
+        self.draws.iter().find_map(|d| match d {
+            Drawn::Crop { start, .. } => Some(*start),
+            _ => None,
+        })
+    }
+    pub fn flipped(&self) -> Option<bool> {
+        self.draws.iter().find_map(|d| match d {
+            Drawn::Flip { flipped } => Some(*flipped),
+            _ => None,
+        })
+    }
+    pub fn scale_factor(&self) -> Option<f64> {
+        self.draws.iter().find_map(|d| match d {
+            Drawn::ScaleIntensity { factor } => *factor,
+            _ => None,
+        })
+    }
+    pub fn shift_offset(&self) -> Option<f64> {
+        self.draws.iter().find_map(|d| match d {
+            Drawn::ShiftIntensity { offset } => *offset,
+            _ => None,
+        })
+    }
+}
+
+/// One transform of a chain, with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransformSpec {
+    Load(Load),
+    EnsureChannelFirst(EnsureChannelFirst),
+    ConvertLabels(ConvertLabels),
+    Spacing(Spacing),
+    Orientation(Orientation),
+    RandSpatialCrop(RandSpatialCrop),
+    RandFlip(RandFlip),
+    NormalizeIntensity(NormalizeIntensity),
+    RandScaleIntensity(RandScaleIntensity),
+    RandShiftIntensity(RandShiftIntensity),
+}
+
+/// Every transform name the chain understands (YAML spelling).
+pub const TRANSFORM_NAMES: &[&str] = &[
+    "load",
+    "ensure-channel-first",
+    "convert-labels",
+    "spacing",
+    "orientation",
+    "rand-spatial-crop",
+    "rand-flip",
+    "normalize-intensity",
+    "rand-scale-intensity",
+    "rand-shift-intensity",
+];
+
+impl TransformSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransformSpec::Load(_) => "load",
+            TransformSpec::EnsureChannelFirst(_) => "ensure-channel-first",
+            TransformSpec::ConvertLabels(_) => "convert-labels",
+            TransformSpec::Spacing(_) => "spacing",
+            TransformSpec::Orientation(_) => "orientation",
+            TransformSpec::RandSpatialCrop(_) => "rand-spatial-crop",
+            TransformSpec::RandFlip(_) => "rand-flip",
+            TransformSpec::NormalizeIntensity(_) => "normalize-intensity",
+            TransformSpec::RandScaleIntensity(_) => "rand-scale-intensity",
+            TransformSpec::RandShiftIntensity(_) => "rand-shift-intensity",
+        }
+    }
+
+    pub fn is_random(&self) -> bool {
+        matches!(
+            self,
+            TransformSpec::RandSpatialCrop(_)
+                | TransformSpec::RandFlip(_)
+                | TransformSpec::RandScaleIntensity(_)
+                | TransformSpec::RandShiftIntensity(_)
+        )
+    }
+
+    /// The spec a bare name stands for; transforms without sensible defaults say what they need.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "load" => TransformSpec::Load(Load::default()),
+            "ensure-channel-first" => TransformSpec::EnsureChannelFirst(EnsureChannelFirst::default()),
+            "convert-labels" => TransformSpec::ConvertLabels(ConvertLabels::default()),
+            "orientation" => TransformSpec::Orientation(Orientation::default()),
+            "normalize-intensity" => TransformSpec::NormalizeIntensity(NormalizeIntensity::default()),
+            "rand-flip" => TransformSpec::RandFlip(RandFlip::default()),
+            "spacing" => return Err("`spacing` needs parameters, e.g. `spacing: { pixdim: [1.5, 1.5, 2.0] }`".into()),
+            "rand-spatial-crop" => return Err("`rand-spatial-crop` needs parameters, e.g. `rand-spatial-crop: { roi: [128, 128, 64] }`".into()),
+            "rand-scale-intensity" => return Err("`rand-scale-intensity` needs parameters, e.g. `{ factors: 0.1, prob: 0.5 }`".into()),
+            "rand-shift-intensity" => return Err("`rand-shift-intensity` needs parameters, e.g. `{ offsets: 0.1, prob: 0.5 }`".into()),
+            other => return Err(format!("unknown transform `{other}`; expected one of {}", TRANSFORM_NAMES.join(", "))),
+        })
+    }
+
+    /// Parameter checks that need no data (ranges, probabilities, axis codes).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            TransformSpec::Spacing(s) => s.validate(),
+            TransformSpec::Orientation(o) => o.validate(),
+            TransformSpec::RandSpatialCrop(c) => c.validate(),
+            TransformSpec::RandFlip(f) => f.validate(),
+            TransformSpec::RandScaleIntensity(s) => s.validate(),
+            TransformSpec::RandShiftIntensity(s) => s.validate(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a deterministic transform (`load` excepted: it needs a [`CaseSource`]).
+    pub fn apply(&self, case: Case) -> Result<Case, ImagingError> {
+        match self {
+            TransformSpec::Load(_) => Err(ImagingError::Transform {
+                case: case.id,
+                transform: "load",
+                reason: "`load` must be the first transform of a chain".into(),
+            }),
+            TransformSpec::EnsureChannelFirst(t) => t.apply(case),
+            TransformSpec::ConvertLabels(t) => t.apply(case),
+            TransformSpec::Spacing(t) => t.apply(case),
+            TransformSpec::Orientation(t) => t.apply(case),
+            TransformSpec::NormalizeIntensity(t) => t.apply(case),
+            random => Err(ImagingError::Transform {
+                case: case.id,
+                transform: random.name(),
+                reason: "random transform applied without a random stream (use Chain::apply_suffix)".into(),
+            }),
+        }
+    }
+
+    /// Draws this random transform's parameters for `case` (None for a deterministic transform).
+    pub fn draw(&self, case: &Case, rng: &mut Rng) -> Option<Drawn> {
+        match self {
+            TransformSpec::RandSpatialCrop(t) => Some(t.draw(case.image.spatial(), rng)),
+            TransformSpec::RandFlip(t) => Some(t.draw(rng)),
+            TransformSpec::RandScaleIntensity(t) => Some(t.draw(rng)),
+            TransformSpec::RandShiftIntensity(t) => Some(t.draw(rng)),
+            _ => None,
+        }
+    }
+
+    /// Applies a random transform with given draws (replay), or a deterministic one as usual.
+    pub fn apply_drawn(&self, case: Case, drawn: Option<&Drawn>) -> Result<Case, ImagingError> {
+        let mismatch = |case: Case, t: &'static str| {
+            Err(ImagingError::Transform {
+                case: case.id,
+                transform: t,
+                reason: format!("recorded draw {drawn:?} does not belong to this transform"),
+            })
+        };
+        match (self, drawn) {
+            (TransformSpec::RandSpatialCrop(t), Some(Drawn::Crop { start, size })) => t.apply_drawn(case, *start, *size),
+            (TransformSpec::RandFlip(t), Some(Drawn::Flip { flipped })) => t.apply_drawn(case, *flipped),
+            (TransformSpec::RandScaleIntensity(t), Some(Drawn::ScaleIntensity { factor })) => t.apply_drawn(case, *factor),
+            (TransformSpec::RandShiftIntensity(t), Some(Drawn::ShiftIntensity { offset })) => t.apply_drawn(case, *offset),
+            (t, _) if t.is_random() => mismatch(case, t.name()),
+            (t, _) => t.apply(case),
+        }
+    }
+}
+
+/// Parses either `"name"` or `{ name: { params } }` (DESIGN.md's list items), from any self-describing
+/// format (serde_json::Value, YAML).
+impl<'de> Deserialize<'de> for TransformSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SpecVisitor)
+    }
+}
+
+struct SpecVisitor;
+
+fn params<'de, A: MapAccess<'de>, T: Deserialize<'de> + Default>(map: &mut A) -> Result<T, A::Error> {
+    Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
+}
+
+fn required<'de, A: MapAccess<'de>, T: Deserialize<'de>>(map: &mut A, name: &str) -> Result<T, A::Error> {
+    map.next_value::<Option<T>>()?
+        .ok_or_else(|| de::Error::custom(format!("`{name}` needs parameters")))
+}
+
+impl<'de> Visitor<'de> for SpecVisitor {
+    type Value = TransformSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a transform name or a one-key map `name: { params }`")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        TransformSpec::from_name(s).map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let key: String = map
+            .next_key()?
+            .ok_or_else(|| de::Error::custom("empty map: expected one transform name as key"))?;
+        let spec = match key.as_str() {
+            "load" => TransformSpec::Load(params(&mut map)?),
+            "ensure-channel-first" => TransformSpec::EnsureChannelFirst(params(&mut map)?),
+            "convert-labels" => TransformSpec::ConvertLabels(params(&mut map)?),
+            "spacing" => TransformSpec::Spacing(required(&mut map, "spacing")?),
+            "orientation" => TransformSpec::Orientation(params(&mut map)?),
+            "rand-spatial-crop" => TransformSpec::RandSpatialCrop(required(&mut map, "rand-spatial-crop")?),
+            "rand-flip" => TransformSpec::RandFlip(params(&mut map)?),
+            "normalize-intensity" => TransformSpec::NormalizeIntensity(params(&mut map)?),
+            "rand-scale-intensity" => TransformSpec::RandScaleIntensity(required(&mut map, "rand-scale-intensity")?),
+            "rand-shift-intensity" => TransformSpec::RandShiftIntensity(required(&mut map, "rand-shift-intensity")?),
+            other => return Err(de::Error::unknown_variant(other, TRANSFORM_NAMES)),
+        };
+        if map.next_key::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(format!(
+                "transform `{key}`: a list item must be a map with exactly one key"
+            )));
+        }
+        spec.validate().map_err(de::Error::custom)?;
+        Ok(spec)
+    }
+}
+
+/// A validated chain: `load` (if any) first, split at the first random transform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    specs: Vec<TransformSpec>,
+    split: usize,
+}
+
+impl Chain {
+    pub fn new(specs: Vec<TransformSpec>) -> Result<Self, ImagingError> {
+        for (i, s) in specs.iter().enumerate() {
+            s.validate()
+                .map_err(|reason| ImagingError::Chain { reason: format!("transform {} (`{}`): {reason}", i + 1, s.name()) })?;
+            if matches!(s, TransformSpec::Load(_)) && i != 0 {
+                return Err(ImagingError::Chain {
+                    reason: format!("`load` is transform {} but must be the first", i + 1),
+                });
+            }
+        }
+        let split = specs.iter().position(|s| s.is_random()).unwrap_or(specs.len());
+        Ok(Chain { specs, split })
+    }
+
+    /// Parses the DESIGN.md list shape from JSON (the YAML layer converts to the same value).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, ImagingError> {
+        let specs: Vec<TransformSpec> =
+            serde_json::from_value(v.clone()).map_err(|e| ImagingError::Chain { reason: e.to_string() })?;
+        Chain::new(specs)
+    }
+
+    pub fn specs(&self) -> &[TransformSpec] {
+        &self.specs
+    }
+    /// Deterministic transforms before the first random one: computed once per case and cached.
+    pub fn prefix(&self) -> &[TransformSpec] {
+        &self.specs[..self.split]
+    }
+    /// From the first random transform on: materialized per copy or applied online by the loader.
+    pub fn suffix(&self) -> &[TransformSpec] {
+        &self.specs[self.split..]
+    }
+
+    /// Runs the prefix from files; the prefix must start with `load`.
+    pub fn run_prefix(&self, src: &CaseSource) -> Result<Case, ImagingError> {
+        let Some(TransformSpec::Load(load)) = self.specs.first() else {
+            return Err(ImagingError::Chain {
+                reason: format!("case {}: the chain must start with `load` to read files", src.id),
+            });
+        };
+        let case = load.load(src)?;
+        self.apply_prefix_from(case, 1)
+    }
+
+    /// Runs the prefix on an in-memory case (`load`, if present, is skipped: the case is loaded).
+    pub fn apply_prefix(&self, case: Case) -> Result<Case, ImagingError> {
+        let start = usize::from(matches!(self.specs.first(), Some(TransformSpec::Load(_))));
+        self.apply_prefix_from(case, start)
+    }
+
+    fn apply_prefix_from(&self, mut case: Case, start: usize) -> Result<Case, ImagingError> {
+        for s in &self.specs[start.min(self.split)..self.split] {
+            case = s.apply(case)?;
+        }
+        Ok(case)
+    }
+
+    /// Draws and applies the random suffix; the draws come back for provenance and replay.
+    pub fn apply_suffix(&self, mut case: Case, rng: &mut Rng) -> Result<(Case, DrawnParams), ImagingError> {
+        let mut drawn = DrawnParams::default();
+        for s in self.suffix() {
+            match s.draw(&case, rng) {
+                Some(d) => {
+                    case = s.apply_drawn(case, Some(&d))?;
+                    drawn.draws.push(d);
+                }
+                None => case = s.apply(case)?,
+            }
+        }
+        Ok((case, drawn))
+    }
+
+    /// Applies the suffix with recorded draws instead of a random stream.
+    pub fn replay_suffix(&self, mut case: Case, drawn: &DrawnParams) -> Result<Case, ImagingError> {
+        let mut draws = drawn.draws.iter();
+        for s in self.suffix() {
+            if s.is_random() {
+                let d = draws.next().ok_or_else(|| ImagingError::Transform {
+                    case: case.id.clone(),
+                    transform: s.name(),
+                    reason: "no recorded draw left for this random transform".into(),
+                })?;
+                case = s.apply_drawn(case, Some(d))?;
+            } else {
+                case = s.apply(case)?;
+            }
+        }
+        Ok(case)
+    }
+}
+
+pub(crate) fn require_channel_first(case: &Case, transform: &'static str) -> Result<(), ImagingError> {
+    if case.channel_first {
+        Ok(())
+    } else {
+        Err(ImagingError::Transform {
+            case: case.id.clone(),
+            transform,
+            reason: "image is not channel-first yet; put `ensure-channel-first` earlier in the chain".into(),
+        })
+    }
+}
+
+/// A float range drawn from: a number `f` means `[-f, f]` (MONAI), a pair means itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Range {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl<'de> Deserialize<'de> for Range {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(f64),
+            Two([f64; 2]),
+        }
+        let (lo, hi) = match Raw::deserialize(d)? {
+            Raw::One(f) => (-f.abs(), f.abs()),
+            Raw::Two([a, b]) => (a.min(b), a.max(b)),
+        };
+        if !lo.is_finite() || !hi.is_finite() {
+            return Err(de::Error::custom("range bounds must be finite"));
+        }
+        Ok(Range { lo, hi })
+    }
+}
+
+pub(crate) fn check_prob(prob: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&prob) {
+        Ok(())
+    } else {
+        Err(format!("prob {prob} is outside [0, 1]"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod npy;
+#[cfg(test)]
+mod parity;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_md_chain_parses_and_splits() {
+        let v = serde_json::json!([
+            "load",
+            "ensure-channel-first",
+            "convert-labels",
+            {"spacing": {"pixdim": [1.5, 1.5, 2.0], "mode": ["bilinear", "nearest"]}},
+            {"orientation": {"axcodes": "RAS"}},
+            {"rand-spatial-crop": {"roi": [128, 128, 64]}},
+            {"rand-flip": {"prob": 0.5, "axis": 0}},
+            {"normalize-intensity": {"nonzero": true, "channel_wise": true}},
+            {"rand-scale-intensity": {"factors": 0.1, "prob": 0.5}},
+            {"rand-shift-intensity": {"offsets": 0.1, "prob": 0.5}}
+        ]);
+        let chain = Chain::from_json(&v).unwrap();
+        let names: Vec<_> = chain.prefix().iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["load", "ensure-channel-first", "convert-labels", "spacing", "orientation"]);
+        assert_eq!(chain.suffix().len(), 5);
+        assert_eq!(chain.suffix()[0].name(), "rand-spatial-crop");
+        match &chain.specs()[2] {
+            TransformSpec::ConvertLabels(c) => assert_eq!(c.labels, LabelConvention::Msd),
+            other => panic!("{other:?}"),
+        }
+        match &chain.specs()[8] {
+            TransformSpec::RandScaleIntensity(s) => assert_eq!((s.factors.lo, s.factors.hi, s.prob), (-0.1, 0.1, 0.5)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_names() {
+        for (v, needle) in [
+            (serde_json::json!(["spacing"]), "needs parameters"),
+            (serde_json::json!(["blur"]), "blur"),
+            (serde_json::json!([{"spacing": {"pixdim": [1, 1, 1]}, "x": 1}]), "exactly one key"),
+            (serde_json::json!([{"spacing": {"pixdim": [1, 1, 1], "bogus": 1}}]), "bogus"),
+            (serde_json::json!([{"spacing": {"pixdim": [1, -1, 1]}}]), "pixdim"),
+            (serde_json::json!([{"rand-flip": {"prob": 2.0}}]), "prob"),
+            (serde_json::json!([{"orientation": {"axcodes": "RRS"}}]), "axcodes"),
+            (serde_json::json!([{"convert-labels": {"labels": "kits"}}]), "kits"),
+            (serde_json::json!(["ensure-channel-first", "load"]), "first"),
+        ] {
+            let err = Chain::from_json(&v).expect_err(&v.to_string()).to_string();
+            assert!(err.contains(needle), "{v}: {err}");
+        }
+    }
+}
