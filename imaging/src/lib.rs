@@ -7,6 +7,7 @@
 pub mod error;
 pub mod nifti;
 pub mod rng;
+pub mod synth;
 pub mod transforms;
 
 pub use error::ImagingError;
