@@ -7,6 +7,7 @@
 pub mod error;
 pub mod nifti;
 pub mod rng;
+pub mod sample;
 pub mod synth;
 pub mod transforms;
 
