@@ -553,69 +553,115 @@ pub fn maybe_gunzip<'a>(
     Ok(std::borrow::Cow::Owned(out))
 }
 
-/// Reads NIfTI from memory; `name` is only used in error messages.
+/// Reads NIfTI from memory (`.nii` or `.nii.gz`, detected by content); `name` is only used in errors.
 pub fn read_nifti_bytes(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingError> {
-    let raw = maybe_gunzip(bytes, name)?;
-    let header = parse_header(&raw, name)?;
+    if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
+        return read_gz(bytes, name);
+    }
+    let header = parse_header(bytes, name)?;
+    let (dims, datatype, offset, needed) = layout(&header, name)?;
+    let available = (bytes.len() as u64).saturating_sub(offset);
+    if needed > available {
+        return Err(truncated(name, dims, datatype, needed, offset, available, "file"));
+    }
+    let payload = &bytes[offset as usize..(offset + needed) as usize];
+    let scaling = header.scaling(name)?;
+    let mut data = Vec::with_capacity(payload.len() / datatype.size());
+    decode_into(payload, datatype, header.big_endian, scaling, &mut data);
+    finish(header, dims, datatype, data, name)
+}
+
+fn truncated(name: &str, dims: Vec<usize>, dt: Datatype, needed: u64, offset: u64, available: u64, what: &'static str) -> ImagingError {
+    ImagingError::Truncated { name: name.to_string(), dims, datatype: dt.name(), needed, offset, available, what }
+}
+
+/// Shape, type, data offset and payload size implied by a header.
+fn layout(header: &NiftiHeader, name: &str) -> Result<(Vec<usize>, Datatype, u64, u64), ImagingError> {
     let dims = header.shape(name)?;
     let datatype = header.datatype(name)?;
     let offset = header.data_offset(name)?;
-    let nvox: usize = dims.iter().product();
-    let needed = (nvox as u64) * datatype.size() as u64;
-    let available = (raw.len() as u64).saturating_sub(offset);
-    if offset > raw.len() as u64 || needed > available {
-        return Err(ImagingError::Truncated {
-            name: name.to_string(),
-            dims,
-            datatype: datatype.name(),
-            needed,
-            offset,
-            available,
-            what: if matches!(raw, std::borrow::Cow::Owned(_)) {
-                "decompressed stream"
-            } else {
-                "file"
-            },
-        });
-    }
-    let payload = &raw[offset as usize..offset as usize + needed as usize];
-    let scaling = header.scaling(name)?;
-    let data = decode(payload, datatype, header.big_endian, scaling);
+    let nvox: u64 = dims.iter().map(|&d| d as u64).product();
+    Ok((dims, datatype, offset, nvox * datatype.size() as u64))
+}
+
+fn finish(header: NiftiHeader, dims: Vec<usize>, datatype: Datatype, data: Vec<f32>, name: &str) -> Result<NiftiImage, ImagingError> {
     let affine = header.affine(name)?;
     let pixdim = [header.pixdim[1], header.pixdim[2], header.pixdim[3]];
-    Ok(NiftiImage {
-        dims,
-        data,
-        affine,
-        pixdim,
-        datatype,
-        header,
-    })
+    Ok(NiftiImage { dims, data, affine, pixdim, datatype, header })
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Streams a gzip file: header, skip to the data, decode the payload chunk by chunk straight into
+/// float32 (no full-size intermediate byte buffer), then drain the rest so the CRC is still checked.
+fn read_gz(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingError> {
+    let gz = |e: std::io::Error| ImagingError::Gzip { name: name.to_string(), reason: e.to_string() };
+    let mut dec = flate2::bufread::MultiGzDecoder::new(bytes);
+    let mut head = [0u8; N2_SIZE];
+    let mut hlen = read_full(&mut dec, &mut head[..N1_SIZE]).map_err(gz)?;
+    if hlen == N1_SIZE {
+        let raw = [head[0], head[1], head[2], head[3]];
+        if i32::from_le_bytes(raw) == N2_SIZE as i32 || i32::from_be_bytes(raw) == N2_SIZE as i32 {
+            hlen += read_full(&mut dec, &mut head[N1_SIZE..]).map_err(gz)?;
+        }
+    }
+    let header = parse_header(&head[..hlen], name)?;
+    let (dims, datatype, offset, needed) = layout(&header, name)?;
+    let skip = offset.saturating_sub(hlen as u64);
+    let skipped = std::io::copy(&mut (&mut dec).take(skip), &mut std::io::sink()).map_err(gz)?;
+    if skipped < skip {
+        return Err(truncated(name, dims, datatype, needed, offset, 0, "decompressed stream"));
+    }
+    let scaling = header.scaling(name)?;
+    let mut data = Vec::with_capacity((needed / datatype.size() as u64) as usize);
+    // 256 KiB chunks stay in L2 between inflate and decode.
+    let mut buf = vec![0u8; 1 << 18];
+    let mut got: u64 = 0;
+    while got < needed {
+        let want = ((needed - got) as usize).min(buf.len());
+        let n = read_full(&mut dec, &mut buf[..want]).map_err(gz)?;
+        got += n as u64;
+        if n < want {
+            return Err(truncated(name, dims, datatype, needed, offset, got, "decompressed stream"));
+        }
+        // `needed` and the buffer are multiples of the element size, so every full chunk is too.
+        decode_into(&buf[..n], datatype, header.big_endian, scaling, &mut data);
+    }
+    std::io::copy(&mut dec, &mut std::io::sink()).map_err(gz)?;
+    finish(header, dims, datatype, data, name)
 }
 
 /// Bytes to float32 with nibabel's arithmetic: scaling in float64 (`raw * slope + inter`), then one
-/// rounding to float32, as MONAI's `LoadImage(dtype=float32)` does.
-fn decode(p: &[u8], dt: Datatype, be: bool, scaling: Option<(f64, f64)>) -> Vec<f32> {
+/// rounding to float32, as MONAI's `LoadImage(dtype=float32)` does. Appends to `out`.
+fn decode_into(p: &[u8], dt: Datatype, be: bool, scaling: Option<(f64, f64)>, out: &mut Vec<f32>) {
     macro_rules! conv {
         ($t:ty, $n:expr) => {{
             let it = p.chunks_exact($n).map(|c| {
                 let a: [u8; $n] = c.try_into().unwrap_or([0; $n]);
-                if be {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }
+                if be { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
             });
             match scaling {
-                None => it.map(|v| v as f32).collect(),
-                Some((s, i)) => it.map(|v| (v as f64 * s + i) as f32).collect(),
+                None => out.extend(it.map(|v| v as f32)),
+                Some((s, i)) => out.extend(it.map(|v| (v as f64 * s + i) as f32)),
             }
         }};
     }
     match dt {
         Datatype::U8 => match scaling {
-            None => p.iter().map(|&v| v as f32).collect(),
-            Some((s, i)) => p.iter().map(|&v| (v as f64 * s + i) as f32).collect(),
+            None => out.extend(p.iter().map(|&v| v as f32)),
+            Some((s, i)) => out.extend(p.iter().map(|&v| (v as f64 * s + i) as f32)),
         },
         Datatype::I8 => conv!(i8, 1),
         Datatype::I16 => conv!(i16, 2),
@@ -624,13 +670,6 @@ fn decode(p: &[u8], dt: Datatype, be: bool, scaling: Option<(f64, f64)>) -> Vec<
         Datatype::U32 => conv!(u32, 4),
         Datatype::I64 => conv!(i64, 8),
         Datatype::U64 => conv!(u64, 8),
-        Datatype::F32 if !be && scaling.is_none() => {
-            let mut out = vec![0f32; p.len() / 4];
-            for (o, c) in out.iter_mut().zip(p.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            out
-        }
         Datatype::F32 => conv!(f32, 4),
         Datatype::F64 => conv!(f64, 8),
     }

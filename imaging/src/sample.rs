@@ -12,7 +12,7 @@ use memmap2::Mmap;
 
 use crate::error::ImagingError;
 use crate::nifti::write_atomic;
-use crate::transforms::{Affine, Case, DrawnParams, Image, Label, LabelData};
+use crate::transforms::{Affine, Case, DrawnParams, Image, Label, LabelData, Layout};
 
 // Archived f32s are read in place as native f32: only valid where native order is rkyv's little endian.
 #[cfg(not(target_endian = "little"))]
@@ -44,10 +44,19 @@ pub const PREFIX_COPY: u32 = u32::MAX;
 impl Sample {
     /// Packs a transformed case. Labels must be converted to regions (or absent).
     pub fn from_case(case: &Case, copy: u32, seed: u64, drawn: DrawnParams) -> Result<Sample, ImagingError> {
+        let reordered;
+        let case = if case.image.layout == Layout::C && case.label.as_ref().is_none_or(|l| l.layout == Layout::C) {
+            case
+        } else {
+            let mut c = case.clone();
+            c.to_c_order();
+            reordered = c;
+            &reordered
+        };
         let labels = match &case.label {
             None => vec![],
-            Some(Label { data: LabelData::Regions(r), shape }) if *shape == case.image.spatial() => r.clone(),
-            Some(Label { data: LabelData::Regions(_), shape }) => {
+            Some(Label { data: LabelData::Regions(r), shape, .. }) if *shape == case.image.spatial() => r.clone(),
+            Some(Label { data: LabelData::Regions(_), shape, .. }) => {
                 return Err(ImagingError::Mismatch {
                     case: case.id.clone(),
                     what: "shape",
@@ -187,8 +196,8 @@ impl SampleFile {
         let labels = self.labels();
         Case {
             id: self.case_id().to_string(),
-            image: Image { shape, data: self.image().to_vec() },
-            label: (!labels.is_empty()).then(|| Label { shape: [shape[1], shape[2], shape[3]], data: LabelData::Regions(labels.to_vec()) }),
+            image: Image::new(shape, self.image().to_vec()),
+            label: (!labels.is_empty()).then(|| Label::new([shape[1], shape[2], shape[3]], LabelData::Regions(labels.to_vec()))),
             affine: self.affine(),
             channel_first: true,
         }

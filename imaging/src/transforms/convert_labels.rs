@@ -103,8 +103,8 @@ mod tests {
     fn case(vals: &[f32]) -> Case {
         Case {
             id: "BRATS_042".into(),
-            image: Image { shape: [1, vals.len(), 1, 1], data: vec![0.0; vals.len()] },
-            label: Some(Label { shape: [vals.len(), 1, 1], data: LabelData::Raw(vals.to_vec()) }),
+            image: Image::new([1, vals.len(), 1, 1], vec![0.0; vals.len()]),
+            label: Some(Label::new([vals.len(), 1, 1], LabelData::Raw(vals.to_vec()))),
             affine: IDENTITY,
             channel_first: true,
         }

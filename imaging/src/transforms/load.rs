@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Affine, Case, CaseSource, Image, Label, LabelData};
+use super::{Affine, Case, CaseSource, Image, Label, LabelData, Layout};
 use crate::error::ImagingError;
 use crate::nifti::{NiftiImage, read_nifti};
 
@@ -17,26 +17,27 @@ const AFFINE_TOL: f64 = 1e-3;
 impl Load {
     pub fn load(&self, src: &CaseSource) -> Result<Case, ImagingError> {
         let img = read_nifti(&src.image)?;
-        let image = image_from_nifti(&img, &src.id)?;
+        let affine = img.affine;
+        let image = image_from_nifti(img, &src.id)?;
         let label = match &src.label {
             None => None,
             Some(p) => {
                 let lab = read_nifti(p)?;
-                Some(label_from_nifti(&lab, &src.id, image.spatial(), &img.affine)?)
+                Some(label_from_nifti(lab, &src.id, image.spatial(), &affine)?)
             }
         };
         Ok(Case {
             id: src.id.clone(),
             image,
             label,
-            affine: img.affine,
+            affine,
             channel_first: false,
         })
     }
 }
 
 /// (X, Y, Z[, C]) Fortran order → (C, X, Y, Z) C order, checking every voxel is finite.
-pub fn image_from_nifti(img: &NiftiImage, case: &str) -> Result<Image, ImagingError> {
+pub fn image_from_nifti(img: NiftiImage, case: &str) -> Result<Image, ImagingError> {
     let d = &img.dims;
     let (sp, c) = match d.len() {
         3 => ([d[0], d[1], d[2]], 1),
@@ -59,15 +60,14 @@ pub fn image_from_nifti(img: &NiftiImage, case: &str) -> Result<Image, ImagingEr
             value: img.data[i],
         });
     }
-    let mut out = vec![0f32; img.data.len()];
-    fortran_to_c(&img.data, &mut out, sp, c);
     Ok(Image {
         shape: [c, sp[0], sp[1], sp[2]],
-        data: out,
+        data: img.data,
+        layout: Layout::Fortran,
     })
 }
 
-pub fn label_from_nifti(lab: &NiftiImage, case: &str, image_spatial: [usize; 3], image_affine: &Affine) -> Result<Label, ImagingError> {
+pub fn label_from_nifti(lab: NiftiImage, case: &str, image_spatial: [usize; 3], image_affine: &Affine) -> Result<Label, ImagingError> {
     let d = &lab.dims;
     let ok = d.len() >= 3 && d[3..].iter().all(|&v| v == 1);
     let sp = if d.len() >= 3 { [d[0], d[1], d[2]] } else { [0, 0, 0] };
@@ -98,34 +98,11 @@ pub fn label_from_nifti(lab: &NiftiImage, case: &str, image_spatial: [usize; 3],
             value: lab.data[i],
         });
     }
-    let mut out = vec![0f32; lab.data.len()];
-    fortran_to_c(&lab.data, &mut out, sp, 1);
     Ok(Label {
         shape: sp,
-        data: LabelData::Raw(out),
+        data: LabelData::Raw(lab.data),
+        layout: Layout::Fortran,
     })
-}
-
-/// Cache-blocked reorder: reads x-runs of one cache line, writes 16 z-rows at a time.
-pub(crate) fn fortran_to_c<T: Copy>(src: &[T], dst: &mut [T], sp: [usize; 3], c: usize) {
-    let [nx, ny, nz] = sp;
-    let vol = nx * ny * nz;
-    const B: usize = 16;
-    for ch in 0..c {
-        let s = &src[ch * vol..(ch + 1) * vol];
-        let d = &mut dst[ch * vol..(ch + 1) * vol];
-        for y in 0..ny {
-            for xb in (0..nx).step_by(B) {
-                let xe = (xb + B).min(nx);
-                for z in 0..nz {
-                    let row = &s[(z * ny + y) * nx + xb..(z * ny + y) * nx + xe];
-                    for (dx, &v) in row.iter().enumerate() {
-                        d[((xb + dx) * ny + y) * nz + z] = v;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The inverse of [`fortran_to_c`], for writing NIfTI files.
@@ -152,6 +129,8 @@ pub fn c_to_fortran<T: Copy + Default>(src: &[T], sp: [usize; 3], c: usize) -> V
 mod tests {
     use super::*;
     use crate::nifti::{NiftiData, write_nifti};
+
+    use crate::transforms::fortran_to_c;
 
     #[test]
     fn layout_roundtrip() {

@@ -49,14 +49,40 @@ pub const WT: u8 = 2;
 /// Region bit: enhancing tumour.
 pub const ET: u8 = 4;
 
-/// Float32 image, shape `(C, X, Y, Z)`, C order.
+/// Memory order of a volume. Every transform hands on C order, except that `load` passes NIfTI's
+/// Fortran order (x fastest, channel slowest) through untouched: `spacing` gathers from it in place,
+/// which saves a full-volume reorder (~0.2 s at 240x240x155x4); any other transform reorders first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// `(C, X, Y, Z)` row-major: Z fastest.
+    #[default]
+    C,
+    /// NIfTI on-disk order: X fastest, then Y, Z, channel.
+    Fortran,
+}
+
+/// Float32 image, shape `(C, X, Y, Z)`, in `layout` order (C unless fresh from `load`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
     pub shape: [usize; 4],
     pub data: Vec<f32>,
+    pub layout: Layout,
 }
 
 impl Image {
+    /// A C-order image.
+    pub fn new(shape: [usize; 4], data: Vec<f32>) -> Image {
+        Image { shape, data, layout: Layout::C }
+    }
+    /// Reorders to C order if needed.
+    pub fn to_c_order(&mut self) {
+        if self.layout == Layout::Fortran {
+            let mut out = vec![0f32; self.data.len()];
+            fortran_to_c(&self.data, &mut out, self.spatial(), self.channels());
+            self.data = out;
+            self.layout = Layout::C;
+        }
+    }
     pub fn spatial(&self) -> [usize; 3] {
         [self.shape[1], self.shape[2], self.shape[3]]
     }
@@ -77,11 +103,68 @@ pub enum LabelData {
     Regions(Vec<u8>),
 }
 
-/// A single-channel label volume `(X, Y, Z)`, C order.
+/// A single-channel label volume `(X, Y, Z)`, in `layout` order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Label {
     pub shape: [usize; 3],
     pub data: LabelData,
+    pub layout: Layout,
+}
+
+impl Label {
+    /// A C-order label.
+    pub fn new(shape: [usize; 3], data: LabelData) -> Label {
+        Label { shape, data, layout: Layout::C }
+    }
+    pub fn to_c_order(&mut self) {
+        if self.layout == Layout::Fortran {
+            match &mut self.data {
+                LabelData::Raw(r) => {
+                    let mut out = vec![0f32; r.len()];
+                    fortran_to_c(r, &mut out, self.shape, 1);
+                    *r = out;
+                }
+                LabelData::Regions(r) => {
+                    let mut out = vec![0u8; r.len()];
+                    fortran_to_c(r, &mut out, self.shape, 1);
+                    *r = out;
+                }
+            }
+            self.layout = Layout::C;
+        }
+    }
+}
+
+impl Case {
+    /// Puts image and label in C order (a no-op past `spacing`).
+    pub fn to_c_order(&mut self) {
+        self.image.to_c_order();
+        if let Some(l) = self.label.as_mut() {
+            l.to_c_order();
+        }
+    }
+}
+
+/// Cache-blocked reorder: reads x-runs of one cache line, writes 16 z-rows at a time.
+pub(crate) fn fortran_to_c<T: Copy>(src: &[T], dst: &mut [T], sp: [usize; 3], c: usize) {
+    let [nx, ny, nz] = sp;
+    let vol = nx * ny * nz;
+    const B: usize = 16;
+    for ch in 0..c {
+        let s = &src[ch * vol..(ch + 1) * vol];
+        let d = &mut dst[ch * vol..(ch + 1) * vol];
+        for y in 0..ny {
+            for xb in (0..nx).step_by(B) {
+                let xe = (xb + B).min(nx);
+                for z in 0..nz {
+                    let row = &s[(z * ny + y) * nx + xb..(z * ny + y) * nx + xe];
+                    for (dx, &v) in row.iter().enumerate() {
+                        d[((xb + dx) * ny + y) * nz + z] = v;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One case in flight through the chain.
@@ -444,8 +527,12 @@ impl Chain {
     }
 }
 
-pub(crate) fn require_channel_first(case: &Case, transform: &'static str) -> Result<(), ImagingError> {
+/// Checks chain order, and puts the case in C order for transforms that index it directly.
+pub(crate) fn require_channel_first(case: &mut Case, transform: &'static str) -> Result<(), ImagingError> {
     if case.channel_first {
+        if transform != "spacing" {
+            case.to_c_order();
+        }
         Ok(())
     } else {
         Err(ImagingError::Transform {

@@ -18,7 +18,7 @@ pub struct NormalizeIntensity {
 
 impl NormalizeIntensity {
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
-        require_channel_first(&case, "normalize-intensity")?;
+        require_channel_first(&mut case, "normalize-intensity")?;
         let vol = case.image.voxels_per_channel();
         if self.channel_wise {
             for ch in case.image.data.chunks_mut(vol.max(1)) {
@@ -73,7 +73,7 @@ mod tests {
     fn nonzero_channel_wise() {
         let case = Case {
             id: "n".into(),
-            image: Image { shape: [2, 2, 2, 1], data: vec![0.0, 1.0, 3.0, 0.0, 5.0, 5.0, 5.0, 5.0] },
+            image: Image::new([2, 2, 2, 1], vec![0.0, 1.0, 3.0, 0.0, 5.0, 5.0, 5.0, 5.0]),
             label: None,
             affine: IDENTITY,
             channel_first: true,

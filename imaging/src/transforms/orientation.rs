@@ -77,7 +77,7 @@ impl Orientation {
     }
 
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
-        require_channel_first(&case, "orientation")?;
+        require_channel_first(&mut case, "orientation")?;
         let ornt = self.ornt(&case.affine).map_err(|reason| ImagingError::Transform {
             case: case.id.clone(),
             transform: "orientation",
@@ -91,13 +91,13 @@ impl Orientation {
         }
         let c = case.image.channels();
         let (data, out_sp) = reorient(&case.image.data, c, in_sp, &ornt);
-        case.image = Image { shape: [c, out_sp[0], out_sp[1], out_sp[2]], data };
+        case.image = Image::new([c, out_sp[0], out_sp[1], out_sp[2]], data);
         if let Some(label) = case.label.take() {
             let data = match label.data {
                 LabelData::Raw(r) => LabelData::Raw(reorient(&r, 1, label.shape, &ornt).0),
                 LabelData::Regions(r) => LabelData::Regions(reorient(&r, 1, label.shape, &ornt).0),
             };
-            case.label = Some(Label { shape: out_sp, data });
+            case.label = Some(Label::new(out_sp, data));
         }
         Ok(case)
     }

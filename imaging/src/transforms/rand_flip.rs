@@ -63,7 +63,7 @@ impl RandFlip {
     }
 
     pub fn apply_drawn(&self, mut case: Case, flipped: bool) -> Result<Case, ImagingError> {
-        require_channel_first(&case, "rand-flip")?;
+        require_channel_first(&mut case, "rand-flip")?;
         if !flipped {
             return Ok(case);
         }

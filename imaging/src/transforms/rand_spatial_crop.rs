@@ -32,8 +32,8 @@ impl RandSpatialCrop {
         Drawn::Crop { start, size }
     }
 
-    pub fn apply_drawn(&self, case: Case, start: [u32; 3], size: [u32; 3]) -> Result<Case, ImagingError> {
-        require_channel_first(&case, "rand-spatial-crop")?;
+    pub fn apply_drawn(&self, mut case: Case, start: [u32; 3], size: [u32; 3]) -> Result<Case, ImagingError> {
+        require_channel_first(&mut case, "rand-spatial-crop")?;
         crop(case, start.map(|v| v as usize), size.map(|v| v as usize))
     }
 }
@@ -49,13 +49,13 @@ pub fn crop(mut case: Case, start: [usize; 3], size: [usize; 3]) -> Result<Case,
         });
     }
     let c = case.image.channels();
-    case.image = Image { shape: [c, size[0], size[1], size[2]], data: crop_array(&case.image.data, c, sp, start, size) };
+    case.image = Image::new([c, size[0], size[1], size[2]], crop_array(&case.image.data, c, sp, start, size));
     if let Some(label) = case.label.take() {
         let data = match label.data {
             LabelData::Raw(r) => LabelData::Raw(crop_array(&r, 1, sp, start, size)),
             LabelData::Regions(r) => LabelData::Regions(crop_array(&r, 1, sp, start, size)),
         };
-        case.label = Some(Label { shape: size, data });
+        case.label = Some(Label::new(size, data));
     }
     for i in 0..3 {
         let mut t = 0.0;

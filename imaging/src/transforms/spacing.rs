@@ -10,7 +10,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{self, Mat4};
-use super::{Affine, Case, Image, Label, LabelData, require_channel_first};
+use super::{Affine, Case, Image, Label, LabelData, Layout, require_channel_first};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,7 @@ impl Spacing {
     }
 
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
-        require_channel_first(&case, "spacing")?;
+        require_channel_first(&mut case, "spacing")?;
         let err = |case: &Case, reason: String| ImagingError::Transform {
             case: case.id.clone(),
             transform: "spacing",
@@ -101,15 +101,16 @@ impl Spacing {
         let p = self.plan(&case.affine, in_shape).map_err(|r| err(&case, r))?;
         if p.unchanged {
             case.affine = p.out_affine;
+            case.to_c_order();
             return Ok(case);
         }
         let grid = Grid::new(&p.theta, in_shape, p.out_shape);
+        let c = case.image.channels();
+        let out_img_shape = [c, p.out_shape[0], p.out_shape[1], p.out_shape[2]];
+        let layout = case.image.layout;
         case.image = match self.mode.image {
-            InterpMode::Bilinear => grid.trilinear(&case.image),
-            InterpMode::Nearest => {
-                let data = grid.nearest(&case.image.data, case.image.channels());
-                Image { shape: [case.image.shape[0], p.out_shape[0], p.out_shape[1], p.out_shape[2]], data }
-            }
+            InterpMode::Bilinear => Image::new(out_img_shape, grid.trilinear(&case.image.data, c, layout)),
+            InterpMode::Nearest => Image::new(out_img_shape, grid.nearest(&case.image.data, c, layout)),
         };
         if let Some(label) = case.label.take() {
             if label.shape != in_shape {
@@ -120,18 +121,16 @@ impl Spacing {
                     label: format!("{:?}", label.shape),
                 });
             }
+            let l = label.layout;
             let data = match (label.data, self.mode.label) {
-                (LabelData::Regions(r), InterpMode::Nearest) => LabelData::Regions(grid.nearest(&r, 1)),
-                (LabelData::Raw(r), InterpMode::Nearest) => LabelData::Raw(grid.nearest(&r, 1)),
-                (LabelData::Raw(r), InterpMode::Bilinear) => {
-                    let img = Image { shape: [1, in_shape[0], in_shape[1], in_shape[2]], data: r };
-                    LabelData::Raw(grid.trilinear(&img).data)
-                }
+                (LabelData::Regions(r), InterpMode::Nearest) => LabelData::Regions(grid.nearest(&r, 1, l)),
+                (LabelData::Raw(r), InterpMode::Nearest) => LabelData::Raw(grid.nearest(&r, 1, l)),
+                (LabelData::Raw(r), InterpMode::Bilinear) => LabelData::Raw(grid.trilinear(&r, 1, l)),
                 (LabelData::Regions(_), InterpMode::Bilinear) => {
                     return Err(err(&case, "region labels can only be resampled with `nearest`".into()));
                 }
             };
-            case.label = Some(Label { shape: p.out_shape, data });
+            case.label = Some(Label::new(p.out_shape, data));
         }
         case.affine = p.out_affine;
         Ok(case)
@@ -353,6 +352,14 @@ fn nearest_index(x: f64, n: usize) -> usize {
     (r.max(0.0) as usize).min(n - 1)
 }
 
+/// Element strides of the spatial axes (x, y, z) of one channel.
+fn strides(sp: [usize; 3], layout: Layout) -> [usize; 3] {
+    match layout {
+        Layout::C => [sp[1] * sp[2], sp[2], 1],
+        Layout::Fortran => [1, sp[0], sp[0] * sp[1]],
+    }
+}
+
 impl Grid {
     fn new(theta: &Mat4, in_shape: [usize; 3], out_shape: [usize; 3]) -> Self {
         let base = [0, 1, 2].map(|a| torch_base_grid(out_shape[a]));
@@ -379,56 +386,49 @@ impl Grid {
         })
     }
 
-    fn trilinear(&self, img: &Image) -> Image {
+    /// Trilinear resampling of `c` channels from `layout` order into C order. Every output value is
+    /// torch's: corners summed t-n-w … b-s-e from 0, corner weight (wz·wy)·wx, all in float64.
+    fn trilinear(&self, src: &[f32], c: usize, layout: Layout) -> Vec<f32> {
         let [nx, ny, nz] = self.in_shape;
         let [ox, oy, oz] = self.out_shape;
-        let c = img.channels();
+        let [sx, sy, sz] = strides(self.in_shape, layout);
         let in_vol = nx * ny * nz;
         let out_vol = ox * oy * oz;
         let mut out = vec![0f32; c * out_vol];
-        let src = &img.data;
-        let voxel = |idx: usize, tx: Tap, ty: Tap, tz: Tap, out: &mut [f32]| {
-            // torch's corner order (t/b = x, n/s = y, w/e = z) and weight product order (z·y·x).
-            let offs = [
-                (tx.i0 * ny + ty.i0) * nz + tz.i0,
-                (tx.i0 * ny + ty.i0) * nz + tz.i1,
-                (tx.i0 * ny + ty.i1) * nz + tz.i0,
-                (tx.i0 * ny + ty.i1) * nz + tz.i1,
-                (tx.i1 * ny + ty.i0) * nz + tz.i0,
-                (tx.i1 * ny + ty.i0) * nz + tz.i1,
-                (tx.i1 * ny + ty.i1) * nz + tz.i0,
-                (tx.i1 * ny + ty.i1) * nz + tz.i1,
-            ];
-            let w = [
-                tz.w0 * ty.w0 * tx.w0,
-                tz.w1 * ty.w0 * tx.w0,
-                tz.w0 * ty.w1 * tx.w0,
-                tz.w1 * ty.w1 * tx.w0,
-                tz.w0 * ty.w0 * tx.w1,
-                tz.w1 * ty.w0 * tx.w1,
-                tz.w0 * ty.w1 * tx.w1,
-                tz.w1 * ty.w1 * tx.w1,
-            ];
-            for ch in 0..c {
-                let s = &src[ch * in_vol..(ch + 1) * in_vol];
-                let mut acc = 0.0f64;
-                for t in 0..8 {
-                    acc += s[offs[t]] as f64 * w[t];
-                }
-                out[ch * out_vol + idx] = acc as f32;
-            }
-        };
         match &self.kind {
             GridKind::Separable(coords) => {
                 let tx: Vec<Tap> = coords[0].iter().map(|&x| tap(x, nx)).collect();
                 let ty: Vec<Tap> = coords[1].iter().map(|&x| tap(x, ny)).collect();
                 let tz: Vec<Tap> = coords[2].iter().map(|&x| tap(x, nz)).collect();
-                let mut idx = 0;
-                for &a in &tx {
-                    for &b in &ty {
-                        for &cz in &tz {
-                            voxel(idx, a, b, cz, &mut out);
-                            idx += 1;
+                // x offsets per output i, precomputed once; the loop nest walks the input along its
+                // fastest axis innermost (x for NIfTI order) so every tap row streams.
+                let xo: Vec<(usize, usize, f64, f64)> = tx.iter().map(|t| (t.i0 * sx, t.i1 * sx, t.w0, t.w1)).collect();
+                for ch in 0..c {
+                    let s = &src[ch * in_vol..(ch + 1) * in_vol];
+                    let o = &mut out[ch * out_vol..(ch + 1) * out_vol];
+                    for (j, y) in ty.iter().enumerate() {
+                        for (k, z) in tz.iter().enumerate() {
+                            let w = [z.w0 * y.w0, z.w1 * y.w0, z.w0 * y.w1, z.w1 * y.w1];
+                            let r = [
+                                y.i0 * sy + z.i0 * sz,
+                                y.i0 * sy + z.i1 * sz,
+                                y.i1 * sy + z.i0 * sz,
+                                y.i1 * sy + z.i1 * sz,
+                            ];
+                            let (r0, r1, r2, r3) = (&s[r[0]..], &s[r[1]..], &s[r[2]..], &s[r[3]..]);
+                            let base = j * oz + k;
+                            for (i, &(x0, x1, wx0, wx1)) in xo.iter().enumerate() {
+                                let mut acc = 0.0f64;
+                                acc += r0[x0] as f64 * (w[0] * wx0);
+                                acc += r1[x0] as f64 * (w[1] * wx0);
+                                acc += r2[x0] as f64 * (w[2] * wx0);
+                                acc += r3[x0] as f64 * (w[3] * wx0);
+                                acc += r0[x1] as f64 * (w[0] * wx1);
+                                acc += r1[x1] as f64 * (w[1] * wx1);
+                                acc += r2[x1] as f64 * (w[2] * wx1);
+                                acc += r3[x1] as f64 * (w[3] * wx1);
+                                o[i * oy * oz + base] = acc as f32;
+                            }
                         }
                     }
                 }
@@ -439,49 +439,80 @@ impl Grid {
                     for j in 0..oy {
                         for k in 0..oz {
                             let [x, y, z] = Self::coords(theta, base, self.in_shape, i, j, k);
-                            voxel(idx, tap(x, nx), tap(y, ny), tap(z, nz), &mut out);
+                            let (tx, ty, tz) = (tap(x, nx), tap(y, ny), tap(z, nz));
+                            let offs = [
+                                tx.i0 * sx + ty.i0 * sy + tz.i0 * sz,
+                                tx.i0 * sx + ty.i0 * sy + tz.i1 * sz,
+                                tx.i0 * sx + ty.i1 * sy + tz.i0 * sz,
+                                tx.i0 * sx + ty.i1 * sy + tz.i1 * sz,
+                                tx.i1 * sx + ty.i0 * sy + tz.i0 * sz,
+                                tx.i1 * sx + ty.i0 * sy + tz.i1 * sz,
+                                tx.i1 * sx + ty.i1 * sy + tz.i0 * sz,
+                                tx.i1 * sx + ty.i1 * sy + tz.i1 * sz,
+                            ];
+                            let w = [
+                                tz.w0 * ty.w0 * tx.w0,
+                                tz.w1 * ty.w0 * tx.w0,
+                                tz.w0 * ty.w1 * tx.w0,
+                                tz.w1 * ty.w1 * tx.w0,
+                                tz.w0 * ty.w0 * tx.w1,
+                                tz.w1 * ty.w0 * tx.w1,
+                                tz.w0 * ty.w1 * tx.w1,
+                                tz.w1 * ty.w1 * tx.w1,
+                            ];
+                            for ch in 0..c {
+                                let s = &src[ch * in_vol..(ch + 1) * in_vol];
+                                let mut acc = 0.0f64;
+                                for t in 0..8 {
+                                    acc += s[offs[t]] as f64 * w[t];
+                                }
+                                out[ch * out_vol + idx] = acc as f32;
+                            }
                             idx += 1;
                         }
                     }
                 }
             }
         }
-        Image { shape: [c, ox, oy, oz], data: out }
+        out
     }
 
-    fn nearest<T: Copy + Default>(&self, src: &[T], c: usize) -> Vec<T> {
+    /// Nearest-neighbour resampling (round half to even, as std::nearbyint) into C order.
+    fn nearest<T: Copy + Default>(&self, src: &[T], c: usize, layout: Layout) -> Vec<T> {
         let [nx, ny, nz] = self.in_shape;
         let [ox, oy, oz] = self.out_shape;
+        let [sx, sy, sz] = strides(self.in_shape, layout);
         let (in_vol, out_vol) = (nx * ny * nz, ox * oy * oz);
         let mut out = vec![T::default(); c * out_vol];
-        let mut idx = 0;
-        let put = |idx: usize, off: usize, out: &mut [T]| {
-            for ch in 0..c {
-                out[ch * out_vol + idx] = src[ch * in_vol + off];
-            }
-        };
         match &self.kind {
             GridKind::Separable(coords) => {
-                let ix: Vec<usize> = coords[0].iter().map(|&x| nearest_index(x, nx)).collect();
-                let iy: Vec<usize> = coords[1].iter().map(|&x| nearest_index(x, ny)).collect();
-                let iz: Vec<usize> = coords[2].iter().map(|&x| nearest_index(x, nz)).collect();
-                for &a in &ix {
-                    for &b in &iy {
-                        let row = (a * ny + b) * nz;
-                        for &cz in &iz {
-                            put(idx, row + cz, &mut out);
-                            idx += 1;
+                let ix: Vec<usize> = coords[0].iter().map(|&x| nearest_index(x, nx) * sx).collect();
+                let iy: Vec<usize> = coords[1].iter().map(|&x| nearest_index(x, ny) * sy).collect();
+                let iz: Vec<usize> = coords[2].iter().map(|&x| nearest_index(x, nz) * sz).collect();
+                for ch in 0..c {
+                    let s = &src[ch * in_vol..(ch + 1) * in_vol];
+                    let o = &mut out[ch * out_vol..(ch + 1) * out_vol];
+                    for (j, &b) in iy.iter().enumerate() {
+                        for (k, &cz) in iz.iter().enumerate() {
+                            let row = &s[b + cz..];
+                            let base = j * oz + k;
+                            for (i, &a) in ix.iter().enumerate() {
+                                o[i * oy * oz + base] = row[a];
+                            }
                         }
                     }
                 }
             }
             GridKind::General { theta, base } => {
+                let mut idx = 0;
                 for i in 0..ox {
                     for j in 0..oy {
                         for k in 0..oz {
                             let [x, y, z] = Self::coords(theta, base, self.in_shape, i, j, k);
-                            let off = (nearest_index(x, nx) * ny + nearest_index(y, ny)) * nz + nearest_index(z, nz);
-                            put(idx, off, &mut out);
+                            let off = nearest_index(x, nx) * sx + nearest_index(y, ny) * sy + nearest_index(z, nz) * sz;
+                            for ch in 0..c {
+                                out[ch * out_vol + idx] = src[ch * in_vol + off];
+                            }
                             idx += 1;
                         }
                     }
