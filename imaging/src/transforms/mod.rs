@@ -527,6 +527,37 @@ impl Chain {
     }
 }
 
+/// Writes a case as NIfTI-1 (gzip when the name ends in .gz): the image as float32 `(X, Y, Z[, C])`
+/// (3D when it has one channel), the label as uint8 — region bits after `convert-labels`, raw values
+/// before (which must then be integers in 0..=255).
+pub fn write_case(case: &Case, image: &std::path::Path, label: Option<&std::path::Path>) -> Result<(), ImagingError> {
+    use crate::nifti::{NiftiData, write_nifti};
+    let mut c = case.clone();
+    c.to_c_order();
+    let sp = c.image.spatial();
+    let ch = c.image.channels();
+    let data = load::c_to_fortran(&c.image.data, sp, ch);
+    let dims: Vec<usize> = if ch == 1 { sp.to_vec() } else { vec![sp[0], sp[1], sp[2], ch] };
+    write_nifti(image, &dims, NiftiData::F32(&data), &c.affine)?;
+    if let (Some(path), Some(l)) = (label, c.label.as_ref()) {
+        let bytes: Vec<u8> = match &l.data {
+            LabelData::Regions(r) => r.clone(),
+            LabelData::Raw(r) => r
+                .iter()
+                .map(|&v| {
+                    if v.fract() == 0.0 && (0.0..=255.0).contains(&v) {
+                        Ok(v as u8)
+                    } else {
+                        Err(ImagingError::LabelValue { case: c.id.clone(), value: v, convention: "uint8 output", allowed: "integers 0..=255" })
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        write_nifti(path, &l.shape, NiftiData::U8(&load::c_to_fortran(&bytes, l.shape, 1)), &c.affine)?;
+    }
+    Ok(())
+}
+
 /// Checks chain order, and puts the case in C order for transforms that index it directly.
 pub(crate) fn require_channel_first(case: &mut Case, transform: &'static str) -> Result<(), ImagingError> {
     if case.channel_first {
@@ -611,6 +642,30 @@ mod tests {
         }
         match &chain.specs()[8] {
             TransformSpec::RandScaleIntensity(s) => assert_eq!((s.factors.lo, s.factors.hi, s.prob), (-0.1, 0.1, 0.5)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn write_case_roundtrips_through_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let case = Case {
+            id: "w".into(),
+            image: Image::new([2, 3, 4, 5], (0..120).map(|v| v as f32).collect()),
+            label: Some(Label::new([3, 4, 5], LabelData::Regions((0..60).map(|v| (v % 8) as u8).collect()))),
+            affine: [[1.5, 0.0, 0.0, 1.0], [0.0, 1.5, 0.0, 2.0], [0.0, 0.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0]],
+            channel_first: true,
+        };
+        let (i, l) = (dir.join("image.nii.gz"), dir.join("label.nii.gz"));
+        write_case(&case, &i, Some(&l)).unwrap();
+        let src = CaseSource { id: "w".into(), image: i, label: Some(l) };
+        let mut back = Load::default().load(&src).unwrap();
+        back.to_c_order();
+        assert_eq!(back.image.data, case.image.data);
+        assert_eq!(back.affine, case.affine);
+        match (&back.label.unwrap().data, &case.label.unwrap().data) {
+            (LabelData::Raw(a), LabelData::Regions(b)) => assert!(a.iter().zip(b).all(|(x, y)| *x == *y as f32)),
             other => panic!("{other:?}"),
         }
     }
