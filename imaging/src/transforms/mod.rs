@@ -486,10 +486,12 @@ impl Chain {
         self.apply_prefix_from(case, start)
     }
 
+    /// The prefix's output is always C order, whatever the transforms were.
     fn apply_prefix_from(&self, mut case: Case, start: usize) -> Result<Case, ImagingError> {
         for s in &self.specs[start.min(self.split)..self.split] {
             case = s.apply(case)?;
         }
+        case.to_c_order();
         Ok(case)
     }
 

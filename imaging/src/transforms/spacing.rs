@@ -400,34 +400,34 @@ impl Grid {
                 let tx: Vec<Tap> = coords[0].iter().map(|&x| tap(x, nx)).collect();
                 let ty: Vec<Tap> = coords[1].iter().map(|&x| tap(x, ny)).collect();
                 let tz: Vec<Tap> = coords[2].iter().map(|&x| tap(x, nz)).collect();
-                // x offsets per output i, precomputed once; the loop nest walks the input along its
-                // fastest axis innermost (x for NIfTI order) so every tap row streams.
+                // The loop nest walks the input's fastest axis (x for NIfTI order) innermost so every
+                // tap row streams; the 8 corner weights of a row are formed once for all channels.
                 let xo: Vec<(usize, usize, f64, f64)> = tx.iter().map(|t| (t.i0 * sx, t.i1 * sx, t.w0, t.w1)).collect();
-                for ch in 0..c {
-                    let s = &src[ch * in_vol..(ch + 1) * in_vol];
-                    let o = &mut out[ch * out_vol..(ch + 1) * out_vol];
-                    for (j, y) in ty.iter().enumerate() {
-                        for (k, z) in tz.iter().enumerate() {
-                            let w = [z.w0 * y.w0, z.w1 * y.w0, z.w0 * y.w1, z.w1 * y.w1];
-                            let r = [
-                                y.i0 * sy + z.i0 * sz,
-                                y.i0 * sy + z.i1 * sz,
-                                y.i1 * sy + z.i0 * sz,
-                                y.i1 * sy + z.i1 * sz,
-                            ];
+                let mut wrow = vec![[0f64; 8]; ox];
+                let plane = oy * oz;
+                for (j, y) in ty.iter().enumerate() {
+                    for (k, z) in tz.iter().enumerate() {
+                        let w = [z.w0 * y.w0, z.w1 * y.w0, z.w0 * y.w1, z.w1 * y.w1];
+                        for (wr, &(_, _, wx0, wx1)) in wrow.iter_mut().zip(&xo) {
+                            *wr = [w[0] * wx0, w[1] * wx0, w[2] * wx0, w[3] * wx0, w[0] * wx1, w[1] * wx1, w[2] * wx1, w[3] * wx1];
+                        }
+                        let r = [y.i0 * sy + z.i0 * sz, y.i0 * sy + z.i1 * sz, y.i1 * sy + z.i0 * sz, y.i1 * sy + z.i1 * sz];
+                        let base = j * oz + k;
+                        for ch in 0..c {
+                            let s = &src[ch * in_vol..(ch + 1) * in_vol];
                             let (r0, r1, r2, r3) = (&s[r[0]..], &s[r[1]..], &s[r[2]..], &s[r[3]..]);
-                            let base = j * oz + k;
-                            for (i, &(x0, x1, wx0, wx1)) in xo.iter().enumerate() {
+                            let o = &mut out[ch * out_vol + base..];
+                            for (i, (&(x0, x1, _, _), wt)) in xo.iter().zip(&wrow).enumerate() {
                                 let mut acc = 0.0f64;
-                                acc += r0[x0] as f64 * (w[0] * wx0);
-                                acc += r1[x0] as f64 * (w[1] * wx0);
-                                acc += r2[x0] as f64 * (w[2] * wx0);
-                                acc += r3[x0] as f64 * (w[3] * wx0);
-                                acc += r0[x1] as f64 * (w[0] * wx1);
-                                acc += r1[x1] as f64 * (w[1] * wx1);
-                                acc += r2[x1] as f64 * (w[2] * wx1);
-                                acc += r3[x1] as f64 * (w[3] * wx1);
-                                o[i * oy * oz + base] = acc as f32;
+                                acc += r0[x0] as f64 * wt[0];
+                                acc += r1[x0] as f64 * wt[1];
+                                acc += r2[x0] as f64 * wt[2];
+                                acc += r3[x0] as f64 * wt[3];
+                                acc += r0[x1] as f64 * wt[4];
+                                acc += r1[x1] as f64 * wt[5];
+                                acc += r2[x1] as f64 * wt[6];
+                                acc += r3[x1] as f64 * wt[7];
+                                o[i * plane] = acc as f32;
                             }
                         }
                     }
