@@ -625,7 +625,9 @@ fn read_gz(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingError> {
         return Err(truncated(name, dims, datatype, needed, offset, 0, "decompressed stream"));
     }
     let scaling = header.scaling(name)?;
-    let mut data = Vec::with_capacity((needed / datatype.size() as u64) as usize);
+    // A header may claim any size; deflate cannot expand more than ~1032x, so never reserve beyond that.
+    let plausible = (bytes.len() as u64).saturating_mul(1032);
+    let mut data = Vec::with_capacity((needed.min(plausible) / datatype.size() as u64) as usize);
     // 256 KiB chunks stay in L2 between inflate and decode.
     let mut buf = vec![0u8; 1 << 18];
     let mut got: u64 = 0;

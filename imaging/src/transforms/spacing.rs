@@ -65,6 +65,8 @@ pub struct Spacing {
 
 /// MONAI's AFFINE_TOL: affines this close count as unchanged, and an axis within it keeps its spacing.
 const AFFINE_TOL: f64 = 1e-3;
+/// Largest output grid (per channel) `spacing` will allocate.
+const MAX_OUTPUT_VOXELS: u128 = 1 << 31;
 
 /// Output grid of a resampling, and the map from it into the input.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +157,10 @@ fn plan(a: &Affine, in_shape: [usize; 3], pixdim: [f64; 3]) -> Result<SpacingPla
     }
     if out_shape.iter().any(|&n| n == 0) {
         return Err(format!("output grid {out_shape:?} is empty"));
+    }
+    // A typo'd pixdim (0.001 for 1.0) would otherwise ask for terabytes; refuse before allocating.
+    if out_shape.iter().map(|&n| n as u128).product::<u128>() > MAX_OUTPUT_VOXELS {
+        return Err(format!("output grid {out_shape:?} for pixdim {pixdim:?} exceeds {MAX_OUTPUT_VOXELS} voxels"));
     }
     let xform = linalg::solve4(a, &new).ok_or_else(|| format!("affine {a:?} is singular"))?;
     let unchanged = (linalg::allclose4(a, &new, 1e-5, AFFINE_TOL) && out_shape == in_shape)
@@ -537,6 +543,8 @@ mod tests {
         assert_eq!(p.out_shape, [160, 160, 78]);
         let p = s.plan(&linalg::IDENTITY, [96, 96, 14]).unwrap();
         assert_eq!(p.out_shape, [64, 64, 8]);
+        let tiny = Spacing { pixdim: [0.001, 0.001, 0.001], mode: SpacingModes::default() };
+        assert!(tiny.plan(&linalg::IDENTITY, [240, 240, 155]).unwrap_err().contains("exceeds"));
     }
 
     #[test]
