@@ -4,6 +4,9 @@
 //! past loading: channel-first, C order `(C, X, Y, Z)` with Z fastest, exactly MONAI's / numpy's
 //! layout, so samples feed a MONAI-compatible UNet without transposition.
 
+// Matrix and multi-axis volume code indexes several arrays with one counter; iterators obscure it.
+#![allow(clippy::needless_range_loop)]
+
 pub mod error;
 pub mod nifti;
 pub mod rng;

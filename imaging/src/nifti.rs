@@ -385,7 +385,7 @@ impl NiftiHeader {
         if self.qform_code != 0 {
             return self.qform_affine(name);
         }
-        Ok(self.base_affine(name)?)
+        self.base_affine(name)
     }
 
     /// nibabel's `get_base_affine` (`shape_zoom_affine` with the x flip of radiological storage).

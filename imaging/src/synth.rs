@@ -90,7 +90,7 @@ pub fn generate(out: &Path, cases: usize, shape: [usize; 3], seed: u64, test: us
 
 pub fn generate_with(out: &Path, o: &SynthOptions) -> Result<SynthSummary, ImagingError> {
     let serr = |reason: String| ImagingError::Synth { path: out.to_path_buf(), reason };
-    if o.shape.iter().any(|&n| n < 4 || n > 4096) {
+    if o.shape.iter().any(|&n| !(4..=4096).contains(&n)) {
         return Err(serr(format!("shape {:?}: every axis must be in 4..=4096", o.shape)));
     }
     if o.channels == 0 || o.channels > 64 {
@@ -122,14 +122,11 @@ pub fn generate_with(out: &Path, o: &SynthOptions) -> Result<SynthSummary, Imagi
             })
             .collect();
         for w in workers {
-            // A worker only panics on a bug; surface it as an error rather than aborting the caller.
-            match w.join() {
-                Ok(done) => {
-                    for (i, r) in done {
-                        results[i] = Some(r);
-                    }
+            // A worker only panics on a bug; its cases stay None and become errors below.
+            if let Ok(done) = w.join() {
+                for (i, r) in done {
+                    results[i] = Some(r);
                 }
-                Err(_) => {}
             }
         }
     });

@@ -140,7 +140,7 @@ mod tests {
         fortran_to_c(&f, &mut c, sp, 2);
         // C index (ch, x, y, z) holds Fortran index x + 5*(y + 3*(z + 7*ch)).
         assert_eq!(c[((4 * 3) + 2) * 7 + 6], 4 + 5 * (2 + 3 * 6));
-        assert_eq!(c[105 + ((1 * 3) + 0) * 7 + 2], 1 + 5 * (0 + 3 * (2 + 7)));
+        assert_eq!(c[105 + 3 * 7 + 2], 1 + 5 * 3 * (2 + 7)); // (ch 1, x 1, y 0, z 2)
         assert_eq!(c_to_fortran(&c, sp, 2), f);
     }
 

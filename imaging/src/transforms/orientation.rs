@@ -214,7 +214,7 @@ mod tests {
         let (out, sp) = reorient(&src, 1, [2, 3, 4], &o);
         assert_eq!(sp, [3, 2, 4]);
         // out[j][i][k] = src[i][j][k]
-        assert_eq!(out[((2 * 2) + 1) * 4 + 3], src[((1 * 3) + 2) * 4 + 3]);
+        assert_eq!(out[(2 * 2 + 1) * 4 + 3], src[(3 + 2) * 4 + 3]); // out (2,1,3) = src (1,2,3)
         let na = reoriented_affine(&a, &o, [2, 3, 4]);
         assert_eq!(na[0][0], 2.0);
         assert_eq!(na[1][1], 3.0);

@@ -140,7 +140,7 @@ impl Spacing {
 }
 
 fn plan(a: &Affine, in_shape: [usize; 3], pixdim: [f64; 3]) -> Result<SpacingPlan, String> {
-    if in_shape.iter().any(|&n| n == 0) {
+    if in_shape.contains(&0) {
         return Err(format!("empty input grid {in_shape:?}"));
     }
     let orig = linalg::spacing_of(a);
@@ -155,7 +155,7 @@ fn plan(a: &Affine, in_shape: [usize; 3], pixdim: [f64; 3]) -> Result<SpacingPla
     for i in 0..3 {
         new[i][3] = offset[i];
     }
-    if out_shape.iter().any(|&n| n == 0) {
+    if out_shape.contains(&0) {
         return Err(format!("output grid {out_shape:?} is empty"));
     }
     // A typo'd pixdim (0.001 for 1.0) would otherwise ask for terabytes; refuse before allocating.
@@ -236,7 +236,7 @@ fn shape_offset(in_shape: [usize; 3], a: &Affine, new: &Affine) -> Option<([usiz
         let vals = out.iter().map(|o| o[ax] / o[3]);
         let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
         let n = round_half_even(hi - lo + 1.0);
-        if !n.is_finite() || n < 0.0 || n > 1e9 {
+        if !(0.0..=1e9).contains(&n) {
             return None;
         }
         shape[ax] = n as usize;
@@ -553,7 +553,7 @@ mod tests {
             let g = torch_base_grid(n);
             assert_eq!(g.len(), n);
             if n > 1 {
-                let want0 = -1.0 * (n - 1) as f64 / n as f64;
+                let want0 = -((n - 1) as f64) / n as f64;
                 assert_eq!(g[0], want0);
                 assert_eq!(g[n - 1], -want0);
             }
