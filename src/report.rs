@@ -68,6 +68,9 @@ impl Reporter {
                         eprintln!("           {step:<w$}  {m}");
                     }
                 }
+                Event::Warning { step, message } => {
+                    line(&multi, format!("  warning  {step:<w$}  {message}"));
+                }
                 Event::Finished(o) => {
                     if let Some(bar) = bars.remove(&o.id) {
                         bar.finish_and_clear();
@@ -75,7 +78,16 @@ impl Reporter {
                     }
                     let text = match o.status {
                         Status::Ran => format!("  ran      {:<w$}  {:.2}s", o.id, o.seconds),
-                        Status::Cached => format!("  cached   {:<w$}", o.id),
+                        Status::Cached if o.warnings.is_empty() => {
+                            format!("  cached   {:<w$}", o.id)
+                        }
+                        Status::Cached => format!(
+                            "  cached   {:<w$}  ({} warning{} from when it ran: {})",
+                            o.id,
+                            o.warnings.len(),
+                            if o.warnings.len() == 1 { "" } else { "s" },
+                            o.warnings.join("; ")
+                        ),
                         Status::Skipped => format!(
                             "  skipped  {:<w$}  {}",
                             o.id,

@@ -42,6 +42,10 @@ pub enum Event {
         done: u64,
         total: u64,
     },
+    Warning {
+        step: String,
+        message: String,
+    },
     Finished(StepOutcome),
 }
 
@@ -67,6 +71,9 @@ pub struct StepOutcome {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// Things the step wants the user to know (e.g. skipped bad cases); kept with cached outputs too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,13 +128,7 @@ pub fn key_components(
         schema: KEY_SCHEMA,
         kind: def.kind().to_string(),
         version: def.step.version(),
-        params: canonical_json(&serde_json::Value::Object(
-            def.params
-                .values()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        )),
+        params: canonical_json(&def.params.key_value()),
         seed: def.step.seeded().then_some(wf.seed),
         inputs: inputs.clone(),
         files,
@@ -262,9 +263,20 @@ fn miss_reason(store: &Store, wf: &Workflow, id: &str, key: &StepKey, c: &KeyCom
 struct ChannelProgress {
     step: String,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Progress for ChannelProgress {
+    fn warn(&self, msg: &str) {
+        self.warnings
+            .lock()
+            .expect("warnings lock")
+            .push(msg.to_string());
+        let _ = self.tx.send(Event::Warning {
+            step: self.step.clone(),
+            message: msg.to_string(),
+        });
+    }
     fn message(&self, msg: &str) {
         let _ = self.tx.send(Event::Progress {
             step: self.step.clone(),
@@ -415,6 +427,7 @@ pub async fn run(
             error: Some(reason),
             detail: None,
             log: None,
+            warnings: Vec::new(),
         };
         let _ = events.send(Event::Finished(outcome.clone()));
         outcomes[i] = Some(outcome);
@@ -445,6 +458,7 @@ fn failed_outcome(
         error: Some(error),
         detail,
         log,
+        warnings: Vec::new(),
     }
 }
 
@@ -491,6 +505,7 @@ fn run_one(
             error: None,
             detail: None,
             log: None,
+            warnings: entry.warnings,
         }
     };
     let store_err = |e: StoreError| failed_outcome(id, kind, Some(key), e.to_string(), None, None);
@@ -537,6 +552,7 @@ fn run_one(
     let progress = ChannelProgress {
         step: id.to_string(),
         tx: tx.clone(),
+        warnings: Default::default(),
     };
     let cx = RunContext {
         step_id: id,
@@ -570,12 +586,14 @@ fn run_one(
                 workflow: wf.name.clone(),
                 step: id.to_string(),
             };
+            let warnings = progress.warnings.lock().expect("warnings lock").clone();
             match store.commit(
                 &staging,
                 &key,
                 &components,
                 def.output,
                 producer,
+                warnings,
                 opts.threads,
             ) {
                 Ok(entry) => {

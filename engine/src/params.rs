@@ -80,15 +80,25 @@ pub struct ParamSpec {
     /// the default explicitly does not change the cache key).
     pub default: Option<&'static str>,
     pub doc: &'static str,
+    /// Whether the param can change the step's output. Params that only change how a step runs
+    /// (parallelism: `shards`) are left out of the cache key, so changing them reuses the cache.
+    pub in_key: bool,
 }
 
 impl ParamSpec {
+    /// Marks a param as not affecting the output (left out of the cache key).
+    pub const fn not_in_key(mut self) -> Self {
+        self.in_key = false;
+        self
+    }
+
     pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
         ParamSpec {
             name,
             ty,
             default: None,
             doc,
+            in_key: true,
         }
     }
     pub const fn optional(
@@ -102,6 +112,7 @@ impl ParamSpec {
             ty,
             default: Some(default),
             doc,
+            in_key: true,
         }
     }
 }
@@ -111,6 +122,8 @@ impl ParamSpec {
 pub struct Params {
     values: BTreeMap<String, Json>,
     nodes: BTreeMap<String, Node>,
+    /// Params that do not affect the output (see `ParamSpec::in_key`).
+    not_in_key: Vec<String>,
     /// Where the `with:` block (or the step, when there is none) starts.
     pub span: Span,
 }
@@ -120,8 +133,7 @@ impl Params {
     pub fn from_values(values: BTreeMap<String, Json>) -> Self {
         Params {
             values,
-            nodes: BTreeMap::new(),
-            span: Span::default(),
+            ..Params::default()
         }
     }
 
@@ -145,6 +157,17 @@ impl Params {
     /// Canonical JSON: keys sorted, no whitespace, defaults filled in. Part of the cache key.
     pub fn canonical_json(&self) -> String {
         serde_json::to_string(&self.values).expect("JSON values always serialize")
+    }
+
+    /// The params that are part of the cache key, as a JSON object.
+    pub fn key_value(&self) -> Json {
+        Json::Object(
+            self.values
+                .iter()
+                .filter(|(k, _)| !self.not_in_key.iter().any(|n| n == *k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
     }
 
     /// The step's typed view of its params.
@@ -211,6 +234,11 @@ pub fn validate(
             params.nodes.insert(spec.name.to_string(), node.clone());
         }
     }
+    params.not_in_key = specs
+        .iter()
+        .filter(|s| !s.in_key)
+        .map(|s| s.name.to_string())
+        .collect();
     for spec in specs {
         if params.values.contains_key(spec.name) || entries.iter().any(|(k, _)| k.name == spec.name)
         {

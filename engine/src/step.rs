@@ -89,6 +89,9 @@ pub struct RunContext<'a> {
 /// Progress reporting from inside a step (the reporter decides how to show it).
 pub trait Progress: Send + Sync {
     fn message(&self, msg: &str);
+    /// Something the user should know about a successful step (e.g. a skipped bad case). Warnings are
+    /// stored with the output, so a cached run reports them again.
+    fn warn(&self, msg: &str);
     /// `done` of `total` units (cases, epochs, ...).
     fn advance(&self, done: u64, total: u64);
 }
@@ -97,6 +100,7 @@ pub trait Progress: Send + Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {
     fn message(&self, _msg: &str) {}
+    fn warn(&self, _msg: &str) {}
     fn advance(&self, _done: u64, _total: u64) {}
 }
 

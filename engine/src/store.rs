@@ -79,6 +79,8 @@ pub struct Entry {
     pub bytes: u64,
     pub created_unix: u64,
     pub producer: Producer,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The last run of a step: what its key was made of.
@@ -299,6 +301,7 @@ impl Store {
         components: &KeyComponents,
         output_type: ArtifactType,
         producer: Producer,
+        warnings: Vec<String>,
         threads: usize,
     ) -> Result<Entry, StoreError> {
         let files = manifest::list_files(&staging.out)?;
@@ -331,6 +334,7 @@ impl Store {
             bytes: manifest.total_bytes(),
             created_unix: now_unix(),
             producer,
+            warnings,
         };
         let path = self.entry_path(key);
         let text = serde_json::to_string_pretty(&entry).expect("entries serialize");

@@ -33,7 +33,10 @@ impl Step for TestStep {
     }
     /// Writes its params and its inputs' file lists into the output, so outputs depend on both.
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
-        let mut text = cx.params.canonical_json();
+        if self.kind == "preprocess" {
+            cx.progress.warn("skipped case BRATS_007: NaN voxels");
+        }
+        let mut text = cx.params.key_value().to_string();
         for (slot, input) in cx.inputs {
             text.push_str(&format!("\n{slot}={}", input.digest));
         }
@@ -53,7 +56,7 @@ const FETCH: &[ParamSpec] = &[
     ParamSpec::optional("md5", ParamType::Str, "null", "checksum"),
 ];
 const PREPROCESS: &[ParamSpec] = &[
-    ParamSpec::required("shards", ParamType::int_min(1), "parallel workers"),
+    ParamSpec::required("shards", ParamType::int_min(1), "parallel workers").not_in_key(),
     ParamSpec::optional(
         "labels",
         ParamType::Enum(&["msd", "brats"]),
