@@ -19,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let t = Instant::now();
             wf_imaging::synth::generate(&tmp, 2, [240, 240, 155], 1, 0)?;
-            eprintln!("generated 2 synthetic 240x240x155x4 cases in {:.2} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "generated 2 synthetic 240x240x155x4 cases in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
             tmp.clone()
         }
     };
@@ -39,12 +42,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("case,run,load_ms,convert_ms,spacing_ms,orientation_ms,suffix_ms,write_ms,total_ms");
     let mut totals = vec![];
     for entry in ds["training"].as_array().unwrap_or(&vec![]) {
-        let rel = |k: &str| data.join(entry[k].as_str().unwrap_or_default().trim_start_matches("./"));
-        let id = entry["image"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or("").trim_end_matches(".nii.gz").to_string();
-        let src = CaseSource { id: id.clone(), image: rel("image"), label: Some(rel("label")) };
+        let rel = |k: &str| {
+            data.join(
+                entry[k]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches("./"),
+            )
+        };
+        let id = entry["image"]
+            .as_str()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".nii.gz")
+            .to_string();
+        let src = CaseSource {
+            id: id.clone(),
+            image: rel("image"),
+            label: Some(rel("label")),
+        };
         for run in 0..runs {
             let t0 = Instant::now();
-            let wf_imaging::transforms::TransformSpec::Load(load) = &chain.specs()[0] else { unreachable!() };
+            let wf_imaging::transforms::TransformSpec::Load(load) = &chain.specs()[0] else {
+                unreachable!()
+            };
             let mut case = load.load(&src)?;
             let t1 = Instant::now();
             let mut stage = vec![];
@@ -57,10 +80,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut rng = Rng::for_sample(0, &id, run as u32);
             let (sample_case, drawn) = chain.apply_suffix(case, &mut rng)?;
             let t3 = Instant::now();
-            write_sample(&out.join(format!("{id}_{run}.rkyv")), &Sample::from_case(&sample_case, run as u32, 0, drawn)?)?;
+            write_sample(
+                &out.join(format!("{id}_{run}.rkyv")),
+                &Sample::from_case(&sample_case, run as u32, 0, drawn)?,
+            )?;
             let t4 = Instant::now();
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            let get = |n: &str| stage.iter().filter(|(s, _)| *s == n).map(|(_, v)| v).sum::<f64>();
+            let get = |n: &str| {
+                stage
+                    .iter()
+                    .filter(|(s, _)| *s == n)
+                    .map(|(_, v)| v)
+                    .sum::<f64>()
+            };
             let total = ms(t0, t4);
             totals.push(total);
             println!(
@@ -78,7 +110,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     totals.sort_by(f64::total_cmp);
     if !totals.is_empty() {
-        println!("# per volume: min {:.1} ms, median {:.1} ms over {} runs", totals[0], totals[totals.len() / 2], totals.len());
+        println!(
+            "# per volume: min {:.1} ms, median {:.1} ms over {} runs",
+            totals[0],
+            totals[totals.len() / 2],
+            totals.len()
+        );
     }
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&tmp);

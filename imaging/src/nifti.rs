@@ -562,7 +562,9 @@ pub fn read_nifti_bytes(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingE
     let (dims, datatype, offset, needed) = layout(&header, name)?;
     let available = (bytes.len() as u64).saturating_sub(offset);
     if needed > available {
-        return Err(truncated(name, dims, datatype, needed, offset, available, "file"));
+        return Err(truncated(
+            name, dims, datatype, needed, offset, available, "file",
+        ));
     }
     let payload = &bytes[offset as usize..(offset + needed) as usize];
     let scaling = header.scaling(name)?;
@@ -571,12 +573,31 @@ pub fn read_nifti_bytes(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingE
     finish(header, dims, datatype, data, name)
 }
 
-fn truncated(name: &str, dims: Vec<usize>, dt: Datatype, needed: u64, offset: u64, available: u64, what: &'static str) -> ImagingError {
-    ImagingError::Truncated { name: name.to_string(), dims, datatype: dt.name(), needed, offset, available, what }
+fn truncated(
+    name: &str,
+    dims: Vec<usize>,
+    dt: Datatype,
+    needed: u64,
+    offset: u64,
+    available: u64,
+    what: &'static str,
+) -> ImagingError {
+    ImagingError::Truncated {
+        name: name.to_string(),
+        dims,
+        datatype: dt.name(),
+        needed,
+        offset,
+        available,
+        what,
+    }
 }
 
 /// Shape, type, data offset and payload size implied by a header.
-fn layout(header: &NiftiHeader, name: &str) -> Result<(Vec<usize>, Datatype, u64, u64), ImagingError> {
+fn layout(
+    header: &NiftiHeader,
+    name: &str,
+) -> Result<(Vec<usize>, Datatype, u64, u64), ImagingError> {
     let dims = header.shape(name)?;
     let datatype = header.datatype(name)?;
     let offset = header.data_offset(name)?;
@@ -584,10 +605,23 @@ fn layout(header: &NiftiHeader, name: &str) -> Result<(Vec<usize>, Datatype, u64
     Ok((dims, datatype, offset, nvox * datatype.size() as u64))
 }
 
-fn finish(header: NiftiHeader, dims: Vec<usize>, datatype: Datatype, data: Vec<f32>, name: &str) -> Result<NiftiImage, ImagingError> {
+fn finish(
+    header: NiftiHeader,
+    dims: Vec<usize>,
+    datatype: Datatype,
+    data: Vec<f32>,
+    name: &str,
+) -> Result<NiftiImage, ImagingError> {
     let affine = header.affine(name)?;
     let pixdim = [header.pixdim[1], header.pixdim[2], header.pixdim[3]];
-    Ok(NiftiImage { dims, data, affine, pixdim, datatype, header })
+    Ok(NiftiImage {
+        dims,
+        data,
+        affine,
+        pixdim,
+        datatype,
+        header,
+    })
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -607,7 +641,10 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Streams a gzip file: header, skip to the data, decode the payload chunk by chunk straight into
 /// float32 (no full-size intermediate byte buffer), then drain the rest so the CRC is still checked.
 fn read_gz(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingError> {
-    let gz = |e: std::io::Error| ImagingError::Gzip { name: name.to_string(), reason: e.to_string() };
+    let gz = |e: std::io::Error| ImagingError::Gzip {
+        name: name.to_string(),
+        reason: e.to_string(),
+    };
     let mut dec = flate2::bufread::MultiGzDecoder::new(bytes);
     let mut head = [0u8; N2_SIZE];
     let mut hlen = read_full(&mut dec, &mut head[..N1_SIZE]).map_err(gz)?;
@@ -622,7 +659,15 @@ fn read_gz(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingError> {
     let skip = offset.saturating_sub(hlen as u64);
     let skipped = std::io::copy(&mut (&mut dec).take(skip), &mut std::io::sink()).map_err(gz)?;
     if skipped < skip {
-        return Err(truncated(name, dims, datatype, needed, offset, 0, "decompressed stream"));
+        return Err(truncated(
+            name,
+            dims,
+            datatype,
+            needed,
+            offset,
+            0,
+            "decompressed stream",
+        ));
     }
     let scaling = header.scaling(name)?;
     // A header may claim any size; deflate cannot expand more than ~1032x, so never reserve beyond that.
@@ -636,7 +681,15 @@ fn read_gz(bytes: &[u8], name: &str) -> Result<NiftiImage, ImagingError> {
         let n = read_full(&mut dec, &mut buf[..want]).map_err(gz)?;
         got += n as u64;
         if n < want {
-            return Err(truncated(name, dims, datatype, needed, offset, got, "decompressed stream"));
+            return Err(truncated(
+                name,
+                dims,
+                datatype,
+                needed,
+                offset,
+                got,
+                "decompressed stream",
+            ));
         }
         // `needed` and the buffer are multiples of the element size, so every full chunk is too.
         decode_into(&buf[..n], datatype, header.big_endian, scaling, &mut data);
@@ -652,7 +705,11 @@ fn decode_into(p: &[u8], dt: Datatype, be: bool, scaling: Option<(f64, f64)>, ou
         ($t:ty, $n:expr) => {{
             let it = p.chunks_exact($n).map(|c| {
                 let a: [u8; $n] = c.try_into().unwrap_or([0; $n]);
-                if be { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
+                if be {
+                    <$t>::from_be_bytes(a)
+                } else {
+                    <$t>::from_le_bytes(a)
+                }
             });
             match scaling {
                 None => out.extend(it.map(|v| v as f32)),

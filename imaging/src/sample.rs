@@ -43,9 +43,16 @@ pub const PREFIX_COPY: u32 = u32::MAX;
 
 impl Sample {
     /// Packs a transformed case. Labels must be converted to regions (or absent).
-    pub fn from_case(case: &Case, copy: u32, seed: u64, drawn: DrawnParams) -> Result<Sample, ImagingError> {
+    pub fn from_case(
+        case: &Case,
+        copy: u32,
+        seed: u64,
+        drawn: DrawnParams,
+    ) -> Result<Sample, ImagingError> {
         let reordered;
-        let case = if case.image.layout == Layout::C && case.label.as_ref().is_none_or(|l| l.layout == Layout::C) {
+        let case = if case.image.layout == Layout::C
+            && case.label.as_ref().is_none_or(|l| l.layout == Layout::C)
+        {
             case
         } else {
             let mut c = case.clone();
@@ -55,8 +62,16 @@ impl Sample {
         };
         let labels = match &case.label {
             None => vec![],
-            Some(Label { data: LabelData::Regions(r), shape, .. }) if *shape == case.image.spatial() => r.clone(),
-            Some(Label { data: LabelData::Regions(_), shape, .. }) => {
+            Some(Label {
+                data: LabelData::Regions(r),
+                shape,
+                ..
+            }) if *shape == case.image.spatial() => r.clone(),
+            Some(Label {
+                data: LabelData::Regions(_),
+                shape,
+                ..
+            }) => {
                 return Err(ImagingError::Mismatch {
                     case: case.id.clone(),
                     what: "shape",
@@ -64,11 +79,15 @@ impl Sample {
                     label: format!("{shape:?}"),
                 });
             }
-            Some(Label { data: LabelData::Raw(_), .. }) => {
+            Some(Label {
+                data: LabelData::Raw(_),
+                ..
+            }) => {
                 return Err(ImagingError::Transform {
                     case: case.id.clone(),
                     transform: "sample",
-                    reason: "labels must go through `convert-labels` before a sample is written".into(),
+                    reason: "labels must go through `convert-labels` before a sample is written"
+                        .into(),
                 });
             }
         };
@@ -89,24 +108,32 @@ impl Sample {
 
 /// Archives `sample` to `path` through a temporary file and a rename (never a half-written sample).
 pub fn write_sample(path: &Path, sample: &Sample) -> Result<(), ImagingError> {
-    check_consistent(sample.shape, sample.image.len(), sample.labels.len()).map_err(|reason| ImagingError::Sample {
-        path: path.to_path_buf(),
-        reason,
+    check_consistent(sample.shape, sample.image.len(), sample.labels.len()).map_err(|reason| {
+        ImagingError::Sample {
+            path: path.to_path_buf(),
+            reason,
+        }
     })?;
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(sample).map_err(|e| ImagingError::Sample {
-        path: path.to_path_buf(),
-        reason: format!("serialization failed: {e}"),
-    })?;
+    let bytes =
+        rkyv::to_bytes::<rkyv::rancor::Error>(sample).map_err(|e| ImagingError::Sample {
+            path: path.to_path_buf(),
+            reason: format!("serialization failed: {e}"),
+        })?;
     write_atomic(path, &bytes)
 }
 
 fn check_consistent(shape: [u32; 4], image_len: usize, labels_len: usize) -> Result<(), String> {
     let vox = shape[1] as u64 * shape[2] as u64 * shape[3] as u64;
     if shape[0] as u64 * vox != image_len as u64 {
-        return Err(format!("shape {shape:?} needs {} image values, found {image_len}", shape[0] as u64 * vox));
+        return Err(format!(
+            "shape {shape:?} needs {} image values, found {image_len}",
+            shape[0] as u64 * vox
+        ));
     }
     if labels_len != 0 && labels_len as u64 != vox {
-        return Err(format!("shape {shape:?} needs {vox} label bytes (or none), found {labels_len}"));
+        return Err(format!(
+            "shape {shape:?} needs {vox} label bytes (or none), found {labels_len}"
+        ));
     }
     Ok(())
 }
@@ -119,29 +146,44 @@ pub struct SampleFile {
 
 impl std::fmt::Debug for SampleFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SampleFile").field("path", &self.path).field("bytes", &self.mmap.len()).finish()
+        f.debug_struct("SampleFile")
+            .field("path", &self.path)
+            .field("bytes", &self.mmap.len())
+            .finish()
     }
 }
 
 impl SampleFile {
     pub fn open(path: &Path) -> Result<SampleFile, ImagingError> {
-        let bad = |reason: String| ImagingError::Sample { path: path.to_path_buf(), reason };
+        let bad = |reason: String| ImagingError::Sample {
+            path: path.to_path_buf(),
+            reason,
+        };
         let file = File::open(path).map_err(|e| ImagingError::io(path, "open", e))?;
-        let len = file.metadata().map_err(|e| ImagingError::io(path, "stat", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| ImagingError::io(path, "stat", e))?
+            .len();
         if len == 0 {
             return Err(bad("empty file".into()));
         }
         // SAFETY: the map is read-only; samples are immutable once renamed into place (written to a
         // temp file first), so no one truncates or rewrites a published sample under us.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ImagingError::io(path, "mmap", e))?;
-        let a = rkyv::access::<ArchivedSample, rkyv::rancor::Error>(&mmap).map_err(|e| bad(format!("corrupt archive: {e}")))?;
+        let a = rkyv::access::<ArchivedSample, rkyv::rancor::Error>(&mmap)
+            .map_err(|e| bad(format!("corrupt archive: {e}")))?;
         let version = a.format_version.to_native();
         if version != SAMPLE_FORMAT_VERSION {
-            return Err(bad(format!("format version {version}, this build reads {SAMPLE_FORMAT_VERSION}")));
+            return Err(bad(format!(
+                "format version {version}, this build reads {SAMPLE_FORMAT_VERSION}"
+            )));
         }
         let shape = a.shape.map(|v| v.to_native());
         check_consistent(shape, a.image.len(), a.labels.len()).map_err(bad)?;
-        Ok(SampleFile { path: path.to_path_buf(), mmap })
+        Ok(SampleFile {
+            path: path.to_path_buf(),
+            mmap,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -187,7 +229,8 @@ impl SampleFile {
     }
 
     pub fn drawn(&self) -> DrawnParams {
-        rkyv::deserialize::<DrawnParams, rkyv::rancor::Error>(&self.archived().drawn).unwrap_or_default()
+        rkyv::deserialize::<DrawnParams, rkyv::rancor::Error>(&self.archived().drawn)
+            .unwrap_or_default()
     }
 
     /// An owned case (e.g. a cached prefix, for the loader to run the random suffix on).
@@ -197,7 +240,12 @@ impl SampleFile {
         Case {
             id: self.case_id().to_string(),
             image: Image::new(shape, self.image().to_vec()),
-            label: (!labels.is_empty()).then(|| Label::new([shape[1], shape[2], shape[3]], LabelData::Regions(labels.to_vec()))),
+            label: (!labels.is_empty()).then(|| {
+                Label::new(
+                    [shape[1], shape[2], shape[3]],
+                    LabelData::Regions(labels.to_vec()),
+                )
+            }),
             affine: self.affine(),
             channel_first: true,
         }
@@ -217,12 +265,20 @@ mod tests {
             copy: 3,
             seed: 0xdead_beef,
             shape,
-            affine: [[1.5, 0.0, 0.0, -3.0], [0.0, 1.5, 0.0, 2.0], [0.0, 0.0, 2.0, 1.0], [0.0, 0.0, 0.0, 1.0]],
+            affine: [
+                [1.5, 0.0, 0.0, -3.0],
+                [0.0, 1.5, 0.0, 2.0],
+                [0.0, 0.0, 2.0, 1.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
             image: (0..120).map(|i| i as f32 * 0.25 - 7.0).collect(),
             labels: (0..60).map(|i| (i % 8) as u8).collect(),
             drawn: DrawnParams {
                 draws: vec![
-                    Drawn::Crop { start: [1, 2, 3], size: [3, 4, 5] },
+                    Drawn::Crop {
+                        start: [1, 2, 3],
+                        size: [3, 4, 5],
+                    },
                     Drawn::Flip { flipped: true },
                     Drawn::ScaleIntensity { factor: None },
                     Drawn::ShiftIntensity { offset: Some(0.03) },
@@ -247,7 +303,10 @@ mod tests {
         assert_eq!(f.drawn(), s.drawn);
         assert_eq!(f.drawn().shift_offset(), Some(0.03));
         let c = f.to_case();
-        assert_eq!(Sample::from_case(&c, 3, 0xdead_beef, s.drawn.clone()).unwrap(), s);
+        assert_eq!(
+            Sample::from_case(&c, 3, 0xdead_beef, s.drawn.clone()).unwrap(),
+            s
+        );
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -258,7 +317,11 @@ mod tests {
         let p = dir.path().join("s.rkyv");
         write_sample(&p, &sample()).unwrap();
         let good = std::fs::read(&p).unwrap();
-        let mut variants: Vec<(&str, Vec<u8>)> = vec![("empty", vec![]), ("short", good[..good.len() / 2].to_vec()), ("tail", good[..good.len() - 3].to_vec())];
+        let mut variants: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("short", good[..good.len() / 2].to_vec()),
+            ("tail", good[..good.len() - 3].to_vec()),
+        ];
         let mut flipped = good.clone();
         let n = flipped.len();
         for b in &mut flipped[n - 64..] {
@@ -278,7 +341,12 @@ mod tests {
             let q = dir.path().join("flip.rkyv");
             std::fs::write(&q, &b).unwrap();
             if let Ok(f) = SampleFile::open(&q) {
-                let _ = (f.image().len(), f.labels().len(), f.drawn(), f.case_id().len());
+                let _ = (
+                    f.image().len(),
+                    f.labels().len(),
+                    f.drawn(),
+                    f.case_id().len(),
+                );
             }
         }
         let mut bad = sample();

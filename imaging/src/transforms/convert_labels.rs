@@ -104,7 +104,10 @@ mod tests {
         Case {
             id: "BRATS_042".into(),
             image: Image::new([1, vals.len(), 1, 1], vec![0.0; vals.len()]),
-            label: Some(Label::new([vals.len(), 1, 1], LabelData::Raw(vals.to_vec()))),
+            label: Some(Label::new(
+                [vals.len(), 1, 1],
+                LabelData::Raw(vals.to_vec()),
+            )),
             affine: IDENTITY,
             channel_first: true,
         }
@@ -119,17 +122,43 @@ mod tests {
 
     #[test]
     fn conventions() {
-        let msd = ConvertLabels { labels: LabelConvention::Msd }.apply(case(&[0.0, 1.0, 2.0, 3.0])).unwrap();
+        let msd = ConvertLabels {
+            labels: LabelConvention::Msd,
+        }
+        .apply(case(&[0.0, 1.0, 2.0, 3.0]))
+        .unwrap();
         assert_eq!(regions(&msd), [0, WT, TC | WT, TC | WT | ET]);
-        let b = ConvertLabels { labels: LabelConvention::Brats }.apply(case(&[0.0, 1.0, 2.0, 4.0])).unwrap();
+        let b = ConvertLabels {
+            labels: LabelConvention::Brats,
+        }
+        .apply(case(&[0.0, 1.0, 2.0, 4.0]))
+        .unwrap();
         assert_eq!(regions(&b), [0, TC | WT, WT, TC | WT | ET]);
-        let m = ConvertLabels { labels: LabelConvention::BratsMonai }.apply(case(&[3.0, 1.0])).unwrap();
+        let m = ConvertLabels {
+            labels: LabelConvention::BratsMonai,
+        }
+        .apply(case(&[3.0, 1.0]))
+        .unwrap();
         assert_eq!(regions(&m), [0, TC | WT]);
-        let e = ConvertLabels { labels: LabelConvention::Brats }.apply(case(&[0.0, 3.0])).unwrap_err().to_string();
-        assert!(e.contains("BRATS_042") && e.contains("label value 3"), "{e}");
-        let e = ConvertLabels::default().apply(case(&[0.0, 4.0])).unwrap_err().to_string();
+        let e = ConvertLabels {
+            labels: LabelConvention::Brats,
+        }
+        .apply(case(&[0.0, 3.0]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("BRATS_042") && e.contains("label value 3"),
+            "{e}"
+        );
+        let e = ConvertLabels::default()
+            .apply(case(&[0.0, 4.0]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("label value 4") && e.contains("msd"), "{e}");
-        let e = ConvertLabels::default().apply(case(&[0.5])).unwrap_err().to_string();
+        let e = ConvertLabels::default()
+            .apply(case(&[0.5]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("0.5"), "{e}");
     }
 }

@@ -4,7 +4,12 @@
 pub type Mat4 = [[f64; 4]; 4];
 pub type Mat3 = [[f64; 3]; 3];
 
-pub const IDENTITY: Mat4 = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+pub const IDENTITY: Mat4 = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
 
 /// `a @ b`, each entry accumulated from 0 over k ascending (BLAS order; zeros then add exactly).
 pub fn matmul4(a: &Mat4, b: &Mat4) -> Mat4 {
@@ -96,7 +101,8 @@ pub fn solve4(a: &Mat4, b: &Mat4) -> Option<Mat4> {
 }
 
 pub fn inv3(a: &Mat3) -> Option<Mat3> {
-    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
     if det == 0.0 || !det.is_finite() {
         return None;
@@ -177,7 +183,12 @@ mod tests {
 
     #[test]
     fn solve_and_polar() {
-        let a = [[2.0, 0.0, 30.0, -1.0], [0.0, 2.0, 30.0, 2.0], [0.0, 0.0, 32.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [2.0, 0.0, 30.0, -1.0],
+            [0.0, 2.0, 30.0, 2.0],
+            [0.0, 0.0, 32.0, 3.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let x = solve4(&a, &IDENTITY).unwrap();
         let p = matmul4(&a, &x);
         assert!(allclose4(&p, &IDENTITY, 0.0, 1e-12));

@@ -67,10 +67,19 @@ pub fn image_from_nifti(img: NiftiImage, case: &str) -> Result<Image, ImagingErr
     })
 }
 
-pub fn label_from_nifti(lab: NiftiImage, case: &str, image_spatial: [usize; 3], image_affine: &Affine) -> Result<Label, ImagingError> {
+pub fn label_from_nifti(
+    lab: NiftiImage,
+    case: &str,
+    image_spatial: [usize; 3],
+    image_affine: &Affine,
+) -> Result<Label, ImagingError> {
     let d = &lab.dims;
     let ok = d.len() >= 3 && d[3..].iter().all(|&v| v == 1);
-    let sp = if d.len() >= 3 { [d[0], d[1], d[2]] } else { [0, 0, 0] };
+    let sp = if d.len() >= 3 {
+        [d[0], d[1], d[2]]
+    } else {
+        [0, 0, 0]
+    };
     if !ok || sp != image_spatial {
         return Err(ImagingError::Mismatch {
             case: case.to_string(),
@@ -80,7 +89,10 @@ pub fn label_from_nifti(lab: NiftiImage, case: &str, image_spatial: [usize; 3], 
         });
     }
     let close = (0..3).all(|i| {
-        (0..4).all(|j| (lab.affine[i][j] - image_affine[i][j]).abs() <= AFFINE_TOL * image_affine[i][j].abs().max(1.0))
+        (0..4).all(|j| {
+            (lab.affine[i][j] - image_affine[i][j]).abs()
+                <= AFFINE_TOL * image_affine[i][j].abs().max(1.0)
+        })
     });
     if !close {
         return Err(ImagingError::Mismatch {
@@ -152,7 +164,11 @@ mod tests {
         data[5] = f32::NAN;
         let img = dir.path().join("img.nii");
         write_nifti(&img, &[2, 2, 2], NiftiData::F32(&data), &aff).unwrap();
-        let src = CaseSource { id: "case_nan".into(), image: img, label: None };
+        let src = CaseSource {
+            id: "case_nan".into(),
+            image: img,
+            label: None,
+        };
         let e = Load::default().load(&src).unwrap_err().to_string();
         assert!(e.contains("case_nan") && e.contains("non-finite"), "{e}");
 
@@ -160,7 +176,11 @@ mod tests {
         write_nifti(&good, &[2, 2, 2], NiftiData::F32(&[1.0; 8]), &aff).unwrap();
         let lab = dir.path().join("lab.nii");
         write_nifti(&lab, &[2, 2, 3], NiftiData::U8(&[0; 12]), &aff).unwrap();
-        let src = CaseSource { id: "case_shape".into(), image: good.clone(), label: Some(lab) };
+        let src = CaseSource {
+            id: "case_shape".into(),
+            image: good.clone(),
+            label: Some(lab),
+        };
         let e = Load::default().load(&src).unwrap_err().to_string();
         assert!(e.contains("case_shape") && e.contains("shape"), "{e}");
 
@@ -168,7 +188,11 @@ mod tests {
         moved[0][3] = 5.0;
         let lab = dir.path().join("lab2.nii");
         write_nifti(&lab, &[2, 2, 2], NiftiData::U8(&[0; 8]), &moved).unwrap();
-        let src = CaseSource { id: "case_affine".into(), image: good, label: Some(lab) };
+        let src = CaseSource {
+            id: "case_affine".into(),
+            image: good,
+            label: Some(lab),
+        };
         let e = Load::default().load(&src).unwrap_err().to_string();
         assert!(e.contains("case_affine") && e.contains("affine"), "{e}");
     }

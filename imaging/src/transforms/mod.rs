@@ -72,7 +72,11 @@ pub struct Image {
 impl Image {
     /// A C-order image.
     pub fn new(shape: [usize; 4], data: Vec<f32>) -> Image {
-        Image { shape, data, layout: Layout::C }
+        Image {
+            shape,
+            data,
+            layout: Layout::C,
+        }
     }
     /// Reorders to C order if needed.
     pub fn to_c_order(&mut self) {
@@ -114,7 +118,11 @@ pub struct Label {
 impl Label {
     /// A C-order label.
     pub fn new(shape: [usize; 3], data: LabelData) -> Label {
-        Label { shape, data, layout: Layout::C }
+        Label {
+            shape,
+            data,
+            layout: Layout::C,
+        }
     }
     pub fn to_c_order(&mut self) {
         if self.layout == Layout::Fortran {
@@ -188,20 +196,48 @@ pub struct CaseSource {
 }
 
 /// What a random transform drew for one sample, in chain order; enough to replay it exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Drawn {
     /// Crop window start and size (voxels, per spatial axis).
-    Crop { start: [u32; 3], size: [u32; 3] },
-    Flip { flipped: bool },
+    Crop {
+        start: [u32; 3],
+        size: [u32; 3],
+    },
+    Flip {
+        flipped: bool,
+    },
     /// `Some(f)`: the image was multiplied by `1 + f`; `None`: the coin said no.
-    ScaleIntensity { factor: Option<f64> },
+    ScaleIntensity {
+        factor: Option<f64>,
+    },
     /// `Some(o)`: `o` was added to every voxel; `None`: the coin said no.
-    ShiftIntensity { offset: Option<f64> },
+    ShiftIntensity {
+        offset: Option<f64>,
+    },
 }
 
 /// The drawn parameters of one sample (one entry per random transform, chain order).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct DrawnParams {
     pub draws: Vec<Drawn>,
 }
@@ -335,7 +371,9 @@ impl TransformSpec {
             random => Err(ImagingError::Transform {
                 case: case.id,
                 transform: random.name(),
-                reason: "random transform applied without a random stream (use Chain::apply_suffix)".into(),
+                reason:
+                    "random transform applied without a random stream (use Chain::apply_suffix)"
+                        .into(),
             }),
         }
     }
@@ -361,10 +399,18 @@ impl TransformSpec {
             })
         };
         match (self, drawn) {
-            (TransformSpec::RandSpatialCrop(t), Some(Drawn::Crop { start, size })) => t.apply_drawn(case, *start, *size),
-            (TransformSpec::RandFlip(t), Some(Drawn::Flip { flipped })) => t.apply_drawn(case, *flipped),
-            (TransformSpec::RandScaleIntensity(t), Some(Drawn::ScaleIntensity { factor })) => t.apply_drawn(case, *factor),
-            (TransformSpec::RandShiftIntensity(t), Some(Drawn::ShiftIntensity { offset })) => t.apply_drawn(case, *offset),
+            (TransformSpec::RandSpatialCrop(t), Some(Drawn::Crop { start, size })) => {
+                t.apply_drawn(case, *start, *size)
+            }
+            (TransformSpec::RandFlip(t), Some(Drawn::Flip { flipped })) => {
+                t.apply_drawn(case, *flipped)
+            }
+            (TransformSpec::RandScaleIntensity(t), Some(Drawn::ScaleIntensity { factor })) => {
+                t.apply_drawn(case, *factor)
+            }
+            (TransformSpec::RandShiftIntensity(t), Some(Drawn::ShiftIntensity { offset })) => {
+                t.apply_drawn(case, *offset)
+            }
             (t, _) if t.is_random() => mismatch(case, t.name()),
             (t, _) => t.apply(case),
         }
@@ -381,11 +427,16 @@ impl<'de> Deserialize<'de> for TransformSpec {
 
 struct SpecVisitor;
 
-fn params<'de, A: MapAccess<'de>, T: Deserialize<'de> + Default>(map: &mut A) -> Result<T, A::Error> {
+fn params<'de, A: MapAccess<'de>, T: Deserialize<'de> + Default>(
+    map: &mut A,
+) -> Result<T, A::Error> {
     Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
 }
 
-fn required<'de, A: MapAccess<'de>, T: Deserialize<'de>>(map: &mut A, name: &str) -> Result<T, A::Error> {
+fn required<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    name: &str,
+) -> Result<T, A::Error> {
     map.next_value::<Option<T>>()?
         .ok_or_else(|| de::Error::custom(format!("`{name}` needs parameters")))
 }
@@ -411,11 +462,17 @@ impl<'de> Visitor<'de> for SpecVisitor {
             "convert-labels" => TransformSpec::ConvertLabels(params(&mut map)?),
             "spacing" => TransformSpec::Spacing(required(&mut map, "spacing")?),
             "orientation" => TransformSpec::Orientation(params(&mut map)?),
-            "rand-spatial-crop" => TransformSpec::RandSpatialCrop(required(&mut map, "rand-spatial-crop")?),
+            "rand-spatial-crop" => {
+                TransformSpec::RandSpatialCrop(required(&mut map, "rand-spatial-crop")?)
+            }
             "rand-flip" => TransformSpec::RandFlip(params(&mut map)?),
             "normalize-intensity" => TransformSpec::NormalizeIntensity(params(&mut map)?),
-            "rand-scale-intensity" => TransformSpec::RandScaleIntensity(required(&mut map, "rand-scale-intensity")?),
-            "rand-shift-intensity" => TransformSpec::RandShiftIntensity(required(&mut map, "rand-shift-intensity")?),
+            "rand-scale-intensity" => {
+                TransformSpec::RandScaleIntensity(required(&mut map, "rand-scale-intensity")?)
+            }
+            "rand-shift-intensity" => {
+                TransformSpec::RandShiftIntensity(required(&mut map, "rand-shift-intensity")?)
+            }
             other => return Err(de::Error::unknown_variant(other, TRANSFORM_NAMES)),
         };
         if map.next_key::<de::IgnoredAny>()?.is_some() {
@@ -438,22 +495,28 @@ pub struct Chain {
 impl Chain {
     pub fn new(specs: Vec<TransformSpec>) -> Result<Self, ImagingError> {
         for (i, s) in specs.iter().enumerate() {
-            s.validate()
-                .map_err(|reason| ImagingError::Chain { reason: format!("transform {} (`{}`): {reason}", i + 1, s.name()) })?;
+            s.validate().map_err(|reason| ImagingError::Chain {
+                reason: format!("transform {} (`{}`): {reason}", i + 1, s.name()),
+            })?;
             if matches!(s, TransformSpec::Load(_)) && i != 0 {
                 return Err(ImagingError::Chain {
                     reason: format!("`load` is transform {} but must be the first", i + 1),
                 });
             }
         }
-        let split = specs.iter().position(|s| s.is_random()).unwrap_or(specs.len());
+        let split = specs
+            .iter()
+            .position(|s| s.is_random())
+            .unwrap_or(specs.len());
         Ok(Chain { specs, split })
     }
 
     /// Parses the DESIGN.md list shape from JSON (the YAML layer converts to the same value).
     pub fn from_json(v: &serde_json::Value) -> Result<Self, ImagingError> {
         let specs: Vec<TransformSpec> =
-            serde_json::from_value(v.clone()).map_err(|e| ImagingError::Chain { reason: e.to_string() })?;
+            serde_json::from_value(v.clone()).map_err(|e| ImagingError::Chain {
+                reason: e.to_string(),
+            })?;
         Chain::new(specs)
     }
 
@@ -473,7 +536,10 @@ impl Chain {
     pub fn run_prefix(&self, src: &CaseSource) -> Result<Case, ImagingError> {
         let Some(TransformSpec::Load(load)) = self.specs.first() else {
             return Err(ImagingError::Chain {
-                reason: format!("case {}: the chain must start with `load` to read files", src.id),
+                reason: format!(
+                    "case {}: the chain must start with `load` to read files",
+                    src.id
+                ),
             });
         };
         let case = load.load(src)?;
@@ -496,7 +562,11 @@ impl Chain {
     }
 
     /// Draws and applies the random suffix; the draws come back for provenance and replay.
-    pub fn apply_suffix(&self, mut case: Case, rng: &mut Rng) -> Result<(Case, DrawnParams), ImagingError> {
+    pub fn apply_suffix(
+        &self,
+        mut case: Case,
+        rng: &mut Rng,
+    ) -> Result<(Case, DrawnParams), ImagingError> {
         let mut drawn = DrawnParams::default();
         for s in self.suffix() {
             match s.draw(&case, rng) {
@@ -532,14 +602,22 @@ impl Chain {
 /// Writes a case as NIfTI-1 (gzip when the name ends in .gz): the image as float32 `(X, Y, Z[, C])`
 /// (3D when it has one channel), the label as uint8 — region bits after `convert-labels`, raw values
 /// before (which must then be integers in 0..=255).
-pub fn write_case(case: &Case, image: &std::path::Path, label: Option<&std::path::Path>) -> Result<(), ImagingError> {
+pub fn write_case(
+    case: &Case,
+    image: &std::path::Path,
+    label: Option<&std::path::Path>,
+) -> Result<(), ImagingError> {
     use crate::nifti::{NiftiData, write_nifti};
     let mut c = case.clone();
     c.to_c_order();
     let sp = c.image.spatial();
     let ch = c.image.channels();
     let data = load::c_to_fortran(&c.image.data, sp, ch);
-    let dims: Vec<usize> = if ch == 1 { sp.to_vec() } else { vec![sp[0], sp[1], sp[2], ch] };
+    let dims: Vec<usize> = if ch == 1 {
+        sp.to_vec()
+    } else {
+        vec![sp[0], sp[1], sp[2], ch]
+    };
     write_nifti(image, &dims, NiftiData::F32(&data), &c.affine)?;
     if let (Some(path), Some(l)) = (label, c.label.as_ref()) {
         let bytes: Vec<u8> = match &l.data {
@@ -550,18 +628,31 @@ pub fn write_case(case: &Case, image: &std::path::Path, label: Option<&std::path
                     if v.fract() == 0.0 && (0.0..=255.0).contains(&v) {
                         Ok(v as u8)
                     } else {
-                        Err(ImagingError::LabelValue { case: c.id.clone(), value: v, convention: "uint8 output", allowed: "integers 0..=255" })
+                        Err(ImagingError::LabelValue {
+                            case: c.id.clone(),
+                            value: v,
+                            convention: "uint8 output",
+                            allowed: "integers 0..=255",
+                        })
                     }
                 })
                 .collect::<Result<_, _>>()?,
         };
-        write_nifti(path, &l.shape, NiftiData::U8(&load::c_to_fortran(&bytes, l.shape, 1)), &c.affine)?;
+        write_nifti(
+            path,
+            &l.shape,
+            NiftiData::U8(&load::c_to_fortran(&bytes, l.shape, 1)),
+            &c.affine,
+        )?;
     }
     Ok(())
 }
 
 /// Checks chain order, and puts the case in C order for transforms that index it directly.
-pub(crate) fn require_channel_first(case: &mut Case, transform: &'static str) -> Result<(), ImagingError> {
+pub(crate) fn require_channel_first(
+    case: &mut Case,
+    transform: &'static str,
+) -> Result<(), ImagingError> {
     if case.channel_first {
         if transform != "spacing" {
             case.to_c_order();
@@ -571,7 +662,9 @@ pub(crate) fn require_channel_first(case: &mut Case, transform: &'static str) ->
         Err(ImagingError::Transform {
             case: case.id.clone(),
             transform,
-            reason: "image is not channel-first yet; put `ensure-channel-first` earlier in the chain".into(),
+            reason:
+                "image is not channel-first yet; put `ensure-channel-first` earlier in the chain"
+                    .into(),
         })
     }
 }
@@ -635,7 +728,16 @@ mod tests {
         ]);
         let chain = Chain::from_json(&v).unwrap();
         let names: Vec<_> = chain.prefix().iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["load", "ensure-channel-first", "convert-labels", "spacing", "orientation"]);
+        assert_eq!(
+            names,
+            [
+                "load",
+                "ensure-channel-first",
+                "convert-labels",
+                "spacing",
+                "orientation"
+            ]
+        );
         assert_eq!(chain.suffix().len(), 5);
         assert_eq!(chain.suffix()[0].name(), "rand-spatial-crop");
         match &chain.specs()[2] {
@@ -643,7 +745,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match &chain.specs()[8] {
-            TransformSpec::RandScaleIntensity(s) => assert_eq!((s.factors.lo, s.factors.hi, s.prob), (-0.1, 0.1, 0.5)),
+            TransformSpec::RandScaleIntensity(s) => {
+                assert_eq!((s.factors.lo, s.factors.hi, s.prob), (-0.1, 0.1, 0.5))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -655,19 +759,33 @@ mod tests {
         let case = Case {
             id: "w".into(),
             image: Image::new([2, 3, 4, 5], (0..120).map(|v| v as f32).collect()),
-            label: Some(Label::new([3, 4, 5], LabelData::Regions((0..60).map(|v| (v % 8) as u8).collect()))),
-            affine: [[1.5, 0.0, 0.0, 1.0], [0.0, 1.5, 0.0, 2.0], [0.0, 0.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0]],
+            label: Some(Label::new(
+                [3, 4, 5],
+                LabelData::Regions((0..60).map(|v| (v % 8) as u8).collect()),
+            )),
+            affine: [
+                [1.5, 0.0, 0.0, 1.0],
+                [0.0, 1.5, 0.0, 2.0],
+                [0.0, 0.0, 2.0, 3.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
             channel_first: true,
         };
         let (i, l) = (dir.join("image.nii.gz"), dir.join("label.nii.gz"));
         write_case(&case, &i, Some(&l)).unwrap();
-        let src = CaseSource { id: "w".into(), image: i, label: Some(l) };
+        let src = CaseSource {
+            id: "w".into(),
+            image: i,
+            label: Some(l),
+        };
         let mut back = Load::default().load(&src).unwrap();
         back.to_c_order();
         assert_eq!(back.image.data, case.image.data);
         assert_eq!(back.affine, case.affine);
         match (&back.label.unwrap().data, &case.label.unwrap().data) {
-            (LabelData::Raw(a), LabelData::Regions(b)) => assert!(a.iter().zip(b).all(|(x, y)| *x == *y as f32)),
+            (LabelData::Raw(a), LabelData::Regions(b)) => {
+                assert!(a.iter().zip(b).all(|(x, y)| *x == *y as f32))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -677,12 +795,27 @@ mod tests {
         for (v, needle) in [
             (serde_json::json!(["spacing"]), "needs parameters"),
             (serde_json::json!(["blur"]), "blur"),
-            (serde_json::json!([{"spacing": {"pixdim": [1, 1, 1]}, "x": 1}]), "exactly one key"),
-            (serde_json::json!([{"spacing": {"pixdim": [1, 1, 1], "bogus": 1}}]), "bogus"),
-            (serde_json::json!([{"spacing": {"pixdim": [1, -1, 1]}}]), "pixdim"),
+            (
+                serde_json::json!([{"spacing": {"pixdim": [1, 1, 1]}, "x": 1}]),
+                "exactly one key",
+            ),
+            (
+                serde_json::json!([{"spacing": {"pixdim": [1, 1, 1], "bogus": 1}}]),
+                "bogus",
+            ),
+            (
+                serde_json::json!([{"spacing": {"pixdim": [1, -1, 1]}}]),
+                "pixdim",
+            ),
             (serde_json::json!([{"rand-flip": {"prob": 2.0}}]), "prob"),
-            (serde_json::json!([{"orientation": {"axcodes": "RRS"}}]), "axcodes"),
-            (serde_json::json!([{"convert-labels": {"labels": "kits"}}]), "kits"),
+            (
+                serde_json::json!([{"orientation": {"axcodes": "RRS"}}]),
+                "axcodes",
+            ),
+            (
+                serde_json::json!([{"convert-labels": {"labels": "kits"}}]),
+                "kits",
+            ),
             (serde_json::json!(["ensure-channel-first", "load"]), "first"),
         ] {
             let err = Chain::from_json(&v).expect_err(&v.to_string()).to_string();

@@ -78,7 +78,15 @@ mod tests {
             affine: IDENTITY,
             channel_first: true,
         };
-        let out = NormalizeIntensity { nonzero: true, channel_wise: true }.apply(case).unwrap();
-        assert_eq!(out.image.data, vec![0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let out = NormalizeIntensity {
+            nonzero: true,
+            channel_wise: true,
+        }
+        .apply(case)
+        .unwrap();
+        assert_eq!(
+            out.image.data,
+            vec![0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
     }
 }

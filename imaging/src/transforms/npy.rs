@@ -19,7 +19,9 @@ pub fn read(path: &Path) -> Result<Npy, String> {
     };
     let header = std::str::from_utf8(&b[hstart..hstart + hlen]).map_err(|e| e.to_string())?;
     let field = |key: &str| -> Result<&str, String> {
-        let i = header.find(key).ok_or(format!("{}: no {key}", path.display()))?;
+        let i = header
+            .find(key)
+            .ok_or(format!("{}: no {key}", path.display()))?;
         Ok(header[i + key.len()..].trim_start_matches([':', ' ']))
     };
     let descr = field("'descr'")?;
@@ -29,15 +31,27 @@ pub fn read(path: &Path) -> Result<Npy, String> {
     }
     let shape_s = field("'shape'")?;
     let shape_s = &shape_s[1..shape_s.find(')').unwrap()];
-    let shape: Vec<usize> = shape_s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let shape: Vec<usize> = shape_s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
     let body = &b[hstart + hlen..];
     let data: Vec<f32> = match descr {
-        "<f4" => body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        "<f4" => body
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         "|u1" | "|b1" => body.iter().map(|&v| v as f32).collect(),
         other => return Err(format!("{}: dtype {other} not supported", path.display())),
     };
     if data.len() != shape.iter().product::<usize>() {
-        return Err(format!("{}: {} values for shape {shape:?}", path.display(), data.len()));
+        return Err(format!(
+            "{}: {} values for shape {shape:?}",
+            path.display(),
+            data.len()
+        ));
     }
     Ok(Npy { shape, data })
 }

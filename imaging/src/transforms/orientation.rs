@@ -49,10 +49,18 @@ impl Orientation {
                 'A' => (1, false),
                 'I' => (2, true),
                 'S' => (2, false),
-                _ => return Err(format!("axcodes `{}`: `{c}` is not one of L R P A I S", self.axcodes)),
+                _ => {
+                    return Err(format!(
+                        "axcodes `{}`: `{c}` is not one of L R P A I S",
+                        self.axcodes
+                    ));
+                }
             };
             if used[world] {
-                return Err(format!("axcodes `{}` name the same world axis twice", self.axcodes));
+                return Err(format!(
+                    "axcodes `{}` name the same world axis twice",
+                    self.axcodes
+                ));
             }
             used[world] = true;
             out[i] = (world, neg);
@@ -78,11 +86,13 @@ impl Orientation {
 
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
         require_channel_first(&mut case, "orientation")?;
-        let ornt = self.ornt(&case.affine).map_err(|reason| ImagingError::Transform {
-            case: case.id.clone(),
-            transform: "orientation",
-            reason,
-        })?;
+        let ornt = self
+            .ornt(&case.affine)
+            .map_err(|reason| ImagingError::Transform {
+                case: case.id.clone(),
+                transform: "orientation",
+                reason,
+            })?;
         let identity = ornt.iter().enumerate().all(|(i, &(o, f))| o == i && !f);
         let in_sp = case.image.spatial();
         case.affine = reoriented_affine(&case.affine, &ornt, in_sp);
@@ -116,7 +126,8 @@ pub fn io_orientation(a: &Affine) -> Result<[(usize, bool); 3], String> {
             row[j] /= z;
         }
     }
-    let mut r = linalg::polar3(&rs).ok_or_else(|| format!("affine {a:?} has a singular rotation part"))?;
+    let mut r =
+        linalg::polar3(&rs).ok_or_else(|| format!("affine {a:?} has a singular rotation part"))?;
     let mut out = [(0usize, false); 3];
     for in_ax in 0..3 {
         let mut best = 0;
@@ -126,7 +137,9 @@ pub fn io_orientation(a: &Affine) -> Result<[(usize, bool); 3], String> {
             }
         }
         if r[best][in_ax] == 0.0 {
-            return Err(format!("affine {a:?}: input axis {in_ax} maps to no world axis"));
+            return Err(format!(
+                "affine {a:?}: input axis {in_ax} maps to no world axis"
+            ));
         }
         out[in_ax] = (best, r[best][in_ax] < 0.0);
         r[best] = [0.0; 3];
@@ -155,7 +168,12 @@ fn reoriented_affine(a: &Affine, ornt: &Ornt, shape: [usize; 3]) -> Affine {
 }
 
 /// Flips then permutes a `(C, X, Y, Z)` array: output axis `ornt[a].0` takes input axis `a`.
-fn reorient<T: Copy + Default>(src: &[T], c: usize, sp: [usize; 3], ornt: &Ornt) -> (Vec<T>, [usize; 3]) {
+fn reorient<T: Copy + Default>(
+    src: &[T],
+    c: usize,
+    sp: [usize; 3],
+    ornt: &Ornt,
+) -> (Vec<T>, [usize; 3]) {
     let mut out_sp = [0usize; 3];
     for (a, &(o, _)) in ornt.iter().enumerate() {
         out_sp[o] = sp[a];
@@ -196,7 +214,12 @@ mod tests {
 
     #[test]
     fn lps_to_ras_flips_x_and_y() {
-        let a = [[-1.5, 0.0, 0.0, 0.0], [0.0, -1.5, 0.0, 47.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [-1.5, 0.0, 0.0, 0.0],
+            [0.0, -1.5, 0.0, 47.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let o = Orientation::default().ornt(&a).unwrap();
         assert_eq!(o, [(0, true), (1, true), (2, false)]);
         let na = reoriented_affine(&a, &o, [32, 32, 16]);
@@ -207,7 +230,12 @@ mod tests {
     #[test]
     fn permutation_moves_axes() {
         // Input axis 0 points along world y, axis 1 along world x.
-        let a = [[0.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [0.0, 2.0, 0.0, 0.0],
+            [3.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let o = Orientation::default().ornt(&a).unwrap();
         assert_eq!(o, [(1, false), (0, false), (2, false)]);
         let src: Vec<u16> = (0..2 * 3 * 4).collect();

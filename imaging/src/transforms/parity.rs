@@ -13,7 +13,8 @@ fn reference() -> PathBuf {
 }
 
 fn manifest() -> Value {
-    serde_json::from_slice(&std::fs::read(reference().join("golden/manifest.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(reference().join("golden/manifest.json")).unwrap())
+        .unwrap()
 }
 
 fn affine_of(v: &Value) -> Affine {
@@ -31,7 +32,10 @@ fn assert_affine(what: &str, got: &Affine, want: &Value) {
     for i in 0..4 {
         for j in 0..4 {
             // The manifest rounds to 10 decimals.
-            assert!((got[i][j] - want[i][j]).abs() < 1e-6, "{what}: affine {got:?} vs {want:?}");
+            assert!(
+                (got[i][j] - want[i][j]).abs() < 1e-6,
+                "{what}: affine {got:?} vs {want:?}"
+            );
         }
     }
 }
@@ -39,7 +43,11 @@ fn assert_affine(what: &str, got: &Affine, want: &Value) {
 /// Max |ours − golden| over the golden value range, skipping `skip` voxels; also the differing count.
 fn image_error(ours: &[f32], golden: &[f32], skip: &dyn Fn(usize) -> bool) -> (f64, usize) {
     assert_eq!(ours.len(), golden.len());
-    let (lo, hi) = golden.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = golden
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
     let range = ((hi - lo) as f64).max(1e-30);
     let mut max = 0f64;
     let mut n = 0;
@@ -92,21 +100,32 @@ fn check_stage(rep: &mut Report, name: &str, dir: &Path, stage: &str, case: &Cas
         assert_eq!(g.shape, shape, "{name} {stage} image shape");
         let (err, n) = image_error(&case.image.data, &g.data, &|_| false);
         rep.worst = rep.worst.max(err);
-        rep.lines.push(format!("{name} {stage}: image max rel err {err:.3e} ({n} voxels not bit-identical)"));
-        assert!(err < TOL, "{name} {stage}: image error {err:e} over {TOL:e}");
+        rep.lines.push(format!(
+            "{name} {stage}: image max rel err {err:.3e} ({n} voxels not bit-identical)"
+        ));
+        assert!(
+            err < TOL,
+            "{name} {stage}: image error {err:e} over {TOL:e}"
+        );
     }
     let lab_path = dir.join(format!("{stage}_label.npy"));
     if lab_path.exists() && case.label.is_some() {
         let g = npy::read(&lab_path).unwrap();
         let n = label_mismatches(regions(case), &g);
-        rep.lines.push(format!("{name} {stage}: label mismatches {n}"));
+        rep.lines
+            .push(format!("{name} {stage}: label mismatches {n}"));
         assert_eq!(n, 0, "{name} {stage}: {n} label voxel-channels differ");
     }
     if let Some(aff) = meta.get("image").and_then(|m| m.get("affine")) {
         assert_affine(&format!("{name} {stage}"), &case.affine, aff);
     }
     if let Some(shape) = meta.get("image").and_then(|m| m.get("shape")) {
-        let want: Vec<usize> = shape.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let want: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(case.image.shape.to_vec(), want, "{name} {stage} shape");
     }
 }
@@ -114,7 +133,9 @@ fn check_stage(rep: &mut Report, name: &str, dir: &Path, stage: &str, case: &Cas
 fn run_prefix(c: &Value) -> (Case, Spacing) {
     let inputs = reference().join("inputs");
     let img = inputs.join(c["inputs"]["image"]["path"].as_str().unwrap());
-    let lab = c["inputs"].get("label").map(|l| inputs.join(l["path"].as_str().unwrap()));
+    let lab = c["inputs"]
+        .get("label")
+        .map(|l| inputs.join(l["path"].as_str().unwrap()));
     let pixdim = c["transforms"]
         .as_array()
         .unwrap()
@@ -122,26 +143,50 @@ fn run_prefix(c: &Value) -> (Case, Spacing) {
         .find(|t| t["name"] == "Spacingd")
         .map(|t| {
             let p = t["pixdim"].as_array().unwrap();
-            [p[0].as_f64().unwrap(), p[1].as_f64().unwrap(), p[2].as_f64().unwrap()]
+            [
+                p[0].as_f64().unwrap(),
+                p[1].as_f64().unwrap(),
+                p[2].as_f64().unwrap(),
+            ]
         })
         .unwrap();
-    let src = CaseSource { id: c["case"].as_str().unwrap().into(), image: img, label: lab };
+    let src = CaseSource {
+        id: c["case"].as_str().unwrap().into(),
+        image: img,
+        label: lab,
+    };
     let case = Load::default().load(&src).unwrap();
     let case = EnsureChannelFirst::default().apply(case).unwrap();
     // The goldens ran MONAI's BraTS class on MSD-style labels (0-3).
-    let case = ConvertLabels { labels: LabelConvention::BratsMonai }.apply(case).unwrap();
-    (case, Spacing { pixdim, mode: SpacingModes::default() })
+    let case = ConvertLabels {
+        labels: LabelConvention::BratsMonai,
+    }
+    .apply(case)
+    .unwrap();
+    (
+        case,
+        Spacing {
+            pixdim,
+            mode: SpacingModes::default(),
+        },
+    )
 }
 
 #[test]
 fn golden_cases_match_monai() {
     let m = manifest();
-    let mut rep = Report { lines: vec![], worst: 0.0 };
+    let mut rep = Report {
+        lines: vec![],
+        worst: 0.0,
+    };
     let mut per_group: std::collections::BTreeMap<String, f64> = Default::default();
     for c in m["cases"].as_array().unwrap() {
         let group = c["group"].as_str().unwrap();
         let name = format!("{group}/{}", c["case"].as_str().unwrap());
-        let dir = reference().join("golden").join(group).join(c["case"].as_str().unwrap());
+        let dir = reference()
+            .join("golden")
+            .join(group)
+            .join(c["case"].as_str().unwrap());
         let before = rep.worst;
         rep.worst = 0.0;
         let (case, spacing) = run_prefix(c);
@@ -150,15 +195,42 @@ fn golden_cases_match_monai() {
             let g = npy::read(&conv).unwrap();
             let mut c_order = case.clone();
             c_order.to_c_order();
-            assert_eq!(label_mismatches(regions(&c_order), &g), 0, "{name}: converted labels");
+            assert_eq!(
+                label_mismatches(regions(&c_order), &g),
+                0,
+                "{name}: converted labels"
+            );
         }
         let case = spacing.apply(case).unwrap();
-        check_stage(&mut rep, &name, &dir, "after_spacing", &case, &c["after_spacing"]);
+        check_stage(
+            &mut rep,
+            &name,
+            &dir,
+            "after_spacing",
+            &case,
+            &c["after_spacing"],
+        );
         let case = Orientation::default().apply(case).unwrap();
-        check_stage(&mut rep, &name, &dir, "after_orientation", &case, &c["after_orientation"]);
-        let case = NormalizeIntensity { nonzero: true, channel_wise: true }.apply(case).unwrap();
+        check_stage(
+            &mut rep,
+            &name,
+            &dir,
+            "after_orientation",
+            &case,
+            &c["after_orientation"],
+        );
+        let case = NormalizeIntensity {
+            nonzero: true,
+            channel_wise: true,
+        }
+        .apply(case)
+        .unwrap();
         check_stage(&mut rep, &name, &dir, "final", &case, &c["final"]);
-        assert_affine(&format!("{name} final"), &case.affine, &c["final"]["image"]["affine"]);
+        assert_affine(
+            &format!("{name} final"),
+            &case.affine,
+            &c["final"]["image"]["affine"],
+        );
         let g = per_group.entry(group.to_string()).or_default();
         *g = g.max(rep.worst);
         rep.worst = rep.worst.max(before);
@@ -183,26 +255,51 @@ fn random_chain_replays_match_monai() {
     for rc in m["random_chain"].as_array().unwrap() {
         let id = rc["case"].as_str().unwrap();
         let (case, spacing) = run_prefix(by_case[id]);
-        let case = Orientation::default().apply(spacing.apply(case).unwrap()).unwrap();
+        let case = Orientation::default()
+            .apply(spacing.apply(case).unwrap())
+            .unwrap();
         let p = &rc["params"];
         let sl = p["crop_slices"].as_array().unwrap();
         let start = [0, 1, 2].map(|a| sl[a][0].as_u64().unwrap() as u32);
-        let size = [0, 1, 2].map(|a| (sl[a][1].as_u64().unwrap() - sl[a][0].as_u64().unwrap()) as u32);
+        let size =
+            [0, 1, 2].map(|a| (sl[a][1].as_u64().unwrap() - sl[a][0].as_u64().unwrap()) as u32);
         let roi = [0, 1, 2].map(|a| rc["roi_size"][a].as_u64().unwrap() as usize);
         let chain = Chain::new(vec![
             TransformSpec::RandSpatialCrop(RandSpatialCrop { roi }),
-            TransformSpec::RandFlip(RandFlip { prob: 0.5, axis: Some(vec![0]) }),
-            TransformSpec::NormalizeIntensity(NormalizeIntensity { nonzero: true, channel_wise: true }),
-            TransformSpec::RandScaleIntensity(serde_json::from_value(serde_json::json!({"factors": 0.1, "prob": 0.5})).unwrap()),
-            TransformSpec::RandShiftIntensity(serde_json::from_value(serde_json::json!({"offsets": 0.1, "prob": 0.5})).unwrap()),
+            TransformSpec::RandFlip(RandFlip {
+                prob: 0.5,
+                axis: Some(vec![0]),
+            }),
+            TransformSpec::NormalizeIntensity(NormalizeIntensity {
+                nonzero: true,
+                channel_wise: true,
+            }),
+            TransformSpec::RandScaleIntensity(
+                serde_json::from_value(serde_json::json!({"factors": 0.1, "prob": 0.5})).unwrap(),
+            ),
+            TransformSpec::RandShiftIntensity(
+                serde_json::from_value(serde_json::json!({"offsets": 0.1, "prob": 0.5})).unwrap(),
+            ),
         ])
         .unwrap();
         let drawn = DrawnParams {
             draws: vec![
                 Drawn::Crop { start, size },
-                Drawn::Flip { flipped: p["flip_axis0_done"].as_bool().unwrap() },
-                Drawn::ScaleIntensity { factor: p["scale_done"].as_bool().unwrap().then(|| p["scale_factor"].as_f64().unwrap()) },
-                Drawn::ShiftIntensity { offset: p["shift_done"].as_bool().unwrap().then(|| p["shift_offset"].as_f64().unwrap()) },
+                Drawn::Flip {
+                    flipped: p["flip_axis0_done"].as_bool().unwrap(),
+                },
+                Drawn::ScaleIntensity {
+                    factor: p["scale_done"]
+                        .as_bool()
+                        .unwrap()
+                        .then(|| p["scale_factor"].as_f64().unwrap()),
+                },
+                Drawn::ShiftIntensity {
+                    offset: p["shift_done"]
+                        .as_bool()
+                        .unwrap()
+                        .then(|| p["shift_offset"].as_f64().unwrap()),
+                },
             ],
         };
         let out = chain.replay_suffix(case, &drawn).unwrap();
@@ -214,9 +311,16 @@ fn random_chain_replays_match_monai() {
         worst = worst.max(err);
         assert!(err < TOL, "random_chain/{id}: {err:e}");
         let gl = npy::read(&dir.join("random_chain_label.npy")).unwrap();
-        assert_eq!(label_mismatches(regions(&out), &gl), 0, "random_chain/{id} labels");
-        assert_affine(&format!("random_chain/{id}"), &out.affine, &rc["outputs"]["image"]["affine"]);
+        assert_eq!(
+            label_mismatches(regions(&out), &gl),
+            0,
+            "random_chain/{id} labels"
+        );
+        assert_affine(
+            &format!("random_chain/{id}"),
+            &out.affine,
+            &rc["outputs"]["image"]["affine"],
+        );
     }
     eprintln!("random_chain max relative image error: {worst:.3e}");
 }
-

@@ -39,7 +39,10 @@ fn axes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error>
 
 impl Default for RandFlip {
     fn default() -> Self {
-        RandFlip { prob: default_prob(), axis: None }
+        RandFlip {
+            prob: default_prob(),
+            axis: None,
+        }
     }
 }
 
@@ -55,7 +58,9 @@ impl RandFlip {
     }
 
     pub fn draw(&self, rng: &mut Rng) -> Drawn {
-        Drawn::Flip { flipped: rng.next_f64() < self.prob }
+        Drawn::Flip {
+            flipped: rng.next_f64() < self.prob,
+        }
     }
 
     fn axes(&self) -> Vec<usize> {

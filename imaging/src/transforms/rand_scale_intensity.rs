@@ -29,7 +29,9 @@ impl RandScaleIntensity {
     pub fn draw(&self, rng: &mut Rng) -> Drawn {
         let apply = rng.next_f64() < self.prob;
         let f = rng.uniform(self.factors.lo, self.factors.hi);
-        Drawn::ScaleIntensity { factor: apply.then_some(f) }
+        Drawn::ScaleIntensity {
+            factor: apply.then_some(f),
+        }
     }
 
     pub fn apply_drawn(&self, mut case: Case, factor: Option<f64>) -> Result<Case, ImagingError> {

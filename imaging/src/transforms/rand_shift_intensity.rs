@@ -29,7 +29,9 @@ impl RandShiftIntensity {
     pub fn draw(&self, rng: &mut Rng) -> Drawn {
         let apply = rng.next_f64() < self.prob;
         let o = rng.uniform(self.offsets.lo, self.offsets.hi);
-        Drawn::ShiftIntensity { offset: apply.then_some(o) }
+        Drawn::ShiftIntensity {
+            offset: apply.then_some(o),
+        }
     }
 
     pub fn apply_drawn(&self, mut case: Case, offset: Option<f64>) -> Result<Case, ImagingError> {

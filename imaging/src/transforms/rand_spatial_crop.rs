@@ -32,7 +32,12 @@ impl RandSpatialCrop {
         Drawn::Crop { start, size }
     }
 
-    pub fn apply_drawn(&self, mut case: Case, start: [u32; 3], size: [u32; 3]) -> Result<Case, ImagingError> {
+    pub fn apply_drawn(
+        &self,
+        mut case: Case,
+        start: [u32; 3],
+        size: [u32; 3],
+    ) -> Result<Case, ImagingError> {
         require_channel_first(&mut case, "rand-spatial-crop")?;
         crop(case, start.map(|v| v as usize), size.map(|v| v as usize))
     }
@@ -49,7 +54,10 @@ pub fn crop(mut case: Case, start: [usize; 3], size: [usize; 3]) -> Result<Case,
         });
     }
     let c = case.image.channels();
-    case.image = Image::new([c, size[0], size[1], size[2]], crop_array(&case.image.data, c, sp, start, size));
+    case.image = Image::new(
+        [c, size[0], size[1], size[2]],
+        crop_array(&case.image.data, c, sp, start, size),
+    );
     if let Some(label) = case.label.take() {
         let data = match label.data {
             LabelData::Raw(r) => LabelData::Raw(crop_array(&r, 1, sp, start, size)),
@@ -67,7 +75,13 @@ pub fn crop(mut case: Case, start: [usize; 3], size: [usize; 3]) -> Result<Case,
     Ok(case)
 }
 
-fn crop_array<T: Copy>(src: &[T], c: usize, sp: [usize; 3], start: [usize; 3], size: [usize; 3]) -> Vec<T> {
+fn crop_array<T: Copy>(
+    src: &[T],
+    c: usize,
+    sp: [usize; 3],
+    start: [usize; 3],
+    size: [usize; 3],
+) -> Vec<T> {
     let vol = sp[0] * sp[1] * sp[2];
     let mut out = Vec::with_capacity(c * size[0] * size[1] * size[2]);
     for ch in 0..c {

@@ -47,9 +47,18 @@ impl<'de> Deserialize<'de> for SpacingModes {
         }
         match Raw::deserialize(d)? {
             Raw::One(m) => Ok(SpacingModes { image: m, label: m }),
-            Raw::Many(v) if v.len() == 1 => Ok(SpacingModes { image: v[0], label: v[0] }),
-            Raw::Many(v) if v.len() == 2 => Ok(SpacingModes { image: v[0], label: v[1] }),
-            Raw::Many(v) => Err(de::Error::custom(format!("mode: expected 1 or 2 entries (image, label), got {}", v.len()))),
+            Raw::Many(v) if v.len() == 1 => Ok(SpacingModes {
+                image: v[0],
+                label: v[0],
+            }),
+            Raw::Many(v) if v.len() == 2 => Ok(SpacingModes {
+                image: v[0],
+                label: v[1],
+            }),
+            Raw::Many(v) => Err(de::Error::custom(format!(
+                "mode: expected 1 or 2 entries (image, label), got {}",
+                v.len()
+            ))),
         }
     }
 }
@@ -100,7 +109,9 @@ impl Spacing {
             reason,
         };
         let in_shape = case.image.spatial();
-        let p = self.plan(&case.affine, in_shape).map_err(|r| err(&case, r))?;
+        let p = self
+            .plan(&case.affine, in_shape)
+            .map_err(|r| err(&case, r))?;
         if p.unchanged {
             case.affine = p.out_affine;
             case.to_c_order();
@@ -111,8 +122,12 @@ impl Spacing {
         let out_img_shape = [c, p.out_shape[0], p.out_shape[1], p.out_shape[2]];
         let layout = case.image.layout;
         case.image = match self.mode.image {
-            InterpMode::Bilinear => Image::new(out_img_shape, grid.trilinear(&case.image.data, c, layout)),
-            InterpMode::Nearest => Image::new(out_img_shape, grid.nearest(&case.image.data, c, layout)),
+            InterpMode::Bilinear => {
+                Image::new(out_img_shape, grid.trilinear(&case.image.data, c, layout))
+            }
+            InterpMode::Nearest => {
+                Image::new(out_img_shape, grid.nearest(&case.image.data, c, layout))
+            }
         };
         if let Some(label) = case.label.take() {
             if label.shape != in_shape {
@@ -125,11 +140,18 @@ impl Spacing {
             }
             let l = label.layout;
             let data = match (label.data, self.mode.label) {
-                (LabelData::Regions(r), InterpMode::Nearest) => LabelData::Regions(grid.nearest(&r, 1, l)),
+                (LabelData::Regions(r), InterpMode::Nearest) => {
+                    LabelData::Regions(grid.nearest(&r, 1, l))
+                }
                 (LabelData::Raw(r), InterpMode::Nearest) => LabelData::Raw(grid.nearest(&r, 1, l)),
-                (LabelData::Raw(r), InterpMode::Bilinear) => LabelData::Raw(grid.trilinear(&r, 1, l)),
+                (LabelData::Raw(r), InterpMode::Bilinear) => {
+                    LabelData::Raw(grid.trilinear(&r, 1, l))
+                }
                 (LabelData::Regions(_), InterpMode::Bilinear) => {
-                    return Err(err(&case, "region labels can only be resampled with `nearest`".into()));
+                    return Err(err(
+                        &case,
+                        "region labels can only be resampled with `nearest`".into(),
+                    ));
                 }
             };
             case.label = Some(Label::new(p.out_shape, data));
@@ -151,7 +173,8 @@ fn plan(a: &Affine, in_shape: [usize; 3], pixdim: [f64; 3]) -> Result<SpacingPla
         }
     }
     let mut new = zoom_affine(a, out_d).ok_or_else(|| format!("affine {a:?} is singular"))?;
-    let (out_shape, offset) = shape_offset(in_shape, a, &new).ok_or_else(|| format!("affine {a:?} is singular"))?;
+    let (out_shape, offset) =
+        shape_offset(in_shape, a, &new).ok_or_else(|| format!("affine {a:?} is singular"))?;
     for i in 0..3 {
         new[i][3] = offset[i];
     }
@@ -160,7 +183,9 @@ fn plan(a: &Affine, in_shape: [usize; 3], pixdim: [f64; 3]) -> Result<SpacingPla
     }
     // A typo'd pixdim (0.001 for 1.0) would otherwise ask for terabytes; refuse before allocating.
     if out_shape.iter().map(|&n| n as u128).product::<u128>() > MAX_OUTPUT_VOXELS {
-        return Err(format!("output grid {out_shape:?} for pixdim {pixdim:?} exceeds {MAX_OUTPUT_VOXELS} voxels"));
+        return Err(format!(
+            "output grid {out_shape:?} for pixdim {pixdim:?} exceeds {MAX_OUTPUT_VOXELS} voxels"
+        ));
     }
     let xform = linalg::solve4(a, &new).ok_or_else(|| format!("affine {a:?} is singular"))?;
     let unchanged = (linalg::allclose4(a, &new, 1e-5, AFFINE_TOL) && out_shape == in_shape)
@@ -203,7 +228,11 @@ fn zoom_affine(a: &Affine, zooms: [f64; 3]) -> Option<Affine> {
 /// numpy's `round` (half to even).
 fn round_half_even(x: f64) -> f64 {
     let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 { 2.0 * (x / 2.0).round() } else { r }
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
 }
 
 /// MONAI's `compute_shape_offset(scale_extent=False)`.
@@ -214,7 +243,11 @@ fn shape_offset(in_shape: [usize; 3], a: &Affine, new: &Affine) -> Option<([usiz
         // meshgrid(indexing="ij") order: last axis fastest.
         for ax in 0..3 {
             let bit = (c >> (2 - ax)) & 1;
-            corner[ax] = if bit == 1 { in_shape[ax] as f64 - 1.0 } else { 0.0 };
+            corner[ax] = if bit == 1 {
+                in_shape[ax] as f64 - 1.0
+            } else {
+                0.0
+            };
         }
         corner[3] = 1.0;
     }
@@ -234,7 +267,9 @@ fn shape_offset(in_shape: [usize; 3], a: &Affine, new: &Affine) -> Option<([usiz
     let mut shape = [0usize; 3];
     for ax in 0..3 {
         let vals = out.iter().map(|o| o[ax] / o[3]);
-        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
         let n = round_half_even(hi - lo + 1.0);
         if !(0.0..=1e9).contains(&n) {
             return None;
@@ -243,7 +278,10 @@ fn shape_offset(in_shape: [usize; 3], a: &Affine, new: &Affine) -> Option<([usiz
     }
     for i in 0..8 {
         let is_min = (0..3).all(|ax| {
-            let m = out.iter().map(|o| o[ax] - out[i][ax]).fold(f64::INFINITY, f64::min);
+            let m = out
+                .iter()
+                .map(|o| o[ax] - out[i][ax])
+                .fold(f64::INFINITY, f64::min);
             m.abs() <= 1e-8
         });
         if is_min {
@@ -304,7 +342,11 @@ fn torch_base_grid(n: usize) -> Vec<f64> {
     let (nm1, nf) = ((n - 1) as f64, n as f64);
     (0..n)
         .map(|idx| {
-            let v = if idx < halfway { step.mul_add(idx as f64, -1.0) } else { (-step).mul_add((n - idx - 1) as f64, 1.0) };
+            let v = if idx < halfway {
+                step.mul_add(idx as f64, -1.0)
+            } else {
+                (-step).mul_add((n - idx - 1) as f64, 1.0)
+            };
             v * nm1 / nf
         })
         .collect()
@@ -373,17 +415,34 @@ impl Grid {
         let kind = if separable {
             // Zero terms of the grid's dot product add exactly, leaving round(round(x·t) + t3).
             GridKind::Separable([0, 1, 2].map(|a| {
-                base[a].iter().map(|&b| source_index(b * theta[a][a] + theta[a][3], in_shape[a])).collect()
+                base[a]
+                    .iter()
+                    .map(|&b| source_index(b * theta[a][a] + theta[a][3], in_shape[a]))
+                    .collect()
             }))
         } else {
-            GridKind::General { theta: *theta, base }
+            GridKind::General {
+                theta: *theta,
+                base,
+            }
         };
-        Grid { in_shape, out_shape, kind }
+        Grid {
+            in_shape,
+            out_shape,
+            kind,
+        }
     }
 
     /// Source coordinates of output voxel (i, j, k) for the general path. torch's bmm sums the
     /// reversed-index row: k term, j term, i term, translation.
-    fn coords(theta: &Mat4, base: &[Vec<f64>; 3], in_shape: [usize; 3], i: usize, j: usize, k: usize) -> [f64; 3] {
+    fn coords(
+        theta: &Mat4,
+        base: &[Vec<f64>; 3],
+        in_shape: [usize; 3],
+        i: usize,
+        j: usize,
+        k: usize,
+    ) -> [f64; 3] {
         let (bi, bj, bk) = (base[0][i], base[1][j], base[2][k]);
         [0, 1, 2].map(|a| {
             let t = &theta[a];
@@ -408,16 +467,33 @@ impl Grid {
                 let tz: Vec<Tap> = coords[2].iter().map(|&x| tap(x, nz)).collect();
                 // The loop nest walks the input's fastest axis (x for NIfTI order) innermost so every
                 // tap row streams; the 8 corner weights of a row are formed once for all channels.
-                let xo: Vec<(usize, usize, f64, f64)> = tx.iter().map(|t| (t.i0 * sx, t.i1 * sx, t.w0, t.w1)).collect();
+                let xo: Vec<(usize, usize, f64, f64)> = tx
+                    .iter()
+                    .map(|t| (t.i0 * sx, t.i1 * sx, t.w0, t.w1))
+                    .collect();
                 let mut wrow = vec![[0f64; 8]; ox];
                 let plane = oy * oz;
                 for (j, y) in ty.iter().enumerate() {
                     for (k, z) in tz.iter().enumerate() {
                         let w = [z.w0 * y.w0, z.w1 * y.w0, z.w0 * y.w1, z.w1 * y.w1];
                         for (wr, &(_, _, wx0, wx1)) in wrow.iter_mut().zip(&xo) {
-                            *wr = [w[0] * wx0, w[1] * wx0, w[2] * wx0, w[3] * wx0, w[0] * wx1, w[1] * wx1, w[2] * wx1, w[3] * wx1];
+                            *wr = [
+                                w[0] * wx0,
+                                w[1] * wx0,
+                                w[2] * wx0,
+                                w[3] * wx0,
+                                w[0] * wx1,
+                                w[1] * wx1,
+                                w[2] * wx1,
+                                w[3] * wx1,
+                            ];
                         }
-                        let r = [y.i0 * sy + z.i0 * sz, y.i0 * sy + z.i1 * sz, y.i1 * sy + z.i0 * sz, y.i1 * sy + z.i1 * sz];
+                        let r = [
+                            y.i0 * sy + z.i0 * sz,
+                            y.i0 * sy + z.i1 * sz,
+                            y.i1 * sy + z.i0 * sz,
+                            y.i1 * sy + z.i1 * sz,
+                        ];
                         let base = j * oz + k;
                         for ch in 0..c {
                             let s = &src[ch * in_vol..(ch + 1) * in_vol];
@@ -492,9 +568,18 @@ impl Grid {
         let mut out = vec![T::default(); c * out_vol];
         match &self.kind {
             GridKind::Separable(coords) => {
-                let ix: Vec<usize> = coords[0].iter().map(|&x| nearest_index(x, nx) * sx).collect();
-                let iy: Vec<usize> = coords[1].iter().map(|&x| nearest_index(x, ny) * sy).collect();
-                let iz: Vec<usize> = coords[2].iter().map(|&x| nearest_index(x, nz) * sz).collect();
+                let ix: Vec<usize> = coords[0]
+                    .iter()
+                    .map(|&x| nearest_index(x, nx) * sx)
+                    .collect();
+                let iy: Vec<usize> = coords[1]
+                    .iter()
+                    .map(|&x| nearest_index(x, ny) * sy)
+                    .collect();
+                let iz: Vec<usize> = coords[2]
+                    .iter()
+                    .map(|&x| nearest_index(x, nz) * sz)
+                    .collect();
                 for ch in 0..c {
                     let s = &src[ch * in_vol..(ch + 1) * in_vol];
                     let o = &mut out[ch * out_vol..(ch + 1) * out_vol];
@@ -515,7 +600,9 @@ impl Grid {
                     for j in 0..oy {
                         for k in 0..oz {
                             let [x, y, z] = Self::coords(theta, base, self.in_shape, i, j, k);
-                            let off = nearest_index(x, nx) * sx + nearest_index(y, ny) * sy + nearest_index(z, nz) * sz;
+                            let off = nearest_index(x, nx) * sx
+                                + nearest_index(y, ny) * sy
+                                + nearest_index(z, nz) * sz;
                             for ch in 0..c {
                                 out[ch * out_vol + idx] = src[ch * in_vol + off];
                             }
@@ -536,15 +623,25 @@ mod tests {
     #[test]
     fn shapes_follow_monai_rounding() {
         // 32 -> 16 at 2 mm (15.5 + 1 rounds to even), 155 -> 78, 14 -> 8 (7.5 -> 8).
-        let s = Spacing { pixdim: [1.5, 1.5, 2.0], mode: SpacingModes::default() };
+        let s = Spacing {
+            pixdim: [1.5, 1.5, 2.0],
+            mode: SpacingModes::default(),
+        };
         let p = s.plan(&linalg::IDENTITY, [48, 48, 32]).unwrap();
         assert_eq!(p.out_shape, [32, 32, 16]);
         let p = s.plan(&linalg::IDENTITY, [240, 240, 155]).unwrap();
         assert_eq!(p.out_shape, [160, 160, 78]);
         let p = s.plan(&linalg::IDENTITY, [96, 96, 14]).unwrap();
         assert_eq!(p.out_shape, [64, 64, 8]);
-        let tiny = Spacing { pixdim: [0.001, 0.001, 0.001], mode: SpacingModes::default() };
-        assert!(tiny.plan(&linalg::IDENTITY, [240, 240, 155]).unwrap_err().contains("exceeds"));
+        let tiny = Spacing {
+            pixdim: [0.001, 0.001, 0.001],
+            mode: SpacingModes::default(),
+        };
+        assert!(
+            tiny.plan(&linalg::IDENTITY, [240, 240, 155])
+                .unwrap_err()
+                .contains("exceeds")
+        );
     }
 
     #[test]
