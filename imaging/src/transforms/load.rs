@@ -52,7 +52,7 @@ pub fn image_from_nifti(img: NiftiImage, case: &str) -> Result<Image, ImagingErr
             });
         }
     };
-    if let Some(i) = img.data.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = first_non_finite(&img.data) {
         return Err(ImagingError::NonFinite {
             case: case.to_string(),
             what: "image",
@@ -102,7 +102,7 @@ pub fn label_from_nifti(
             label: format!("{:?}", lab.affine),
         });
     }
-    if let Some(i) = lab.data.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = first_non_finite(&lab.data) {
         return Err(ImagingError::NonFinite {
             case: case.to_string(),
             what: "label",
@@ -114,6 +114,15 @@ pub fn label_from_nifti(
         shape: sp,
         data: LabelData::Raw(lab.data),
         layout: Layout::Fortran,
+    })
+}
+
+/// Index of the first NaN/Inf. Scans in blocks without early exit so the check vectorizes; only a
+/// block that has one is searched element by element.
+fn first_non_finite(v: &[f32]) -> Option<usize> {
+    v.chunks(4096).enumerate().find_map(|(b, chunk)| {
+        let bad = chunk.iter().fold(false, |acc, x| acc | !x.is_finite());
+        if bad { chunk.iter().position(|x| !x.is_finite()).map(|p| b * 4096 + p) } else { None }
     })
 }
 
