@@ -4,10 +4,19 @@ use std::time::Instant;
 use wf_imaging::transforms::{CaseSource, EnsureChannelFirst, Load, Spacing, SpacingModes};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).ok_or("usage: spacing_profile IMAGE")?;
-    let src = CaseSource { id: "p".into(), image: path.into(), label: None };
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: spacing_profile IMAGE")?;
+    let src = CaseSource {
+        id: "p".into(),
+        image: path.into(),
+        label: None,
+    };
     let case = EnsureChannelFirst::default().apply(Load::default().load(&src)?)?;
-    let sp = Spacing { pixdim: [1.5, 1.5, 2.0], mode: SpacingModes::default() };
+    let sp = Spacing {
+        pixdim: [1.5, 1.5, 2.0],
+        mode: SpacingModes::default(),
+    };
     let mut t = vec![];
     for _ in 0..10 {
         let c = case.clone();

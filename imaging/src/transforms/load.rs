@@ -122,7 +122,14 @@ pub fn label_from_nifti(
 fn first_non_finite(v: &[f32]) -> Option<usize> {
     v.chunks(4096).enumerate().find_map(|(b, chunk)| {
         let bad = chunk.iter().fold(false, |acc, x| acc | !x.is_finite());
-        if bad { chunk.iter().position(|x| !x.is_finite()).map(|p| b * 4096 + p) } else { None }
+        if bad {
+            chunk
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|p| b * 4096 + p)
+        } else {
+            None
+        }
     })
 }
 

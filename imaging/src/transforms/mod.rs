@@ -670,10 +670,17 @@ pub(crate) fn require_channel_first(
 }
 
 /// A float range drawn from: a number `f` means `[-f, f]` (MONAI), a pair means itself.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// Serializes as `[lo, hi]`, which parses back to the same range.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Range {
     pub lo: f64,
     pub hi: f64,
+}
+
+impl Serialize for Range {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        [self.lo, self.hi].serialize(s)
+    }
 }
 
 impl<'de> Deserialize<'de> for Range {
@@ -750,6 +757,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Serializing (e.g. for cache keys) and parsing back gives the same chain.
+        let again = Chain::from_json(&serde_json::to_value(chain.specs()).unwrap()).unwrap();
+        assert_eq!(again, chain);
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub enum InterpMode {
     Nearest,
 }
 
-/// Interpolation for the image and the label: one mode for both, or `[image, label]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Interpolation for the image and the label: one mode for both, or `[image, label]` (the form it
+/// serializes to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpacingModes {
     pub image: InterpMode,
     pub label: InterpMode,
@@ -34,6 +35,12 @@ impl Default for SpacingModes {
             image: InterpMode::Bilinear,
             label: InterpMode::Nearest,
         }
+    }
+}
+
+impl Serialize for SpacingModes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        [self.image, self.label].serialize(s)
     }
 }
 
