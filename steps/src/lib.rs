@@ -2,6 +2,7 @@
 //! its params, its output artifact, the `Step` impl, and its tests.
 
 pub mod command;
+pub mod fetch_dataset;
 pub mod fsx_import;
 
 use wf_engine::Registry;
@@ -10,6 +11,7 @@ use wf_engine::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(command::Command);
+    r.register(fetch_dataset::FetchDataset);
     r.register(fsx_import::FsxImport);
     r
 }
