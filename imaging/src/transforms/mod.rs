@@ -762,6 +762,66 @@ mod tests {
         assert_eq!(again, chain);
     }
 
+    fn seed_chain() -> Chain {
+        Chain::from_json(&serde_json::json!([
+            "load", "ensure-channel-first", {"convert-labels": {"labels": "msd"}},
+            {"spacing": {"pixdim": [1.5, 1.5, 2.0]}}, "orientation",
+            {"rand-spatial-crop": {"roi": [24, 24, 12]}}, {"rand-flip": {"prob": 0.5, "axis": 0}},
+            {"normalize-intensity": {"nonzero": true, "channel_wise": true}},
+            {"rand-scale-intensity": {"factors": 0.1, "prob": 0.5}},
+            {"rand-shift-intensity": {"offsets": 0.1, "prob": 0.5}}
+        ]))
+        .unwrap()
+    }
+
+    /// Same (seed, case, copy) → bit-identical sample, wherever and in whatever order it is computed;
+    /// replaying the recorded draws reproduces it; the loader path (prefix → sample file → suffix) agrees.
+    #[test]
+    fn suffix_is_deterministic_and_replayable() {
+        let inputs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/reference/inputs/synth_tiny");
+        let src = CaseSource {
+            id: "BRATS_001".into(),
+            image: inputs.join("imagesTr/BRATS_001.nii.gz"),
+            label: Some(inputs.join("labelsTr/BRATS_001.nii.gz")),
+        };
+        let chain = seed_chain();
+        let prefix = chain.run_prefix(&src).unwrap();
+        assert_eq!(prefix.image.layout, Layout::C);
+        let run = |copy| {
+            chain
+                .apply_suffix(prefix.clone(), &mut Rng::for_sample(42, "BRATS_001", copy))
+                .unwrap()
+        };
+        let (a, da) = run(3);
+        let (b, db) = std::thread::scope(|sc| sc.spawn(|| run(3)).join().unwrap());
+        assert_eq!((&a, &da), (&b, &db));
+        assert_eq!(a.image.shape, [4, 24, 24, 12]);
+        let replayed = chain.replay_suffix(prefix.clone(), &da).unwrap();
+        assert_eq!(replayed, a);
+        let copies: std::collections::HashSet<_> =
+            (0..8).map(|c| format!("{:?}", run(c).1)).collect();
+        assert!(copies.len() > 4, "copies draw differently");
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("prefix.rkyv");
+        crate::sample::write_sample(
+            &p,
+            &crate::sample::Sample::from_case(
+                &prefix,
+                crate::sample::PREFIX_COPY,
+                0,
+                DrawnParams::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let cached = crate::sample::SampleFile::open(&p).unwrap().to_case();
+        let (c, dc) = chain
+            .apply_suffix(cached, &mut Rng::for_sample(42, "BRATS_001", 3))
+            .unwrap();
+        assert_eq!((c, dc), (a, da));
+    }
+
     #[test]
     fn write_case_roundtrips_through_load() {
         let tmp = tempfile::tempdir().unwrap();
