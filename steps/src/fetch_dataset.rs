@@ -878,16 +878,18 @@ fn unpack(
     fs::create_dir_all(&scratch).map_err(|e| io_step(&scratch, e))?;
     cx.progress.message(&format!("extracting {what}"));
     extract(cx, file, kind == Kind::TarGz, &scratch, what)?;
-    let root = find_msd_root(&scratch)?.ok_or_else(|| no_dataset_json(what))?;
     let confine = fs::canonicalize(&scratch).map_err(|e| io_step(&scratch, e))?;
-    // Links first, while every target is still where the archive put it; then move.
+    // Links first, while every target is still where the archive put it, and before anything
+    // (dataset.json included) is read through one.
     resolve_links(&scratch, &scratch, &confine)?;
+    let root = find_msd_root(&scratch)?.ok_or_else(|| no_dataset_json(what))?;
     place(&root, cx.out_dir, Mode::Move, Some(&confine), 0)
 }
 
-/// Replaces each symbolic link under `dir` by a copy of what it points to, refusing links that
+/// Replaces each symbolic link under `dir` by a copy of the file it points to, refusing links that
 /// resolve outside `confine` (the canonical extraction directory) — including those that only
-/// escape through another link, which the check on the link's text cannot see.
+/// escape through another link, which the check on the link's text cannot see — and links to
+/// directories.
 fn resolve_links(dir: &Path, base: &Path, confine: &Path) -> Result<(), StepError> {
     for e in read_dir_sorted(dir)? {
         let p = e.path();
@@ -909,17 +911,15 @@ fn resolve_links(dir: &Path, base: &Path, confine: &Path) -> Result<(), StepErro
             )));
         }
         let meta = fs::metadata(&target).map_err(|err| io_step(&target, err))?;
-        fs::remove_file(&p).map_err(|err| io_step(&p, err))?;
-        if meta.is_dir() {
-            fs::create_dir(&p).map_err(|err| io_step(&p, err))?;
-            place(&target, &p, Mode::Copy, Some(confine), 1)?;
-        } else if meta.is_file() {
-            fs::copy(&target, &p).map_err(|err| io_step(&target, err))?;
-        } else {
+        if !meta.is_file() {
+            // A directory link would be copied as a tree: a few links to `.` make that grow
+            // exponentially. Data sets have no need for them.
             return Err(StepError::new(format!(
-                "archive member `{member}`: not a regular file or directory"
+                "refusing archive member `{member}`: a link to a directory or special file"
             )));
         }
+        fs::remove_file(&p).map_err(|err| io_step(&p, err))?;
+        fs::copy(&target, &p).map_err(|err| io_step(&target, err))?;
     }
     Ok(())
 }
@@ -1393,10 +1393,26 @@ mod tests {
 
     /// A tar with one raw member whose name and link bypass tar::Builder's own path checks.
     fn raw_tar(path: &Path, name: &str, kind: tar::EntryType, link: Option<&str>) {
+        raw_tar_n(path, &[(name, kind, link)]);
+    }
+
+    fn raw_tar_n(path: &Path, members: &[(&str, tar::EntryType, Option<&str>)]) {
         let t = tempfile::tempdir().unwrap();
         msd_tree(t.path());
         let mut b = tar::Builder::new(File::create(path).unwrap());
         b.append_dir_all(".", t.path()).unwrap();
+        for &(name, kind, link) in members {
+            raw_member(&mut b, name, kind, link);
+        }
+        b.finish().unwrap();
+    }
+
+    fn raw_member(
+        b: &mut tar::Builder<File>,
+        name: &str,
+        kind: tar::EntryType,
+        link: Option<&str>,
+    ) {
         let mut h = tar::Header::new_gnu();
         {
             let gnu = h.as_gnu_mut().unwrap();
@@ -1415,7 +1431,6 @@ mod tests {
         h.set_size(data.len() as u64);
         h.set_cksum();
         b.append(&h, data).unwrap();
-        b.finish().unwrap();
     }
 
     fn err(r: &Ran) -> String {
@@ -1584,6 +1599,12 @@ mod tests {
             ("hard-abs", T::Link, Some("/etc/passwd"), "a hard link"),
             ("dev", T::Char, None, "device files"),
             ("pipe", T::Fifo, None, "fifos"),
+            (
+                "imagesTr/up",
+                T::Symlink,
+                Some(".."),
+                "a link to a directory",
+            ),
         ];
         for (name, kind, link, why) in cases {
             let wf = tempfile::tempdir().unwrap();
@@ -1598,6 +1619,28 @@ mod tests {
             assert!(!wf.path().parent().unwrap().join("evil").exists());
         }
         assert!(!Path::new("/tmp/wf-evil-abs").exists());
+    }
+
+    #[test]
+    fn a_link_escaping_through_another_link_is_refused() {
+        use tar::EntryType as T;
+        let wf = tempfile::tempdir().unwrap();
+        // `a/l/m` looks like `a/m` by its text, but `a/l` is the root, so `m` lands beside `a`,
+        // pointing above the extraction directory.
+        raw_tar_n(
+            &wf.path().join("x.tar"),
+            &[
+                ("a/", T::Directory, None),
+                ("a/l", T::Symlink, Some("..")),
+                ("a/l/m", T::Symlink, Some("..")),
+            ],
+        );
+        let e = err(&run(wf.path(), &[("source", "x.tar".into())]));
+        assert!(
+            e.contains("refusing archive member `a/l`")
+                || e.contains("refusing archive member `m`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -540,3 +540,57 @@ fn a_workflow_fetches_once_then_hits_the_cache() {
     let list = fs::read_to_string(listed.output.as_ref().unwrap().path.join("list.txt")).unwrap();
     assert_eq!(list, "BRATS_001.nii.gz\nBRATS_002.nii.gz\n");
 }
+
+/// A local directory source: its content is in the key, so editing a file reruns the step and
+/// leaving it alone is a cache hit.
+#[test]
+fn a_local_source_is_keyed_by_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = dir.path().join("data/Task01.tar.gz");
+    fs::create_dir_all(tgz.parent().unwrap()).unwrap();
+    fs::write(&tgz, msd_tar_gz()).unwrap();
+    let path = dir.path().join("wf.yaml");
+    fs::write(
+        &path,
+        "name: local\nsteps:\n  fetch: { uses: fetch-dataset, with: { source: data/Task01.tar.gz } }\n",
+    )
+    .unwrap();
+    let registry = wf_steps::registry();
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run_once = || {
+        let wf = Arc::new(wf_engine::load(&path, &registry).unwrap());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let summary = rt.block_on(wf_engine::exec::run(
+            wf,
+            store.clone(),
+            wf_engine::RunOptions {
+                jobs: 1,
+                threads: 2,
+                ..Default::default()
+            },
+            CancelToken::default(),
+            tx,
+        ));
+        let s = &summary.steps[0];
+        assert!(s.error.is_none(), "{:?} {:?}", s.error, s.detail);
+        s.status
+    };
+    assert_eq!(run_once(), Status::Ran);
+    assert_eq!(run_once(), Status::Cached);
+    // Same path, other bytes (a gzip of the same tar at another level).
+    let tar = {
+        let mut v = Vec::new();
+        flate2::read::MultiGzDecoder::new(File::open(&tgz).unwrap())
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar).unwrap();
+    fs::write(&tgz, gz.finish().unwrap()).unwrap();
+    assert_eq!(run_once(), Status::Ran);
+}
