@@ -6,6 +6,7 @@ pub mod error;
 pub mod loss;
 pub mod ops;
 pub mod optim;
+pub mod train;
 pub mod unet;
 
 pub use error::{Result, TrainerError};

@@ -337,6 +337,50 @@ impl Module for UNet {
     }
 }
 
+/// Re-draws every variable of a UNet's VarMap from `seed` with torch's default init (conv weights
+/// and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PReLU slopes 0.25): candle's CPU RNG cannot be
+/// seeded, and a training run must be reproducible from the workflow seed.
+pub fn init_seeded(vm: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    let data = vm.data().lock().map_err(|_| crate::optim::poisoned())?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = SplitMix64(seed ^ 0x5EED_0F_0A_7E_57);
+    for name in names {
+        let var = &data[name];
+        let values: Vec<f32> = if name.ends_with(".adn.A.weight") {
+            vec![0.25; var.elem_count()]
+        } else {
+            let weight_name = match name.strip_suffix(".bias") {
+                Some(prefix) => format!("{prefix}.weight"),
+                None => name.clone(),
+            };
+            let dims = data.get(&weight_name).map(|w| w.dims().to_vec()).unwrap_or_else(|| var.dims().to_vec());
+            // torch: fan_in = size(1) * receptive field (for ConvTranspose that is out_channels).
+            let fan_in = dims.get(1).copied().unwrap_or(1) * dims.iter().skip(2).product::<usize>();
+            let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+            (0..var.elem_count()).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
+        };
+        var.set(&Tensor::from_vec(values, var.dims(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Small, fast, well-mixed generator for initialization; not for anything security-related.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +472,22 @@ mod tests {
             let e = max_abs(&(g - want).unwrap()) / scale;
             assert!(e < 1e-3, "gradient of {k}: err {e} (scale {scale})");
         }
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_bounded() {
+        let cfg = UNetConfig { channels: vec![2, 4, 8], strides: vec![2, 2], ..UNetConfig::brats() };
+        let (a, _) = build(&cfg);
+        let (b, _) = build(&cfg);
+        init_seeded(&a, 7).unwrap();
+        init_seeded(&b, 7).unwrap();
+        let get = |vm: &VarMap, k: &str| crate::testutil::to_vec(vm.data().lock().unwrap()[k].as_tensor());
+        let k = "model.0.conv.unit0.conv.weight";
+        assert_eq!(get(&a, k), get(&b, k));
+        assert!(get(&a, k).iter().all(|v| v.abs() <= 1.0 / 108f32.sqrt()));
+        assert_eq!(get(&a, "model.0.conv.unit0.adn.A.weight"), vec![0.25]);
+        init_seeded(&b, 8).unwrap();
+        assert_ne!(get(&a, k), get(&b, k));
     }
 
     #[test]

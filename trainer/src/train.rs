@@ -1,0 +1,516 @@
+//! The training loop: epochs over a `BatchSource`, Dice loss + Adam, validation Dice, metrics.jsonl, a checkpoint per epoch, resume.
+//!
+//! Output directory layout:
+//! - `checkpoints/epoch-NNNN/` after each epoch (see `checkpoint`); the latest and the best (by
+//!   validation mean Dice) are kept, older ones removed;
+//! - `metrics.jsonl`: one [`EpochMetrics`] per line, appended after that epoch's checkpoint.
+//!
+//! The loop knows nothing of where batches come from: the real loader (mmap'd samples, online
+//! augmentation) implements [`BatchSource`].
+
+use crate::checkpoint::{self, CheckpointMeta, FORMAT_VERSION};
+use crate::ddp::{GradReducer, SingleProcess};
+use crate::error::{Result, TrainerError};
+use crate::loss::{DiceLoss, DiceMetric};
+use crate::optim::{Adam, AdamConfig};
+use crate::unet::{UNet, UNetConfig, init_seeded};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where batches come from. One pass per epoch: `start_epoch`, then `next_batch` until `None`.
+pub trait BatchSource {
+    /// Rewinds for `epoch` (0-based); a shuffling source derives its order from its seed and `epoch`.
+    fn start_epoch(&mut self, epoch: usize) -> Result<()>;
+    /// The next (image (N, C_in, X, Y, Z) f32, label (N, C_out, X, Y, Z) in {0, 1}) or `None` at the end of the epoch.
+    fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>>;
+}
+
+/// Samples held in memory, each (C, X, Y, Z); batches in a per-epoch shuffled order. For tests and
+/// small data sets.
+pub struct VecSource {
+    samples: Vec<(Tensor, Tensor)>,
+    batch_size: usize,
+    shuffle_seed: Option<u64>,
+    order: Vec<usize>,
+    pos: usize,
+}
+
+impl VecSource {
+    pub fn new(samples: Vec<(Tensor, Tensor)>, batch_size: usize, shuffle_seed: Option<u64>) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(TrainerError::Config { field: "batch_size", detail: "must be >= 1".into() });
+        }
+        Ok(VecSource { order: (0..samples.len()).collect(), samples, batch_size, shuffle_seed, pos: 0 })
+    }
+}
+
+impl BatchSource for VecSource {
+    fn start_epoch(&mut self, epoch: usize) -> Result<()> {
+        self.order = (0..self.samples.len()).collect();
+        if let Some(seed) = self.shuffle_seed {
+            // Fisher-Yates from a per-epoch stream, so an epoch's order does not depend on history.
+            let mut s = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+            for i in (1..self.order.len()).rev() {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                self.order.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+        }
+        self.pos = 0;
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>> {
+        if self.pos >= self.order.len() {
+            return Ok(None);
+        }
+        let idx = &self.order[self.pos..(self.pos + self.batch_size).min(self.order.len())];
+        self.pos += idx.len();
+        let images: Vec<&Tensor> = idx.iter().map(|&i| &self.samples[i].0).collect();
+        let labels: Vec<&Tensor> = idx.iter().map(|&i| &self.samples[i].1).collect();
+        let stack = |ts: &[&Tensor]| -> Result<Tensor> {
+            if let Some(bad) = ts.iter().find(|t| t.dims() != ts[0].dims()) {
+                return Err(TrainerError::shape("batch", format!("samples of mixed shapes in one batch: {:?} and {:?}", ts[0].dims(), bad.dims())));
+            }
+            Ok(Tensor::stack(ts, 0)?)
+        };
+        Ok(Some((stack(&images)?, stack(&labels)?)))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub unet: UNetConfig,
+    pub adam: AdamConfig,
+    pub loss: DiceLoss,
+    pub epochs: usize,
+    /// Seeds the weight initialization (shuffling belongs to the batch source).
+    pub seed: u64,
+    /// Continue from the latest complete checkpoint in `out_dir` when there is one.
+    pub resume: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { unet: UNetConfig::brats(), adam: AdamConfig::default(), loss: DiceLoss::default(), epochs: 10, seed: 0, resume: true }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based: the number of epochs completed.
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub train_steps: usize,
+    pub train_samples: usize,
+    pub train_seconds: f64,
+    pub train_samples_per_second: f64,
+    /// Per output channel (TC, WT, ET for BraTS), MONAI DiceMetric "mean_batch".
+    pub val_dice_per_channel: Vec<f32>,
+    pub val_dice_tc: Option<f32>,
+    pub val_dice_wt: Option<f32>,
+    pub val_dice_et: Option<f32>,
+    /// MONAI DiceMetric "mean"; `None` without validation samples.
+    pub val_mean_dice: Option<f32>,
+    pub val_samples: usize,
+    pub lr: f64,
+}
+
+/// Progress, for a reporter.
+#[derive(Clone, Debug)]
+pub enum TrainEvent {
+    Resumed { epoch: usize, checkpoint: PathBuf },
+    Step { epoch: usize, step: usize, loss: f32 },
+    Epoch(EpochMetrics),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSummary {
+    pub epochs_completed: usize,
+    pub last_checkpoint: Option<PathBuf>,
+    pub best_epoch: Option<usize>,
+    pub best_val_mean_dice: Option<f32>,
+    pub metrics: Vec<EpochMetrics>,
+}
+
+pub fn checkpoints_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoints")
+}
+
+pub fn metrics_path(out_dir: &Path) -> PathBuf {
+    out_dir.join("metrics.jsonl")
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
+    move |source| TrainerError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads `metrics.jsonl` (skipping a torn last line left by a kill).
+pub fn read_metrics(out_dir: &Path) -> Result<Vec<EpochMetrics>> {
+    let p = metrics_path(out_dir);
+    if !p.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+fn write_metrics(out_dir: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let p = metrics_path(out_dir);
+    let tmp = p.with_extension("jsonl.partial");
+    let mut text = String::new();
+    for m in metrics {
+        text.push_str(&serde_json::to_string(m).map_err(|source| TrainerError::Json { path: p.clone(), source })?);
+        text.push('\n');
+    }
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io(&p))
+}
+
+fn append_metrics(out_dir: &Path, m: &EpochMetrics) -> Result<()> {
+    let p = metrics_path(out_dir);
+    let line = serde_json::to_string(m).map_err(|source| TrainerError::Json { path: p.clone(), source })?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
+    writeln!(f, "{line}").map_err(io(&p))
+}
+
+fn best_of(metrics: &[EpochMetrics]) -> Option<(usize, f32)> {
+    metrics
+        .iter()
+        .filter_map(|m| m.val_mean_dice.map(|d| (m.epoch, d)))
+        .fold(None, |best, (e, d)| match best {
+            Some((_, bd)) if bd >= d => best,
+            _ => Some((e, d)),
+        })
+}
+
+/// Trains on one process and device (CPU here); see [`train_replica`] for data parallelism.
+pub fn train(cfg: &TrainConfig, out_dir: &Path, train_src: &mut dyn BatchSource, val_src: &mut dyn BatchSource, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<TrainSummary> {
+    train_replica(cfg, out_dir, train_src, val_src, &SingleProcess, on_event)
+}
+
+/// Checks a batch before compute so a bad sample reads as such, with its epoch and step.
+fn check_batch(cfg: &UNetConfig, net: &UNet, epoch: usize, step: usize, x: &Tensor, y: &Tensor) -> Result<()> {
+    let bad = |detail: String| TrainerError::BadBatch { epoch, step, detail };
+    net.check_input(x).map_err(|e| bad(e.to_string()))?;
+    let (xd, yd) = (x.dims(), y.dims());
+    if yd.len() != 5 || yd[0] != xd[0] || yd[1] != cfg.out_channels || yd[2..] != xd[2..] {
+        return Err(bad(format!("label has shape {yd:?}, expected ({}, {}, {:?})", xd[0], cfg.out_channels, &xd[2..])));
+    }
+    if x.dtype() != DType::F32 {
+        return Err(bad(format!("image must be f32, got {:?}", x.dtype())));
+    }
+    Ok(())
+}
+
+/// One replica of a data-parallel run (or the only one, with `SingleProcess`): every replica
+/// starts from the same seeded weights, reduces gradients (and the loss, so a non-finite loss
+/// stops all replicas at the same step) through `reducer`, and rank 0 alone validates, writes
+/// checkpoints and metrics.
+pub fn train_replica(
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    train_src: &mut dyn BatchSource,
+    val_src: &mut dyn BatchSource,
+    reducer: &dyn GradReducer,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
+    cfg.unet.validate()?;
+    cfg.adam.validate()?;
+    let rank0 = reducer.rank() == 0;
+    let device = Device::Cpu;
+    let vm = VarMap::new();
+    let net = UNet::new(&cfg.unet, VarBuilder::from_varmap(&vm, DType::F32, &device))?;
+    init_seeded(&vm, cfg.seed)?;
+    let mut opt = Adam::from_varmap(&vm, cfg.adam.clone())?;
+    let ckpt_root = checkpoints_dir(out_dir);
+    if rank0 {
+        std::fs::create_dir_all(&ckpt_root).map_err(io(&ckpt_root))?;
+    }
+
+    let mut start_epoch = 0;
+    let mut last_checkpoint = None;
+    let mut metrics = Vec::new();
+    if cfg.resume
+        && let Some(dir) = checkpoint::latest(&ckpt_root)?
+    {
+        let meta = checkpoint::load(&dir, &vm, &mut opt)?;
+        opt.set_lr(cfg.adam.lr);
+        start_epoch = meta.epoch;
+        // Lines past the checkpoint come from an epoch whose checkpoint never completed.
+        metrics = read_metrics(out_dir)?.into_iter().filter(|m| m.epoch <= meta.epoch).collect();
+        if rank0 {
+            write_metrics(out_dir, &metrics)?;
+        }
+        on_event(&TrainEvent::Resumed { epoch: meta.epoch, checkpoint: dir.clone() });
+        last_checkpoint = Some(dir);
+    } else if rank0 {
+        write_metrics(out_dir, &[])?;
+    }
+
+    for epoch in start_epoch..cfg.epochs {
+        train_src.start_epoch(epoch)?;
+        let t0 = Instant::now();
+        let (mut loss_sum, mut steps, mut samples) = (0f64, 0usize, 0usize);
+        while let Some((x, y)) = train_src.next_batch()? {
+            check_batch(&cfg.unet, &net, epoch + 1, steps + 1, &x, &y)?;
+            let logits = net.forward_t(&x, true)?;
+            let loss = cfg.loss.forward(&logits, &y)?;
+            let mut grads = opt.gradients(&loss.backward()?);
+            grads.push(Some(loss.reshape(1)?.detach()));
+            let mut reduced = reducer.all_reduce_mean(&grads)?;
+            let mean_loss = match reduced.pop().flatten() {
+                Some(l) => l.to_vec1::<f32>()?[0],
+                None => f32::NAN,
+            };
+            steps += 1;
+            if !mean_loss.is_finite() {
+                let last_good = last_checkpoint.as_ref().map_or_else(|| "none (first epoch)".to_string(), |p: &PathBuf| p.display().to_string());
+                return Err(TrainerError::NonFiniteLoss { epoch: epoch + 1, step: steps, loss: mean_loss, last_good });
+            }
+            opt.step_with(&reduced)?;
+            loss_sum += mean_loss as f64;
+            samples += x.dim(0)? * reducer.world_size();
+            on_event(&TrainEvent::Step { epoch: epoch + 1, step: steps, loss: mean_loss });
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        if !rank0 {
+            continue;
+        }
+
+        let mut dice = DiceMetric::new();
+        let mut val_samples = 0;
+        val_src.start_epoch(epoch)?;
+        let mut vstep = 0;
+        while let Some((x, y)) = val_src.next_batch()? {
+            vstep += 1;
+            check_batch(&cfg.unet, &net, epoch + 1, vstep, &x, &y).map_err(|e| match e {
+                TrainerError::BadBatch { epoch, step, detail } => TrainerError::BadBatch { epoch, step, detail: format!("validation: {detail}") },
+                other => other,
+            })?;
+            dice.update(&net.forward_t(&x, false)?, &y)?;
+            val_samples += x.dim(0)?;
+        }
+        let per_channel = dice.per_channel();
+        let named = |i: usize| (cfg.unet.out_channels == 3).then(|| per_channel[i]);
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: if steps > 0 { (loss_sum / steps as f64) as f32 } else { f32::NAN },
+            train_steps: steps,
+            train_samples: samples,
+            train_seconds,
+            train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
+            val_dice_tc: if val_samples > 0 { named(0) } else { None },
+            val_dice_wt: if val_samples > 0 { named(1) } else { None },
+            val_dice_et: if val_samples > 0 { named(2) } else { None },
+            val_mean_dice: (val_samples > 0).then(|| dice.mean()),
+            val_dice_per_channel: per_channel.clone(),
+            val_samples,
+            lr: opt.config().lr,
+        };
+
+        let dir = checkpoint::epoch_dir(&ckpt_root, epoch + 1);
+        let meta = CheckpointMeta {
+            format: FORMAT_VERSION,
+            epoch: epoch + 1,
+            global_step: opt.step_count(),
+            unet: cfg.unet.clone(),
+            adam: cfg.adam.clone(),
+            val_mean_dice: m.val_mean_dice,
+        };
+        checkpoint::save(&dir, &vm, &opt, &meta)?;
+        append_metrics(out_dir, &m)?;
+        metrics.push(m.clone());
+        last_checkpoint = Some(dir);
+        prune(&ckpt_root, epoch + 1, best_of(&metrics).map(|b| b.0))?;
+        on_event(&TrainEvent::Epoch(m));
+    }
+    let best = best_of(&metrics);
+    Ok(TrainSummary {
+        epochs_completed: cfg.epochs.max(start_epoch),
+        last_checkpoint,
+        best_epoch: best.map(|b| b.0),
+        best_val_mean_dice: best.map(|b| b.1),
+        metrics,
+    })
+}
+
+/// Keeps the latest and the best checkpoint (each is ~3x the model size with Adam's moments).
+fn prune(root: &Path, latest: usize, best: Option<usize>) -> Result<()> {
+    for e in std::fs::read_dir(root).map_err(io(root))? {
+        let e = e.map_err(io(root))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("epoch-").and_then(|s| s.parse::<usize>().ok()) else { continue };
+        if n != latest && Some(n) != best {
+            std::fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::randn;
+
+    /// Blobs: a bright cube in channel 0 marks all three label channels, so a small net can learn it.
+    fn synthetic(n: usize, seed: u64) -> Vec<(Tensor, Tensor)> {
+        (0..n)
+            .map(|i| {
+                let s = seed + i as u64;
+                let (x0, y0) = (1 + (s % 4) as usize, 1 + ((s / 4) % 4) as usize);
+                let mut mask = vec![0f32; 8 * 8 * 8];
+                for z in 2..6 {
+                    for y in y0..y0 + 3 {
+                        for x in x0..x0 + 3 {
+                            mask[(z * 8 + y) * 8 + x] = 1.0;
+                        }
+                    }
+                }
+                let m = Tensor::from_vec(mask, (1, 8, 8, 8), &Device::Cpu).unwrap();
+                let noise = (randn(s, &[4, 8, 8, 8]) * 0.3).unwrap();
+                let img = noise.broadcast_add(&(m.clone() * 2.0).unwrap()).unwrap();
+                let lbl = Tensor::cat(&[&m, &m, &m], 0).unwrap();
+                (img, lbl)
+            })
+            .collect()
+    }
+
+    fn small_cfg(epochs: usize) -> TrainConfig {
+        TrainConfig {
+            unet: UNetConfig { channels: vec![4, 8, 16], strides: vec![2, 2], ..UNetConfig::brats() },
+            adam: AdamConfig { lr: 1e-2, ..Default::default() },
+            epochs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn learns_writes_metrics_checkpoints_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tr = VecSource::new(synthetic(8, 0), 2, Some(1)).unwrap();
+        let mut va = VecSource::new(synthetic(4, 100), 2, None).unwrap();
+        let mut steps = 0;
+        let s = train(&small_cfg(3), dir.path(), &mut tr, &mut va, &mut |e| {
+            if let TrainEvent::Step { .. } = e {
+                steps += 1
+            }
+        })
+        .unwrap();
+        assert_eq!(steps, 12);
+        assert_eq!(s.metrics.len(), 3);
+        let first = s.metrics[0].train_loss;
+        let last = s.metrics[2].train_loss;
+        assert!(last < first, "loss did not decrease: {first} -> {last}");
+        // f64 fields may differ in the last digit after a JSON round trip; compare the rest.
+        let key = |m: &EpochMetrics| (m.epoch, m.train_loss, m.val_mean_dice, m.val_dice_per_channel.clone());
+        assert_eq!(read_metrics(dir.path()).unwrap().iter().map(key).collect::<Vec<_>>(), s.metrics.iter().map(key).collect::<Vec<_>>());
+        assert!(s.metrics[2].val_mean_dice.is_some() && s.metrics[2].val_dice_et.is_some());
+        assert_eq!(s.last_checkpoint.as_deref(), Some(checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 3).as_path()));
+
+        // "Killed" after epoch 3 with a torn metrics line: resuming to 5 epochs runs epochs 4 and 5 only.
+        std::fs::OpenOptions::new().append(true).open(metrics_path(dir.path())).unwrap().write_all(b"{\"epoch\": 4, \"tr").unwrap();
+        let mut resumed_at = None;
+        let s2 = train(&small_cfg(5), dir.path(), &mut tr, &mut va, &mut |e| {
+            if let TrainEvent::Resumed { epoch, .. } = e {
+                resumed_at = Some(*epoch)
+            }
+        })
+        .unwrap();
+        assert_eq!(resumed_at, Some(3));
+        assert_eq!(s2.metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(read_metrics(dir.path()).unwrap().len(), 5);
+        let kept: Vec<String> = std::fs::read_dir(checkpoints_dir(dir.path())).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(kept.len() <= 2 && kept.contains(&"epoch-0005".to_string()), "{kept:?}");
+    }
+
+    #[test]
+    fn resume_equals_uninterrupted_run() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let run = |dir: &Path, epochs: usize| {
+            let mut tr = VecSource::new(synthetic(4, 0), 2, Some(3)).unwrap();
+            let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
+            train(&small_cfg(epochs), dir, &mut tr, &mut va, &mut |_| {}).unwrap()
+        };
+        let full = run(d1.path(), 2);
+        run(d2.path(), 1);
+        let resumed = run(d2.path(), 2);
+        let a = std::fs::read(full.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
+        let b = std::fs::read(resumed.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
+        assert!(a == b, "resumed weights differ from an uninterrupted run");
+    }
+
+    /// A source that yields a NaN image at the given (epoch, step).
+    struct NanAt(VecSource, usize, usize, usize, usize);
+
+    impl BatchSource for NanAt {
+        fn start_epoch(&mut self, epoch: usize) -> Result<()> {
+            self.3 = epoch;
+            self.4 = 0;
+            self.0.start_epoch(epoch)
+        }
+        fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>> {
+            self.4 += 1;
+            let b = self.0.next_batch()?;
+            if self.3 + 1 == self.1 && self.4 == self.2 {
+                return Ok(b.map(|(x, y)| ((x * f64::NAN).unwrap(), y)));
+            }
+            Ok(b)
+        }
+    }
+
+    #[test]
+    fn nan_loss_names_epoch_and_step_and_keeps_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tr = NanAt(VecSource::new(synthetic(4, 0), 2, None).unwrap(), 2, 2, 0, 0);
+        let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
+        let err = train(&small_cfg(3), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
+        match &err {
+            TrainerError::NonFiniteLoss { epoch, step, last_good, .. } => {
+                assert_eq!((*epoch, *step), (2, 2));
+                assert!(last_good.ends_with("epoch-0001"), "{last_good}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(err.to_string().contains("epoch 2, step 2"), "{err}");
+        assert!(checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 1).join("checkpoint.json").is_file());
+        assert_eq!(checkpoint::latest(&checkpoints_dir(dir.path())).unwrap().unwrap(), checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 1));
+    }
+
+    #[test]
+    fn wrong_channels_and_mixed_shapes_are_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = synthetic(2, 0);
+        bad[0].0 = bad[0].0.narrow(0, 0, 3).unwrap();
+        bad[1].0 = bad[1].0.narrow(0, 0, 3).unwrap();
+        let mut tr = VecSource::new(bad, 2, None).unwrap();
+        let mut va = VecSource::new(vec![], 2, None).unwrap();
+        let err = train(&small_cfg(1), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, TrainerError::BadBatch { epoch: 1, step: 1, .. }), "{err}");
+        assert!(err.to_string().contains("(N, 4, D, H, W)"), "{err}");
+
+        let mut mixed = synthetic(2, 0);
+        mixed[1].0 = Tensor::zeros((4, 8, 8, 16), DType::F32, &Device::Cpu).unwrap();
+        let mut tr = VecSource::new(mixed, 2, None).unwrap();
+        let err = train(&small_cfg(1), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("mixed shapes"), "{err}");
+    }
+
+    #[test]
+    fn resume_with_other_architecture_fails_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tr = VecSource::new(synthetic(2, 0), 2, None).unwrap();
+        let mut va = VecSource::new(vec![], 2, None).unwrap();
+        train(&small_cfg(1), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap();
+        let mut other = small_cfg(2);
+        other.unet.channels = vec![4, 8, 32];
+        let err = train(&other, dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, TrainerError::CheckpointMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("model.1.submodule"), "{err}");
+    }
+}
