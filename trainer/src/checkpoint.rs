@@ -34,29 +34,56 @@ pub struct CheckpointMeta {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
-    move |source| TrainerError::Io { path: path.to_path_buf(), source }
+    move |source| TrainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    candle_core::safetensors::save(&tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(), path)
-        .map_err(|e| TrainerError::Checkpoint { path: path.to_path_buf(), detail: e.to_string() })
+    candle_core::safetensors::save(
+        &tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>(),
+        path,
+    )
+    .map_err(|e| TrainerError::Checkpoint {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
-        return Err(TrainerError::Checkpoint { path: path.to_path_buf(), detail: "file is missing".into() });
+        return Err(TrainerError::Checkpoint {
+            path: path.to_path_buf(),
+            detail: "file is missing".into(),
+        });
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainerError::Checkpoint { path: path.to_path_buf(), detail: e.to_string() })
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainerError::Checkpoint {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 /// The model's tensors by name (sorted), as stored in `model.safetensors`.
 pub fn model_tensors(vm: &VarMap) -> Result<BTreeMap<String, Tensor>> {
-    Ok(vm.data().lock().map_err(|_| poisoned())?.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+    Ok(vm
+        .data()
+        .lock()
+        .map_err(|_| poisoned())?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect())
 }
 
 /// Writes a checkpoint to `dir` (replacing one that is there) without ever exposing a partial one.
 pub fn save(dir: &Path, vm: &VarMap, opt: &Adam, meta: &CheckpointMeta) -> Result<()> {
-    let name = dir.file_name().ok_or_else(|| TrainerError::Checkpoint { path: dir.into(), detail: "needs a directory name".into() })?;
+    let name = dir.file_name().ok_or_else(|| TrainerError::Checkpoint {
+        path: dir.into(),
+        detail: "needs a directory name".into(),
+    })?;
     let tmp = dir.with_file_name(format!("{}.partial", name.to_string_lossy()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -74,8 +101,13 @@ pub fn save(dir: &Path, vm: &VarMap, opt: &Adam, meta: &CheckpointMeta) -> Resul
     let mut meta = meta.clone();
     meta.global_step = meta.global_step.max(opt.step_count());
     let json_path = tmp.join("checkpoint.json");
-    let json = serde_json::to_vec_pretty(&serde_json::json!({ "meta": meta, "adam_step": opt.step_count() }))
-        .map_err(|source| TrainerError::Json { path: json_path.clone(), source })?;
+    let json = serde_json::to_vec_pretty(
+        &serde_json::json!({ "meta": meta, "adam_step": opt.step_count() }),
+    )
+    .map_err(|source| TrainerError::Json {
+        path: json_path.clone(),
+        source,
+    })?;
     std::fs::write(&json_path, json).map_err(io(&json_path))?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
@@ -98,9 +130,18 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
 fn read_meta_file(dir: &Path) -> Result<MetaFile> {
     let p = dir.join("checkpoint.json");
     let bytes = std::fs::read(&p).map_err(io(&p))?;
-    let m: MetaFile = serde_json::from_slice(&bytes).map_err(|source| TrainerError::Json { path: p.clone(), source })?;
+    let m: MetaFile = serde_json::from_slice(&bytes).map_err(|source| TrainerError::Json {
+        path: p.clone(),
+        source,
+    })?;
     if m.meta.format != FORMAT_VERSION {
-        return Err(TrainerError::Checkpoint { path: p, detail: format!("format {} (this build reads {FORMAT_VERSION})", m.meta.format) });
+        return Err(TrainerError::Checkpoint {
+            path: p,
+            detail: format!(
+                "format {} (this build reads {FORMAT_VERSION})",
+                m.meta.format
+            ),
+        });
     }
     Ok(m)
 }
@@ -109,17 +150,38 @@ fn read_meta_file(dir: &Path) -> Result<MetaFile> {
 /// names and shapes; the error names the first (sorted) tensor that differs.
 pub fn load_weights(path: &Path, vm: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let data = vm.data().lock().map_err(|_| poisoned())?;
-    let mismatch = |name: &str, detail: String| TrainerError::CheckpointMismatch { path: path.into(), name: name.into(), detail };
+    let mismatch = |name: &str, detail: String| TrainerError::CheckpointMismatch {
+        path: path.into(),
+        name: name.into(),
+        detail,
+    };
     let mut names: Vec<&String> = data.keys().chain(tensors.keys()).collect();
     names.sort();
     names.dedup();
     for name in &names {
         match (data.get(*name), tensors.get(*name)) {
             (Some(v), Some(t)) if v.dims() != t.dims() => {
-                return Err(mismatch(name, format!("has shape {:?} in the checkpoint, the model expects {:?} (different architecture?)", t.dims(), v.dims())));
+                return Err(mismatch(
+                    name,
+                    format!(
+                        "has shape {:?} in the checkpoint, the model expects {:?} (different architecture?)",
+                        t.dims(),
+                        v.dims()
+                    ),
+                ));
             }
-            (Some(_), None) => return Err(mismatch(name, "is missing from the checkpoint (different architecture?)".into())),
-            (None, Some(_)) => return Err(mismatch(name, "is in the checkpoint but not in the model (different architecture?)".into())),
+            (Some(_), None) => {
+                return Err(mismatch(
+                    name,
+                    "is missing from the checkpoint (different architecture?)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(mismatch(
+                    name,
+                    "is in the checkpoint but not in the model (different architecture?)".into(),
+                ));
+            }
             _ => {}
         }
     }
@@ -137,19 +199,47 @@ pub fn load(dir: &Path, vm: &VarMap, opt: &mut Adam) -> Result<CheckpointMeta> {
     load_weights(&model_path, vm, &read_safetensors(&model_path)?)?;
     let opt_path = dir.join("optimizer.safetensors");
     let mut st = read_safetensors(&opt_path)?;
-    let names: Vec<String> = st.keys().filter_map(|k| k.strip_prefix("m.").map(str::to_string)).collect();
+    let names: Vec<String> = st
+        .keys()
+        .filter_map(|k| k.strip_prefix("m.").map(str::to_string))
+        .collect();
     let mut moments = Vec::new();
     for name in names {
-        let (Some(m), Some(v)) = (st.remove(&format!("m.{name}")), st.remove(&format!("v.{name}"))) else {
-            return Err(TrainerError::CheckpointMismatch { path: opt_path, name, detail: "has a first moment but no second".into() });
+        let (Some(m), Some(v)) = (
+            st.remove(&format!("m.{name}")),
+            st.remove(&format!("v.{name}")),
+        ) else {
+            return Err(TrainerError::CheckpointMismatch {
+                path: opt_path,
+                name,
+                detail: "has a first moment but no second".into(),
+            });
         };
-        let device = opt.params().first().map(|(_, p)| p.device().clone()).unwrap_or(Device::Cpu);
-        moments.push((name, Moments { m: m.to_device(&device)?, v: v.to_device(&device)? }));
+        let device = opt
+            .params()
+            .first()
+            .map(|(_, p)| p.device().clone())
+            .unwrap_or(Device::Cpu);
+        moments.push((
+            name,
+            Moments {
+                m: m.to_device(&device)?,
+                v: v.to_device(&device)?,
+            },
+        ));
     }
     if let Some(extra) = st.keys().next() {
-        return Err(TrainerError::CheckpointMismatch { path: opt_path, name: extra.clone(), detail: "is not an optimizer moment".into() });
+        return Err(TrainerError::CheckpointMismatch {
+            path: opt_path,
+            name: extra.clone(),
+            detail: "is not an optimizer moment".into(),
+        });
     }
-    opt.load_state(mf.adam_step, moments).map_err(|e| TrainerError::Checkpoint { path: opt_path.clone(), detail: e.to_string() })?;
+    opt.load_state(mf.adam_step, moments)
+        .map_err(|e| TrainerError::Checkpoint {
+            path: opt_path.clone(),
+            detail: e.to_string(),
+        })?;
     Ok(mf.meta)
 }
 
@@ -167,7 +257,12 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     for e in std::fs::read_dir(root).map_err(io(root))? {
         let e = e.map_err(io(root))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(n) = name.strip_prefix("epoch-").and_then(|s| s.parse::<usize>().ok()) else { continue };
+        let Some(n) = name
+            .strip_prefix("epoch-")
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
         if e.path().join("checkpoint.json").is_file() && best.as_ref().is_none_or(|(b, _)| n > *b) {
             best = Some((n, e.path()));
         }
@@ -183,14 +278,25 @@ mod tests {
     use candle_nn::VarBuilder;
 
     fn model(channels: Vec<usize>) -> (UNetConfig, VarMap) {
-        let cfg = UNetConfig { channels, strides: vec![2, 2], ..UNetConfig::brats() };
+        let cfg = UNetConfig {
+            channels,
+            strides: vec![2, 2],
+            ..UNetConfig::brats()
+        };
         let vm = VarMap::new();
         UNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
         (cfg, vm)
     }
 
     fn meta(cfg: &UNetConfig, epoch: usize) -> CheckpointMeta {
-        CheckpointMeta { format: FORMAT_VERSION, epoch, global_step: 0, unet: cfg.clone(), adam: AdamConfig::default(), val_mean_dice: Some(0.5) }
+        CheckpointMeta {
+            format: FORMAT_VERSION,
+            epoch,
+            global_step: 0,
+            unet: cfg.clone(),
+            adam: AdamConfig::default(),
+            val_mean_dice: Some(0.5),
+        }
     }
 
     #[test]
@@ -198,7 +304,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, vm) = model(vec![2, 4, 8]);
         let mut opt = Adam::from_varmap(&vm, AdamConfig::default()).unwrap();
-        let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| Some(v.as_tensor().ones_like().unwrap())).collect();
+        let grads: Vec<Option<Tensor>> = opt
+            .params()
+            .iter()
+            .map(|(_, v)| Some(v.as_tensor().ones_like().unwrap()))
+            .collect();
         opt.step_with(&grads).unwrap();
         save(&epoch_dir(dir.path(), 1), &vm, &opt, &meta(&cfg, 1)).unwrap();
 
@@ -209,15 +319,27 @@ mod tests {
         assert_eq!(opt2.step_count(), 1);
         let (a, b) = (model_tensors(&vm).unwrap(), model_tensors(&vm2).unwrap());
         for (k, t) in &a {
-            assert_eq!(crate::testutil::to_vec(t), crate::testutil::to_vec(&b[k]), "{k}");
+            assert_eq!(
+                crate::testutil::to_vec(t),
+                crate::testutil::to_vec(&b[k]),
+                "{k}"
+            );
         }
         // Same next update from the restored state as from the original.
         opt.step_with(&grads).unwrap();
-        let grads2: Vec<Option<Tensor>> = opt2.params().iter().map(|(_, v)| Some(v.as_tensor().ones_like().unwrap())).collect();
+        let grads2: Vec<Option<Tensor>> = opt2
+            .params()
+            .iter()
+            .map(|(_, v)| Some(v.as_tensor().ones_like().unwrap()))
+            .collect();
         opt2.step_with(&grads2).unwrap();
         let (a, b) = (model_tensors(&vm).unwrap(), model_tensors(&vm2).unwrap());
         for (k, t) in &a {
-            assert_eq!(crate::testutil::to_vec(t), crate::testutil::to_vec(&b[k]), "{k} after a step");
+            assert_eq!(
+                crate::testutil::to_vec(t),
+                crate::testutil::to_vec(&b[k]),
+                "{k} after a step"
+            );
         }
     }
 
@@ -231,8 +353,14 @@ mod tests {
         let mut opt2 = Adam::from_varmap(&other, AdamConfig::default()).unwrap();
         let err = load(&epoch_dir(dir.path(), 1), &other, &mut opt2).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, TrainerError::CheckpointMismatch { .. }), "{msg}");
-        assert!(msg.contains("model.1.submodule") && msg.contains("shape"), "{msg}");
+        assert!(
+            matches!(err, TrainerError::CheckpointMismatch { .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("model.1.submodule") && msg.contains("shape"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -243,7 +371,10 @@ mod tests {
         save(&epoch_dir(dir.path(), 1), &vm, &opt, &meta(&cfg, 1)).unwrap();
         std::fs::create_dir_all(dir.path().join("epoch-0002.partial")).unwrap();
         std::fs::create_dir_all(dir.path().join("epoch-0003")).unwrap(); // killed before checkpoint.json
-        assert_eq!(latest(dir.path()).unwrap().unwrap(), epoch_dir(dir.path(), 1));
+        assert_eq!(
+            latest(dir.path()).unwrap().unwrap(),
+            epoch_dir(dir.path(), 1)
+        );
         assert!(latest(&dir.path().join("nothing")).unwrap().is_none());
     }
 }

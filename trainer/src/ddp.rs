@@ -34,7 +34,9 @@ impl GradReducer for SingleProcess {
     }
 }
 
-type Slot = Option<Vec<Option<(Vec<usize>, Vec<f32>)>>>;
+/// One gradient as (shape, values); `None` when the replica had no gradient for it.
+type Flat = Option<(Vec<usize>, Vec<f32>)>;
+type Slot = Option<Vec<Flat>>;
 
 struct Shared {
     n: usize,
@@ -52,15 +54,28 @@ impl ThreadReducer {
     /// Handles for ranks 0..n, to move one into each replica thread.
     pub fn group(n: usize) -> Result<Vec<ThreadReducer>> {
         if n == 0 {
-            return Err(TrainerError::Ddp { detail: "world size must be >= 1".into() });
+            return Err(TrainerError::Ddp {
+                detail: "world size must be >= 1".into(),
+            });
         }
-        let shared = Arc::new(Shared { n, slots: Mutex::new(vec![None; n]), barrier: Barrier::new(n) });
-        Ok((0..n).map(|rank| ThreadReducer { shared: shared.clone(), rank }).collect())
+        let shared = Arc::new(Shared {
+            n,
+            slots: Mutex::new(vec![None; n]),
+            barrier: Barrier::new(n),
+        });
+        Ok((0..n)
+            .map(|rank| ThreadReducer {
+                shared: shared.clone(),
+                rank,
+            })
+            .collect())
     }
 }
 
 fn lock_err() -> TrainerError {
-    TrainerError::Ddp { detail: "all-reduce state poisoned by a panicked replica".into() }
+    TrainerError::Ddp {
+        detail: "all-reduce state poisoned by a panicked replica".into(),
+    }
 }
 
 impl GradReducer for ThreadReducer {
@@ -75,7 +90,16 @@ impl GradReducer for ThreadReducer {
     fn all_reduce_mean(&self, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let mine = grads
             .iter()
-            .map(|g| g.as_ref().map(|t| Ok::<_, TrainerError>((t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))).transpose())
+            .map(|g| {
+                g.as_ref()
+                    .map(|t| {
+                        Ok::<_, TrainerError>((
+                            t.dims().to_vec(),
+                            t.flatten_all()?.to_vec1::<f32>()?,
+                        ))
+                    })
+                    .transpose()
+            })
             .collect::<Result<Vec<_>>>()?;
         self.shared.slots.lock().map_err(|_| lock_err())?[self.rank] = Some(mine);
         self.shared.barrier.wait();
@@ -83,26 +107,42 @@ impl GradReducer for ThreadReducer {
         // second broadcast, at n times the (cheap, memory-bound) adding work.
         let out = (|| {
             let slots = self.shared.slots.lock().map_err(|_| lock_err())?;
-            let all: Vec<&Vec<Option<(Vec<usize>, Vec<f32>)>>> = slots.iter().map(|s| s.as_ref().ok_or_else(lock_err)).collect::<Result<_>>()?;
+            let all: Vec<&Vec<Flat>> = slots
+                .iter()
+                .map(|s| s.as_ref().ok_or_else(lock_err))
+                .collect::<Result<_>>()?;
             let mut out = Vec::with_capacity(grads.len());
             for i in 0..grads.len() {
-                let mut acc: Option<(Vec<usize>, Vec<f32>)> = None;
+                let mut acc: Flat = None;
                 for (r, s) in all.iter().enumerate() {
                     let Some(entry) = s.get(i) else {
-                        return Err(TrainerError::Ddp { detail: format!("rank {r} sent {} gradients, rank {} sent {}", s.len(), self.rank, grads.len()) });
+                        return Err(TrainerError::Ddp {
+                            detail: format!(
+                                "rank {r} sent {} gradients, rank {} sent {}",
+                                s.len(),
+                                self.rank,
+                                grads.len()
+                            ),
+                        });
                     };
                     let Some((dims, v)) = entry else { continue };
                     match &mut acc {
                         None => acc = Some((dims.clone(), v.clone())),
                         Some((d, a)) => {
                             if d != dims {
-                                return Err(TrainerError::Ddp { detail: format!("gradient {i}: rank {r} has shape {dims:?}, another rank {d:?}") });
+                                return Err(TrainerError::Ddp {
+                                    detail: format!(
+                                        "gradient {i}: rank {r} has shape {dims:?}, another rank {d:?}"
+                                    ),
+                                });
                             }
                             a.iter_mut().zip(v).for_each(|(x, y)| *x += *y);
                         }
                     }
                 }
-                let device = grads[i].as_ref().map_or(Device::Cpu, |t| t.device().clone());
+                let device = grads[i]
+                    .as_ref()
+                    .map_or(Device::Cpu, |t| t.device().clone());
                 out.push(match acc {
                     None => None,
                     Some((dims, mut a)) => {
@@ -143,15 +183,30 @@ mod tests {
         // eps well above rounding noise: a conv bias before instance norm has an exactly zero
         // gradient, and Adam with eps 1e-8 would turn its ~1e-9 noise into full-size steps of
         // random sign in both runs, hiding the comparison (gradients are compared directly too).
-        let opt = Adam::from_varmap(&vm, AdamConfig { lr: 1e-2, eps: 1e-3, ..Default::default() }).unwrap();
+        let opt = Adam::from_varmap(
+            &vm,
+            AdamConfig {
+                lr: 1e-2,
+                eps: 1e-3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         (net, opt)
     }
 
     /// Runs the steps; returns the reduced gradients of every step.
-    fn train_steps(net: &UNet, opt: &mut Adam, red: &dyn GradReducer, batches: &[(Tensor, Tensor)]) -> Vec<Vec<Tensor>> {
+    fn train_steps(
+        net: &UNet,
+        opt: &mut Adam,
+        red: &dyn GradReducer,
+        batches: &[(Tensor, Tensor)],
+    ) -> Vec<Vec<Tensor>> {
         let mut seen = Vec::new();
         for (x, y) in batches {
-            let loss = DiceLoss::default().forward(&net.forward_t(x, true).unwrap(), y).unwrap();
+            let loss = DiceLoss::default()
+                .forward(&net.forward_t(x, true).unwrap(), y)
+                .unwrap();
             let g = opt.gradients(&loss.backward().unwrap());
             let g = red.all_reduce_mean(&g).unwrap();
             opt.step_with(&g).unwrap();
@@ -161,28 +216,48 @@ mod tests {
     }
 
     fn max_abs(t: &Tensor) -> f32 {
-        crate::testutil::to_vec(t).iter().fold(0f32, |m, v| m.max(v.abs()))
+        crate::testutil::to_vec(t)
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
     }
 
     #[test]
     fn two_replicas_of_batch_b_step_like_one_of_batch_2b() {
-        let cfg = UNetConfig { channels: vec![2, 4, 8], strides: vec![2, 2], ..UNetConfig::brats() };
+        let cfg = UNetConfig {
+            channels: vec![2, 4, 8],
+            strides: vec![2, 2],
+            ..UNetConfig::brats()
+        };
         let vm = VarMap::new();
         UNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-        let mut init: Vec<(String, Tensor)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap())).collect();
+        let mut init: Vec<(String, Tensor)> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+            .collect();
         init.sort_by(|a, b| a.0.cmp(&b.0)); // the optimizer's parameter order
         let (b, steps) = (2, 3);
         let data: Vec<(Tensor, Tensor)> = (0..steps)
             .map(|s| {
                 let x = randn(100 + s as u64, &[2 * b, 4, 8, 8, 4]);
-                let y = randn(200 + s as u64, &[2 * b, 3, 8, 8, 4]).gt(0.5).unwrap().to_dtype(DType::F32).unwrap();
+                let y = randn(200 + s as u64, &[2 * b, 3, 8, 8, 4])
+                    .gt(0.5)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
                 (x, y)
             })
             .collect();
 
         let (net, mut opt) = replica(&cfg, &init);
         let single_grads = train_steps(&net, &mut opt, &SingleProcess, &data);
-        let single: Vec<Tensor> = opt.params().iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        let single: Vec<Tensor> = opt
+            .params()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
 
         let reducers = ThreadReducer::group(2).unwrap();
         let results: Vec<(Vec<Tensor>, Vec<Vec<Tensor>>)> = std::thread::scope(|s| {
@@ -192,11 +267,24 @@ mod tests {
                     let (cfg, init, data) = (&cfg, &init, &data);
                     s.spawn(move || {
                         let r = red.rank();
-                        let part: Vec<(Tensor, Tensor)> =
-                            data.iter().map(|(x, y)| (x.narrow(0, r * b, b).unwrap(), y.narrow(0, r * b, b).unwrap())).collect();
+                        let part: Vec<(Tensor, Tensor)> = data
+                            .iter()
+                            .map(|(x, y)| {
+                                (
+                                    x.narrow(0, r * b, b).unwrap(),
+                                    y.narrow(0, r * b, b).unwrap(),
+                                )
+                            })
+                            .collect();
                         let (net, mut opt) = replica(cfg, init);
                         let grads = train_steps(&net, &mut opt, &red, &part);
-                        (opt.params().iter().map(|(_, v)| v.as_tensor().clone()).collect::<Vec<_>>(), grads)
+                        (
+                            opt.params()
+                                .iter()
+                                .map(|(_, v)| v.as_tensor().clone())
+                                .collect::<Vec<_>>(),
+                            grads,
+                        )
                     })
                 })
                 .collect();
@@ -204,20 +292,33 @@ mod tests {
         });
         for (step, (sg, rg)) in single_grads.iter().zip(&results[0].1).enumerate() {
             let scale = sg.iter().map(max_abs).fold(0f32, f32::max);
-            let worst = sg.iter().zip(rg).map(|(a, b)| max_abs(&(a - b).unwrap())).fold(0f32, f32::max);
-            assert!(worst < 1e-4 * scale, "step {step}: averaged gradients differ by {worst} (scale {scale})");
+            let worst = sg
+                .iter()
+                .zip(rg)
+                .map(|(a, b)| max_abs(&(a - b).unwrap()))
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4 * scale,
+                "step {step}: averaged gradients differ by {worst} (scale {scale})"
+            );
         }
         let mut worst = 0f32;
         for ((a, b0), b1) in single.iter().zip(&results[0].0).zip(&results[1].0) {
             // Replicas are bitwise identical to each other...
             assert_eq!(crate::testutil::to_vec(b0), crate::testutil::to_vec(b1));
             // ...and equal to the single replica up to float summation order.
-            let d = crate::testutil::to_vec(&(a - b0).unwrap()).iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = crate::testutil::to_vec(&(a - b0).unwrap())
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
             worst = worst.max(d);
         }
         // Steps are up to lr = 1e-2 each, so 1e-5 is a tight bound.
         assert!(worst < 1e-5, "max parameter difference {worst}");
-        assert!(single.iter().zip(&init).any(|(a, (_, b))| crate::testutil::to_vec(&(a - b).unwrap()).iter().any(|v| v.abs() > 1e-3)));
+        assert!(single.iter().zip(&init).any(|(a, (_, b))| {
+            crate::testutil::to_vec(&(a - b).unwrap())
+                .iter()
+                .any(|v| v.abs() > 1e-3)
+        }));
     }
 
     #[test]
@@ -229,7 +330,9 @@ mod tests {
                 .map(|red| {
                     s.spawn(move || {
                         let n = if red.rank() == 0 { 1 } else { 2 };
-                        let g: Vec<Option<Tensor>> = (0..n).map(|_| Some(Tensor::ones(3, DType::F32, &Device::Cpu).unwrap())).collect();
+                        let g: Vec<Option<Tensor>> = (0..n)
+                            .map(|_| Some(Tensor::ones(3, DType::F32, &Device::Cpu).unwrap()))
+                            .collect();
                         red.all_reduce_mean(&g).is_err()
                     })
                 })

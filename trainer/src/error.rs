@@ -11,28 +11,52 @@ pub enum TrainerError {
     Config { field: &'static str, detail: String },
 
     #[error("checkpoint {path}: tensor `{name}` {detail}")]
-    CheckpointMismatch { path: PathBuf, name: String, detail: String },
+    CheckpointMismatch {
+        path: PathBuf,
+        name: String,
+        detail: String,
+    },
 
     #[error("checkpoint {path}: {detail}")]
     Checkpoint { path: PathBuf, detail: String },
 
-    #[error("non-finite loss {loss} at epoch {epoch}, step {step}; last good checkpoint: {last_good}")]
-    NonFiniteLoss { epoch: usize, step: usize, loss: f32, last_good: String },
+    #[error(
+        "non-finite loss {loss} at epoch {epoch}, step {step}; last good checkpoint: {last_good}"
+    )]
+    NonFiniteLoss {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+        last_good: String,
+    },
 
     #[error("batch {step} of epoch {epoch}: {detail}")]
-    BadBatch { epoch: usize, step: usize, detail: String },
+    BadBatch {
+        epoch: usize,
+        step: usize,
+        detail: String,
+    },
 
     #[error("data parallel: {detail}")]
     Ddp { detail: String },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 
     #[error("safetensors {path}: {source}")]
-    SafeTensors { path: PathBuf, source: safetensors::SafeTensorError },
+    SafeTensors {
+        path: PathBuf,
+        source: safetensors::SafeTensorError,
+    },
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -42,7 +66,10 @@ pub type Result<T, E = TrainerError> = std::result::Result<T, E>;
 
 impl TrainerError {
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
-        TrainerError::Shape { op, detail: detail.into() }
+        TrainerError::Shape {
+            op,
+            detail: detail.into(),
+        }
     }
 
     /// Ops run inside candle (forward and backprop), whose signatures want candle errors;

@@ -18,7 +18,12 @@ pub struct DiceLoss {
 impl Default for DiceLoss {
     /// The training loss of the seed: squared_pred on, MONAI's smoothing defaults, no BCE.
     fn default() -> Self {
-        DiceLoss { squared_pred: true, smooth_nr: 1e-5, smooth_dr: 1e-5, bce_weight: 0.0 }
+        DiceLoss {
+            squared_pred: true,
+            smooth_nr: 1e-5,
+            smooth_dr: 1e-5,
+            bce_weight: 0.0,
+        }
     }
 }
 
@@ -26,7 +31,11 @@ fn check_pair(op: &'static str, logits: &Tensor, target: &Tensor) -> Result<()> 
     if logits.dims() != target.dims() || logits.rank() < 3 {
         return Err(TrainerError::shape(
             op,
-            format!("prediction {:?} and target {:?} must have the same (N, C, spatial...) shape", logits.dims(), target.dims()),
+            format!(
+                "prediction {:?} and target {:?} must have the same (N, C, spatial...) shape",
+                logits.dims(),
+                target.dims()
+            ),
         ));
     }
     Ok(())
@@ -42,7 +51,11 @@ impl DiceLoss {
         let p = ops::sigmoid(&flat)?;
         // MONAI computes tp, fp, fn; with fp and fn halved the quotient reduces to this form.
         let inter = (&p * &target)?.sum(2)?;
-        let (ps, ts) = if self.squared_pred { (p.sqr()?.sum(2)?, target.sqr()?.sum(2)?) } else { (p.sum(2)?, target.sum(2)?) };
+        let (ps, ts) = if self.squared_pred {
+            (p.sqr()?.sum(2)?, target.sqr()?.sum(2)?)
+        } else {
+            (p.sum(2)?, target.sum(2)?)
+        };
         let num = ((inter * 2.0)? + self.smooth_nr)?;
         let den = ((ps + ts)? + self.smooth_dr)?;
         let dice = (num / den)?.affine(-1.0, 1.0)?.mean_all()?;
@@ -84,16 +97,36 @@ impl DiceMetric {
         if let Some(first) = self.rows.first()
             && first.len() != c
         {
-            return Err(TrainerError::shape("dice_metric", format!("batch has {c} channels, earlier batches had {}", first.len())));
+            return Err(TrainerError::shape(
+                "dice_metric",
+                format!(
+                    "batch has {c} channels, earlier batches had {}",
+                    first.len()
+                ),
+            ));
         }
         // sigmoid(x) > 0.5 exactly when x > 0.
         let pred = logits.gt(0.0)?.to_dtype(DType::F32)?.reshape((n, c, ()))?;
-        let t = target.to_dtype(DType::F32)?.gt(0.5)?.to_dtype(DType::F32)?.reshape((n, c, ()))?;
+        let t = target
+            .to_dtype(DType::F32)?
+            .gt(0.5)?
+            .to_dtype(DType::F32)?
+            .reshape((n, c, ()))?;
         let inter = (&pred * &t)?.sum(2)?.to_vec2::<f32>()?;
         let ps = pred.sum(2)?.to_vec2::<f32>()?;
         let ts = t.sum(2)?.to_vec2::<f32>()?;
         for b in 0..n {
-            self.rows.push((0..c).map(|k| if ts[b][k] > 0.0 { 2.0 * inter[b][k] / (ts[b][k] + ps[b][k]) } else { f32::NAN }).collect());
+            self.rows.push(
+                (0..c)
+                    .map(|k| {
+                        if ts[b][k] > 0.0 {
+                            2.0 * inter[b][k] / (ts[b][k] + ps[b][k])
+                        } else {
+                            f32::NAN
+                        }
+                    })
+                    .collect(),
+            );
         }
         Ok(())
     }
@@ -106,13 +139,20 @@ impl DiceMetric {
     /// Per channel mean over samples, ignoring NaN (`reduction="mean_batch"`); 0 where all are NaN.
     pub fn per_channel(&self) -> Vec<f32> {
         let c = self.rows.first().map_or(0, |r| r.len());
-        (0..c).map(|k| nan_mean(self.rows.iter().map(|r| r[k])).unwrap_or(0.0)).collect()
+        (0..c)
+            .map(|k| nan_mean(self.rows.iter().map(|r| r[k])).unwrap_or(0.0))
+            .collect()
     }
 
     /// `reduction="mean"`: the mean over channels of each sample (ignoring NaN), then over the
     /// samples that had any non-NaN channel; 0 if none had.
     pub fn mean(&self) -> f32 {
-        nan_mean(self.rows.iter().map(|r| nan_mean(r.iter().copied()).unwrap_or(f32::NAN))).unwrap_or(0.0)
+        nan_mean(
+            self.rows
+                .iter()
+                .map(|r| nan_mean(r.iter().copied()).unwrap_or(f32::NAN)),
+        )
+        .unwrap_or(0.0)
     }
 
     pub fn reset(&mut self) {
@@ -146,18 +186,38 @@ mod tests {
         let target = &t["target"];
         for (loss, value, grad) in [
             (DiceLoss::default(), "dice_loss", "grad_dice"),
-            (DiceLoss { squared_pred: false, ..Default::default() }, "dice_loss_plain", "grad_dice_plain"),
+            (
+                DiceLoss {
+                    squared_pred: false,
+                    ..Default::default()
+                },
+                "dice_loss_plain",
+                "grad_dice_plain",
+            ),
         ] {
             let l = loss.forward(logits.as_tensor(), target).unwrap();
-            assert!((scalar(&l) - scalar(&t[value])).abs() < 1e-6, "{value}: {} vs {}", scalar(&l), scalar(&t[value]));
+            assert!(
+                (scalar(&l) - scalar(&t[value])).abs() < 1e-6,
+                "{value}: {} vs {}",
+                scalar(&l),
+                scalar(&t[value])
+            );
             let g = l.backward().unwrap();
             let e = rel_err(g.get(logits.as_tensor()).unwrap(), &t[grad]);
             assert!(e < 1e-4, "{grad}: rel err {e}");
         }
         let bce = bce_with_logits(logits.as_tensor(), target).unwrap();
         assert!((scalar(&bce) - scalar(&t["bce"])).abs() < 1e-6);
-        let l = DiceLoss { bce_weight: 1.0, ..Default::default() }.forward(logits.as_tensor(), target).unwrap();
-        let e = rel_err(l.backward().unwrap().get(logits.as_tensor()).unwrap(), &t["grad_dice_bce"]);
+        let l = DiceLoss {
+            bce_weight: 1.0,
+            ..Default::default()
+        }
+        .forward(logits.as_tensor(), target)
+        .unwrap();
+        let e = rel_err(
+            l.backward().unwrap().get(logits.as_tensor()).unwrap(),
+            &t["grad_dice_bce"],
+        );
         assert!(e < 1e-4, "dice+bce gradient rel err {e}");
     }
 
@@ -166,11 +226,22 @@ mod tests {
         let t = fixture("dice.safetensors");
         let (logits, target) = (&t["logits"], &t["target"]);
         let mut m = DiceMetric::new();
-        m.update(&logits.narrow(0, 0, 2).unwrap(), &target.narrow(0, 0, 2).unwrap()).unwrap();
-        m.update(&logits.narrow(0, 2, 1).unwrap(), &target.narrow(0, 2, 1).unwrap()).unwrap();
+        m.update(
+            &logits.narrow(0, 0, 2).unwrap(),
+            &target.narrow(0, 0, 2).unwrap(),
+        )
+        .unwrap();
+        m.update(
+            &logits.narrow(0, 2, 1).unwrap(),
+            &target.narrow(0, 2, 1).unwrap(),
+        )
+        .unwrap();
         let none = t["metric_none"].to_vec2::<f32>().unwrap();
         for (got, want) in m.values().iter().flatten().zip(none.iter().flatten()) {
-            assert!((got.is_nan() && want.is_nan()) || (got - want).abs() < 1e-6, "{got} vs {want}");
+            assert!(
+                (got.is_nan() && want.is_nan()) || (got - want).abs() < 1e-6,
+                "{got} vs {want}"
+            );
         }
         assert!(m.values()[1][2].is_nan());
         let pc = t["metric_per_channel"].to_vec1::<f32>().unwrap();

@@ -18,7 +18,13 @@ pub struct AdamConfig {
 impl Default for AdamConfig {
     /// torch's defaults with the seed's learning rate (1e-4).
     fn default() -> Self {
-        AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        AdamConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -29,10 +35,23 @@ impl AdamConfig {
             return bad("lr", format!("must be finite and >= 0, got {}", self.lr));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("betas", format!("must be in [0, 1), got ({}, {})", self.beta1, self.beta2));
+            return bad(
+                "betas",
+                format!("must be in [0, 1), got ({}, {})", self.beta1, self.beta2),
+            );
         }
-        if !(self.eps.is_finite() && self.eps >= 0.0) || !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("eps/weight_decay", format!("must be finite and >= 0, got {} and {}", self.eps, self.weight_decay));
+        if !(self.eps.is_finite()
+            && self.eps >= 0.0
+            && self.weight_decay.is_finite()
+            && self.weight_decay >= 0.0)
+        {
+            return bad(
+                "eps/weight_decay",
+                format!(
+                    "must be finite and >= 0, got {} and {}",
+                    self.eps, self.weight_decay
+                ),
+            );
         }
         Ok(())
     }
@@ -58,12 +77,23 @@ impl Adam {
         cfg.validate()?;
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let state = vec![None; params.len()];
-        Ok(Adam { cfg, params, state, step: 0 })
+        Ok(Adam {
+            cfg,
+            params,
+            state,
+            step: 0,
+        })
     }
 
     /// All variables of a VarMap, by name.
     pub fn from_varmap(vm: &VarMap, cfg: AdamConfig) -> Result<Self> {
-        let params = vm.data().lock().map_err(|_| poisoned())?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let params = vm
+            .data()
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Adam::new(params, cfg)
     }
 
@@ -86,7 +116,10 @@ impl Adam {
 
     /// The gradients of the parameters from a backward pass, in parameter order.
     pub fn gradients(&self, grads: &GradStore) -> Vec<Option<Tensor>> {
-        self.params.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect()
+        self.params
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .collect()
     }
 
     /// One update from a backward pass.
@@ -99,7 +132,14 @@ impl Adam {
     /// a parameter without gradient is left alone, as torch does.
     pub fn step_with(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
         if grads.len() != self.params.len() {
-            return Err(TrainerError::shape("adam", format!("{} gradients for {} parameters", grads.len(), self.params.len())));
+            return Err(TrainerError::shape(
+                "adam",
+                format!(
+                    "{} gradients for {} parameters",
+                    grads.len(),
+                    self.params.len()
+                ),
+            ));
         }
         self.step += 1;
         let c = &self.cfg;
@@ -109,11 +149,25 @@ impl Adam {
         for (((name, p), g), st) in self.params.iter().zip(grads).zip(self.state.iter_mut()) {
             let Some(g) = g else { continue };
             if g.dims() != p.dims() {
-                return Err(TrainerError::shape("adam", format!("gradient of `{name}` has shape {:?}, parameter {:?}", g.dims(), p.dims())));
+                return Err(TrainerError::shape(
+                    "adam",
+                    format!(
+                        "gradient of `{name}` has shape {:?}, parameter {:?}",
+                        g.dims(),
+                        p.dims()
+                    ),
+                ));
             }
-            let g = if c.weight_decay != 0.0 { (g + (p.as_tensor() * c.weight_decay)?)? } else { g.clone() };
+            let g = if c.weight_decay != 0.0 {
+                (g + (p.as_tensor() * c.weight_decay)?)?
+            } else {
+                g.clone()
+            };
             let (m, v) = match st.take() {
-                Some(Moments { m, v }) => (((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?, ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?),
+                Some(Moments { m, v }) => (
+                    ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?,
+                    ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
+                ),
                 None => ((&g * (1.0 - c.beta1))?, (g.sqr()? * (1.0 - c.beta2))?),
             };
             let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
@@ -126,7 +180,11 @@ impl Adam {
 
     /// Moments by parameter name, for checkpoints.
     pub fn state(&self) -> Vec<(&str, Option<&Moments>)> {
-        self.params.iter().zip(&self.state).map(|((n, _), s)| (n.as_str(), s.as_ref())).collect()
+        self.params
+            .iter()
+            .zip(&self.state)
+            .map(|((n, _), s)| (n.as_str(), s.as_ref()))
+            .collect()
     }
 
     /// Restores step count and moments (by parameter name); every name must be a parameter with
@@ -135,10 +193,20 @@ impl Adam {
         let mut state = vec![None; self.params.len()];
         for (name, mo) in moments {
             let Ok(i) = self.params.binary_search_by(|(n, _)| n.as_str().cmp(&name)) else {
-                return Err(TrainerError::shape("adam", format!("state for `{name}`, which is not a parameter")));
+                return Err(TrainerError::shape(
+                    "adam",
+                    format!("state for `{name}`, which is not a parameter"),
+                ));
             };
             if mo.m.dims() != self.params[i].1.dims() || mo.v.dims() != self.params[i].1.dims() {
-                return Err(TrainerError::shape("adam", format!("state of `{name}` has shape {:?}, parameter {:?}", mo.m.dims(), self.params[i].1.dims())));
+                return Err(TrainerError::shape(
+                    "adam",
+                    format!(
+                        "state of `{name}` has shape {:?}, parameter {:?}",
+                        mo.m.dims(),
+                        self.params[i].1.dims()
+                    ),
+                ));
             }
             state[i] = Some(mo);
         }
@@ -149,7 +217,10 @@ impl Adam {
 }
 
 pub(crate) fn poisoned() -> TrainerError {
-    TrainerError::Config { field: "varmap", detail: "lock poisoned by a panicked thread".into() }
+    TrainerError::Config {
+        field: "varmap",
+        detail: "lock poisoned by a panicked thread".into(),
+    }
 }
 
 #[cfg(test)]
@@ -162,27 +233,58 @@ mod tests {
         let t = fixture("adam.safetensors");
         let meta = fixture_metadata("adam.safetensors");
         let f = |k: &str| meta[k].parse::<f64>().unwrap();
-        let cfg = AdamConfig { lr: f("lr"), beta1: f("beta1"), beta2: f("beta2"), eps: f("eps"), weight_decay: f("weight_decay") };
+        let cfg = AdamConfig {
+            lr: f("lr"),
+            beta1: f("beta1"),
+            beta2: f("beta2"),
+            eps: f("eps"),
+            weight_decay: f("weight_decay"),
+        };
         let w = Var::from_tensor(&t["w0"]).unwrap();
         let b = Var::from_tensor(&t["b0"]).unwrap();
-        let mut opt = Adam::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], cfg).unwrap();
+        let mut opt =
+            Adam::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], cfg).unwrap();
         for step in 1..=5 {
-            let pred = t["x"].matmul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap();
+            let pred = t["x"]
+                .matmul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap();
             let loss = (pred - &t["y"]).unwrap().sqr().unwrap().mean_all().unwrap();
             opt.step(&loss.backward().unwrap()).unwrap();
-            assert!(rel_err(w.as_tensor(), &t[&format!("w{step}")]) < 1e-5, "w after step {step}");
-            assert!(rel_err(b.as_tensor(), &t[&format!("b{step}")]) < 1e-5, "b after step {step}");
+            assert!(
+                rel_err(w.as_tensor(), &t[&format!("w{step}")]) < 1e-5,
+                "w after step {step}"
+            );
+            assert!(
+                rel_err(b.as_tensor(), &t[&format!("b{step}")]) < 1e-5,
+                "b after step {step}"
+            );
         }
         assert_eq!(opt.step_count(), 5);
     }
 
     #[test]
     fn rejects_bad_config_and_mismatched_gradients() {
-        assert!(Adam::new(vec![], AdamConfig { beta1: 1.0, ..Default::default() }).is_err());
+        assert!(
+            Adam::new(
+                vec![],
+                AdamConfig {
+                    beta1: 1.0,
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
         let v = Var::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let mut opt = Adam::new(vec![("v".into(), v)], AdamConfig::default()).unwrap();
         let g = Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        assert!(opt.step_with(&[Some(g)]).unwrap_err().to_string().contains("`v`"));
+        assert!(
+            opt.step_with(&[Some(g)])
+                .unwrap_err()
+                .to_string()
+                .contains("`v`")
+        );
         assert!(opt.step_with(&[]).is_err());
     }
 }

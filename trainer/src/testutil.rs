@@ -14,12 +14,16 @@ pub fn randn(seed: u64, dims: &[usize]) -> Tensor {
         s ^= s << 17;
         (s >> 40) as f32 / (1u64 << 24) as f32
     };
-    let v: Vec<f32> = (0..n).map(|_| (0..4).map(|_| next()).sum::<f32>() - 2.0).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| (0..4).map(|_| next()).sum::<f32>() - 2.0)
+        .collect();
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn fixture(name: &str) -> HashMap<String, Tensor> {
@@ -33,7 +37,12 @@ pub fn fixture_metadata(name: &str) -> HashMap<String, String> {
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Largest |a - b| relative to the largest |b| (so tiny entries do not dominate).
@@ -41,5 +50,8 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let (a, b) = (to_vec(a), to_vec(b));
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }

@@ -39,11 +39,24 @@ pub struct VecSource {
 }
 
 impl VecSource {
-    pub fn new(samples: Vec<(Tensor, Tensor)>, batch_size: usize, shuffle_seed: Option<u64>) -> Result<Self> {
+    pub fn new(
+        samples: Vec<(Tensor, Tensor)>,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+    ) -> Result<Self> {
         if batch_size == 0 {
-            return Err(TrainerError::Config { field: "batch_size", detail: "must be >= 1".into() });
+            return Err(TrainerError::Config {
+                field: "batch_size",
+                detail: "must be >= 1".into(),
+            });
         }
-        Ok(VecSource { order: (0..samples.len()).collect(), samples, batch_size, shuffle_seed, pos: 0 })
+        Ok(VecSource {
+            order: (0..samples.len()).collect(),
+            samples,
+            batch_size,
+            shuffle_seed,
+            pos: 0,
+        })
     }
 }
 
@@ -52,7 +65,8 @@ impl BatchSource for VecSource {
         self.order = (0..self.samples.len()).collect();
         if let Some(seed) = self.shuffle_seed {
             // Fisher-Yates from a per-epoch stream, so an epoch's order does not depend on history.
-            let mut s = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+            let mut s =
+                seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
             for i in (1..self.order.len()).rev() {
                 s ^= s << 13;
                 s ^= s >> 7;
@@ -74,7 +88,14 @@ impl BatchSource for VecSource {
         let labels: Vec<&Tensor> = idx.iter().map(|&i| &self.samples[i].1).collect();
         let stack = |ts: &[&Tensor]| -> Result<Tensor> {
             if let Some(bad) = ts.iter().find(|t| t.dims() != ts[0].dims()) {
-                return Err(TrainerError::shape("batch", format!("samples of mixed shapes in one batch: {:?} and {:?}", ts[0].dims(), bad.dims())));
+                return Err(TrainerError::shape(
+                    "batch",
+                    format!(
+                        "samples of mixed shapes in one batch: {:?} and {:?}",
+                        ts[0].dims(),
+                        bad.dims()
+                    ),
+                ));
             }
             Ok(Tensor::stack(ts, 0)?)
         };
@@ -96,7 +117,14 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { unet: UNetConfig::brats(), adam: AdamConfig::default(), loss: DiceLoss::default(), epochs: 10, seed: 0, resume: true }
+        TrainConfig {
+            unet: UNetConfig::brats(),
+            adam: AdamConfig::default(),
+            loss: DiceLoss::default(),
+            epochs: 10,
+            seed: 0,
+            resume: true,
+        }
     }
 }
 
@@ -124,8 +152,15 @@ pub struct EpochMetrics {
 /// Progress, for a reporter.
 #[derive(Clone, Debug)]
 pub enum TrainEvent {
-    Resumed { epoch: usize, checkpoint: PathBuf },
-    Step { epoch: usize, step: usize, loss: f32 },
+    Resumed {
+        epoch: usize,
+        checkpoint: PathBuf,
+    },
+    Step {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+    },
     Epoch(EpochMetrics),
 }
 
@@ -147,7 +182,10 @@ pub fn metrics_path(out_dir: &Path) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
-    move |source| TrainerError::Io { path: path.to_path_buf(), source }
+    move |source| TrainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads `metrics.jsonl` (skipping a torn last line left by a kill).
@@ -157,7 +195,10 @@ pub fn read_metrics(out_dir: &Path) -> Result<Vec<EpochMetrics>> {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 fn write_metrics(out_dir: &Path, metrics: &[EpochMetrics]) -> Result<()> {
@@ -165,7 +206,12 @@ fn write_metrics(out_dir: &Path, metrics: &[EpochMetrics]) -> Result<()> {
     let tmp = p.with_extension("jsonl.partial");
     let mut text = String::new();
     for m in metrics {
-        text.push_str(&serde_json::to_string(m).map_err(|source| TrainerError::Json { path: p.clone(), source })?);
+        text.push_str(
+            &serde_json::to_string(m).map_err(|source| TrainerError::Json {
+                path: p.clone(),
+                source,
+            })?,
+        );
         text.push('\n');
     }
     std::fs::write(&tmp, text).map_err(io(&tmp))?;
@@ -174,8 +220,15 @@ fn write_metrics(out_dir: &Path, metrics: &[EpochMetrics]) -> Result<()> {
 
 fn append_metrics(out_dir: &Path, m: &EpochMetrics) -> Result<()> {
     let p = metrics_path(out_dir);
-    let line = serde_json::to_string(m).map_err(|source| TrainerError::Json { path: p.clone(), source })?;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
+    let line = serde_json::to_string(m).map_err(|source| TrainerError::Json {
+        path: p.clone(),
+        source,
+    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .map_err(io(&p))?;
     writeln!(f, "{line}").map_err(io(&p))
 }
 
@@ -190,17 +243,39 @@ fn best_of(metrics: &[EpochMetrics]) -> Option<(usize, f32)> {
 }
 
 /// Trains on one process and device (CPU here); see [`train_replica`] for data parallelism.
-pub fn train(cfg: &TrainConfig, out_dir: &Path, train_src: &mut dyn BatchSource, val_src: &mut dyn BatchSource, on_event: &mut dyn FnMut(&TrainEvent)) -> Result<TrainSummary> {
+pub fn train(
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    train_src: &mut dyn BatchSource,
+    val_src: &mut dyn BatchSource,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
     train_replica(cfg, out_dir, train_src, val_src, &SingleProcess, on_event)
 }
 
 /// Checks a batch before compute so a bad sample reads as such, with its epoch and step.
-fn check_batch(cfg: &UNetConfig, net: &UNet, epoch: usize, step: usize, x: &Tensor, y: &Tensor) -> Result<()> {
-    let bad = |detail: String| TrainerError::BadBatch { epoch, step, detail };
+fn check_batch(
+    cfg: &UNetConfig,
+    net: &UNet,
+    epoch: usize,
+    step: usize,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    let bad = |detail: String| TrainerError::BadBatch {
+        epoch,
+        step,
+        detail,
+    };
     net.check_input(x).map_err(|e| bad(e.to_string()))?;
     let (xd, yd) = (x.dims(), y.dims());
     if yd.len() != 5 || yd[0] != xd[0] || yd[1] != cfg.out_channels || yd[2..] != xd[2..] {
-        return Err(bad(format!("label has shape {yd:?}, expected ({}, {}, {:?})", xd[0], cfg.out_channels, &xd[2..])));
+        return Err(bad(format!(
+            "label has shape {yd:?}, expected ({}, {}, {:?})",
+            xd[0],
+            cfg.out_channels,
+            &xd[2..]
+        )));
     }
     if x.dtype() != DType::F32 {
         return Err(bad(format!("image must be f32, got {:?}", x.dtype())));
@@ -243,11 +318,17 @@ pub fn train_replica(
         opt.set_lr(cfg.adam.lr);
         start_epoch = meta.epoch;
         // Lines past the checkpoint come from an epoch whose checkpoint never completed.
-        metrics = read_metrics(out_dir)?.into_iter().filter(|m| m.epoch <= meta.epoch).collect();
+        metrics = read_metrics(out_dir)?
+            .into_iter()
+            .filter(|m| m.epoch <= meta.epoch)
+            .collect();
         if rank0 {
             write_metrics(out_dir, &metrics)?;
         }
-        on_event(&TrainEvent::Resumed { epoch: meta.epoch, checkpoint: dir.clone() });
+        on_event(&TrainEvent::Resumed {
+            epoch: meta.epoch,
+            checkpoint: dir.clone(),
+        });
         last_checkpoint = Some(dir);
     } else if rank0 {
         write_metrics(out_dir, &[])?;
@@ -270,13 +351,25 @@ pub fn train_replica(
             };
             steps += 1;
             if !mean_loss.is_finite() {
-                let last_good = last_checkpoint.as_ref().map_or_else(|| "none (first epoch)".to_string(), |p: &PathBuf| p.display().to_string());
-                return Err(TrainerError::NonFiniteLoss { epoch: epoch + 1, step: steps, loss: mean_loss, last_good });
+                let last_good = last_checkpoint.as_ref().map_or_else(
+                    || "none (first epoch)".to_string(),
+                    |p: &PathBuf| p.display().to_string(),
+                );
+                return Err(TrainerError::NonFiniteLoss {
+                    epoch: epoch + 1,
+                    step: steps,
+                    loss: mean_loss,
+                    last_good,
+                });
             }
             opt.step_with(&reduced)?;
             loss_sum += mean_loss as f64;
             samples += x.dim(0)? * reducer.world_size();
-            on_event(&TrainEvent::Step { epoch: epoch + 1, step: steps, loss: mean_loss });
+            on_event(&TrainEvent::Step {
+                epoch: epoch + 1,
+                step: steps,
+                loss: mean_loss,
+            });
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         if !rank0 {
@@ -290,7 +383,15 @@ pub fn train_replica(
         while let Some((x, y)) = val_src.next_batch()? {
             vstep += 1;
             check_batch(&cfg.unet, &net, epoch + 1, vstep, &x, &y).map_err(|e| match e {
-                TrainerError::BadBatch { epoch, step, detail } => TrainerError::BadBatch { epoch, step, detail: format!("validation: {detail}") },
+                TrainerError::BadBatch {
+                    epoch,
+                    step,
+                    detail,
+                } => TrainerError::BadBatch {
+                    epoch,
+                    step,
+                    detail: format!("validation: {detail}"),
+                },
                 other => other,
             })?;
             dice.update(&net.forward_t(&x, false)?, &y)?;
@@ -300,7 +401,11 @@ pub fn train_replica(
         let named = |i: usize| (cfg.unet.out_channels == 3).then(|| per_channel[i]);
         let m = EpochMetrics {
             epoch: epoch + 1,
-            train_loss: if steps > 0 { (loss_sum / steps as f64) as f32 } else { f32::NAN },
+            train_loss: if steps > 0 {
+                (loss_sum / steps as f64) as f32
+            } else {
+                f32::NAN
+            },
             train_steps: steps,
             train_samples: samples,
             train_seconds,
@@ -345,7 +450,12 @@ fn prune(root: &Path, latest: usize, best: Option<usize>) -> Result<()> {
     for e in std::fs::read_dir(root).map_err(io(root))? {
         let e = e.map_err(io(root))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(n) = name.strip_prefix("epoch-").and_then(|s| s.parse::<usize>().ok()) else { continue };
+        let Some(n) = name
+            .strip_prefix("epoch-")
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
         if n != latest && Some(n) != best {
             std::fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
         }
@@ -383,8 +493,15 @@ mod tests {
 
     fn small_cfg(epochs: usize) -> TrainConfig {
         TrainConfig {
-            unet: UNetConfig { channels: vec![4, 8, 16], strides: vec![2, 2], ..UNetConfig::brats() },
-            adam: AdamConfig { lr: 1e-2, ..Default::default() },
+            unet: UNetConfig {
+                channels: vec![4, 8, 16],
+                strides: vec![2, 2],
+                ..UNetConfig::brats()
+            },
+            adam: AdamConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
             epochs,
             ..Default::default()
         }
@@ -408,13 +525,35 @@ mod tests {
         let last = s.metrics[2].train_loss;
         assert!(last < first, "loss did not decrease: {first} -> {last}");
         // f64 fields may differ in the last digit after a JSON round trip; compare the rest.
-        let key = |m: &EpochMetrics| (m.epoch, m.train_loss, m.val_mean_dice, m.val_dice_per_channel.clone());
-        assert_eq!(read_metrics(dir.path()).unwrap().iter().map(key).collect::<Vec<_>>(), s.metrics.iter().map(key).collect::<Vec<_>>());
+        let key = |m: &EpochMetrics| {
+            (
+                m.epoch,
+                m.train_loss,
+                m.val_mean_dice,
+                m.val_dice_per_channel.clone(),
+            )
+        };
+        assert_eq!(
+            read_metrics(dir.path())
+                .unwrap()
+                .iter()
+                .map(key)
+                .collect::<Vec<_>>(),
+            s.metrics.iter().map(key).collect::<Vec<_>>()
+        );
         assert!(s.metrics[2].val_mean_dice.is_some() && s.metrics[2].val_dice_et.is_some());
-        assert_eq!(s.last_checkpoint.as_deref(), Some(checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 3).as_path()));
+        assert_eq!(
+            s.last_checkpoint.as_deref(),
+            Some(checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 3).as_path())
+        );
 
         // "Killed" after epoch 3 with a torn metrics line: resuming to 5 epochs runs epochs 4 and 5 only.
-        std::fs::OpenOptions::new().append(true).open(metrics_path(dir.path())).unwrap().write_all(b"{\"epoch\": 4, \"tr").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(metrics_path(dir.path()))
+            .unwrap()
+            .write_all(b"{\"epoch\": 4, \"tr")
+            .unwrap();
         let mut resumed_at = None;
         let s2 = train(&small_cfg(5), dir.path(), &mut tr, &mut va, &mut |e| {
             if let TrainEvent::Resumed { epoch, .. } = e {
@@ -423,10 +562,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(resumed_at, Some(3));
-        assert_eq!(s2.metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            s2.metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(read_metrics(dir.path()).unwrap().len(), 5);
-        let kept: Vec<String> = std::fs::read_dir(checkpoints_dir(dir.path())).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        assert!(kept.len() <= 2 && kept.contains(&"epoch-0005".to_string()), "{kept:?}");
+        let kept: Vec<String> = std::fs::read_dir(checkpoints_dir(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            kept.len() <= 2 && kept.contains(&"epoch-0005".to_string()),
+            "{kept:?}"
+        );
     }
 
     #[test]
@@ -467,19 +615,39 @@ mod tests {
     #[test]
     fn nan_loss_names_epoch_and_step_and_keeps_last_good_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let mut tr = NanAt(VecSource::new(synthetic(4, 0), 2, None).unwrap(), 2, 2, 0, 0);
+        let mut tr = NanAt(
+            VecSource::new(synthetic(4, 0), 2, None).unwrap(),
+            2,
+            2,
+            0,
+            0,
+        );
         let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
         let err = train(&small_cfg(3), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
         match &err {
-            TrainerError::NonFiniteLoss { epoch, step, last_good, .. } => {
+            TrainerError::NonFiniteLoss {
+                epoch,
+                step,
+                last_good,
+                ..
+            } => {
                 assert_eq!((*epoch, *step), (2, 2));
                 assert!(last_good.ends_with("epoch-0001"), "{last_good}");
             }
             other => panic!("unexpected {other}"),
         }
         assert!(err.to_string().contains("epoch 2, step 2"), "{err}");
-        assert!(checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 1).join("checkpoint.json").is_file());
-        assert_eq!(checkpoint::latest(&checkpoints_dir(dir.path())).unwrap().unwrap(), checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 1));
+        assert!(
+            checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 1)
+                .join("checkpoint.json")
+                .is_file()
+        );
+        assert_eq!(
+            checkpoint::latest(&checkpoints_dir(dir.path()))
+                .unwrap()
+                .unwrap(),
+            checkpoint::epoch_dir(&checkpoints_dir(dir.path()), 1)
+        );
     }
 
     #[test]
@@ -491,7 +659,17 @@ mod tests {
         let mut tr = VecSource::new(bad, 2, None).unwrap();
         let mut va = VecSource::new(vec![], 2, None).unwrap();
         let err = train(&small_cfg(1), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, TrainerError::BadBatch { epoch: 1, step: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                TrainerError::BadBatch {
+                    epoch: 1,
+                    step: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("(N, 4, D, H, W)"), "{err}");
 
         let mut mixed = synthetic(2, 0);
@@ -510,7 +688,10 @@ mod tests {
         let mut other = small_cfg(2);
         other.unet.channels = vec![4, 8, 32];
         let err = train(&other, dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, TrainerError::CheckpointMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, TrainerError::CheckpointMismatch { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("model.1.submodule"), "{err}");
     }
 }

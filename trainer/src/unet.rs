@@ -49,19 +49,45 @@ impl UNetConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |field, detail: String| Err(TrainerError::Config { field, detail });
         if self.channels.len() < 2 {
-            return bad("channels", format!("needs at least 2 entries, got {:?}", self.channels));
+            return bad(
+                "channels",
+                format!("needs at least 2 entries, got {:?}", self.channels),
+            );
         }
         if self.strides.len() < self.channels.len() - 1 {
-            return bad("strides", format!("needs {} entries (len(channels) - 1), got {:?}", self.channels.len() - 1, self.strides));
+            return bad(
+                "strides",
+                format!(
+                    "needs {} entries (len(channels) - 1), got {:?}",
+                    self.channels.len() - 1,
+                    self.strides
+                ),
+            );
         }
-        if self.strides.contains(&0) || self.channels.contains(&0) || self.in_channels == 0 || self.out_channels == 0 {
-            return bad("channels/strides", "channel counts and strides must be >= 1".into());
+        if self.strides.contains(&0)
+            || self.channels.contains(&0)
+            || self.in_channels == 0
+            || self.out_channels == 0
+        {
+            return bad(
+                "channels/strides",
+                "channel counts and strides must be >= 1".into(),
+            );
         }
-        if self.kernel_size % 2 == 0 || self.up_kernel_size % 2 == 0 {
-            return bad("kernel_size", format!("must be odd, got {} and {}", self.kernel_size, self.up_kernel_size));
+        if self.kernel_size.is_multiple_of(2) || self.up_kernel_size.is_multiple_of(2) {
+            return bad(
+                "kernel_size",
+                format!(
+                    "must be odd, got {} and {}",
+                    self.kernel_size, self.up_kernel_size
+                ),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("must be in [0, 1), got {}", self.dropout));
+            return bad(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            );
         }
         Ok(())
     }
@@ -95,10 +121,27 @@ struct ConvLayer {
 
 impl ConvLayer {
     #[allow(clippy::too_many_arguments)]
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, transposed: bool, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let (shape, fan_in) = if transposed { ([cin, cout, k, k, k], cout * k * k * k) } else { ([cout, cin, k, k, k], cin * k * k * k) };
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        transposed: bool,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (shape, fan_in) = if transposed {
+            ([cin, cout, k, k, k], cout * k * k * k)
+        } else {
+            ([cout, cin, k, k, k], cin * k * k * k)
+        };
         let weight = vb.get_with_hints(shape.to_vec(), "weight", torch_uniform(fan_in))?;
-        let bias = if bias { Some(vb.get_with_hints(cout, "bias", torch_uniform(fan_in))?) } else { None };
+        let bias = if bias {
+            Some(vb.get_with_hints(cout, "bias", torch_uniform(fan_in))?)
+        } else {
+            None
+        };
         let kind = if transposed {
             // MONAI: output_padding = stride - 1, so the output is exactly stride x the input.
             ConvKind::Transposed(ConvTranspose3dConfig {
@@ -108,7 +151,11 @@ impl ConvLayer {
                 output_padding: [stride - 1; 3],
             })
         } else {
-            ConvKind::Conv(Conv3dConfig { stride: [stride; 3], padding: [padding; 3], dilation: [1; 3] })
+            ConvKind::Conv(Conv3dConfig {
+                stride: [stride; 3],
+                padding: [padding; 3],
+                dilation: [1; 3],
+            })
         };
         Ok(ConvLayer { weight, bias, kind })
     }
@@ -136,10 +183,40 @@ struct Convolution {
 
 impl Convolution {
     #[allow(clippy::too_many_arguments)]
-    fn new(cfg: &UNetConfig, cin: usize, cout: usize, k: usize, stride: usize, transposed: bool, conv_only: bool, vb: VarBuilder) -> Result<Self> {
-        let conv = ConvLayer::new(cin, cout, k, stride, (k - 1) / 2, transposed, cfg.bias, vb.pp("conv"))?;
-        let prelu = if conv_only { None } else { Some(vb.pp("adn").pp("A").get_with_hints(1, "weight", Init::Const(0.25))?) };
-        Ok(Convolution { conv, prelu, dropout: cfg.dropout })
+    fn new(
+        cfg: &UNetConfig,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        transposed: bool,
+        conv_only: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let conv = ConvLayer::new(
+            cin,
+            cout,
+            k,
+            stride,
+            (k - 1) / 2,
+            transposed,
+            cfg.bias,
+            vb.pp("conv"),
+        )?;
+        let prelu = if conv_only {
+            None
+        } else {
+            Some(
+                vb.pp("adn")
+                    .pp("A")
+                    .get_with_hints(1, "weight", Init::Const(0.25))?,
+            )
+        };
+        Ok(Convolution {
+            conv,
+            prelu,
+            dropout: cfg.dropout,
+        })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -162,21 +239,51 @@ struct ResidualUnit {
 
 impl ResidualUnit {
     #[allow(clippy::too_many_arguments)]
-    fn new(cfg: &UNetConfig, cin: usize, cout: usize, stride: usize, subunits: usize, last_conv_only: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &UNetConfig,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        subunits: usize,
+        last_conv_only: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let k = cfg.kernel_size;
         let subunits = subunits.max(1);
         let mut units = Vec::with_capacity(subunits);
         let (mut sc, mut ss) = (cin, stride);
         for su in 0..subunits {
             let conv_only = last_conv_only && su == subunits - 1;
-            units.push(Convolution::new(cfg, sc, cout, k, ss, false, conv_only, vb.pp("conv").pp(format!("unit{su}")))?);
+            units.push(Convolution::new(
+                cfg,
+                sc,
+                cout,
+                k,
+                ss,
+                false,
+                conv_only,
+                vb.pp("conv").pp(format!("unit{su}")),
+            )?);
             sc = cout;
             ss = 1;
         }
         let residual = if stride != 1 || cin != cout {
             // Only adapting channels: a 1x1x1 kernel without padding, as in MONAI.
-            let (rk, rp) = if stride == 1 { (1, 0) } else { (k, (k - 1) / 2) };
-            Some(ConvLayer::new(cin, cout, rk, stride, rp, false, cfg.bias, vb.pp("residual"))?)
+            let (rk, rp) = if stride == 1 {
+                (1, 0)
+            } else {
+                (k, (k - 1) / 2)
+            };
+            Some(ConvLayer::new(
+                cin,
+                cout,
+                rk,
+                stride,
+                rp,
+                false,
+                cfg.bias,
+                vb.pp("residual"),
+            )?)
         } else {
             None
         };
@@ -204,11 +311,34 @@ enum Down {
 }
 
 impl Down {
-    fn new(cfg: &UNetConfig, cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &UNetConfig,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(if cfg.num_res_units > 0 {
-            Down::Residual(ResidualUnit::new(cfg, cin, cout, stride, cfg.num_res_units, false, vb)?)
+            Down::Residual(ResidualUnit::new(
+                cfg,
+                cin,
+                cout,
+                stride,
+                cfg.num_res_units,
+                false,
+                vb,
+            )?)
         } else {
-            Down::Plain(Convolution::new(cfg, cin, cout, cfg.kernel_size, stride, false, false, vb)?)
+            Down::Plain(Convolution::new(
+                cfg,
+                cin,
+                cout,
+                cfg.kernel_size,
+                stride,
+                false,
+                false,
+                vb,
+            )?)
         })
     }
 
@@ -228,11 +358,39 @@ struct Up {
 }
 
 impl Up {
-    fn new(cfg: &UNetConfig, cin: usize, cout: usize, stride: usize, is_top: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &UNetConfig,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        is_top: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let res = cfg.num_res_units > 0;
         let conv_vb = if res { vb.pp("0") } else { vb.clone() };
-        let conv = Convolution::new(cfg, cin, cout, cfg.up_kernel_size, stride, true, is_top && !res, conv_vb)?;
-        let ru = if res { Some(ResidualUnit::new(cfg, cout, cout, 1, 1, is_top, vb.pp("1"))?) } else { None };
+        let conv = Convolution::new(
+            cfg,
+            cin,
+            cout,
+            cfg.up_kernel_size,
+            stride,
+            true,
+            is_top && !res,
+            conv_vb,
+        )?;
+        let ru = if res {
+            Some(ResidualUnit::new(
+                cfg,
+                cout,
+                cout,
+                1,
+                1,
+                is_top,
+                vb.pp("1"),
+            )?)
+        } else {
+            None
+        };
         Ok(Up { conv, ru })
     }
 
@@ -261,13 +419,35 @@ struct Level {
 
 impl Level {
     /// MONAI's `_create_block`, recursing from the top.
-    fn new(cfg: &UNetConfig, inc: usize, outc: usize, channels: &[usize], strides: &[usize], is_top: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &UNetConfig,
+        inc: usize,
+        outc: usize,
+        channels: &[usize],
+        strides: &[usize],
+        is_top: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (c, s) = (channels[0], strides[0]);
         let sub_vb = vb.pp("1").pp("submodule");
         let (sub, upc) = if channels.len() > 2 {
-            (Sub::Level(Box::new(Level::new(cfg, c, c, &channels[1..], &strides[1..], false, sub_vb)?)), c * 2)
+            (
+                Sub::Level(Box::new(Level::new(
+                    cfg,
+                    c,
+                    c,
+                    &channels[1..],
+                    &strides[1..],
+                    false,
+                    sub_vb,
+                )?)),
+                c * 2,
+            )
         } else {
-            (Sub::Bottom(Down::new(cfg, c, channels[1], 1, sub_vb)?), c + channels[1])
+            (
+                Sub::Bottom(Down::new(cfg, c, channels[1], 1, sub_vb)?),
+                c + channels[1],
+            )
         };
         let down = Down::new(cfg, inc, c, s, vb.pp("0"))?;
         let up = Up::new(cfg, upc, outc, s, is_top, vb.pp("2"))?;
@@ -297,8 +477,19 @@ impl UNet {
     pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.channels.len();
-        let model = Level::new(cfg, cfg.in_channels, cfg.out_channels, &cfg.channels, &cfg.strides[..n - 1], true, vb.pp("model"))?;
-        Ok(UNet { cfg: cfg.clone(), model })
+        let model = Level::new(
+            cfg,
+            cfg.in_channels,
+            cfg.out_channels,
+            &cfg.channels,
+            &cfg.strides[..n - 1],
+            true,
+            vb.pp("model"),
+        )?;
+        Ok(UNet {
+            cfg: cfg.clone(),
+            model,
+        })
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -309,7 +500,10 @@ impl UNet {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
         let div = self.cfg.size_divisor();
-        if dims.len() != 5 || dims[1] != self.cfg.in_channels || dims[2..].iter().any(|d| *d == 0 || d % div != 0) {
+        if dims.len() != 5
+            || dims[1] != self.cfg.in_channels
+            || dims[2..].iter().any(|d| *d == 0 || d % div != 0)
+        {
             return Err(TrainerError::shape(
                 "unet",
                 format!(
@@ -344,7 +538,7 @@ pub fn init_seeded(vm: &candle_nn::VarMap, seed: u64) -> Result<()> {
     let data = vm.data().lock().map_err(|_| crate::optim::poisoned())?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
-    let mut rng = SplitMix64(seed ^ 0x5EED_0F_0A_7E_57);
+    let mut rng = SplitMix64(seed ^ 0x5EED_0F0A_7E57);
     for name in names {
         let var = &data[name];
         let values: Vec<f32> = if name.ends_with(".adn.A.weight") {
@@ -354,11 +548,16 @@ pub fn init_seeded(vm: &candle_nn::VarMap, seed: u64) -> Result<()> {
                 Some(prefix) => format!("{prefix}.weight"),
                 None => name.clone(),
             };
-            let dims = data.get(&weight_name).map(|w| w.dims().to_vec()).unwrap_or_else(|| var.dims().to_vec());
+            let dims = data
+                .get(&weight_name)
+                .map(|w| w.dims().to_vec())
+                .unwrap_or_else(|| var.dims().to_vec());
             // torch: fan_in = size(1) * receptive field (for ConvTranspose that is out_channels).
             let fan_in = dims.get(1).copied().unwrap_or(1) * dims.iter().skip(2).product::<usize>();
             let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-            (0..var.elem_count()).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
+            (0..var.elem_count())
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect()
         };
         var.set(&Tensor::from_vec(values, var.dims(), var.device())?)?;
     }
@@ -403,10 +602,18 @@ mod tests {
 
     #[test]
     fn brats_unet_has_monai_names_shapes_and_parameter_count() {
-        let want: Names = serde_json::from_str(&std::fs::read_to_string(fixture_path("unet_state_dict.json")).unwrap()).unwrap();
+        let want: Names = serde_json::from_str(
+            &std::fs::read_to_string(fixture_path("unet_state_dict.json")).unwrap(),
+        )
+        .unwrap();
         let (vm, _) = build(&UNetConfig::brats());
-        let got: HashMap<String, Vec<usize>> =
-            vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec())).collect();
+        let got: HashMap<String, Vec<usize>> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))
+            .collect();
         assert_eq!(got.len(), 63);
         assert_eq!(want.tensors.len(), 63);
         for (name, shape) in &want.tensors {
@@ -421,22 +628,40 @@ mod tests {
     fn initial_prelu_slopes_are_a_quarter_and_weights_are_bounded() {
         let (vm, _) = build(&UNetConfig::brats());
         let data = vm.data().lock().unwrap();
-        let a = data["model.0.conv.unit0.adn.A.weight"].as_tensor().to_vec1::<f32>().unwrap();
+        let a = data["model.0.conv.unit0.adn.A.weight"]
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(a, vec![0.25]);
         // fan_in 4*27 = 108 for the first conv: |w| <= 1/sqrt(108).
-        let w = data["model.0.conv.unit0.conv.weight"].as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let w = data["model.0.conv.unit0.conv.weight"]
+            .as_tensor()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(w <= 1.0 / 108f32.sqrt() + 1e-6 && w > 0.05);
     }
 
     fn small_cfg() -> UNetConfig {
-        UNetConfig { channels: vec![2, 4, 8, 16, 32], ..UNetConfig::brats() }
+        UNetConfig {
+            channels: vec![2, 4, 8, 16, 32],
+            ..UNetConfig::brats()
+        }
     }
 
     #[test]
     fn forward_and_gradients_match_monai() {
         let t = fixture("unet_small.safetensors");
-        let weights: HashMap<String, Tensor> =
-            t.iter().filter_map(|(k, v)| k.strip_prefix("weight.").map(|n| (n.to_string(), v.clone()))).collect();
+        let weights: HashMap<String, Tensor> = t
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("weight.")
+                    .map(|n| (n.to_string(), v.clone()))
+            })
+            .collect();
         // Vars, so the same model yields parameter gradients.
         let vm = VarMap::new();
         {
@@ -445,25 +670,48 @@ mod tests {
                 data.insert(k.clone(), Var::from_tensor(v).unwrap());
             }
         }
-        let net = UNet::new(&small_cfg(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-        assert_eq!(vm.data().lock().unwrap().len(), weights.len(), "model created tensors MONAI does not have");
+        let net = UNet::new(
+            &small_cfg(),
+            VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        assert_eq!(
+            vm.data().lock().unwrap().len(),
+            weights.len(),
+            "model created tensors MONAI does not have"
+        );
         let x = Var::from_tensor(&t["input"]).unwrap();
         let y = net.forward_t(x.as_tensor(), true).unwrap();
         let e = rel_err(&y, &t["output"]);
         assert!(e < 1e-4, "forward rel err {e}");
         let target = t["target"].to_dtype(DType::F32).unwrap();
-        let loss = crate::loss::DiceLoss::default().forward(&y, &target).unwrap();
+        let loss = crate::loss::DiceLoss::default()
+            .forward(&y, &target)
+            .unwrap();
         let want = t["loss"].to_vec1::<f32>().unwrap()[0];
         let got = loss.to_scalar::<f32>().unwrap();
         assert!((got - want).abs() < 1e-5, "loss {got} vs {want}");
         let grads = loss.backward().unwrap();
         let gx = grads.get(x.as_tensor()).unwrap();
-        assert!(rel_err(gx, &t["grad.input"]) < 1e-3, "input grad err {}", rel_err(gx, &t["grad.input"]));
+        assert!(
+            rel_err(gx, &t["grad.input"]) < 1e-3,
+            "input grad err {}",
+            rel_err(gx, &t["grad.input"])
+        );
         let data = vm.data().lock().unwrap();
-        let max_abs = |t: &Tensor| crate::testutil::to_vec(t).iter().fold(0f32, |m, v| m.max(v.abs()));
-        let global = data.keys().map(|k| max_abs(&t[&format!("grad.{k}")])).fold(0f32, f32::max);
+        let max_abs = |t: &Tensor| {
+            crate::testutil::to_vec(t)
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+        };
+        let global = data
+            .keys()
+            .map(|k| max_abs(&t[&format!("grad.{k}")]))
+            .fold(0f32, f32::max);
         for (k, v) in data.iter() {
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {k}"));
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {k}"));
             let want = &t[&format!("grad.{k}")];
             // Errors are relative to the tensor's own scale, floored at 5% of the largest gradient:
             // a conv bias before instance norm has an exactly zero gradient (both sides hold
@@ -476,12 +724,18 @@ mod tests {
 
     #[test]
     fn seeded_init_is_reproducible_and_bounded() {
-        let cfg = UNetConfig { channels: vec![2, 4, 8], strides: vec![2, 2], ..UNetConfig::brats() };
+        let cfg = UNetConfig {
+            channels: vec![2, 4, 8],
+            strides: vec![2, 2],
+            ..UNetConfig::brats()
+        };
         let (a, _) = build(&cfg);
         let (b, _) = build(&cfg);
         init_seeded(&a, 7).unwrap();
         init_seeded(&b, 7).unwrap();
-        let get = |vm: &VarMap, k: &str| crate::testutil::to_vec(vm.data().lock().unwrap()[k].as_tensor());
+        let get = |vm: &VarMap, k: &str| {
+            crate::testutil::to_vec(vm.data().lock().unwrap()[k].as_tensor())
+        };
         let k = "model.0.conv.unit0.conv.weight";
         assert_eq!(get(&a, k), get(&b, k));
         assert!(get(&a, k).iter().all(|v| v.abs() <= 1.0 / 108f32.sqrt()));
@@ -492,7 +746,11 @@ mod tests {
 
     #[test]
     fn wrong_input_is_a_clear_error() {
-        let (_, net) = build(&UNetConfig { channels: vec![2, 4], strides: vec![2], ..UNetConfig::brats() });
+        let (_, net) = build(&UNetConfig {
+            channels: vec![2, 4],
+            strides: vec![2],
+            ..UNetConfig::brats()
+        });
         let x = Tensor::zeros((1, 3, 8, 8, 8), DType::F32, &Device::Cpu).unwrap();
         let e = net.forward_t(&x, false).unwrap_err().to_string();
         assert!(e.contains("(N, 4, D, H, W)"), "{e}");
@@ -502,12 +760,32 @@ mod tests {
 
     #[test]
     fn configurable_without_residual_units() {
-        let cfg = UNetConfig { channels: vec![2, 4, 8], strides: vec![2, 2], num_res_units: 0, ..UNetConfig::brats() };
+        let cfg = UNetConfig {
+            channels: vec![2, 4, 8],
+            strides: vec![2, 2],
+            num_res_units: 0,
+            ..UNetConfig::brats()
+        };
         let (vm, net) = build(&cfg);
-        let y = net.forward_t(&Tensor::ones((1, 4, 8, 8, 4), DType::F32, &Device::Cpu).unwrap(), false).unwrap();
+        let y = net
+            .forward_t(
+                &Tensor::ones((1, 4, 8, 8, 4), DType::F32, &Device::Cpu).unwrap(),
+                false,
+            )
+            .unwrap();
         assert_eq!(y.dims(), &[1, 3, 8, 8, 4]);
         // The top up layer is conv-only without residual units: no PReLU slope there.
-        assert!(!vm.data().lock().unwrap().contains_key("model.2.adn.A.weight"));
-        assert!(vm.data().lock().unwrap().contains_key("model.2.conv.weight"));
+        assert!(
+            !vm.data()
+                .lock()
+                .unwrap()
+                .contains_key("model.2.adn.A.weight")
+        );
+        assert!(
+            vm.data()
+                .lock()
+                .unwrap()
+                .contains_key("model.2.conv.weight")
+        );
     }
 }

@@ -1,20 +1,35 @@
 //! PReLU (torch.nn.PReLU) as one fused op: one pass forward, two backward, instead of five candle ops.
 
 use crate::error::TrainerError;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// max(0, x) + a * min(0, x), `a` of one element (MONAI's default) or one per channel (axis 1).
 pub fn prelu(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     const OP: &str = "prelu";
     if x.dtype() != DType::F32 || a.dtype() != DType::F32 || x.rank() < 2 {
-        return Err(TrainerError::shape(OP, format!("expects f32 (N, C, ...) and f32 weight, got {:?} {:?}", x.dtype(), x.dims())).into_candle());
+        return Err(TrainerError::shape(
+            OP,
+            format!(
+                "expects f32 (N, C, ...) and f32 weight, got {:?} {:?}",
+                x.dtype(),
+                x.dims()
+            ),
+        )
+        .into_candle());
     }
     let (c, na) = (x.dim(1)?, a.elem_count());
     if na != 1 && na != c {
-        return Err(TrainerError::shape(OP, format!("weight has {na} elements, input has {c} channels")).into_candle());
+        return Err(TrainerError::shape(
+            OP,
+            format!("weight has {na} elements, input has {c} channels"),
+        )
+        .into_candle());
     }
-    x.contiguous()?.apply_op2(&a.flatten_all()?.contiguous()?, PRelu)
+    x.contiguous()?
+        .apply_op2(&a.flatten_all()?.contiguous()?, PRelu)
 }
 
 fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -34,7 +49,11 @@ fn blocks(l: &Layout) -> (usize, usize) {
 }
 
 fn slope(a: &[f32], block: usize, channels: usize) -> f32 {
-    if a.len() == 1 { a[0] } else { a[block % channels] }
+    if a.len() == 1 {
+        a[0]
+    } else {
+        a[block % channels]
+    }
 }
 
 struct PRelu;
@@ -44,7 +63,13 @@ impl CustomOp2 for PRelu {
         "prelu"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, a) = (data(self.name(), s1, l1)?, data(self.name(), s2, l2)?);
         let (bs, c) = blocks(l1);
         let mut y = x.to_vec();
@@ -59,7 +84,13 @@ impl CustomOp2 for PRelu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, a: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = x.apply_op3_no_bwd(a, &grad, &PReluGradX)?;
         let ga = x.apply_op2_no_bwd(&grad, &PReluGradA { n: a.elem_count() })?;
@@ -75,19 +106,34 @@ impl CustomOp3 for PReluGradX {
         "prelu-backward-x"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, a, g) = (data(self.name(), s1, l1)?, data(self.name(), s2, l2)?, data(self.name(), s3, l3)?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, a, g) = (
+            data(self.name(), s1, l1)?,
+            data(self.name(), s2, l2)?,
+            data(self.name(), s3, l3)?,
+        );
         let (bs, c) = blocks(l1);
         let mut out = g.to_vec();
-        out.par_chunks_mut(bs).zip(x.par_chunks(bs)).enumerate().for_each(|(b, (o, xr))| {
-            let s = slope(a, b, c);
-            for (ov, &xv) in o.iter_mut().zip(xr) {
-                // PyTorch takes the negative branch at exactly zero.
-                if xv <= 0.0 {
-                    *ov *= s;
+        out.par_chunks_mut(bs)
+            .zip(x.par_chunks(bs))
+            .enumerate()
+            .for_each(|(b, (o, xr))| {
+                let s = slope(a, b, c);
+                for (ov, &xv) in o.iter_mut().zip(xr) {
+                    // PyTorch takes the negative branch at exactly zero.
+                    if xv <= 0.0 {
+                        *ov *= s;
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -102,19 +148,34 @@ impl CustomOp2 for PReluGradA {
         "prelu-backward-a"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, g) = (data(self.name(), s1, l1)?, data(self.name(), s2, l2)?);
         let (bs, c) = blocks(l1);
         let per_block: Vec<f64> = x
             .par_chunks(bs)
             .zip(g.par_chunks(bs))
-            .map(|(xr, gr)| xr.iter().zip(gr).filter(|(x, _)| **x < 0.0).map(|(x, g)| (*x as f64) * (*g as f64)).sum())
+            .map(|(xr, gr)| {
+                xr.iter()
+                    .zip(gr)
+                    .filter(|(x, _)| **x < 0.0)
+                    .map(|(x, g)| (*x as f64) * (*g as f64))
+                    .sum()
+            })
             .collect();
         let mut out = vec![0f64; self.n];
         for (b, v) in per_block.iter().enumerate() {
             out[if self.n == 1 { 0 } else { b % c }] += v;
         }
-        Ok((CpuStorage::F32(out.into_iter().map(|v| v as f32).collect()), Shape::from(self.n)))
+        Ok((
+            CpuStorage::F32(out.into_iter().map(|v| v as f32).collect()),
+            Shape::from(self.n),
+        ))
     }
 }
 
@@ -122,7 +183,11 @@ impl CustomOp2 for PReluGradA {
 /// but this keeps the loss independent of candle-nn's op set.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     if x.dtype() != DType::F32 {
-        return Err(TrainerError::shape("sigmoid", format!("only f32 is supported, got {:?}", x.dtype())).into_candle());
+        return Err(TrainerError::shape(
+            "sigmoid",
+            format!("only f32 is supported, got {:?}", x.dtype()),
+        )
+        .into_candle());
     }
     x.contiguous()?.apply_op1(Sigmoid)
 }

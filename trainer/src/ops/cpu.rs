@@ -30,7 +30,10 @@ impl Geom {
     }
     /// A 1x1x1 kernel with unit stride and no padding reads the input as it is: no vol2col needed.
     fn is_pointwise(&self) -> bool {
-        self.kvol() == 1 && self.stride == [1, 1, 1] && self.padding == [0, 0, 0] && self.big == self.small
+        self.kvol() == 1
+            && self.stride == [1, 1, 1]
+            && self.padding == [0, 0, 0]
+            && self.big == self.small
     }
 }
 
@@ -40,7 +43,11 @@ impl Geom {
 fn valid_range(out: usize, size: usize, s: usize, p: usize, kd: usize) -> (usize, usize) {
     // lo = smallest o with o*s + kd >= p; hi = smallest o with o*s + kd >= size + p.
     let lo = if kd >= p { 0 } else { (p - kd).div_ceil(s) };
-    let hi = if size + p <= kd { 0 } else { (size + p - kd).div_ceil(s) };
+    let hi = if size + p <= kd {
+        0
+    } else {
+        (size + p - kd).div_ceil(s)
+    };
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
@@ -142,14 +149,28 @@ struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     fn dense(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
-        Mat { data, rows, cols, ld: cols, transposed }
+        Mat {
+            data,
+            rows,
+            cols,
+            ld: cols,
+            transposed,
+        }
     }
     /// (row stride, column stride) of the logical (possibly transposed) matrix.
     fn strides(&self) -> (isize, isize) {
-        if self.transposed { (1, self.ld as isize) } else { (self.ld as isize, 1) }
+        if self.transposed {
+            (1, self.ld as isize)
+        } else {
+            (self.ld as isize, 1)
+        }
     }
     fn logical(&self) -> (usize, usize) {
-        if self.transposed { (self.cols, self.rows) } else { (self.rows, self.cols) }
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
     }
 }
 
@@ -228,13 +249,26 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: 
         let col = columns(g, &x[b * ci * bv..(b + 1) * ci * bv], ci, &mut buf);
         let wm = Mat::dense(w, co, ci * kv, false);
         let cm = Mat::dense(col, ci * kv, sv, false);
-        matmul(wm, cm, &mut y[b * co * sv..(b + 1) * co * sv], false, threads());
+        matmul(
+            wm,
+            cm,
+            &mut y[b * co * sv..(b + 1) * co * sv],
+            false,
+            threads(),
+        );
     }
     y
 }
 
 /// dx[n, ci, big] from dy[n, co, small]: the adjoint of `conv_fwd` in x.
-pub(crate) fn conv_bwd_data(g: &Geom, dy: &[f32], w: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
+pub(crate) fn conv_bwd_data(
+    g: &Geom,
+    dy: &[f32],
+    w: &[f32],
+    n: usize,
+    ci: usize,
+    co: usize,
+) -> Vec<f32> {
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
     let mut dx = vec![0f32; n * ci * bv];
     let wm = Mat::dense(w, co, ci * kv, true);
@@ -256,7 +290,14 @@ pub(crate) fn conv_bwd_data(g: &Geom, dy: &[f32], w: &[f32], n: usize, ci: usize
 /// dw[co, ci, k] = sum over samples and positions of dy[n, co, o] * x[n, ci, pos(o, k)].
 /// The reduction runs over the (long) spatial axis, which gemm does not split across threads,
 /// so it is split here into chunks whose partial sums are added at the end.
-pub(crate) fn conv_bwd_filter(g: &Geom, x: &[f32], dy: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
+pub(crate) fn conv_bwd_filter(
+    g: &Geom,
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    ci: usize,
+    co: usize,
+) -> Vec<f32> {
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
     let rows = ci * kv;
     let nt = threads();
@@ -267,17 +308,32 @@ pub(crate) fn conv_bwd_filter(g: &Geom, x: &[f32], dy: &[f32], n: usize, ci: usi
     for b in 0..n {
         let col = columns(g, &x[b * ci * bv..(b + 1) * ci * bv], ci, &mut buf);
         let dy_n = &dy[b * co * sv..(b + 1) * co * sv];
-        partial.par_chunks_mut(co * rows).enumerate().for_each(|(t, acc)| {
-            let lo = (t * chunk).min(sv);
-            let hi = ((t + 1) * chunk).min(sv);
-            if lo == hi {
-                return;
-            }
-            // Column blocks [lo, hi) of both operands, addressed in place through the row stride.
-            let am = Mat { data: &dy_n[lo..], rows: co, cols: hi - lo, ld: sv, transposed: false };
-            let cm = Mat { data: &col[lo..], rows, cols: hi - lo, ld: sv, transposed: true };
-            matmul(am, cm, acc, true, 1);
-        });
+        partial
+            .par_chunks_mut(co * rows)
+            .enumerate()
+            .for_each(|(t, acc)| {
+                let lo = (t * chunk).min(sv);
+                let hi = ((t + 1) * chunk).min(sv);
+                if lo == hi {
+                    return;
+                }
+                // Column blocks [lo, hi) of both operands, addressed in place through the row stride.
+                let am = Mat {
+                    data: &dy_n[lo..],
+                    rows: co,
+                    cols: hi - lo,
+                    ld: sv,
+                    transposed: false,
+                };
+                let cm = Mat {
+                    data: &col[lo..],
+                    rows,
+                    cols: hi - lo,
+                    ld: sv,
+                    transposed: true,
+                };
+                matmul(am, cm, acc, true, 1);
+            });
     }
     let mut dw = vec![0f32; co * rows];
     for p in partial.chunks(co * rows) {

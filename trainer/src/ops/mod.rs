@@ -28,7 +28,11 @@ pub struct Conv3dConfig {
 
 impl Default for Conv3dConfig {
     fn default() -> Self {
-        Conv3dConfig { stride: [1; 3], padding: [0; 3], dilation: [1; 3] }
+        Conv3dConfig {
+            stride: [1; 3],
+            padding: [0; 3],
+            dilation: [1; 3],
+        }
     }
 }
 
@@ -43,27 +47,43 @@ pub struct ConvTranspose3dConfig {
 
 impl Default for ConvTranspose3dConfig {
     fn default() -> Self {
-        ConvTranspose3dConfig { stride: [1; 3], padding: [0; 3], dilation: [1; 3], output_padding: [0; 3] }
+        ConvTranspose3dConfig {
+            stride: [1; 3],
+            padding: [0; 3],
+            dilation: [1; 3],
+            output_padding: [0; 3],
+        }
     }
 }
 
 fn dims5(op: &'static str, what: &str, t: &Tensor) -> Result<[usize; 5]> {
     match *t.dims() {
         [a, b, c, d, e] => Ok([a, b, c, d, e]),
-        ref other => Err(TrainerError::shape(op, format!("{what} must be 5-D (N, C, D, H, W), got {other:?}")).into_candle()),
+        ref other => Err(TrainerError::shape(
+            op,
+            format!("{what} must be 5-D (N, C, D, H, W), got {other:?}"),
+        )
+        .into_candle()),
     }
 }
 
 fn check_f32(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
-        return Err(TrainerError::shape(op, format!("only f32 is supported, got {:?}", t.dtype())).into_candle());
+        return Err(
+            TrainerError::shape(op, format!("only f32 is supported, got {:?}", t.dtype()))
+                .into_candle(),
+        );
     }
     Ok(())
 }
 
 fn check_hyper(op: &'static str, stride: [usize; 3], dilation: [usize; 3]) -> Result<()> {
     if stride.contains(&0) || dilation.contains(&0) {
-        return Err(TrainerError::shape(op, format!("stride {stride:?} and dilation {dilation:?} must be >= 1")).into_candle());
+        return Err(TrainerError::shape(
+            op,
+            format!("stride {stride:?} and dilation {dilation:?} must be >= 1"),
+        )
+        .into_candle());
     }
     Ok(())
 }
@@ -77,7 +97,11 @@ pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
     let [_, ci, d, h, wd] = dims5(OP, "input", x)?;
     let [_, wci, kd, kh, kw] = dims5(OP, "weight", w)?;
     if ci != wci {
-        return Err(TrainerError::shape(OP, format!("input has {ci} channels, weight expects {wci}")).into_candle());
+        return Err(TrainerError::shape(
+            OP,
+            format!("input has {ci} channels, weight expects {wci}"),
+        )
+        .into_candle());
     }
     let big = [d, h, wd];
     let kernel = [kd, kh, kw];
@@ -88,14 +112,25 @@ pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
         if kernel[a] == 0 || padded < span {
             return Err(TrainerError::shape(
                 OP,
-                format!("kernel {kernel:?} (dilation {:?}) larger than padded input {big:?} + 2x{:?}", cfg.dilation, cfg.padding),
+                format!(
+                    "kernel {kernel:?} (dilation {:?}) larger than padded input {big:?} + 2x{:?}",
+                    cfg.dilation, cfg.padding
+                ),
             )
             .into_candle());
         }
         small[a] = (padded - span) / cfg.stride[a] + 1;
     }
-    let g = Geom { kernel, stride: cfg.stride, padding: cfg.padding, dilation: cfg.dilation, big, small };
-    x.contiguous()?.apply_op2(&w.contiguous()?, Prim { kind: Kind::Fwd, g })
+    let g = Geom {
+        kernel,
+        stride: cfg.stride,
+        padding: cfg.padding,
+        dilation: cfg.dilation,
+        big,
+        small,
+    };
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Prim { kind: Kind::Fwd, g })
 }
 
 /// `torch.nn.functional.conv_transpose3d(x, w, None, stride, padding, output_padding, 1, dilation)`:
@@ -108,7 +143,11 @@ pub fn conv_transpose3d(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> 
     let [_, ci, d, h, wd] = dims5(OP, "input", x)?;
     let [wci, _, kd, kh, kw] = dims5(OP, "weight", w)?;
     if ci != wci {
-        return Err(TrainerError::shape(OP, format!("input has {ci} channels, weight expects {wci}")).into_candle());
+        return Err(TrainerError::shape(
+            OP,
+            format!("input has {ci} channels, weight expects {wci}"),
+        )
+        .into_candle());
     }
     let small = [d, h, wd];
     let kernel = [kd, kh, kw];
@@ -119,18 +158,44 @@ pub fn conv_transpose3d(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> 
         if cfg.output_padding[a] >= cfg.stride[a].max(cfg.dilation[a]) {
             return Err(TrainerError::shape(
                 OP,
-                format!("output_padding {:?} must be smaller than stride {:?} or dilation {:?}", cfg.output_padding, cfg.stride, cfg.dilation),
+                format!(
+                    "output_padding {:?} must be smaller than stride {:?} or dilation {:?}",
+                    cfg.output_padding, cfg.stride, cfg.dilation
+                ),
             )
             .into_candle());
         }
-        let full = (small[a].max(1) - 1) * cfg.stride[a] + cfg.dilation[a] * (kernel[a].max(1) - 1) + cfg.output_padding[a] + 1;
+        let full = (small[a].max(1) - 1) * cfg.stride[a]
+            + cfg.dilation[a] * (kernel[a].max(1) - 1)
+            + cfg.output_padding[a]
+            + 1;
         if kernel[a] == 0 || small[a] == 0 || full <= 2 * cfg.padding[a] {
-            return Err(TrainerError::shape(OP, format!("empty output for input {small:?}, kernel {kernel:?}, padding {:?}", cfg.padding)).into_candle());
+            return Err(TrainerError::shape(
+                OP,
+                format!(
+                    "empty output for input {small:?}, kernel {kernel:?}, padding {:?}",
+                    cfg.padding
+                ),
+            )
+            .into_candle());
         }
         big[a] = full - 2 * cfg.padding[a];
     }
-    let g = Geom { kernel, stride: cfg.stride, padding: cfg.padding, dilation: cfg.dilation, big, small };
-    x.contiguous()?.apply_op2(&w.contiguous()?, Prim { kind: Kind::BwdData, g })
+    let g = Geom {
+        kernel,
+        stride: cfg.stride,
+        padding: cfg.padding,
+        dilation: cfg.dilation,
+        big,
+        small,
+    };
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Prim {
+            kind: Kind::BwdData,
+            g,
+        },
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +217,13 @@ struct Prim {
 fn slice<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
-        other => return Err(TrainerError::shape(op, format!("only f32 is supported, got {:?}", other.dtype())).into_candle()),
+        other => {
+            return Err(TrainerError::shape(
+                op,
+                format!("only f32 is supported, got {:?}", other.dtype()),
+            )
+            .into_candle());
+        }
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -167,7 +238,11 @@ impl Prim {
 
     fn expect(&self, what: &str, dims: &[usize], want: &[usize]) -> Result<()> {
         if dims != want {
-            return Err(TrainerError::shape(self.name_str(), format!("{what} has shape {dims:?}, expected {want:?}")).into_candle());
+            return Err(TrainerError::shape(
+                self.name_str(),
+                format!("{what} has shape {dims:?}, expected {want:?}"),
+            )
+            .into_candle());
         }
         Ok(())
     }
@@ -186,9 +261,18 @@ impl CustomOp2 for Prim {
         self.name_str()
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        let (a, b) = (slice(self.name_str(), s1, l1)?, slice(self.name_str(), s2, l2)?);
+        let (a, b) = (
+            slice(self.name_str(), s1, l1)?,
+            slice(self.name_str(), s2, l2)?,
+        );
         let (d1, d2) = (l1.dims(), l2.dims());
         let [kd, kh, kw] = g.kernel;
         let (out, shape) = match self.kind {
@@ -196,33 +280,57 @@ impl CustomOp2 for Prim {
                 let (n, ci, co) = (d1[0], d1[1], d2[0]);
                 self.expect("input", d1, &[n, ci, g.big[0], g.big[1], g.big[2]])?;
                 self.expect("weight", d2, &[co, ci, kd, kh, kw])?;
-                (cpu::conv_fwd(g, a, b, n, ci, co), vec![n, co, g.small[0], g.small[1], g.small[2]])
+                (
+                    cpu::conv_fwd(g, a, b, n, ci, co),
+                    vec![n, co, g.small[0], g.small[1], g.small[2]],
+                )
             }
             Kind::BwdData => {
                 let (n, co, ci) = (d1[0], d1[1], d2[1]);
                 self.expect("gradient", d1, &[n, co, g.small[0], g.small[1], g.small[2]])?;
                 self.expect("weight", d2, &[co, ci, kd, kh, kw])?;
-                (cpu::conv_bwd_data(g, a, b, n, ci, co), vec![n, ci, g.big[0], g.big[1], g.big[2]])
+                (
+                    cpu::conv_bwd_data(g, a, b, n, ci, co),
+                    vec![n, ci, g.big[0], g.big[1], g.big[2]],
+                )
             }
             Kind::BwdFilter => {
                 let (n, ci, co) = (d1[0], d1[1], d2[1]);
                 self.expect("input", d1, &[n, ci, g.big[0], g.big[1], g.big[2]])?;
                 self.expect("gradient", d2, &[n, co, g.small[0], g.small[1], g.small[2]])?;
-                (cpu::conv_bwd_filter(g, a, b, n, ci, co), vec![co, ci, kd, kh, kw])
+                (
+                    cpu::conv_bwd_filter(g, a, b, n, ci, co),
+                    vec![co, ci, kd, kh, kw],
+                )
             }
         };
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 
-    fn bwd(&self, a1: &Tensor, a2: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        a1: &Tensor,
+        a2: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (g1, g2) = match self.kind {
             // y = F(x, w): dx = D(dy, w), dw = W(x, dy)
-            Kind::Fwd => (grad.apply_op2(a2, self.with(Kind::BwdData))?, a1.apply_op2(&grad, self.with(Kind::BwdFilter))?),
+            Kind::Fwd => (
+                grad.apply_op2(a2, self.with(Kind::BwdData))?,
+                a1.apply_op2(&grad, self.with(Kind::BwdFilter))?,
+            ),
             // dx = D(dy, w): d(dy) = F(g, w), dw = W(g, dy)
-            Kind::BwdData => (grad.apply_op2(a2, self.with(Kind::Fwd))?, grad.apply_op2(a1, self.with(Kind::BwdFilter))?),
+            Kind::BwdData => (
+                grad.apply_op2(a2, self.with(Kind::Fwd))?,
+                grad.apply_op2(a1, self.with(Kind::BwdFilter))?,
+            ),
             // dw = W(x, dy): dx = D(dy, g), d(dy) = F(x, g)
-            Kind::BwdFilter => (a2.apply_op2(&grad, self.with(Kind::BwdData))?, a1.apply_op2(&grad, self.with(Kind::Fwd))?),
+            Kind::BwdFilter => (
+                a2.apply_op2(&grad, self.with(Kind::BwdData))?,
+                a1.apply_op2(&grad, self.with(Kind::Fwd))?,
+            ),
         };
         Ok((Some(g1), Some(g2)))
     }

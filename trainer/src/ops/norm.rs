@@ -12,7 +12,11 @@ pub fn instance_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     if x.rank() < 3 || x.dtype() != DType::F32 {
         return Err(TrainerError::shape(
             "instance_norm",
-            format!("expects f32 (N, C, spatial...), got {:?} {:?}", x.dtype(), x.dims()),
+            format!(
+                "expects f32 (N, C, spatial...), got {:?} {:?}",
+                x.dtype(),
+                x.dims()
+            ),
         )
         .into_candle());
     }
@@ -57,7 +61,10 @@ impl CustomOp1 for InstanceNorm {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &InstanceNormBwd { eps: self.eps })?))
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &InstanceNormBwd { eps: self.eps },
+        )?))
     }
 }
 
@@ -71,26 +78,38 @@ impl CustomOp2 for InstanceNormBwd {
         "instance_norm-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, row) = rows(self.name(), s1, l1)?;
         let (mut dy, _) = rows(self.name(), s2, l2)?;
         if l1.dims() != l2.dims() {
-            return Err(TrainerError::shape(self.name(), format!("gradient {:?} vs input {:?}", l2.dims(), l1.dims())).into_candle());
+            return Err(TrainerError::shape(
+                self.name(),
+                format!("gradient {:?} vs input {:?}", l2.dims(), l1.dims()),
+            )
+            .into_candle());
         }
-        dy.par_chunks_mut(row).zip(x.par_chunks(row)).for_each(|(g, xr)| {
-            let (m, rstd) = stats(xr, self.eps);
-            let n = xr.len() as f64;
-            let (mut sg, mut sgy) = (0f64, 0f64);
-            for (&gv, &xv) in g.iter().zip(xr) {
-                sg += gv as f64;
-                sgy += gv as f64 * ((xv - m) * rstd) as f64;
-            }
-            let (mg, mgy) = ((sg / n) as f32, (sgy / n) as f32);
-            for (gv, &xv) in g.iter_mut().zip(xr) {
-                let y = (xv - m) * rstd;
-                *gv = rstd * (*gv - mg - y * mgy);
-            }
-        });
+        dy.par_chunks_mut(row)
+            .zip(x.par_chunks(row))
+            .for_each(|(g, xr)| {
+                let (m, rstd) = stats(xr, self.eps);
+                let n = xr.len() as f64;
+                let (mut sg, mut sgy) = (0f64, 0f64);
+                for (&gv, &xv) in g.iter().zip(xr) {
+                    sg += gv as f64;
+                    sgy += gv as f64 * ((xv - m) * rstd) as f64;
+                }
+                let (mg, mgy) = ((sg / n) as f32, (sgy / n) as f32);
+                for (gv, &xv) in g.iter_mut().zip(xr) {
+                    let y = (xv - m) * rstd;
+                    *gv = rstd * (*gv - mg - y * mgy);
+                }
+            });
         Ok((CpuStorage::F32(dy), l1.shape().clone()))
     }
 }

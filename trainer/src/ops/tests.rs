@@ -9,7 +9,9 @@ fn naive_conv3d(x: &Tensor, w: &Tensor, c: &Conv3dConfig) -> Tensor {
     let [n, ci, d, h, wd] = <[usize; 5]>::try_from(x.dims()).unwrap();
     let [co, _, kd, kh, kw] = <[usize; 5]>::try_from(w.dims()).unwrap();
     let (xv, wv) = (to_vec(x), to_vec(w));
-    let out = |i: usize, k: usize, a: usize| (i + 2 * c.padding[a] - c.dilation[a] * (k - 1) - 1) / c.stride[a] + 1;
+    let out = |i: usize, k: usize, a: usize| {
+        (i + 2 * c.padding[a] - c.dilation[a] * (k - 1) - 1) / c.stride[a] + 1
+    };
     let (od, oh, ow) = (out(d, kd, 0), out(h, kh, 1), out(wd, kw, 2));
     let mut y = vec![0f32; n * co * od * oh * ow];
     for b in 0..n {
@@ -22,13 +24,25 @@ fn naive_conv3d(x: &Tensor, w: &Tensor, c: &Conv3dConfig) -> Tensor {
                             for a in 0..kd {
                                 for bb in 0..kh {
                                     for cc in 0..kw {
-                                        let iz = (z * c.stride[0] + a * c.dilation[0]) as isize - c.padding[0] as isize;
-                                        let iy = (yy * c.stride[1] + bb * c.dilation[1]) as isize - c.padding[1] as isize;
-                                        let ix = (xx * c.stride[2] + cc * c.dilation[2]) as isize - c.padding[2] as isize;
-                                        if iz < 0 || iy < 0 || ix < 0 || iz >= d as isize || iy >= h as isize || ix >= wd as isize {
+                                        let iz = (z * c.stride[0] + a * c.dilation[0]) as isize
+                                            - c.padding[0] as isize;
+                                        let iy = (yy * c.stride[1] + bb * c.dilation[1]) as isize
+                                            - c.padding[1] as isize;
+                                        let ix = (xx * c.stride[2] + cc * c.dilation[2]) as isize
+                                            - c.padding[2] as isize;
+                                        if iz < 0
+                                            || iy < 0
+                                            || ix < 0
+                                            || iz >= d as isize
+                                            || iy >= h as isize
+                                            || ix >= wd as isize
+                                        {
                                             continue;
                                         }
-                                        let xi = (((b * ci + i) * d + iz as usize) * h + iy as usize) * wd + ix as usize;
+                                        let xi = (((b * ci + i) * d + iz as usize) * h
+                                            + iy as usize)
+                                            * wd
+                                            + ix as usize;
                                         let wi = (((o * ci + i) * kd + a) * kh + bb) * kw + cc;
                                         acc += xv[xi] as f64 * wv[wi] as f64;
                                     }
@@ -64,14 +78,26 @@ fn naive_conv_transpose3d(x: &Tensor, w: &Tensor, c: &ConvTranspose3dConfig) -> 
                             for a in 0..kd {
                                 for bb in 0..kh {
                                     for cc in 0..kw {
-                                        let oz = (z * c.stride[0] + a * c.dilation[0]) as isize - c.padding[0] as isize;
-                                        let oy = (yy * c.stride[1] + bb * c.dilation[1]) as isize - c.padding[1] as isize;
-                                        let ox = (xx * c.stride[2] + cc * c.dilation[2]) as isize - c.padding[2] as isize;
-                                        if oz < 0 || oy < 0 || ox < 0 || oz >= od as isize || oy >= oh as isize || ox >= ow as isize {
+                                        let oz = (z * c.stride[0] + a * c.dilation[0]) as isize
+                                            - c.padding[0] as isize;
+                                        let oy = (yy * c.stride[1] + bb * c.dilation[1]) as isize
+                                            - c.padding[1] as isize;
+                                        let ox = (xx * c.stride[2] + cc * c.dilation[2]) as isize
+                                            - c.padding[2] as isize;
+                                        if oz < 0
+                                            || oy < 0
+                                            || ox < 0
+                                            || oz >= od as isize
+                                            || oy >= oh as isize
+                                            || ox >= ow as isize
+                                        {
                                             continue;
                                         }
                                         let wi = (((i * co + o) * kd + a) * kh + bb) * kw + cc;
-                                        let yi = (((b * co + o) * od + oz as usize) * oh + oy as usize) * ow + ox as usize;
+                                        let yi = (((b * co + o) * od + oz as usize) * oh
+                                            + oy as usize)
+                                            * ow
+                                            + ox as usize;
                                         y[yi] += xval * wv[wi] as f64;
                                     }
                                 }
@@ -89,21 +115,101 @@ fn naive_conv_transpose3d(x: &Tensor, w: &Tensor, c: &ConvTranspose3dConfig) -> 
 fn conv_cases() -> Vec<([usize; 5], usize, [usize; 3], Conv3dConfig)> {
     // (input dims, out channels, kernel, config)
     vec![
-        ([2, 3, 5, 6, 7], 4, [3, 3, 3], Conv3dConfig { stride: [1; 3], padding: [1; 3], dilation: [1; 3] }),
-        ([1, 2, 9, 7, 8], 3, [3, 3, 3], Conv3dConfig { stride: [2; 3], padding: [1; 3], dilation: [1; 3] }),
-        ([2, 2, 7, 8, 6], 2, [3, 2, 3], Conv3dConfig { stride: [1, 2, 3], padding: [0, 1, 2], dilation: [2, 1, 1] }),
+        (
+            [2, 3, 5, 6, 7],
+            4,
+            [3, 3, 3],
+            Conv3dConfig {
+                stride: [1; 3],
+                padding: [1; 3],
+                dilation: [1; 3],
+            },
+        ),
+        (
+            [1, 2, 9, 7, 8],
+            3,
+            [3, 3, 3],
+            Conv3dConfig {
+                stride: [2; 3],
+                padding: [1; 3],
+                dilation: [1; 3],
+            },
+        ),
+        (
+            [2, 2, 7, 8, 6],
+            2,
+            [3, 2, 3],
+            Conv3dConfig {
+                stride: [1, 2, 3],
+                padding: [0, 1, 2],
+                dilation: [2, 1, 1],
+            },
+        ),
         ([1, 3, 6, 6, 6], 5, [1, 1, 1], Conv3dConfig::default()),
-        ([1, 4, 6, 5, 4], 2, [1, 1, 1], Conv3dConfig { stride: [2; 3], padding: [0; 3], dilation: [1; 3] }),
-        ([3, 1, 5, 5, 5], 2, [2, 2, 2], Conv3dConfig { stride: [3, 1, 2], padding: [1, 0, 1], dilation: [1, 3, 2] }),
+        (
+            [1, 4, 6, 5, 4],
+            2,
+            [1, 1, 1],
+            Conv3dConfig {
+                stride: [2; 3],
+                padding: [0; 3],
+                dilation: [1; 3],
+            },
+        ),
+        (
+            [3, 1, 5, 5, 5],
+            2,
+            [2, 2, 2],
+            Conv3dConfig {
+                stride: [3, 1, 2],
+                padding: [1, 0, 1],
+                dilation: [1, 3, 2],
+            },
+        ),
     ]
 }
 
 fn transpose_cases() -> Vec<([usize; 5], usize, [usize; 3], ConvTranspose3dConfig)> {
     vec![
-        ([1, 3, 4, 5, 3], 2, [3, 3, 3], ConvTranspose3dConfig { stride: [2; 3], padding: [1; 3], dilation: [1; 3], output_padding: [1; 3] }),
-        ([2, 2, 3, 4, 5], 3, [3, 2, 3], ConvTranspose3dConfig { stride: [1, 2, 2], padding: [0, 1, 1], dilation: [2, 1, 1], output_padding: [0, 1, 0] }),
-        ([1, 4, 3, 3, 3], 2, [1, 1, 1], ConvTranspose3dConfig::default()),
-        ([2, 2, 4, 3, 2], 2, [2, 3, 2], ConvTranspose3dConfig { stride: [3, 1, 2], padding: [1, 1, 0], dilation: [1, 2, 2], output_padding: [2, 0, 1] }),
+        (
+            [1, 3, 4, 5, 3],
+            2,
+            [3, 3, 3],
+            ConvTranspose3dConfig {
+                stride: [2; 3],
+                padding: [1; 3],
+                dilation: [1; 3],
+                output_padding: [1; 3],
+            },
+        ),
+        (
+            [2, 2, 3, 4, 5],
+            3,
+            [3, 2, 3],
+            ConvTranspose3dConfig {
+                stride: [1, 2, 2],
+                padding: [0, 1, 1],
+                dilation: [2, 1, 1],
+                output_padding: [0, 1, 0],
+            },
+        ),
+        (
+            [1, 4, 3, 3, 3],
+            2,
+            [1, 1, 1],
+            ConvTranspose3dConfig::default(),
+        ),
+        (
+            [2, 2, 4, 3, 2],
+            2,
+            [2, 3, 2],
+            ConvTranspose3dConfig {
+                stride: [3, 1, 2],
+                padding: [1, 1, 0],
+                dilation: [1, 2, 2],
+                output_padding: [2, 0, 1],
+            },
+        ),
     ]
 }
 
@@ -114,7 +220,11 @@ fn conv3d_matches_naive_reference() {
         let w = randn(20 + i as u64, &[co, xd[1], k[0], k[1], k[2]]);
         let got = conv3d(&x, &w, &cfg).unwrap();
         let want = naive_conv3d(&x, &w, &cfg);
-        assert!(rel_err(&got, &want) < 1e-5, "case {i}: err {}", rel_err(&got, &want));
+        assert!(
+            rel_err(&got, &want) < 1e-5,
+            "case {i}: err {}",
+            rel_err(&got, &want)
+        );
     }
 }
 
@@ -125,21 +235,45 @@ fn conv_transpose3d_matches_naive_reference() {
         let w = randn(40 + i as u64, &[xd[1], co, k[0], k[1], k[2]]);
         let got = conv_transpose3d(&x, &w, &cfg).unwrap();
         let want = naive_conv_transpose3d(&x, &w, &cfg);
-        assert!(rel_err(&got, &want) < 1e-5, "case {i}: err {}", rel_err(&got, &want));
+        assert!(
+            rel_err(&got, &want) < 1e-5,
+            "case {i}: err {}",
+            rel_err(&got, &want)
+        );
     }
 }
 
 /// Central differences of L = sum(f(x, w) * r) at a few entries of x and w, against backprop.
-fn check_finite_differences(f: &dyn Fn(&Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, seed: u64) {
+fn check_finite_differences(
+    f: &dyn Fn(&Tensor, &Tensor) -> Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    seed: u64,
+) {
     let xv = Var::from_tensor(x).unwrap();
     let wv = Var::from_tensor(w).unwrap();
     let y = f(xv.as_tensor(), wv.as_tensor());
     let r = randn(seed, y.dims());
     let loss = (&y * &r).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    let loss_at = |x: &Tensor, w: &Tensor| -> f64 { (f(x, w) * &r).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 };
+    let loss_at = |x: &Tensor, w: &Tensor| -> f64 {
+        (f(x, w) * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
     for (which, t) in [("x", x), ("w", w)] {
-        let g = to_vec(grads.get(if which == "x" { xv.as_tensor() } else { wv.as_tensor() }).unwrap());
+        let g = to_vec(
+            grads
+                .get(if which == "x" {
+                    xv.as_tensor()
+                } else {
+                    wv.as_tensor()
+                })
+                .unwrap(),
+        );
         let base = to_vec(t);
         let n = base.len();
         for probe in 0..6 {
@@ -151,10 +285,18 @@ fn check_finite_differences(f: &dyn Fn(&Tensor, &Tensor) -> Tensor, x: &Tensor, 
             minus[idx] -= h;
             let tp = Tensor::from_vec(plus, t.dims(), &Device::Cpu).unwrap();
             let tm = Tensor::from_vec(minus, t.dims(), &Device::Cpu).unwrap();
-            let (lp, lm) = if which == "x" { (loss_at(&tp, w), loss_at(&tm, w)) } else { (loss_at(x, &tp), loss_at(x, &tm)) };
+            let (lp, lm) = if which == "x" {
+                (loss_at(&tp, w), loss_at(&tm, w))
+            } else {
+                (loss_at(x, &tp), loss_at(x, &tm))
+            };
             let fd = (lp - lm) / (2.0 * h as f64);
             let err = (fd - g[idx] as f64).abs() / fd.abs().max(1.0);
-            assert!(err < 2e-2, "d{which}[{idx}]: backprop {} vs finite difference {fd}", g[idx]);
+            assert!(
+                err < 2e-2,
+                "d{which}[{idx}]: backprop {} vs finite difference {fd}",
+                g[idx]
+            );
         }
     }
 }
@@ -173,7 +315,12 @@ fn conv_transpose3d_gradients_match_finite_differences() {
     for (i, (xd, co, k, cfg)) in transpose_cases().into_iter().enumerate() {
         let x = randn(80 + i as u64, &xd);
         let w = randn(90 + i as u64, &[xd[1], co, k[0], k[1], k[2]]);
-        check_finite_differences(&|x, w| conv_transpose3d(x, w, &cfg).unwrap(), &x, &w, 100 + i as u64);
+        check_finite_differences(
+            &|x, w| conv_transpose3d(x, w, &cfg).unwrap(),
+            &x,
+            &w,
+            100 + i as u64,
+        );
     }
 }
 
@@ -189,24 +336,54 @@ struct FixtureCase {
 #[test]
 fn conv_ops_match_pytorch() {
     let t = fixture("conv3d.safetensors");
-    let cases: Vec<FixtureCase> = serde_json::from_str(&fixture_metadata("conv3d.safetensors")["cases"]).unwrap();
+    let cases: Vec<FixtureCase> =
+        serde_json::from_str(&fixture_metadata("conv3d.safetensors")["cases"]).unwrap();
     assert_eq!(cases.len(), 5);
     for (i, c) in cases.iter().enumerate() {
         let get = |k: &str| t[&format!("case{i}.{k}")].clone();
-        let (x, w) = (Var::from_tensor(&get("x")).unwrap(), Var::from_tensor(&get("w")).unwrap());
+        let (x, w) = (
+            Var::from_tensor(&get("x")).unwrap(),
+            Var::from_tensor(&get("w")).unwrap(),
+        );
         let y = if c.transposed {
-            let cfg = ConvTranspose3dConfig { stride: c.stride, padding: c.padding, dilation: c.dilation, output_padding: c.output_padding };
+            let cfg = ConvTranspose3dConfig {
+                stride: c.stride,
+                padding: c.padding,
+                dilation: c.dilation,
+                output_padding: c.output_padding,
+            };
             conv_transpose3d(x.as_tensor(), w.as_tensor(), &cfg).unwrap()
         } else {
-            let cfg = Conv3dConfig { stride: c.stride, padding: c.padding, dilation: c.dilation };
+            let cfg = Conv3dConfig {
+                stride: c.stride,
+                padding: c.padding,
+                dilation: c.dilation,
+            };
             conv3d(x.as_tensor(), w.as_tensor(), &cfg).unwrap()
         };
-        assert!(rel_err(&y, &get("y")) < 1e-5, "case {i} y: {}", rel_err(&y, &get("y")));
-        let grads = (&y * get("gy")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            rel_err(&y, &get("y")) < 1e-5,
+            "case {i} y: {}",
+            rel_err(&y, &get("y"))
+        );
+        let grads = (&y * get("gy"))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let gx = grads.get(x.as_tensor()).unwrap();
         let gw = grads.get(w.as_tensor()).unwrap();
-        assert!(rel_err(gx, &get("gx")) < 1e-5, "case {i} gx: {}", rel_err(gx, &get("gx")));
-        assert!(rel_err(gw, &get("gw")) < 1e-5, "case {i} gw: {}", rel_err(gw, &get("gw")));
+        assert!(
+            rel_err(gx, &get("gx")) < 1e-5,
+            "case {i} gx: {}",
+            rel_err(gx, &get("gx"))
+        );
+        assert!(
+            rel_err(gw, &get("gw")) < 1e-5,
+            "case {i} gw: {}",
+            rel_err(gw, &get("gw"))
+        );
     }
 }
 
@@ -214,18 +391,36 @@ fn conv_ops_match_pytorch() {
 fn bad_shapes_are_errors_not_panics() {
     let x = randn(1, &[1, 2, 4, 4, 4]);
     let cfg = Conv3dConfig::default();
-    assert!(conv3d(&x, &randn(2, &[3, 5, 3, 3, 3]), &cfg).unwrap_err().to_string().contains("channels"));
+    assert!(
+        conv3d(&x, &randn(2, &[3, 5, 3, 3, 3]), &cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("channels")
+    );
     assert!(conv3d(&x, &randn(2, &[3, 2, 5, 5, 5]), &cfg).is_err());
     assert!(conv3d(&randn(1, &[2, 4, 4, 4]), &randn(2, &[3, 2, 3, 3, 3]), &cfg).is_err());
-    let zero = Conv3dConfig { stride: [0, 1, 1], ..cfg };
+    let zero = Conv3dConfig {
+        stride: [0, 1, 1],
+        ..cfg
+    };
     assert!(conv3d(&x, &randn(2, &[3, 2, 3, 3, 3]), &zero).is_err());
-    let t = ConvTranspose3dConfig { stride: [2; 3], output_padding: [2; 3], ..Default::default() };
+    let t = ConvTranspose3dConfig {
+        stride: [2; 3],
+        output_padding: [2; 3],
+        ..Default::default()
+    };
     assert!(conv_transpose3d(&x, &randn(2, &[2, 3, 3, 3, 3]), &t).is_err());
 }
 
 #[test]
 fn instance_norm_matches_composed_ops_and_gradient() {
-    let x = Var::from_tensor(&(randn(5, &[2, 3, 4, 5, 3]) * 3.0).unwrap().affine(1.0, 0.5).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &(randn(5, &[2, 3, 4, 5, 3]) * 3.0)
+            .unwrap()
+            .affine(1.0, 0.5)
+            .unwrap(),
+    )
+    .unwrap();
     let r = randn(6, &[2, 3, 4, 5, 3]);
     let y = instance_norm(x.as_tensor(), 1e-5).unwrap();
     // Reference: the same normalization from candle's differentiable elementwise ops.
@@ -233,11 +428,18 @@ fn instance_norm_matches_composed_ops_and_gradient() {
     let mean = flat.mean_keepdim(2).unwrap();
     let c = flat.broadcast_sub(&mean).unwrap();
     let var = c.sqr().unwrap().mean_keepdim(2).unwrap();
-    let want = c.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap().reshape((2, 3, 4, 5, 3)).unwrap();
+    let want = c
+        .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+        .unwrap()
+        .reshape((2, 3, 4, 5, 3))
+        .unwrap();
     assert!(rel_err(&y, &want) < 1e-5);
     let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let e = rel_err(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+    let e = rel_err(
+        g1.get(x.as_tensor()).unwrap(),
+        g2.get(x.as_tensor()).unwrap(),
+    );
     assert!(e < 1e-4, "instance norm gradient err {e}");
 }
 
@@ -245,11 +447,26 @@ fn instance_norm_matches_composed_ops_and_gradient() {
 fn prelu_matches_composed_ops_and_gradients() {
     for channels_slope in [false, true] {
         let x = Var::from_tensor(&randn(7, &[2, 3, 3, 4, 2])).unwrap();
-        let a = Var::from_tensor(&if channels_slope { randn(8, &[3]) } else { Tensor::new(&[0.3f32], &Device::Cpu).unwrap() }).unwrap();
+        let a = Var::from_tensor(&if channels_slope {
+            randn(8, &[3])
+        } else {
+            Tensor::new(&[0.3f32], &Device::Cpu).unwrap()
+        })
+        .unwrap();
         let r = randn(9, &[2, 3, 3, 4, 2]);
         let y = prelu(x.as_tensor(), a.as_tensor()).unwrap();
-        let ab = if channels_slope { a.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap() } else { a.as_tensor().reshape(()).unwrap() };
-        let want = (x.as_tensor().relu().unwrap() + x.as_tensor().minimum(0f32).unwrap().broadcast_mul(&ab).unwrap()).unwrap();
+        let ab = if channels_slope {
+            a.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap()
+        } else {
+            a.as_tensor().reshape(()).unwrap()
+        };
+        let want = (x.as_tensor().relu().unwrap()
+            + x.as_tensor()
+                .minimum(0f32)
+                .unwrap()
+                .broadcast_mul(&ab)
+                .unwrap())
+        .unwrap();
         assert!(rel_err(&y, &want) < 1e-6);
         let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
