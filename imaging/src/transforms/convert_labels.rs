@@ -63,6 +63,13 @@ pub struct ConvertLabels {
 }
 
 impl ConvertLabels {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "convert-labels";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
         let Some(label) = case.label.as_mut() else {
             return Ok(case); // image-only cases (prediction) pass through

@@ -11,6 +11,13 @@ use crate::error::ImagingError;
 pub struct EnsureChannelFirst {}
 
 impl EnsureChannelFirst {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "ensure-channel-first";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
         case.channel_first = true;
         Ok(case)

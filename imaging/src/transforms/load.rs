@@ -15,6 +15,13 @@ pub struct Load {}
 const AFFINE_TOL: f64 = 1e-3;
 
 impl Load {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "load";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn load(&self, src: &CaseSource) -> Result<Case, ImagingError> {
         let img = read_nifti(&src.image)?;
         let affine = img.affine;

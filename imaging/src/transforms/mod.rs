@@ -302,16 +302,16 @@ pub const TRANSFORM_NAMES: &[&str] = &[
 impl TransformSpec {
     pub fn name(&self) -> &'static str {
         match self {
-            TransformSpec::Load(_) => "load",
-            TransformSpec::EnsureChannelFirst(_) => "ensure-channel-first",
-            TransformSpec::ConvertLabels(_) => "convert-labels",
-            TransformSpec::Spacing(_) => "spacing",
-            TransformSpec::Orientation(_) => "orientation",
-            TransformSpec::RandSpatialCrop(_) => "rand-spatial-crop",
-            TransformSpec::RandFlip(_) => "rand-flip",
-            TransformSpec::NormalizeIntensity(_) => "normalize-intensity",
-            TransformSpec::RandScaleIntensity(_) => "rand-scale-intensity",
-            TransformSpec::RandShiftIntensity(_) => "rand-shift-intensity",
+            TransformSpec::Load(t) => t.name(),
+            TransformSpec::EnsureChannelFirst(t) => t.name(),
+            TransformSpec::ConvertLabels(t) => t.name(),
+            TransformSpec::Spacing(t) => t.name(),
+            TransformSpec::Orientation(t) => t.name(),
+            TransformSpec::RandSpatialCrop(t) => t.name(),
+            TransformSpec::RandFlip(t) => t.name(),
+            TransformSpec::NormalizeIntensity(t) => t.name(),
+            TransformSpec::RandScaleIntensity(t) => t.name(),
+            TransformSpec::RandShiftIntensity(t) => t.name(),
         }
     }
 

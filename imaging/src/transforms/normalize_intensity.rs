@@ -17,6 +17,13 @@ pub struct NormalizeIntensity {
 }
 
 impl NormalizeIntensity {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "normalize-intensity";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
         require_channel_first(&mut case, "normalize-intensity")?;
         let vol = case.image.voxels_per_channel();

@@ -29,6 +29,13 @@ impl Default for Orientation {
 pub type Ornt = [(usize, bool); 3];
 
 impl Orientation {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "orientation";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.target().map(|_| ())
     }

@@ -47,6 +47,13 @@ impl Default for RandFlip {
 }
 
 impl RandFlip {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "rand-flip";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         check_prob(self.prob)?;
         if let Some(ax) = &self.axis

@@ -21,6 +21,13 @@ fn default_prob() -> f64 {
 }
 
 impl RandScaleIntensity {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "rand-scale-intensity";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         check_prob(self.prob)
     }

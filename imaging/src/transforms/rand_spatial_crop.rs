@@ -14,6 +14,13 @@ pub struct RandSpatialCrop {
 }
 
 impl RandSpatialCrop {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "rand-spatial-crop";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.roi.contains(&0) {
             return Err(format!("roi {:?} must be >= 1 on every axis", self.roi));

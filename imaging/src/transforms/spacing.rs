@@ -96,6 +96,13 @@ pub struct SpacingPlan {
 }
 
 impl Spacing {
+    /// The YAML name of this transform.
+    pub const NAME: &'static str = "spacing";
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.pixdim.iter().any(|p| !p.is_finite() || *p <= 0.0) {
             return Err(format!("pixdim {:?} must be finite and > 0", self.pixdim));
