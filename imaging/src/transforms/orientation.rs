@@ -175,12 +175,7 @@ fn reoriented_affine(a: &Affine, ornt: &Ornt, shape: [usize; 3]) -> Affine {
 }
 
 /// Flips then permutes a `(C, X, Y, Z)` array: output axis `ornt[a].0` takes input axis `a`.
-fn reorient<T: Copy + Default>(
-    src: &[T],
-    c: usize,
-    sp: [usize; 3],
-    ornt: &Ornt,
-) -> (Vec<T>, [usize; 3]) {
+fn reorient<T: Copy>(src: &[T], c: usize, sp: [usize; 3], ornt: &Ornt) -> (Vec<T>, [usize; 3]) {
     let mut out_sp = [0usize; 3];
     for (a, &(o, _)) in ornt.iter().enumerate() {
         out_sp[o] = sp[a];
@@ -211,7 +206,6 @@ fn reorient<T: Copy + Default>(
             }
         }
     }
-    let _ = T::default;
     (out, out_sp)
 }
 
