@@ -51,13 +51,15 @@ fn valid_range(out: usize, size: usize, s: usize, p: usize, kd: usize) -> (usize
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
-/// Row `r` of the column matrix (one input channel and one kernel offset) for one sample.
-fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], row: &mut [f32]) {
+/// Row `r` of the column matrix (one input channel and one kernel offset) for one sample,
+/// restricted to output planes `[z0, z1)` (the row holds `(z1 - z0) * sh * sw` columns).
+fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], (z0, z1): (usize, usize), row: &mut [f32]) {
     let [sd, sh, sw] = g.small;
     let [bd, bh, bw] = g.big;
     let (s, p, d) = (g.stride, g.padding, g.dilation);
     let koff = [kd[0] * d[0], kd[1] * d[1], kd[2] * d[2]];
     let (d0, d1) = valid_range(sd, bd, s[0], p[0], koff[0]);
+    let (d0, d1) = (d0.max(z0), d1.min(z1));
     let (h0, h1) = valid_range(sh, bh, s[1], p[1], koff[1]);
     let (w0, w1) = valid_range(sw, bw, s[2], p[2], koff[2]);
     row.fill(0.0);
@@ -66,7 +68,8 @@ fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], row: &mut [f32]) {
         for oh in h0..h1 {
             let ih = oh * s[1] + koff[1] - p[1];
             let src = &x_c[(id * bh + ih) * bw..(id * bh + ih + 1) * bw];
-            let dst = &mut row[(od * sh + oh) * sw..(od * sh + oh + 1) * sw];
+            let o = ((od - z0) * sh + oh) * sw;
+            let dst = &mut row[o..o + sw];
             if s[2] == 1 {
                 let start = w0 + koff[2] - p[2];
                 dst[w0..w1].copy_from_slice(&src[start..start + (w1 - w0)]);
@@ -87,31 +90,33 @@ fn kernel_offsets(g: &Geom, r: usize) -> (usize, [usize; 3]) {
     (c, [k / (kh * kw), (k / kw) % kh, k % kw])
 }
 
-/// col[(c*K + k), o] = x[c, pos(o, k)] (zero outside): one sample, `cin` channels.
-fn vol2col(g: &Geom, x: &[f32], cin: usize, col: &mut [f32]) {
-    let (bv, sv) = (g.big_vol(), g.small_vol());
-    debug_assert_eq!(col.len(), cin * g.kvol() * sv);
-    col.par_chunks_mut(sv).enumerate().for_each(|(r, row)| {
+/// col[(c*K + k), o] = x[c, pos(o, k)] (zero outside) for output planes `planes`: one sample.
+fn vol2col(g: &Geom, x: &[f32], cin: usize, planes: (usize, usize), col: &mut [f32]) {
+    let bv = g.big_vol();
+    let cols = (planes.1 - planes.0) * g.small[1] * g.small[2];
+    debug_assert_eq!(col.len(), cin * g.kvol() * cols);
+    col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
         let (c, kd) = kernel_offsets(g, r);
-        fill_row(g, &x[c * bv..(c + 1) * bv], kd, row);
+        fill_row(g, &x[c * bv..(c + 1) * bv], kd, planes, row);
     });
 }
 
-/// The adjoint of vol2col: x[c, pos(o, k)] += col[(c*K + k), o]. Channels write disjoint slices,
-/// so they run in parallel without atomics.
-fn col2vol(g: &Geom, col: &[f32], cin: usize, x: &mut [f32]) {
-    let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
+/// The adjoint of vol2col for output planes `planes`: x[c, pos(o, k)] += col[(c*K + k), o].
+/// Channels write disjoint slices, so they run in parallel without atomics.
+fn col2vol_add(g: &Geom, col: &[f32], cin: usize, (z0, z1): (usize, usize), x: &mut [f32]) {
+    let (bv, kv) = (g.big_vol(), g.kvol());
     let [sd, sh, sw] = g.small;
     let [bd, bh, bw] = g.big;
     let (s, p, d) = (g.stride, g.padding, g.dilation);
+    let cols = (z1 - z0) * sh * sw;
     debug_assert_eq!(x.len(), cin * bv);
     x.par_chunks_mut(bv).enumerate().for_each(|(c, x_c)| {
-        x_c.fill(0.0);
         for k in 0..kv {
             let (_, kd) = kernel_offsets(g, k);
-            let row = &col[(c * kv + k) * sv..(c * kv + k + 1) * sv];
+            let row = &col[(c * kv + k) * cols..(c * kv + k + 1) * cols];
             let koff = [kd[0] * d[0], kd[1] * d[1], kd[2] * d[2]];
             let (d0, d1) = valid_range(sd, bd, s[0], p[0], koff[0]);
+            let (d0, d1) = (d0.max(z0), d1.min(z1));
             let (h0, h1) = valid_range(sh, bh, s[1], p[1], koff[1]);
             let (w0, w1) = valid_range(sw, bw, s[2], p[2], koff[2]);
             for od in d0..d1 {
@@ -119,7 +124,8 @@ fn col2vol(g: &Geom, col: &[f32], cin: usize, x: &mut [f32]) {
                 for oh in h0..h1 {
                     let ih = oh * s[1] + koff[1] - p[1];
                     let dst = &mut x_c[(id * bh + ih) * bw..(id * bh + ih + 1) * bw];
-                    let src = &row[(od * sh + oh) * sw..(od * sh + oh + 1) * sw];
+                    let o = ((od - z0) * sh + oh) * sw;
+                    let src = &row[o..o + sw];
                     if s[2] == 1 {
                         let start = w0 + koff[2] - p[2];
                         for (a, b) in dst[start..start + (w1 - w0)].iter_mut().zip(&src[w0..w1]) {
@@ -134,6 +140,19 @@ fn col2vol(g: &Geom, col: &[f32], cin: usize, x: &mut [f32]) {
             }
         }
     });
+}
+
+/// Splits the output depth into plane ranges whose column block stays around `TARGET` floats, so
+/// the column matrix stays cache-sized and memory stays bounded for large volumes.
+fn plane_chunks(g: &Geom, rows: usize) -> Vec<(usize, usize)> {
+    // Unit tests use tiny volumes: a tiny target makes them cover the multi-chunk paths.
+    const TARGET: usize = if cfg!(test) { 1 << 8 } else { 1 << 20 }; // 4 MiB of f32
+    let plane = g.small[1] * g.small[2];
+    let per = (TARGET / (rows * plane).max(1)).max(1);
+    (0..g.small[0])
+        .step_by(per)
+        .map(|z| (z, (z + per).min(g.small[0])))
+        .collect()
 }
 
 /// A row-major matrix operand, possibly read transposed.
@@ -230,32 +249,39 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-/// Column matrix of one sample: borrowed input for a pointwise kernel, else vol2col into `buf`.
-fn columns<'a>(g: &Geom, x_n: &'a [f32], cin: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if g.is_pointwise() {
-        return x_n;
-    }
-    buf.resize(cin * g.kvol() * g.small_vol(), 0.0);
-    vol2col(g, x_n, cin, buf);
-    buf
-}
-
 /// y[n, co, small] = sum w[co, ci, k] * x[n, ci, big @ k].
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
+    let rows = ci * kv;
     let mut y = vec![0f32; n * co * sv];
-    let mut buf = Vec::new();
+    let wm = Mat::dense(w, co, rows, false);
+    let mut col = Vec::new();
     for b in 0..n {
-        let col = columns(g, &x[b * ci * bv..(b + 1) * ci * bv], ci, &mut buf);
-        let wm = Mat::dense(w, co, ci * kv, false);
-        let cm = Mat::dense(col, ci * kv, sv, false);
-        matmul(
-            wm,
-            cm,
-            &mut y[b * co * sv..(b + 1) * co * sv],
-            false,
-            threads(),
-        );
+        let x_n = &x[b * ci * bv..(b + 1) * ci * bv];
+        let y_n = &mut y[b * co * sv..(b + 1) * co * sv];
+        if g.is_pointwise() {
+            matmul(wm, Mat::dense(x_n, ci, sv, false), y_n, false, threads());
+            continue;
+        }
+        let plane = g.small[1] * g.small[2];
+        for (z0, z1) in plane_chunks(g, rows) {
+            let cols = (z1 - z0) * plane;
+            col.resize(rows * cols, 0.0);
+            vol2col(g, x_n, ci, (z0, z1), &mut col);
+            // The chunk's output columns, written in place through the row stride of y.
+            let mut out = vec![0f32; co * cols];
+            matmul(
+                wm,
+                Mat::dense(&col, rows, cols, false),
+                &mut out,
+                false,
+                threads(),
+            );
+            for r in 0..co {
+                y_n[r * sv + z0 * plane..r * sv + z1 * plane]
+                    .copy_from_slice(&out[r * cols..(r + 1) * cols]);
+            }
+        }
     }
     y
 }
@@ -270,18 +296,30 @@ pub(crate) fn conv_bwd_data(
     co: usize,
 ) -> Vec<f32> {
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
+    let rows = ci * kv;
     let mut dx = vec![0f32; n * ci * bv];
-    let wm = Mat::dense(w, co, ci * kv, true);
+    let wm = Mat::dense(w, co, rows, true);
     let mut col = Vec::new();
     for b in 0..n {
-        let dy_n = Mat::dense(&dy[b * co * sv..(b + 1) * co * sv], co, sv, false);
+        let dy_n = &dy[b * co * sv..(b + 1) * co * sv];
         let dx_n = &mut dx[b * ci * bv..(b + 1) * ci * bv];
         if g.is_pointwise() {
-            matmul(wm, dy_n, dx_n, false, threads());
-        } else {
-            col.resize(ci * kv * sv, 0.0);
-            matmul(wm, dy_n, &mut col, false, threads());
-            col2vol(g, &col, ci, dx_n);
+            matmul(wm, Mat::dense(dy_n, co, sv, false), dx_n, false, threads());
+            continue;
+        }
+        let plane = g.small[1] * g.small[2];
+        for (z0, z1) in plane_chunks(g, rows) {
+            let cols = (z1 - z0) * plane;
+            col.resize(rows * cols, 0.0);
+            let dm = Mat {
+                data: &dy_n[z0 * plane..],
+                rows: co,
+                cols,
+                ld: sv,
+                transposed: false,
+            };
+            matmul(wm, dm, &mut col, false, threads());
+            col2vol_add(g, &col, ci, (z0, z1), dx_n);
         }
     }
     dx
@@ -289,7 +327,7 @@ pub(crate) fn conv_bwd_data(
 
 /// dw[co, ci, k] = sum over samples and positions of dy[n, co, o] * x[n, ci, pos(o, k)].
 /// The reduction runs over the (long) spatial axis, which gemm does not split across threads,
-/// so it is split here into chunks whose partial sums are added at the end.
+/// so each chunk's columns are split here into per-thread partial sums added at the end.
 pub(crate) fn conv_bwd_filter(
     g: &Geom,
     x: &[f32],
@@ -301,39 +339,55 @@ pub(crate) fn conv_bwd_filter(
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
     let rows = ci * kv;
     let nt = threads();
-    let chunks = if nt > 1 && sv >= 2048 { nt } else { 1 };
-    let chunk = sv.div_ceil(chunks);
-    let mut partial = vec![0f32; chunks * co * rows];
-    let mut buf = Vec::new();
+    let mut partial = vec![0f32; nt * co * rows];
+    let mut col = Vec::new();
+    let plane = g.small[1] * g.small[2];
+    let chunks = if g.is_pointwise() {
+        vec![(0, g.small[0])]
+    } else {
+        plane_chunks(g, rows)
+    };
     for b in 0..n {
-        let col = columns(g, &x[b * ci * bv..(b + 1) * ci * bv], ci, &mut buf);
+        let x_n = &x[b * ci * bv..(b + 1) * ci * bv];
         let dy_n = &dy[b * co * sv..(b + 1) * co * sv];
-        partial
-            .par_chunks_mut(co * rows)
-            .enumerate()
-            .for_each(|(t, acc)| {
-                let lo = (t * chunk).min(sv);
-                let hi = ((t + 1) * chunk).min(sv);
-                if lo == hi {
-                    return;
-                }
-                // Column blocks [lo, hi) of both operands, addressed in place through the row stride.
-                let am = Mat {
-                    data: &dy_n[lo..],
-                    rows: co,
-                    cols: hi - lo,
-                    ld: sv,
-                    transposed: false,
-                };
-                let cm = Mat {
-                    data: &col[lo..],
-                    rows,
-                    cols: hi - lo,
-                    ld: sv,
-                    transposed: true,
-                };
-                matmul(am, cm, acc, true, 1);
-            });
+        for &(z0, z1) in &chunks {
+            let cols = (z1 - z0) * plane;
+            let (cm, ld): (&[f32], usize) = if g.is_pointwise() {
+                (x_n, sv)
+            } else {
+                col.resize(rows * cols, 0.0);
+                vol2col(g, x_n, ci, (z0, z1), &mut col);
+                (&col, cols)
+            };
+            let split = if nt > 1 && cols >= 2048 { nt } else { 1 };
+            let per = cols.div_ceil(split);
+            partial
+                .par_chunks_mut(co * rows)
+                .take(split)
+                .enumerate()
+                .for_each(|(t, acc)| {
+                    let (lo, hi) = ((t * per).min(cols), ((t + 1) * per).min(cols));
+                    if lo == hi {
+                        return;
+                    }
+                    // Column blocks [lo, hi) of both operands, addressed in place through the row stride.
+                    let am = Mat {
+                        data: &dy_n[z0 * plane + lo..],
+                        rows: co,
+                        cols: hi - lo,
+                        ld: sv,
+                        transposed: false,
+                    };
+                    let bm = Mat {
+                        data: &cm[lo..],
+                        rows,
+                        cols: hi - lo,
+                        ld,
+                        transposed: true,
+                    };
+                    matmul(am, bm, acc, true, 1);
+                });
+        }
     }
     let mut dw = vec![0f32; co * rows];
     for p in partial.chunks(co * rows) {
