@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod ddp;
 pub mod error;
+pub mod export;
 pub mod loss;
 pub mod ops;
 pub mod optim;

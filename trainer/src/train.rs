@@ -593,6 +593,55 @@ mod tests {
         assert!(a == b, "resumed weights differ from an uninterrupted run");
     }
 
+    #[test]
+    fn two_replicas_train_like_one_replica_with_double_batch() {
+        use crate::ddp::ThreadReducer;
+        let mut cfg = small_cfg(2);
+        // eps above rounding noise, see ddp::tests: zero-gradient biases would otherwise take
+        // full-size steps of random sign.
+        cfg.adam.eps = 1e-3;
+        let data = synthetic(8, 0);
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut tr = VecSource::new(data.clone(), 4, None).unwrap();
+        let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
+        let single = train(&cfg, d1.path(), &mut tr, &mut va, &mut |_| {}).unwrap();
+
+        // Rank r takes samples 4k + 2r and 4k + 2r + 1 of batch k.
+        let shard = |r: usize| -> Vec<(Tensor, Tensor)> {
+            (0..8).filter(|i| (i % 4) / 2 == r).map(|i| data[i].clone()).collect()
+        };
+        let reducers = ThreadReducer::group(2).unwrap();
+        let (cfg_ref, out) = (&cfg, d2.path());
+        let summaries: Vec<TrainSummary> = std::thread::scope(|s| {
+            let hs: Vec<_> = reducers
+                .into_iter()
+                .map(|red| {
+                    let samples = shard(red.rank());
+                    s.spawn(move || {
+                        let mut tr = VecSource::new(samples, 2, None).unwrap();
+                        let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
+                        train_replica(cfg_ref, out, &mut tr, &mut va, &red, &mut |_| {}).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(summaries[0].metrics.len(), 2);
+        assert!(summaries[1].metrics.is_empty(), "only rank 0 validates and writes");
+        assert_eq!(summaries[0].metrics[1].train_samples, 8);
+        let load = |p: &Path| candle_core::safetensors::load(p.join("model.safetensors"), &Device::Cpu).unwrap();
+        let a = load(single.last_checkpoint.as_ref().unwrap());
+        let b = load(summaries[0].last_checkpoint.as_ref().unwrap());
+        let mut worst = 0f32;
+        for (k, t) in &a {
+            let d = crate::testutil::to_vec(&(t - &b[k]).unwrap()).iter().fold(0f32, |m, v| m.max(v.abs()));
+            worst = worst.max(d);
+        }
+        assert!(worst < 1e-4, "replicated run differs by {worst}");
+        let (l1, l2) = (single.metrics[1].train_loss, summaries[0].metrics[1].train_loss);
+        assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
+    }
+
     /// A source that yields a NaN image at the given (epoch, step).
     struct NanAt(VecSource, usize, usize, usize, usize);
 
