@@ -123,14 +123,15 @@ pub fn write_sample(path: &Path, sample: &Sample) -> Result<(), ImagingError> {
 }
 
 fn check_consistent(shape: [u32; 4], image_len: usize, labels_len: usize) -> Result<(), String> {
-    let vox = shape[1] as u64 * shape[2] as u64 * shape[3] as u64;
-    if shape[0] as u64 * vox != image_len as u64 {
+    // u128: four u32 dims cannot overflow it (a corrupt archive found by fuzzing overflowed u64).
+    let vox = shape[1] as u128 * shape[2] as u128 * shape[3] as u128;
+    if shape[0] as u128 * vox != image_len as u128 {
         return Err(format!(
             "shape {shape:?} needs {} image values, found {image_len}",
-            shape[0] as u64 * vox
+            shape[0] as u128 * vox
         ));
     }
-    if labels_len != 0 && labels_len as u64 != vox {
+    if labels_len != 0 && labels_len as u128 != vox {
         return Err(format!(
             "shape {shape:?} needs {vox} label bytes (or none), found {labels_len}"
         ));
@@ -352,5 +353,17 @@ mod tests {
         let mut bad = sample();
         bad.labels.pop();
         assert!(write_sample(&p, &bad).is_err());
+        // Regression (fuzzer): absurd dims in a structurally valid archive are an error, not an overflow.
+        let mut huge = sample();
+        huge.shape = [u32::MAX; 4];
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&huge).unwrap();
+        let q = dir.path().join("huge.rkyv");
+        std::fs::write(&q, &bytes).unwrap();
+        assert!(
+            SampleFile::open(&q)
+                .unwrap_err()
+                .to_string()
+                .contains("needs")
+        );
     }
 }
