@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod ddp;
 pub mod error;
 pub mod export;
+pub mod infer;
 pub mod loss;
 pub mod ops;
 pub mod optim;

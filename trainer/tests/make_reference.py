@@ -164,11 +164,29 @@ def adam():
               metadata={"lr": "0.05", "beta1": "0.8", "beta2": "0.95", "eps": "1e-6", "weight_decay": "0.1"})
 
 
+def sliding():
+    """monai.inferers.sliding_window_inference (constant blending) with a window-dependent predictor."""
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(4)
+    x = torch.randn(1, 2, 20, 13, 6)
+
+    def predictor(w):
+        # Depends on the whole window, so the result pins the windows and the blending.
+        return w + w.mean(dim=(1, 2, 3, 4), keepdim=True)
+
+    t = {"input": x}
+    for i, overlap in enumerate((0.25, 0.5)):
+        t[f"overlap{i}"] = sliding_window_inference(x, (8, 8, 8), 3, predictor, overlap=overlap, mode="constant")
+    save_file(t, os.path.join(OUT, "sliding.safetensors"), metadata={"roi": "8,8,8", "overlaps": "0.25,0.5"})
+
+
 if __name__ == "__main__":
     conv_cases()
     unet_names()
     unet_small()
     dice()
     adam()
+    sliding()
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {OUT} ({total} bytes)")

@@ -1,0 +1,152 @@
+//! Whole-volume inference: MONAI's `sliding_window_inference` (constant blending) and the sigmoid > 0.5 post-processing.
+
+use crate::error::{Result, TrainerError};
+use candle_core::{DType, Tensor};
+
+/// Window starts along one axis, as MONAI's `_get_scan_interval` + `dense_patch_slices`.
+fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
+    let interval = if roi == size { roi } else { ((roi as f64 * (1.0 - overlap)) as usize).max(1) };
+    let num = size.div_ceil(interval);
+    let count = (0..num).find(|d| d * interval + roi >= size).map_or(1, |d| d + 1);
+    (0..count).map(|i| (i * interval).min(size - roi)).collect()
+}
+
+/// Runs `predict` over windows of `roi` voxels covering `x` (N, C, D, H, W) with the given
+/// fractional `overlap`, `sw_batch_size` windows per call, and averages overlapping predictions.
+/// Axes shorter than the window are zero-padded symmetrically, then cropped back, as in MONAI.
+pub fn sliding_window_inference(
+    x: &Tensor,
+    roi: [usize; 3],
+    sw_batch_size: usize,
+    overlap: f64,
+    predict: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() != 5 || roi.contains(&0) || sw_batch_size == 0 || !(0.0..1.0).contains(&overlap) {
+        return Err(TrainerError::shape(
+            "sliding_window_inference",
+            format!("needs a (N, C, D, H, W) input, roi >= 1, sw_batch_size >= 1 and overlap in [0, 1); got {dims:?}, roi {roi:?}, {sw_batch_size}, {overlap}"),
+        ));
+    }
+    let spatial = [dims[2], dims[3], dims[4]];
+    let mut padded = x.clone();
+    let mut pad_lo = [0usize; 3];
+    for a in 0..3 {
+        let diff = roi[a].saturating_sub(spatial[a]);
+        if diff > 0 {
+            pad_lo[a] = diff / 2;
+            padded = padded.pad_with_zeros(2 + a, diff / 2, diff - diff / 2)?;
+        }
+    }
+    let size = [padded.dim(2)?, padded.dim(3)?, padded.dim(4)?];
+    let axes: Vec<Vec<usize>> = (0..3).map(|a| starts(size[a], roi[a], overlap)).collect();
+    let mut windows = Vec::new();
+    for &z in &axes[0] {
+        for &y in &axes[1] {
+            for &w in &axes[2] {
+                windows.push([z, y, w]);
+            }
+        }
+    }
+    let crop = |t: &Tensor, s: [usize; 3]| -> Result<Tensor> { Ok(t.narrow(2, s[0], roi[0])?.narrow(3, s[1], roi[1])?.narrow(4, s[2], roi[2])?) };
+
+    let n = dims[0];
+    let mut out: Option<Vec<f32>> = None;
+    let mut out_c = 0;
+    let mut count = vec![0f32; size.iter().product()];
+    let plane = size[1] * size[2];
+    for b in 0..n {
+        let img = padded.narrow(0, b, 1)?;
+        for group in windows.chunks(sw_batch_size) {
+            let batch = Tensor::cat(&group.iter().map(|s| crop(&img, *s)).collect::<Result<Vec<_>>>()?, 0)?;
+            let pred = predict(&batch)?.to_dtype(DType::F32)?;
+            let pd = pred.dims().to_vec();
+            if pd.len() != 5 || pd[0] != group.len() || pd[2..] != roi {
+                return Err(TrainerError::shape("sliding_window_inference", format!("predictor returned {pd:?} for windows {:?}", batch.dims())));
+            }
+            let acc = out.get_or_insert_with(|| {
+                out_c = pd[1];
+                vec![0f32; n * pd[1] * size.iter().product::<usize>()]
+            });
+            if pd[1] != out_c {
+                return Err(TrainerError::shape("sliding_window_inference", "predictor changed its channel count".to_string()));
+            }
+            let pv = pred.flatten_all()?.to_vec1::<f32>()?;
+            let rv = roi[0] * roi[1] * roi[2];
+            for (wi, s) in group.iter().enumerate() {
+                for c in 0..out_c {
+                    let src = &pv[(wi * out_c + c) * rv..(wi * out_c + c + 1) * rv];
+                    let base = (b * out_c + c) * size.iter().product::<usize>();
+                    for z in 0..roi[0] {
+                        for y in 0..roi[1] {
+                            let o = base + (s[0] + z) * plane + (s[1] + y) * size[2] + s[2];
+                            let r = (z * roi[1] + y) * roi[2];
+                            for (a, v) in acc[o..o + roi[2]].iter_mut().zip(&src[r..r + roi[2]]) {
+                                *a += *v;
+                            }
+                        }
+                    }
+                }
+                if b == 0 {
+                    for z in 0..roi[0] {
+                        for y in 0..roi[1] {
+                            let o = (s[0] + z) * plane + (s[1] + y) * size[2] + s[2];
+                            count[o..o + roi[2]].iter_mut().for_each(|v| *v += 1.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut acc = out.unwrap_or_default();
+    let vol: usize = size.iter().product();
+    for chunk in acc.chunks_mut(vol) {
+        chunk.iter_mut().zip(&count).for_each(|(a, c)| *a /= c.max(1.0));
+    }
+    let full = Tensor::from_vec(acc, (n, out_c, size[0], size[1], size[2]), x.device())?;
+    Ok(full.narrow(2, pad_lo[0], spatial[0])?.narrow(3, pad_lo[1], spatial[1])?.narrow(4, pad_lo[2], spatial[2])?.contiguous()?)
+}
+
+/// MONAI's `Activations(sigmoid=True)` + `AsDiscrete(threshold=0.5)`: 1 where the logit is > 0.
+pub fn threshold_logits(logits: &Tensor) -> Result<Tensor> {
+    Ok(logits.gt(0.0)?.to_dtype(DType::U8)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{fixture, rel_err};
+
+    #[test]
+    fn matches_monai_sliding_window_inference() {
+        let t = fixture("sliding.safetensors");
+        for (i, overlap) in [0.25, 0.5].into_iter().enumerate() {
+            let mut calls = 0;
+            let got = sliding_window_inference(&t["input"], [8, 8, 8], 3, overlap, &mut |w| {
+                calls += 1;
+                assert!(w.dim(0).unwrap() <= 3);
+                let mean = w.flatten_from(1)?.mean_keepdim(1)?.reshape((w.dim(0)?, 1, 1, 1, 1))?;
+                Ok(w.broadcast_add(&mean)?)
+            })
+            .unwrap();
+            let e = rel_err(&got, &t[&format!("overlap{i}")]);
+            assert!(e < 1e-5, "overlap {overlap}: rel err {e}");
+            assert!(calls > 1);
+        }
+    }
+
+    #[test]
+    fn window_starts_cover_the_axis() {
+        assert_eq!(starts(20, 8, 0.25), vec![0, 6, 12]);
+        assert_eq!(starts(8, 8, 0.5), vec![0]);
+        assert_eq!(starts(13, 8, 0.5), vec![0, 4, 5]);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let x = Tensor::zeros((1, 1, 4, 4, 4), DType::F32, &candle_core::Device::Cpu).unwrap();
+        assert!(sliding_window_inference(&x, [4, 4, 4], 0, 0.25, &mut |w| Ok(w.clone())).is_err());
+        assert!(sliding_window_inference(&x, [4, 4, 4], 1, 1.0, &mut |w| Ok(w.clone())).is_err());
+        assert!(sliding_window_inference(&x, [4, 4, 4], 1, 0.0, &mut |w| Ok(w.narrow(2, 0, 2)?)).is_err());
+    }
+}
