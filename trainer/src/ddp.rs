@@ -9,14 +9,18 @@
 
 use crate::error::{Result, TrainerError};
 use candle_core::{Device, Tensor};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Averages gradients across replicas. Every replica calls `all_reduce_mean` with its gradients
-/// in the same order and gets back the same averages. A missing gradient counts as zeros.
+/// in the same order, the same number of times, and gets back the same averages. A missing
+/// gradient counts as zeros.
 pub trait GradReducer: Send + Sync {
     fn world_size(&self) -> usize;
     fn rank(&self) -> usize;
     fn all_reduce_mean(&self, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>>;
+    /// Called by a replica that stops on an error, so the others fail their next (or current)
+    /// reduction instead of waiting for it forever.
+    fn abort(&self) {}
 }
 
 /// A single replica: nothing to reduce.
@@ -36,12 +40,54 @@ impl GradReducer for SingleProcess {
 
 /// One gradient as (shape, values); `None` when the replica had no gradient for it.
 type Flat = Option<(Vec<usize>, Vec<f32>)>;
-type Slot = Option<Vec<Flat>>;
 
+struct State {
+    slots: Vec<Option<Arc<Vec<Flat>>>>,
+    arrived: usize,
+    generation: u64,
+    aborted_by: Option<usize>,
+}
+
+/// A barrier that a failing replica can break (std's `Barrier` cannot be).
 struct Shared {
     n: usize,
-    slots: Mutex<Vec<Slot>>,
-    barrier: Barrier,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| TrainerError::Ddp {
+            detail: "all-reduce state poisoned by a panicked replica".into(),
+        })
+    }
+
+    /// Waits until all `n` ranks arrived; fails as soon as any rank aborted.
+    fn wait<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        let aborted = |r: usize| TrainerError::Ddp {
+            detail: format!("replica {r} stopped on an error"),
+        };
+        if let Some(r) = st.aborted_by {
+            return Err(aborted(r));
+        }
+        st.arrived += 1;
+        let generation = st.generation;
+        if st.arrived == self.n {
+            st.arrived = 0;
+            st.generation += 1;
+            self.cv.notify_all();
+            return Ok(st);
+        }
+        while st.generation == generation && st.aborted_by.is_none() {
+            st = self.cv.wait(st).map_err(|_| TrainerError::Ddp {
+                detail: "all-reduce state poisoned by a panicked replica".into(),
+            })?;
+        }
+        match st.aborted_by {
+            Some(r) if st.generation == generation => Err(aborted(r)),
+            _ => Ok(st),
+        }
+    }
 }
 
 /// One replica's handle on an in-process all-reduce among `n` threads.
@@ -58,10 +104,16 @@ impl ThreadReducer {
                 detail: "world size must be >= 1".into(),
             });
         }
+        let state = State {
+            slots: vec![None; n],
+            arrived: 0,
+            generation: 0,
+            aborted_by: None,
+        };
         let shared = Arc::new(Shared {
             n,
-            slots: Mutex::new(vec![None; n]),
-            barrier: Barrier::new(n),
+            state: Mutex::new(state),
+            cv: Condvar::new(),
         });
         Ok((0..n)
             .map(|rank| ThreadReducer {
@@ -70,11 +122,64 @@ impl ThreadReducer {
             })
             .collect())
     }
-}
 
-fn lock_err() -> TrainerError {
-    TrainerError::Ddp {
-        detail: "all-reduce state poisoned by a panicked replica".into(),
+    /// Sums the ranks' gradients in rank order: every rank computes the same result itself,
+    /// without a second broadcast, at n times the (cheap, memory-bound) adding work.
+    fn reduce(
+        &self,
+        all: &[Arc<Vec<Flat>>],
+        grads: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        if let Some((r, s)) = all.iter().enumerate().find(|(_, s)| s.len() != grads.len()) {
+            return Err(TrainerError::Ddp {
+                detail: format!(
+                    "replicas are out of step: rank {r} sent {} tensors, rank {} sent {} (different numbers of batches per replica?)",
+                    s.len(),
+                    self.rank,
+                    grads.len()
+                ),
+            });
+        }
+        let mut out = Vec::with_capacity(grads.len());
+        for (i, g) in grads.iter().enumerate() {
+            let mut acc: Flat = None;
+            for (r, s) in all.iter().enumerate() {
+                let Some(entry) = s.get(i) else {
+                    return Err(TrainerError::Ddp {
+                        detail: format!(
+                            "rank {r} sent {} gradients, rank {} sent {}",
+                            s.len(),
+                            self.rank,
+                            grads.len()
+                        ),
+                    });
+                };
+                let Some((dims, v)) = entry else { continue };
+                match &mut acc {
+                    None => acc = Some((dims.clone(), v.clone())),
+                    Some((d, a)) => {
+                        if d != dims {
+                            return Err(TrainerError::Ddp {
+                                detail: format!(
+                                    "gradient {i}: rank {r} has shape {dims:?}, another rank {d:?}"
+                                ),
+                            });
+                        }
+                        a.iter_mut().zip(v).for_each(|(x, y)| *x += *y);
+                    }
+                }
+            }
+            let device = g.as_ref().map_or(Device::Cpu, |t| t.device().clone());
+            out.push(match acc {
+                None => None,
+                Some((dims, mut a)) => {
+                    let inv = 1.0 / self.shared.n as f32;
+                    a.iter_mut().for_each(|x| *x *= inv);
+                    Some(Tensor::from_vec(a, dims, &device)?)
+                }
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -100,64 +205,37 @@ impl GradReducer for ThreadReducer {
                     })
                     .transpose()
             })
-            .collect::<Result<Vec<_>>>()?;
-        self.shared.slots.lock().map_err(|_| lock_err())?[self.rank] = Some(mine);
-        self.shared.barrier.wait();
-        // Every rank sums the slots in rank order itself: identical results on all ranks without a
-        // second broadcast, at n times the (cheap, memory-bound) adding work.
-        let out = (|| {
-            let slots = self.shared.slots.lock().map_err(|_| lock_err())?;
-            let all: Vec<&Vec<Flat>> = slots
-                .iter()
-                .map(|s| s.as_ref().ok_or_else(lock_err))
-                .collect::<Result<_>>()?;
-            let mut out = Vec::with_capacity(grads.len());
-            for i in 0..grads.len() {
-                let mut acc: Flat = None;
-                for (r, s) in all.iter().enumerate() {
-                    let Some(entry) = s.get(i) else {
-                        return Err(TrainerError::Ddp {
-                            detail: format!(
-                                "rank {r} sent {} gradients, rank {} sent {}",
-                                s.len(),
-                                self.rank,
-                                grads.len()
-                            ),
-                        });
-                    };
-                    let Some((dims, v)) = entry else { continue };
-                    match &mut acc {
-                        None => acc = Some((dims.clone(), v.clone())),
-                        Some((d, a)) => {
-                            if d != dims {
-                                return Err(TrainerError::Ddp {
-                                    detail: format!(
-                                        "gradient {i}: rank {r} has shape {dims:?}, another rank {d:?}"
-                                    ),
-                                });
-                            }
-                            a.iter_mut().zip(v).for_each(|(x, y)| *x += *y);
-                        }
-                    }
-                }
-                let device = grads[i]
-                    .as_ref()
-                    .map_or(Device::Cpu, |t| t.device().clone());
-                out.push(match acc {
-                    None => None,
-                    Some((dims, mut a)) => {
-                        let inv = 1.0 / self.shared.n as f32;
-                        a.iter_mut().for_each(|x| *x *= inv);
-                        Some(Tensor::from_vec(a, dims, &device)?)
-                    }
-                });
+            .collect::<Result<Vec<_>>>();
+        let mine = match mine {
+            Ok(m) => m,
+            Err(e) => {
+                self.abort();
+                return Err(e);
             }
-            Ok(out)
-        })();
+        };
+        let mut st = self.shared.lock()?;
+        st.slots[self.rank] = Some(Arc::new(mine));
+        let st = self.shared.wait(st)?;
+        let all: Option<Vec<Arc<Vec<Flat>>>> = st.slots.iter().cloned().collect();
+        drop(st);
+        let out = match all {
+            Some(all) => self.reduce(&all, grads),
+            None => Err(TrainerError::Ddp {
+                detail: "a replica's gradients went missing".into(),
+            }),
+        };
         // Nobody may overwrite a slot for the next round before all have read this one; reached
         // on error too, or the other ranks would wait forever.
-        self.shared.barrier.wait();
+        let st = self.shared.lock()?;
+        self.shared.wait(st)?;
         out
+    }
+
+    fn abort(&self) {
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.aborted_by.get_or_insert(self.rank);
+            self.shared.cv.notify_all();
+        }
     }
 }
 
@@ -319,6 +397,28 @@ mod tests {
                 .iter()
                 .any(|v| v.abs() > 1e-3)
         }));
+    }
+
+    #[test]
+    fn a_replica_that_aborts_releases_the_others() {
+        let reducers = ThreadReducer::group(3).unwrap();
+        let results: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = reducers
+                .into_iter()
+                .map(|red| {
+                    s.spawn(move || {
+                        let g = vec![Some(Tensor::ones(2, DType::F32, &Device::Cpu).unwrap())];
+                        if red.rank() == 2 {
+                            red.abort();
+                            return true;
+                        }
+                        red.all_reduce_mean(&g).is_err()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(|e| *e));
     }
 
     #[test]

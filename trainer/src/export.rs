@@ -15,7 +15,10 @@ pub struct Exported {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
-    move |source| TrainerError::Io { path: path.to_path_buf(), source }
+    move |source| TrainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The checkpoint of the epoch with the best validation mean Dice among those still on disk;
@@ -26,7 +29,11 @@ pub fn best_checkpoint(train_dir: &Path) -> Result<(PathBuf, Option<EpochMetrics
     let best = metrics
         .iter()
         .filter(|m| m.val_mean_dice.is_some())
-        .filter(|m| checkpoint::epoch_dir(&root, m.epoch).join("checkpoint.json").is_file())
+        .filter(|m| {
+            checkpoint::epoch_dir(&root, m.epoch)
+                .join("checkpoint.json")
+                .is_file()
+        })
         .fold(None::<&EpochMetrics>, |b, m| match b {
             Some(b) if b.val_mean_dice >= m.val_mean_dice => Some(b),
             _ => Some(m),
@@ -34,7 +41,10 @@ pub fn best_checkpoint(train_dir: &Path) -> Result<(PathBuf, Option<EpochMetrics
     if let Some(m) = best {
         return Ok((checkpoint::epoch_dir(&root, m.epoch), Some(m.clone())));
     }
-    let latest = checkpoint::latest(&root)?.ok_or_else(|| TrainerError::Checkpoint { path: root.clone(), detail: "no complete checkpoint to export".into() })?;
+    let latest = checkpoint::latest(&root)?.ok_or_else(|| TrainerError::Checkpoint {
+        path: root.clone(),
+        detail: "no complete checkpoint to export".into(),
+    })?;
     let epoch = checkpoint::read_meta(&latest)?.epoch;
     Ok((latest, metrics.into_iter().find(|m| m.epoch == epoch)))
 }
@@ -58,7 +68,10 @@ fn monai_config(cfg: &UNetConfig) -> serde_json::Value {
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|source| TrainerError::Json { path: path.into(), source })?;
+    let text = serde_json::to_string_pretty(v).map_err(|source| TrainerError::Json {
+        path: path.into(),
+        source,
+    })?;
     std::fs::write(path, text + "\n").map_err(io(path))
 }
 
@@ -117,7 +130,11 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
         fmt(best.as_ref().and_then(|m| m.val_dice_et)),
     );
     std::fs::write(&card, text).map_err(io(&card))?;
-    Ok(Exported { epoch: meta.epoch, val_mean_dice: best.and_then(|m| m.val_mean_dice), files: vec![model, config, metrics, card] })
+    Ok(Exported {
+        epoch: meta.epoch,
+        val_mean_dice: best.and_then(|m| m.val_mean_dice),
+        files: vec![model, config, metrics, card],
+    })
 }
 
 #[cfg(test)]
@@ -132,12 +149,22 @@ mod tests {
         let samples: Vec<(Tensor, Tensor)> = (0..2)
             .map(|i| {
                 let x = crate::testutil::randn(i, &[4, 8, 8, 8]);
-                let y = x.narrow(0, 0, 3).unwrap().gt(0.0).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+                let y = x
+                    .narrow(0, 0, 3)
+                    .unwrap()
+                    .gt(0.0)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap();
                 (x, y)
             })
             .collect();
         let cfg = TrainConfig {
-            unet: UNetConfig { channels: vec![2, 4, 8], strides: vec![2, 2], ..UNetConfig::brats() },
+            unet: UNetConfig {
+                channels: vec![2, 4, 8],
+                strides: vec![2, 2],
+                ..UNetConfig::brats()
+            },
             epochs: 2,
             ..Default::default()
         };
@@ -147,16 +174,27 @@ mod tests {
         let out = dir.path().join("export");
         let e = export(dir.path(), &out, "synthetic").unwrap();
         assert_eq!(Some(e.epoch), s.best_epoch);
-        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
         assert!(m["val_mean_dice"].is_number());
-        let w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let w =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert!(w.contains_key("model.0.conv.unit0.conv.weight"));
-        assert!(std::fs::read_to_string(out.join("README.md")).unwrap().contains("strict=True"));
+        assert!(
+            std::fs::read_to_string(out.join("README.md"))
+                .unwrap()
+                .contains("strict=True")
+        );
     }
 
     #[test]
     fn nothing_to_export_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(export(dir.path(), &dir.path().join("out"), "x").unwrap_err().to_string().contains("no complete checkpoint"));
+        assert!(
+            export(dir.path(), &dir.path().join("out"), "x")
+                .unwrap_err()
+                .to_string()
+                .contains("no complete checkpoint")
+        );
     }
 }

@@ -5,9 +5,15 @@ use candle_core::{DType, Tensor};
 
 /// Window starts along one axis, as MONAI's `_get_scan_interval` + `dense_patch_slices`.
 fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
-    let interval = if roi == size { roi } else { ((roi as f64 * (1.0 - overlap)) as usize).max(1) };
+    let interval = if roi == size {
+        roi
+    } else {
+        ((roi as f64 * (1.0 - overlap)) as usize).max(1)
+    };
     let num = size.div_ceil(interval);
-    let count = (0..num).find(|d| d * interval + roi >= size).map_or(1, |d| d + 1);
+    let count = (0..num)
+        .find(|d| d * interval + roi >= size)
+        .map_or(1, |d| d + 1);
     (0..count).map(|i| (i * interval).min(size - roi)).collect()
 }
 
@@ -25,7 +31,9 @@ pub fn sliding_window_inference(
     if dims.len() != 5 || roi.contains(&0) || sw_batch_size == 0 || !(0.0..1.0).contains(&overlap) {
         return Err(TrainerError::shape(
             "sliding_window_inference",
-            format!("needs a (N, C, D, H, W) input, roi >= 1, sw_batch_size >= 1 and overlap in [0, 1); got {dims:?}, roi {roi:?}, {sw_batch_size}, {overlap}"),
+            format!(
+                "needs a (N, C, D, H, W) input, roi >= 1, sw_batch_size >= 1 and overlap in [0, 1); got {dims:?}, roi {roi:?}, {sw_batch_size}, {overlap}"
+            ),
         ));
     }
     let spatial = [dims[2], dims[3], dims[4]];
@@ -48,7 +56,11 @@ pub fn sliding_window_inference(
             }
         }
     }
-    let crop = |t: &Tensor, s: [usize; 3]| -> Result<Tensor> { Ok(t.narrow(2, s[0], roi[0])?.narrow(3, s[1], roi[1])?.narrow(4, s[2], roi[2])?) };
+    let crop = |t: &Tensor, s: [usize; 3]| -> Result<Tensor> {
+        Ok(t.narrow(2, s[0], roi[0])?
+            .narrow(3, s[1], roi[1])?
+            .narrow(4, s[2], roi[2])?)
+    };
 
     let n = dims[0];
     let mut out: Option<Vec<f32>> = None;
@@ -58,18 +70,30 @@ pub fn sliding_window_inference(
     for b in 0..n {
         let img = padded.narrow(0, b, 1)?;
         for group in windows.chunks(sw_batch_size) {
-            let batch = Tensor::cat(&group.iter().map(|s| crop(&img, *s)).collect::<Result<Vec<_>>>()?, 0)?;
+            let batch = Tensor::cat(
+                &group
+                    .iter()
+                    .map(|s| crop(&img, *s))
+                    .collect::<Result<Vec<_>>>()?,
+                0,
+            )?;
             let pred = predict(&batch)?.to_dtype(DType::F32)?;
             let pd = pred.dims().to_vec();
             if pd.len() != 5 || pd[0] != group.len() || pd[2..] != roi {
-                return Err(TrainerError::shape("sliding_window_inference", format!("predictor returned {pd:?} for windows {:?}", batch.dims())));
+                return Err(TrainerError::shape(
+                    "sliding_window_inference",
+                    format!("predictor returned {pd:?} for windows {:?}", batch.dims()),
+                ));
             }
             let acc = out.get_or_insert_with(|| {
                 out_c = pd[1];
                 vec![0f32; n * pd[1] * size.iter().product::<usize>()]
             });
             if pd[1] != out_c {
-                return Err(TrainerError::shape("sliding_window_inference", "predictor changed its channel count".to_string()));
+                return Err(TrainerError::shape(
+                    "sliding_window_inference",
+                    "predictor changed its channel count".to_string(),
+                ));
             }
             let pv = pred.flatten_all()?.to_vec1::<f32>()?;
             let rv = roi[0] * roi[1] * roi[2];
@@ -101,10 +125,17 @@ pub fn sliding_window_inference(
     let mut acc = out.unwrap_or_default();
     let vol: usize = size.iter().product();
     for chunk in acc.chunks_mut(vol) {
-        chunk.iter_mut().zip(&count).for_each(|(a, c)| *a /= c.max(1.0));
+        chunk
+            .iter_mut()
+            .zip(&count)
+            .for_each(|(a, c)| *a /= c.max(1.0));
     }
     let full = Tensor::from_vec(acc, (n, out_c, size[0], size[1], size[2]), x.device())?;
-    Ok(full.narrow(2, pad_lo[0], spatial[0])?.narrow(3, pad_lo[1], spatial[1])?.narrow(4, pad_lo[2], spatial[2])?.contiguous()?)
+    Ok(full
+        .narrow(2, pad_lo[0], spatial[0])?
+        .narrow(3, pad_lo[1], spatial[1])?
+        .narrow(4, pad_lo[2], spatial[2])?
+        .contiguous()?)
 }
 
 /// MONAI's `Activations(sigmoid=True)` + `AsDiscrete(threshold=0.5)`: 1 where the logit is > 0.
@@ -125,7 +156,10 @@ mod tests {
             let got = sliding_window_inference(&t["input"], [8, 8, 8], 3, overlap, &mut |w| {
                 calls += 1;
                 assert!(w.dim(0).unwrap() <= 3);
-                let mean = w.flatten_from(1)?.mean_keepdim(1)?.reshape((w.dim(0)?, 1, 1, 1, 1))?;
+                let mean = w
+                    .flatten_from(1)?
+                    .mean_keepdim(1)?
+                    .reshape((w.dim(0)?, 1, 1, 1, 1))?;
                 Ok(w.broadcast_add(&mean)?)
             })
             .unwrap();
@@ -147,6 +181,9 @@ mod tests {
         let x = Tensor::zeros((1, 1, 4, 4, 4), DType::F32, &candle_core::Device::Cpu).unwrap();
         assert!(sliding_window_inference(&x, [4, 4, 4], 0, 0.25, &mut |w| Ok(w.clone())).is_err());
         assert!(sliding_window_inference(&x, [4, 4, 4], 1, 1.0, &mut |w| Ok(w.clone())).is_err());
-        assert!(sliding_window_inference(&x, [4, 4, 4], 1, 0.0, &mut |w| Ok(w.narrow(2, 0, 2)?)).is_err());
+        assert!(
+            sliding_window_inference(&x, [4, 4, 4], 1, 0.0, &mut |w| Ok(w.narrow(2, 0, 2)?))
+                .is_err()
+        );
     }
 }

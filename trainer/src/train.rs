@@ -295,6 +295,54 @@ pub fn train_replica(
     reducer: &dyn GradReducer,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
+    let r = run_replica(cfg, out_dir, train_src, val_src, reducer, on_event);
+    if r.is_err() {
+        // The other replicas would otherwise wait for this one at their next reduction.
+        reducer.abort();
+    }
+    r
+}
+
+/// Reduces a control record [in_step, epoch, batch size] with every exchange, so replicas whose
+/// sources yield different numbers of batches fail with an error instead of silently pairing
+/// gradients of different steps. Returns the total batch size over all replicas.
+fn check_control(
+    reduced: Option<Tensor>,
+    in_step: bool,
+    epoch: usize,
+    world: usize,
+) -> Result<usize> {
+    let c = match reduced {
+        Some(t) => t.to_vec1::<f32>()?,
+        None => vec![],
+    };
+    let want = if in_step { 1.0 } else { 0.0 };
+    if c.len() != 3 || c[0] != want || c[1] != epoch as f32 {
+        return Err(TrainerError::Ddp {
+            detail: format!(
+                "replicas are out of step in epoch {} (their batch sources yield different numbers of batches)",
+                epoch + 1
+            ),
+        });
+    }
+    Ok((c[2] * world as f32).round() as usize)
+}
+
+fn control(in_step: bool, epoch: usize, batch: usize) -> Result<Option<Tensor>> {
+    Ok(Some(Tensor::new(
+        &[if in_step { 1f32 } else { 0.0 }, epoch as f32, batch as f32],
+        &Device::Cpu,
+    )?))
+}
+
+fn run_replica(
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    train_src: &mut dyn BatchSource,
+    val_src: &mut dyn BatchSource,
+    reducer: &dyn GradReducer,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainSummary> {
     cfg.unet.validate()?;
     cfg.adam.validate()?;
     let rank0 = reducer.rank() == 0;
@@ -344,7 +392,10 @@ pub fn train_replica(
             let loss = cfg.loss.forward(&logits, &y)?;
             let mut grads = opt.gradients(&loss.backward()?);
             grads.push(Some(loss.reshape(1)?.detach()));
+            grads.push(control(true, epoch, x.dim(0)?)?);
             let mut reduced = reducer.all_reduce_mean(&grads)?;
+            let batch_total =
+                check_control(reduced.pop().flatten(), true, epoch, reducer.world_size())?;
             let mean_loss = match reduced.pop().flatten() {
                 Some(l) => l.to_vec1::<f32>()?[0],
                 None => f32::NAN,
@@ -364,11 +415,24 @@ pub fn train_replica(
             }
             opt.step_with(&reduced)?;
             loss_sum += mean_loss as f64;
-            samples += x.dim(0)? * reducer.world_size();
+            samples += batch_total;
             on_event(&TrainEvent::Step {
                 epoch: epoch + 1,
                 step: steps,
                 loss: mean_loss,
+            });
+        }
+        let end = reducer.all_reduce_mean(&[control(false, epoch, 0)?])?;
+        check_control(
+            end.into_iter().next().flatten(),
+            false,
+            epoch,
+            reducer.world_size(),
+        )?;
+        if steps == 0 {
+            return Err(TrainerError::Config {
+                field: "train",
+                detail: format!("epoch {}: the training source yielded no batch", epoch + 1),
             });
         }
         let train_seconds = t0.elapsed().as_secs_f64();
@@ -608,7 +672,10 @@ mod tests {
 
         // Rank r takes samples 4k + 2r and 4k + 2r + 1 of batch k.
         let shard = |r: usize| -> Vec<(Tensor, Tensor)> {
-            (0..8).filter(|i| (i % 4) / 2 == r).map(|i| data[i].clone()).collect()
+            (0..8)
+                .filter(|i| (i % 4) / 2 == r)
+                .map(|i| data[i].clone())
+                .collect()
         };
         let reducers = ThreadReducer::group(2).unwrap();
         let (cfg_ref, out) = (&cfg, d2.path());
@@ -627,19 +694,68 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(summaries[0].metrics.len(), 2);
-        assert!(summaries[1].metrics.is_empty(), "only rank 0 validates and writes");
+        assert!(
+            summaries[1].metrics.is_empty(),
+            "only rank 0 validates and writes"
+        );
         assert_eq!(summaries[0].metrics[1].train_samples, 8);
-        let load = |p: &Path| candle_core::safetensors::load(p.join("model.safetensors"), &Device::Cpu).unwrap();
+        let load = |p: &Path| {
+            candle_core::safetensors::load(p.join("model.safetensors"), &Device::Cpu).unwrap()
+        };
         let a = load(single.last_checkpoint.as_ref().unwrap());
         let b = load(summaries[0].last_checkpoint.as_ref().unwrap());
         let mut worst = 0f32;
         for (k, t) in &a {
-            let d = crate::testutil::to_vec(&(t - &b[k]).unwrap()).iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = crate::testutil::to_vec(&(t - &b[k]).unwrap())
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
             worst = worst.max(d);
         }
         assert!(worst < 1e-4, "replicated run differs by {worst}");
-        let (l1, l2) = (single.metrics[1].train_loss, summaries[0].metrics[1].train_loss);
+        let (l1, l2) = (
+            single.metrics[1].train_loss,
+            summaries[0].metrics[1].train_loss,
+        );
         assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
+    }
+
+    #[test]
+    fn uneven_replica_sources_fail_instead_of_hanging() {
+        use crate::ddp::ThreadReducer;
+        let cfg = small_cfg(1);
+        let dir = tempfile::tempdir().unwrap();
+        let reducers = ThreadReducer::group(2).unwrap();
+        let (cfg_ref, out) = (&cfg, dir.path());
+        let errs: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = reducers
+                .into_iter()
+                .map(|red| {
+                    s.spawn(move || {
+                        let n = if red.rank() == 0 { 4 } else { 2 };
+                        let mut tr = VecSource::new(synthetic(n, 0), 2, None).unwrap();
+                        let mut va = VecSource::new(vec![], 2, None).unwrap();
+                        train_replica(cfg_ref, out, &mut tr, &mut va, &red, &mut |_| {})
+                            .unwrap_err()
+                            .to_string()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("out of step") || e.contains("sent")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_training_source_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tr = VecSource::new(vec![], 2, None).unwrap();
+        let mut va = VecSource::new(vec![], 2, None).unwrap();
+        let err = train(&small_cfg(1), dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("no batch"), "{err}");
     }
 
     /// A source that yields a NaN image at the given (epoch, step).
