@@ -227,7 +227,7 @@ impl GradReducer for ThreadReducer {
         // Nobody may overwrite a slot for the next round before all have read this one; reached
         // on error too, or the other ranks would wait forever.
         let st = self.shared.lock()?;
-        self.shared.wait(st)?;
+        drop(self.shared.wait(st)?);
         out
     }
 
