@@ -1151,6 +1151,76 @@ mod tests {
         }
     }
 
+    /// A hand-built NIfTI-2 file (either byte order): qform-only with qfac −1, int16 data, scaled.
+    fn nifti2(be: bool) -> Vec<u8> {
+        let mut h = vec![0u8; 544];
+        let put = |h: &mut Vec<u8>, off: usize, le: &[u8]| {
+            let mut b = le.to_vec();
+            if be {
+                b.reverse();
+            }
+            h[off..off + b.len()].copy_from_slice(&b);
+        };
+        put(&mut h, 0, &540i32.to_le_bytes());
+        h[4..12].copy_from_slice(b"n+2\0\r\n\x1a\n");
+        put(&mut h, 12, &4i16.to_le_bytes());
+        put(&mut h, 14, &16i16.to_le_bytes());
+        for (i, d) in [3i64, 2, 2, 2, 1, 1, 1, 1].iter().enumerate() {
+            put(&mut h, 16 + 8 * i, &d.to_le_bytes());
+        }
+        for (i, p) in [-1.0f64, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0]
+            .iter()
+            .enumerate()
+        {
+            put(&mut h, 104 + 8 * i, &p.to_le_bytes());
+        }
+        put(&mut h, 168, &544i64.to_le_bytes());
+        put(&mut h, 176, &2.0f64.to_le_bytes());
+        put(&mut h, 184, &(-1.0f64).to_le_bytes());
+        put(&mut h, 344, &1i32.to_le_bytes()); // qform_code
+        put(&mut h, 348, &0i32.to_le_bytes()); // sform_code
+        // 90 degrees about z: (b, c, d) = (0, 0, sin 45°).
+        put(&mut h, 368, &std::f64::consts::FRAC_1_SQRT_2.to_le_bytes());
+        for (i, o) in [10.0f64, 20.0, 30.0].iter().enumerate() {
+            put(&mut h, 376 + 8 * i, &o.to_le_bytes());
+        }
+        for v in 0..8i16 {
+            let b = if be { v.to_be_bytes() } else { v.to_le_bytes() };
+            h.extend_from_slice(&b);
+        }
+        h
+    }
+
+    #[test]
+    fn nifti2_qform_with_qfac_both_byte_orders() {
+        for be in [false, true] {
+            let img = read_nifti_bytes(&gzip(&nifti2(be), 6), "n2.nii.gz").unwrap();
+            assert_eq!(img.header.version, 2);
+            assert_eq!(img.header.big_endian, be);
+            assert_eq!(img.dims, vec![2, 2, 2]);
+            assert_eq!(
+                img.data,
+                (0..8).map(|v| v as f32 * 2.0 - 1.0).collect::<Vec<_>>()
+            );
+            // R = rot_z(90°), zooms (2, 3, 4) with qfac −1 negating the last: columns (0,2,0), (−3,0,0), (0,0,−4).
+            let want = [
+                [0.0, -3.0, 0.0, 10.0],
+                [2.0, 0.0, 0.0, 20.0],
+                [0.0, 0.0, -4.0, 30.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ];
+            for i in 0..4 {
+                for j in 0..4 {
+                    assert!(
+                        (img.affine[i][j] - want[i][j]).abs() < 1e-12,
+                        "{be}: {:?}",
+                        img.affine
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn multi_member_gzip() {
         let raw = encode_nifti(&[4, 4, 4], NiftiData::F32(&[2.0; 64]), &IDENTITY, "t").unwrap();

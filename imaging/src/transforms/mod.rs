@@ -546,6 +546,16 @@ impl Chain {
         self.apply_prefix_from(case, 1)
     }
 
+    /// One case end to end (what `wf transform` does): prefix from files, then the suffix on `rng`.
+    pub fn run(
+        &self,
+        src: &CaseSource,
+        rng: &mut Rng,
+    ) -> Result<(Case, DrawnParams), ImagingError> {
+        let case = self.run_prefix(src)?;
+        self.apply_suffix(case, rng)
+    }
+
     /// Runs the prefix on an in-memory case (`load`, if present, is skipped: the case is loaded).
     pub fn apply_prefix(&self, case: Case) -> Result<Case, ImagingError> {
         let start = usize::from(matches!(self.specs.first(), Some(TransformSpec::Load(_))));
