@@ -1,7 +1,10 @@
 //! Whole-volume inference: MONAI's `sliding_window_inference` (constant blending) and the sigmoid > 0.5 post-processing.
 
 use crate::error::{Result, TrainerError};
-use candle_core::{DType, Tensor};
+use crate::unet::{UNet, UNetConfig};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::path::Path;
 
 /// Window starts along one axis, as MONAI's `_get_scan_interval` + `dense_patch_slices`.
 fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
@@ -143,6 +146,97 @@ pub fn threshold_logits(logits: &Tensor) -> Result<Tensor> {
     Ok(logits.gt(0.0)?.to_dtype(DType::U8)?)
 }
 
+/// A trained UNet loaded from an export directory (`config.json` + `model.safetensors`), for
+/// whole-volume prediction.
+pub struct Predictor {
+    net: UNet,
+}
+
+impl Predictor {
+    pub fn from_export(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let bytes = std::fs::read(&cfg_path).map_err(|source| TrainerError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let cfg: UNetConfig =
+            serde_json::from_slice(&bytes).map_err(|source| TrainerError::Json {
+                path: cfg_path.clone(),
+                source,
+            })?;
+        let weights_path = dir.join("model.safetensors");
+        let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+            TrainerError::Checkpoint {
+                path: weights_path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        // Check names and shapes first, so a mismatching export names its tensor.
+        let vm = candle_nn::VarMap::new();
+        UNet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+        crate::checkpoint::load_weights(&weights_path, &vm, &weights)?;
+        let net = UNet::new(
+            &cfg,
+            VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        )?;
+        Ok(Predictor { net })
+    }
+
+    pub fn new(net: UNet) -> Self {
+        Predictor { net }
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        self.net.config()
+    }
+
+    /// Logits (C_out, X, Y, Z) for one preprocessed image (C_in, X, Y, Z) by sliding windows of
+    /// `roi` (each a multiple of the network's size divisor, 16 for BraTS).
+    pub fn logits(
+        &self,
+        image: &Tensor,
+        roi: [usize; 3],
+        overlap: f64,
+        sw_batch_size: usize,
+    ) -> Result<Tensor> {
+        let div = self.net.config().size_divisor();
+        if roi.iter().any(|r| r % div != 0) {
+            return Err(TrainerError::Config {
+                field: "roi",
+                detail: format!("{roi:?} must be multiples of {div}"),
+            });
+        }
+        let x = image.unsqueeze(0)?;
+        let y = sliding_window_inference(&x, roi, sw_batch_size, overlap, &mut |w| {
+            self.net.forward_t(w, false)
+        })?;
+        Ok(y.squeeze(0)?)
+    }
+
+    /// Region bits per voxel (channel k above 0.5 after sigmoid sets bit k: TC = 1, WT = 2, ET = 4),
+    /// X-major C order, as wf-imaging stores labels.
+    pub fn regions(
+        &self,
+        image: &Tensor,
+        roi: [usize; 3],
+        overlap: f64,
+        sw_batch_size: usize,
+    ) -> Result<Vec<u8>> {
+        let logits = self.logits(image, roi, overlap, sw_batch_size)?;
+        let c = logits.dim(0)?;
+        let v = threshold_logits(&logits)?
+            .flatten_from(1)?
+            .to_vec2::<u8>()?;
+        let mut out = vec![0u8; v.first().map_or(0, |r| r.len())];
+        for (k, row) in v.iter().enumerate().take(c.min(8)) {
+            for (o, &b) in out.iter_mut().zip(row) {
+                *o |= b << k;
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +261,55 @@ mod tests {
             assert!(e < 1e-5, "overlap {overlap}: rel err {e}");
             assert!(calls > 1);
         }
+    }
+
+    #[test]
+    fn predicts_region_bits_from_an_export() {
+        use crate::train::{TrainConfig, VecSource, train};
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<(Tensor, Tensor)> = (0..2)
+            .map(|i| {
+                let x = crate::testutil::randn(i, &[4, 8, 8, 8]);
+                let y = x
+                    .narrow(0, 0, 3)
+                    .unwrap()
+                    .gt(0.0)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                (x, y)
+            })
+            .collect();
+        let cfg = TrainConfig {
+            unet: UNetConfig {
+                channels: vec![2, 4, 8],
+                strides: vec![2, 2],
+                ..UNetConfig::brats()
+            },
+            epochs: 1,
+            ..Default::default()
+        };
+        let mut tr = VecSource::new(samples.clone(), 2, None).unwrap();
+        let mut va = VecSource::new(samples, 2, None).unwrap();
+        train(&cfg, dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap();
+        let out = dir.path().join("export");
+        crate::export::export(dir.path(), &out, "test").unwrap();
+        let p = Predictor::from_export(&out).unwrap();
+        assert_eq!(p.config(), &cfg.unet);
+        let image = crate::testutil::randn(9, &[4, 12, 8, 5]);
+        let r = p.regions(&image, [8, 8, 4], 0.25, 2).unwrap();
+        assert_eq!(r.len(), 12 * 8 * 5);
+        assert!(r.iter().all(|b| *b < 8));
+        let logits = p.logits(&image, [8, 8, 4], 0.25, 2).unwrap();
+        let tc = logits
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(tc.iter().zip(&r).all(|(l, b)| (*l > 0.0) == (b & 1 == 1)));
+        assert!(p.logits(&image, [6, 8, 4], 0.25, 2).is_err());
     }
 
     #[test]

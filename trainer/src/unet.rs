@@ -750,13 +750,22 @@ mod tests {
     #[test]
     #[ignore]
     fn full_width_forward_matches_monai() {
-        let Ok(path) = std::env::var("WF_TRAINER_FULL_FIXTURE") else { return };
+        let Ok(path) = std::env::var("WF_TRAINER_FULL_FIXTURE") else {
+            return;
+        };
         let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
         let weights: HashMap<String, Tensor> = t
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix("weight.").map(|n| (n.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix("weight.")
+                    .map(|n| (n.to_string(), v.clone()))
+            })
             .collect();
-        let net = UNet::new(&UNetConfig::brats(), VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu)).unwrap();
+        let net = UNet::new(
+            &UNetConfig::brats(),
+            VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
         let y = net.forward_t(&t["input"], false).unwrap();
         let e = rel_err(&y, &t["output"]);
         assert!(e < 1e-4, "full-width forward rel err {e}");
