@@ -71,20 +71,41 @@ fn main() -> candle_core::Result<()> {
             y.sum_all().unwrap().backward().unwrap();
         },
     );
+    // Elementwise ops at 16x64x64x32; the loss multiplies by a dense tensor so backward sees a
+    // contiguous gradient, as inside the network.
     let big = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 16, 64, 64, 32), &dev)?)?;
-    time("instance_norm 16x64x64x32 fwd+bwd", 0.0, || {
-        let y = ops::instance_norm(big.as_tensor(), 1e-5).unwrap();
-        y.sum_all().unwrap().backward().unwrap();
+    let r = Tensor::randn(0f32, 1., (1, 16, 64, 64, 32), &dev)?;
+    let r2 = Tensor::cat(&[&r, &r], 1)?;
+    let bwd = |y: Tensor, r: &Tensor| {
+        (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    };
+    time("baseline: mul + sum_all fwd+bwd", 0.0, || {
+        bwd(big.as_tensor().clone(), &r)
+    });
+    time("instance_norm fwd+bwd", 0.0, || {
+        bwd(ops::instance_norm(big.as_tensor(), 1e-5).unwrap(), &r)
     });
     let a = Var::from_tensor(&Tensor::new(&[0.25f32], &dev)?)?;
-    time("prelu 16x64x64x32 fwd+bwd", 0.0, || {
-        let y = ops::prelu(big.as_tensor(), a.as_tensor()).unwrap();
-        y.sum_all().unwrap().backward().unwrap();
+    time("prelu fwd+bwd", 0.0, || {
+        bwd(ops::prelu(big.as_tensor(), a.as_tensor()).unwrap(), &r)
     });
-    time("cat+add 16x64x64x32", 0.0, || {
-        let c = Tensor::cat(&[big.as_tensor(), big.as_tensor()], 1).unwrap();
-        let _ = (big.as_tensor() + big.as_tensor()).unwrap();
-        drop(c);
+    let bias = Var::from_tensor(&Tensor::randn(0f32, 1., 16, &dev)?)?;
+    time("bias broadcast_add fwd+bwd", 0.0, || {
+        bwd(
+            big.as_tensor()
+                .broadcast_add(&bias.as_tensor().reshape((1, 16, 1, 1, 1)).unwrap())
+                .unwrap(),
+            &r,
+        )
+    });
+    time("cat (2x) fwd+bwd", 0.0, || {
+        bwd(
+            Tensor::cat(&[big.as_tensor(), big.as_tensor()], 1).unwrap(),
+            &r2,
+        )
+    });
+    time("residual add fwd+bwd", 0.0, || {
+        bwd((big.as_tensor() + big.as_tensor()).unwrap(), &r)
     });
     Ok(())
 }
