@@ -2,8 +2,9 @@
 
 use crate::error::{Result, TrainerError};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp3, Layout, Tensor, Var};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
@@ -70,6 +71,8 @@ pub struct Adam {
     params: Vec<(String, Var)>,
     state: Vec<Option<Moments>>,
     step: usize,
+    /// The in-place CPU kernels; off only to test the composite (any-device) path on CPU.
+    fused: bool,
 }
 
 impl Adam {
@@ -82,6 +85,7 @@ impl Adam {
             params,
             state,
             step: 0,
+            fused: true,
         })
     }
 
@@ -158,6 +162,48 @@ impl Adam {
                     ),
                 ));
             }
+            if self.fused && p.device().is_cpu() && p.dtype() == candle_core::DType::F32 {
+                // Fused: three in-place passes, no temporaries (the composite form below
+                // allocates ~10 parameter-sized tensors per step).
+                let g = g.contiguous()?;
+                let Moments { m, v } = match st.take() {
+                    Some(mo) => mo,
+                    None => Moments {
+                        m: p.as_tensor().zeros_like()?,
+                        v: p.as_tensor().zeros_like()?,
+                    },
+                };
+                let wd = c.weight_decay as f32;
+                m.inplace_op3(
+                    &g,
+                    p.as_tensor(),
+                    &MomentUpdate {
+                        beta: c.beta1 as f32,
+                        wd,
+                        square: false,
+                    },
+                )?;
+                v.inplace_op3(
+                    &g,
+                    p.as_tensor(),
+                    &MomentUpdate {
+                        beta: c.beta2 as f32,
+                        wd,
+                        square: true,
+                    },
+                )?;
+                p.as_tensor().inplace_op3(
+                    &m,
+                    &v,
+                    &ParamUpdate {
+                        step_size: step_size as f32,
+                        bc2_sqrt: bc2_sqrt as f32,
+                        eps: c.eps as f32,
+                    },
+                )?;
+                *st = Some(Moments { m, v });
+                continue;
+            }
             let g = if c.weight_decay != 0.0 {
                 (g + (p.as_tensor() * c.weight_decay)?)?
             } else {
@@ -216,6 +262,112 @@ impl Adam {
     }
 }
 
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(TrainerError::shape("adam", "expects contiguous f32 tensors").into_candle()),
+    }
+}
+
+fn cpu_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => Err(TrainerError::shape("adam", "expects contiguous f32 tensors").into_candle()),
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+/// moment = beta * moment + (1 - beta) * h, h = g + wd * p (squared for the second moment).
+struct MomentUpdate {
+    beta: f32,
+    wd: f32,
+    square: bool,
+}
+
+impl InplaceOp3 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, g, p) = (
+            cpu_slice_mut(s1, l1)?,
+            cpu_slice(s2, l2)?,
+            cpu_slice(s3, l3)?,
+        );
+        if m.len() != g.len() || m.len() != p.len() {
+            return Err(
+                TrainerError::shape("adam", "moment, gradient and parameter sizes differ")
+                    .into_candle(),
+            );
+        }
+        let (b, one_b, wd, sq) = (self.beta, 1.0 - self.beta, self.wd, self.square);
+        m.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(p.par_chunks(CHUNK))
+            .for_each(|((m, g), p)| {
+                for ((m, &g), &p) in m.iter_mut().zip(g).zip(p) {
+                    let h = g + wd * p;
+                    *m = b * *m + one_b * if sq { h * h } else { h };
+                }
+            });
+        Ok(())
+    }
+}
+
+/// p -= step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps), as torch.optim.Adam.
+struct ParamUpdate {
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p, m, v) = (
+            cpu_slice_mut(s1, l1)?,
+            cpu_slice(s2, l2)?,
+            cpu_slice(s3, l3)?,
+        );
+        if p.len() != m.len() || p.len() != v.len() {
+            return Err(
+                TrainerError::shape("adam", "parameter and moment sizes differ").into_candle(),
+            );
+        }
+        let (ss, bc, eps) = (self.step_size, self.bc2_sqrt, self.eps);
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK))
+            .zip(v.par_chunks(CHUNK))
+            .for_each(|((p, m), v)| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p -= ss * m / (v.sqrt() / bc + eps);
+                }
+            });
+        Ok(())
+    }
+}
+
 pub(crate) fn poisoned() -> TrainerError {
     TrainerError::Config {
         field: "varmap",
@@ -262,6 +414,33 @@ mod tests {
             );
         }
         assert_eq!(opt.step_count(), 5);
+    }
+
+    #[test]
+    fn fused_and_composite_paths_agree() {
+        let t = fixture("adam.safetensors");
+        let run = |fused: bool| {
+            let w = Var::from_tensor(&t["w0"]).unwrap();
+            let cfg = AdamConfig {
+                lr: 0.05,
+                weight_decay: 0.1,
+                ..Default::default()
+            };
+            let mut opt = Adam::new(vec![("w".into(), w.clone())], cfg).unwrap();
+            opt.fused = fused;
+            for _ in 0..3 {
+                let loss = t["x"]
+                    .matmul(w.as_tensor())
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap();
+                opt.step(&loss.backward().unwrap()).unwrap();
+            }
+            w.as_tensor().copy().unwrap()
+        };
+        assert!(rel_err(&run(true), &run(false)) < 1e-6);
     }
 
     #[test]
