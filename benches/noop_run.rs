@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let files: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let total_mb: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(7);
@@ -32,7 +35,12 @@ fn main() {
         let path = sub.join(format!("f{i:05}.bin"));
         std::fs::write(&path, &buf).unwrap();
         // Data sets are old; a file written in the last 2 s is never memoized (racy-clean guard).
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
     }
     std::fs::write(
         dir.path().join("wf.yaml"),
@@ -42,15 +50,29 @@ fn main() {
     let wf = env!("CARGO_BIN_EXE_wf");
     let run = || {
         let t = Instant::now();
-        let out = Command::new(wf).args(["run", "wf.yaml"]).current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        (t.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(wf)
+            .args(["run", "wf.yaml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            t.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (first, _) = run();
     let mut times = Vec::new();
     for _ in 0..runs {
         let (t, err) = run();
-        assert!(err.contains("0 ran, 2 cached"), "no-op run executed something: {err}");
+        assert!(
+            err.contains("0 ran, 2 cached"),
+            "no-op run executed something: {err}"
+        );
         times.push(t);
     }
     times.sort_by(f64::total_cmp);
@@ -62,7 +84,10 @@ fn main() {
         cold.push(run().0);
     }
     cold.sort_by(f64::total_cmp);
-    println!("noop_run: {files} files, {} MiB declared in `files:`", per_file * files / (1024 * 1024));
+    println!(
+        "noop_run: {files} files, {} MiB declared in `files:`",
+        per_file * files / (1024 * 1024)
+    );
     println!("  first run (hash everything, run 2 steps): {first:.3} s");
     println!(
         "  no-op run, {runs} runs: median {:.3} s, min {:.3} s, max {:.3} s",

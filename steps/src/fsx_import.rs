@@ -205,7 +205,15 @@ mod tests {
             step: "s".into(),
         };
         let e = store
-            .commit(&st, &c.key(), &c, ArtifactType::Samples, producer, 1)
+            .commit(
+                &st,
+                &c.key(),
+                &c,
+                ArtifactType::Samples,
+                producer,
+                Vec::new(),
+                1,
+            )
             .unwrap();
         InputArtifact {
             ty: ArtifactType::Samples,
