@@ -65,6 +65,38 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Write deterministic synthetic BraTS-like data in the MSD Task01 layout.
+    Synth {
+        /// Output directory (dataset.json, imagesTr/, labelsTr/, imagesTs/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training cases.
+        #[arg(long)]
+        cases: usize,
+        /// Volume shape X,Y,Z.
+        #[arg(long, default_value = "240,240,155", value_parser = parse_shape)]
+        shape: [usize; 3],
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Test cases (images only).
+        #[arg(long, default_value_t = 0)]
+        test: usize,
+    },
+    /// Run one case through a transform chain; writes DIR/image.nii.gz and DIR/label.nii.gz.
+    Transform {
+        /// YAML file with a `transforms:` list (as in a sharded-transform step) and optional `labels:`.
+        #[arg(long)]
+        transforms: PathBuf,
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        label: Option<PathBuf>,
+        /// Workflow seed for the random transforms (copy 0 of the case).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Inspect and maintain a cache directory.
     Cache {
         #[command(subcommand)]
@@ -209,6 +241,28 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             Ok(EXIT_OK)
         }
         Command::Cache { command } => cache_command(command),
+        Command::Synth {
+            out,
+            cases,
+            shape,
+            seed,
+            test,
+        } => {
+            if cases == 0 {
+                return Err(Fail::invalid("error: --cases must be at least 1"));
+            }
+            let summary = wf_imaging::synth::generate(&out, cases, shape, seed, test)
+                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+            eprintln!("wrote {} cases to {}", summary.cases.len(), out.display());
+            Ok(EXIT_OK)
+        }
+        Command::Transform {
+            transforms,
+            image,
+            label,
+            seed,
+            out,
+        } => transform_one(&transforms, &image, label.as_deref(), seed, &out),
     }
 }
 
@@ -413,6 +467,122 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
             Ok(EXIT_OK)
         }
     }
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{s}`: {e}"))?;
+    match v.as_slice() {
+        [x, y, z] if *x > 0 && *y > 0 && *z > 0 => Ok([*x, *y, *z]),
+        _ => Err(format!("`{s}`: expected three positive sizes X,Y,Z")),
+    }
+}
+
+/// `wf transform`: the chain of a T.yaml over one case.
+fn transform_one(
+    spec: &Path,
+    image: &Path,
+    label: Option<&Path>,
+    seed: u64,
+    out: &Path,
+) -> Result<u8, Fail> {
+    use wf_engine::yaml;
+    let text = std::fs::read_to_string(spec)
+        .map_err(|e| Fail::invalid(format!("error: cannot read {}: {e}", spec.display())))?;
+    let mut diags = wf_engine::Diagnostics::new(spec);
+    let root = yaml::parse(&text, &mut diags);
+    let invalid = |diags: wf_engine::Diagnostics| {
+        Fail::invalid(format!(
+            "{}\nerror: {} is invalid",
+            wf_engine::DiagnosticList(diags.into_sorted()),
+            spec.display()
+        ))
+    };
+    let Some(root) = root else {
+        return Err(invalid(diags));
+    };
+    wf_engine::workflow::check_keys(
+        &root,
+        &["transforms", "labels"],
+        "the transforms file",
+        &mut diags,
+    );
+    let labels = match root.get("labels") {
+        None => "msd".to_string(),
+        Some(n) => match n.as_str() {
+            Some(s) if ["msd", "brats", "brats-monai"].contains(&s) => s.to_string(),
+            _ => {
+                diags.error(
+                    n.span,
+                    format!(
+                        "`labels` expects msd, brats or brats-monai, found {}",
+                        n.describe()
+                    ),
+                );
+                "msd".to_string()
+            }
+        },
+    };
+    let list = match root.get("transforms") {
+        Some(n) if n.as_seq().is_some() => n,
+        Some(n) => {
+            diags.error(
+                n.span,
+                format!("`transforms` expects a list, found {}", n.describe()),
+            );
+            return Err(invalid(diags));
+        }
+        None => {
+            diags.error(root.span, "missing `transforms:` list");
+            return Err(invalid(diags));
+        }
+    };
+    for item in list.as_seq().unwrap_or(&[]) {
+        if let Err(e) = serde_json::from_value::<wf_imaging::transforms::TransformSpec>(
+            wf_engine::params::to_json(item),
+        ) {
+            diags.error(item.span, e.to_string());
+        }
+    }
+    if !diags.is_empty() {
+        return Err(invalid(diags));
+    }
+    let chain =
+        wf_steps::sharded_transform::build_chain(&wf_engine::params::to_json(list), &labels)
+            .map_err(|e| Fail::invalid(format!("error: {}: {e}", spec.display())))?;
+    let name = image.file_name().and_then(|n| n.to_str()).unwrap_or("case");
+    let id = name
+        .trim_end_matches(".gz")
+        .trim_end_matches(".nii")
+        .to_string();
+    let src = wf_imaging::transforms::CaseSource {
+        id: id.clone(),
+        image: image.to_path_buf(),
+        label: label.map(Path::to_path_buf),
+    };
+    let data_err = |e: wf_imaging::ImagingError| Fail::invalid(format!("error: {e}"));
+    let case = chain.run_prefix(&src).map_err(data_err)?;
+    let mut rng = wf_imaging::Rng::for_sample(seed, &id, 0);
+    let (case, drawn) = chain.apply_suffix(case, &mut rng).map_err(data_err)?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {}: {e}", out.display())))?;
+    let label_out = out.join("label.nii.gz");
+    wf_imaging::transforms::write_case(
+        &case,
+        &out.join("image.nii.gz"),
+        case.label.as_ref().map(|_| label_out.as_path()),
+    )
+    .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+    eprintln!(
+        "{id}: shape {:?}, drawn {}; wrote {}",
+        case.image.shape,
+        serde_json::to_string(&drawn).unwrap_or_default(),
+        out.display()
+    );
+    Ok(EXIT_OK)
 }
 
 pub fn human_bytes(b: u64) -> String {

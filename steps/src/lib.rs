@@ -4,6 +4,7 @@
 pub mod command;
 pub mod fetch_dataset;
 pub mod fsx_import;
+pub mod sharded_transform;
 
 use wf_engine::Registry;
 
@@ -13,5 +14,6 @@ pub fn registry() -> Registry {
     r.register(command::Command);
     r.register(fetch_dataset::FetchDataset);
     r.register(fsx_import::FsxImport);
+    r.register(sharded_transform::ShardedTransform);
     r
 }

@@ -1,0 +1,427 @@
+//! The `sharded-transform` step: Dataset → Samples through the MONAI transform chain (wf-imaging).
+//!
+//! The chain splits at its first random transform. The deterministic prefix is computed once per case
+//! and cached by content (`derived/sharded-transform/prefix/`, keyed by the step version, the prefix's
+//! canonical JSON and the digests of the case's image and label from the Dataset's manifest), so adding
+//! a case to a data set processes only that case and changing a training parameter processes nothing.
+//! `copies_per_case: N` materializes N random augmentations per case, each cached by (prefix key,
+//! suffix, workflow seed, case id, copy) in `derived/sharded-transform/samples/`, so changing the seed
+//! recomputes only the random part. Per-sample seeds come from `wf_imaging::sample_seed(seed, case,
+//! copy)`: results do not depend on `shards` or thread scheduling, which is why `shards` is outside the
+//! key. `copies_per_case: 0` stores the prefix only and records the suffix in `index.json` for the
+//! trainer's loader to apply online.
+//!
+//! Output layout (`wf-samples-v1`): `index.json` and `cases/<case id>/<copy>.wfs` (or `prefix.wfs`).
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use wf_engine::params::{ParamType, to_json};
+use wf_engine::{
+    ArtifactType, CheckContext, Diagnostics, FileDigest, ParamSpec, Params, RemoteTask, RunContext,
+    Slots, Step, StepError,
+};
+use wf_imaging::sample::{PREFIX_COPY, Sample, SampleFile, write_sample};
+use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, LabelConvention, TransformSpec};
+use wf_imaging::{Rng, sample_seed};
+
+pub struct ShardedTransform;
+
+pub const SAMPLES_FORMAT: &str = "wf-samples-v1";
+const VERSION: u32 = 1;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required(
+        "transforms",
+        ParamType::Any,
+        "the transform chain: a list of names or one-key maps",
+    ),
+    ParamSpec::optional(
+        "labels",
+        ParamType::Enum(&["msd", "brats", "brats-monai"]),
+        "\"msd\"",
+        "label convention of convert-labels: msd (1 edema, 2 non-enhancing, 3 enhancing) or brats (1, 2, 4)",
+    ),
+    ParamSpec::optional(
+        "copies_per_case",
+        ParamType::int_min(0),
+        "1",
+        "random augmentations stored per case; 0 = augment online in the loader",
+    ),
+    ParamSpec::optional(
+        "shards",
+        ParamType::int_min(0),
+        "0",
+        "parallel workers (0 = all cores); instances in the cloud",
+    )
+    .not_in_key(),
+    ParamSpec::optional(
+        "on_bad_case",
+        ParamType::Enum(&["fail", "skip"]),
+        "\"fail\"",
+        "what a bad case does: fail the step, or skip it with a warning",
+    ),
+];
+
+#[derive(Debug, Deserialize)]
+struct TransformParams {
+    transforms: Json,
+    labels: String,
+    copies_per_case: u32,
+    shards: usize,
+    on_bad_case: String,
+}
+
+/// Builds the chain from params: the step's `labels:` applies to every `convert-labels` that does not
+/// name its own convention.
+fn chain(params: &Params) -> Result<Chain, String> {
+    let p: TransformParams = params.decode().map_err(|e| e.to_string())?;
+    build_chain(&p.transforms, &p.labels)
+}
+
+/// A chain from the YAML list of transforms (as JSON) and a label convention name (`wf transform`
+/// uses this too, so the command line and the step build chains the same way).
+pub fn build_chain(transforms: &Json, labels: &str) -> Result<Chain, String> {
+    let convention: LabelConvention = serde_json::from_value(Json::String(labels.to_string()))
+        .map_err(|e| format!("labels: {e}"))?;
+    let items = transforms.as_array().ok_or("`transforms` must be a list")?;
+    let mut specs = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let mut spec: TransformSpec =
+            serde_json::from_value(item.clone()).map_err(|e| format!("transforms[{i}]: {e}"))?;
+        let explicit = item
+            .get("convert-labels")
+            .and_then(|v| v.get("labels"))
+            .is_some();
+        if let (TransformSpec::ConvertLabels(c), false) = (&mut spec, explicit) {
+            c.labels = convention;
+        }
+        specs.push(spec);
+    }
+    if !matches!(specs.first(), Some(TransformSpec::Load(_))) {
+        return Err("the chain must start with `load`".into());
+    }
+    Chain::new(specs).map_err(|e| e.to_string())
+}
+
+impl Step for ShardedTransform {
+    fn kind(&self) -> &'static str {
+        "sharded-transform"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn summary(&self) -> &'static str {
+        "preprocess every case of a data set through the MONAI transform chain, cached per case"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> Slots {
+        Slots::Fixed(&[("dataset", ArtifactType::Dataset)])
+    }
+    fn output(&self, _params: &Params) -> ArtifactType {
+        ArtifactType::Samples
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+
+    fn check(&self, params: &Params, cx: &CheckContext<'_>, diags: &mut Diagnostics) {
+        let Some(node) = params.node("transforms") else {
+            return;
+        };
+        let Some(items) = node.as_seq() else {
+            diags.error(
+                node.span,
+                format!(
+                    "step `{}`: `transforms` expects a list of transforms, found {}",
+                    cx.step_id,
+                    node.describe()
+                ),
+            );
+            return;
+        };
+        let mut ok = true;
+        for item in items {
+            if let Err(e) = serde_json::from_value::<TransformSpec>(to_json(item)) {
+                diags.error(item.span, format!("step `{}`: {e}", cx.step_id));
+                ok = false;
+            }
+        }
+        if ok {
+            if let Err(e) = chain(params) {
+                diags.error(node.span, format!("step `{}`: {e}", cx.step_id));
+            }
+        }
+    }
+
+    fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
+        let p: TransformParams = cx
+            .params
+            .decode()
+            .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
+        let chain = chain(cx.params).map_err(StepError::new)?;
+        let input = cx
+            .inputs
+            .get("dataset")
+            .ok_or_else(|| StepError::new("missing input `dataset`"))?;
+        let manifest = cx
+            .store
+            .manifest(&input.digest)
+            .map_err(|e| StepError::new(e.to_string()))?;
+        let digest_of = |rel: &str| {
+            manifest
+                .entries
+                .iter()
+                .find(|e| e.path == rel)
+                .map(|e| e.digest)
+        };
+        let cases = read_cases(&input.path)?;
+        let prefix_json = serde_json::to_string(chain.prefix()).expect("specs serialize");
+        let suffix_json = serde_json::to_string(chain.suffix()).expect("specs serialize");
+        let derived = cx.store.derived_dir("sharded-transform");
+        let skip = p.on_bad_case == "skip";
+        let workers =
+            if p.shards == 0 { cx.threads } else { p.shards }.clamp(1, cases.len().max(1));
+
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<Vec<String>, String>>>> =
+            cases.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= cases.len() || cx.cancel.is_cancelled() {
+                            break;
+                        }
+                        let (src, image_rel, label_rel) = &cases[i];
+                        let r = (|| {
+                            let image_digest = digest_of(image_rel).ok_or(format!(
+                                "{image_rel} is listed in dataset.json but missing"
+                            ))?;
+                            let label_digest =
+                                match label_rel {
+                                    Some(l) => Some(digest_of(l).ok_or(format!(
+                                        "{l} is listed in dataset.json but missing"
+                                    ))?),
+                                    None => None,
+                                };
+                            let job = CaseJob {
+                                chain: &chain,
+                                prefix_json: &prefix_json,
+                                suffix_json: &suffix_json,
+                                derived: &derived,
+                                seed: cx.seed,
+                                copies: p.copies_per_case,
+                            };
+                            job.process(src, image_digest, label_digest, cx.out_dir)
+                        })();
+                        *results[i].lock().expect("no panics") = Some(r);
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        cx.progress.advance(n as u64, cases.len() as u64);
+                    }
+                });
+            }
+        });
+        if cx.cancel.is_cancelled() {
+            return Err(StepError::new("interrupted"));
+        }
+
+        let mut index_cases = Vec::new();
+        let mut skipped = Vec::new();
+        for ((src, _, _), r) in cases.iter().zip(results) {
+            match r
+                .into_inner()
+                .expect("no panics")
+                .expect("every case processed")
+            {
+                Ok(files) => index_cases.push(json!({ "id": src.id, "files": files })),
+                Err(e) if skip => {
+                    cx.progress.warn(&format!("skipped case {}: {e}", src.id));
+                    skipped.push(json!({ "id": src.id, "error": e }));
+                }
+                Err(e) => {
+                    return Err(StepError::new(format!("case {}: {e}", src.id))
+                        .with_hint("set `on_bad_case: skip` to leave bad cases out"));
+                }
+            }
+        }
+        if index_cases.is_empty() {
+            return Err(StepError::new("no case could be processed"));
+        }
+        let index = json!({
+            "format": SAMPLES_FORMAT,
+            "transforms": serde_json::to_value(chain.specs()).expect("specs serialize"),
+            "prefix_len": chain.prefix().len(),
+            "labels": p.labels,
+            "seed": cx.seed,
+            "copies_per_case": p.copies_per_case,
+            "cases": index_cases,
+            "skipped": skipped,
+        });
+        std::fs::write(
+            cx.out_dir.join("index.json"),
+            serde_json::to_string_pretty(&index).expect("json"),
+        )?;
+        Ok(())
+    }
+
+    fn remote(&self, params: &Params) -> RemoteTask {
+        let shards = params
+            .get("shards")
+            .and_then(Json::as_u64)
+            .unwrap_or(1)
+            .max(1);
+        RemoteTask::Processing {
+            instances: shards as u32,
+            sharded_input: true,
+        }
+    }
+}
+
+trait WithHint {
+    fn with_hint(self, hint: &str) -> StepError;
+}
+impl WithHint for StepError {
+    fn with_hint(mut self, hint: &str) -> StepError {
+        self.detail = Some(hint.to_string());
+        self
+    }
+}
+
+struct CaseJob<'a> {
+    chain: &'a Chain,
+    prefix_json: &'a str,
+    suffix_json: &'a str,
+    derived: &'a Path,
+    seed: u64,
+    copies: u32,
+}
+
+fn key(text: &str) -> String {
+    FileDigest::of_bytes(text.as_bytes()).to_hex()
+}
+
+/// Where a derived file lives; its directory is created so it can be written.
+fn cached_path(root: &Path, kind: &str, key: &str) -> Result<PathBuf, String> {
+    let dir = root.join(kind).join(&key[..2]);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir.join(format!("{key}.wfs")))
+}
+
+/// Links a cached file into the output (copying where a link is impossible).
+fn link(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to.parent().expect("has parent")).map_err(|e| e.to_string())?;
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(|e| format!("{}: {e}", from.display()))?;
+    }
+    // Reuse refreshes the file's age for `wf cache gc --older-than` (best effort).
+    if let Ok(f) = std::fs::File::options().write(true).open(from) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+    Ok(())
+}
+
+impl CaseJob<'_> {
+    /// Produces the case's files in `out` (from the derived cache when possible); returns their
+    /// paths relative to `out`.
+    fn process(
+        &self,
+        src: &CaseSource,
+        image: FileDigest,
+        label: Option<FileDigest>,
+        out: &Path,
+    ) -> Result<Vec<String>, String> {
+        let label_hex = label.map(|d| d.to_hex()).unwrap_or_else(|| "-".into());
+        let pkey = key(&format!(
+            "wf-prefix-v{VERSION}\n{}\n{image}\n{label_hex}",
+            self.prefix_json
+        ));
+        let ppath = cached_path(self.derived, "prefix", &pkey)?;
+        if !ppath.exists() {
+            let case = self.chain.run_prefix(src).map_err(|e| e.to_string())?;
+            let sample = Sample::from_case(&case, PREFIX_COPY, 0, DrawnParams::default())
+                .map_err(|e| e.to_string())?;
+            write_sample(&ppath, &sample).map_err(|e| e.to_string())?;
+        }
+        let dir = format!("cases/{}", src.id);
+        if self.copies == 0 {
+            let rel = format!("{dir}/prefix.wfs");
+            link(&ppath, &out.join(&rel))?;
+            return Ok(vec![rel]);
+        }
+        let mut prefix_case = None;
+        let mut files = Vec::with_capacity(self.copies as usize);
+        for copy in 0..self.copies {
+            let skey = key(&format!(
+                "wf-sample-v{VERSION}\n{pkey}\n{}\n{}\n{}\n{copy}",
+                self.suffix_json, self.seed, src.id
+            ));
+            let spath = cached_path(self.derived, "samples", &skey)?;
+            if !spath.exists() {
+                if prefix_case.is_none() {
+                    prefix_case = Some(
+                        SampleFile::open(&ppath)
+                            .map_err(|e| e.to_string())?
+                            .to_case(),
+                    );
+                }
+                let case = prefix_case.clone().expect("loaded");
+                let mut rng = Rng::for_sample(self.seed, &src.id, copy);
+                let (case, drawn) = self
+                    .chain
+                    .apply_suffix(case, &mut rng)
+                    .map_err(|e| e.to_string())?;
+                let sample =
+                    Sample::from_case(&case, copy, sample_seed(self.seed, &src.id, copy), drawn)
+                        .map_err(|e| e.to_string())?;
+                write_sample(&spath, &sample).map_err(|e| e.to_string())?;
+            }
+            let rel = format!("{dir}/{copy}.wfs");
+            link(&spath, &out.join(&rel))?;
+            files.push(rel);
+        }
+        Ok(files)
+    }
+}
+
+/// The training cases of an MSD data set: (source, image path, label path) relative to the root.
+fn read_cases(root: &Path) -> Result<Vec<(CaseSource, String, Option<String>)>, StepError> {
+    let path = root.join("dataset.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    let v: Json =
+        serde_json::from_str(&text).map_err(|e| StepError::new(format!("dataset.json: {e}")))?;
+    let items = v["training"]
+        .as_array()
+        .ok_or_else(|| StepError::new("dataset.json has no `training` list"))?;
+    let clean = |s: &str| s.trim_start_matches("./").to_string();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let image = item["image"]
+            .as_str()
+            .ok_or_else(|| StepError::new(format!("dataset.json: training[{i}] has no `image`")))?;
+        let image = clean(image);
+        let label = item["label"].as_str().map(clean);
+        let name = Path::new(&image)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(&image);
+        let id = name
+            .trim_end_matches(".gz")
+            .trim_end_matches(".nii")
+            .to_string();
+        let src = CaseSource {
+            id,
+            image: root.join(&image),
+            label: label.as_ref().map(|l| root.join(l)),
+        };
+        out.push((src, image, label));
+    }
+    Ok(out)
+}
