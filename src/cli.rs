@@ -368,23 +368,25 @@ fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> Result<u8, F
 }
 
 fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
+    // An existing cache directory: these commands inspect caches, they never create one.
     let resolve = |args: &CacheArgs| -> Result<PathBuf, Fail> {
         let wf = args.workflow.as_deref().map(load).transpose()?;
-        cache_dir(wf.as_ref(), args.cache.as_deref())
+        let dir = cache_dir(wf.as_ref(), args.cache.as_deref())?;
+        if !dir.is_dir() {
+            return Err(Fail::invalid(format!(
+                "error: no cache at {}",
+                dir.display()
+            )));
+        }
+        Ok(dir)
     };
+    let open = |dir: &Path| Store::open(dir).map_err(|e| Fail::invalid(format!("error: {e}")));
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     match command {
         CacheCommand::Ls(args) => {
-            let dir = resolve(&args)?;
-            if !dir.is_dir() {
-                return Err(Fail::invalid(format!(
-                    "error: no cache at {}",
-                    dir.display()
-                )));
-            }
-            let store = Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))?;
+            let store = open(&resolve(&args)?)?;
             let mut total = 0u64;
             let entries = store.entries();
             for (path, entry) in &entries {
@@ -414,14 +416,7 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
             Ok(EXIT_OK)
         }
         CacheCommand::Verify { args, repair } => {
-            let dir = resolve(&args)?;
-            if !dir.is_dir() {
-                return Err(Fail::invalid(format!(
-                    "error: no cache at {}",
-                    dir.display()
-                )));
-            }
-            let store = Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))?;
+            let store = open(&resolve(&args)?)?;
             let report = store
                 .verify(repair, threads)
                 .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
@@ -447,12 +442,6 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
         }
         CacheCommand::Gc { args, older_than } => {
             let dir = resolve(&args)?;
-            if !dir.is_dir() {
-                return Err(Fail::invalid(format!(
-                    "error: no cache at {}",
-                    dir.display()
-                )));
-            }
             let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
                 .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
             eprintln!(
