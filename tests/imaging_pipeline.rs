@@ -156,6 +156,18 @@ fn preprocessing_caches_per_case_and_per_seed() {
     assert_eq!(s.copy(), 1);
     assert_eq!(s.shape(), [4, 24, 24, 12]);
 
+    // Samples recomputed from the prefix read back from disk equal those made from the prefix in memory.
+    std::fs::remove_dir_all(derived.join("samples")).unwrap();
+    let again = json(&wf(
+        dir,
+        &["run", "wf.yaml", "--json", "--force", "preprocess"],
+    ));
+    assert_eq!(status_of(&again, "preprocess"), "ran");
+    assert_eq!(
+        output_digest(&again, "preprocess"),
+        output_digest(&v, "preprocess")
+    );
+
     // One more case: one more prefix and two more samples; the other cases come from the cache.
     workflow(dir, 0, &synth(4), "");
     assert!(wf(dir, &["run", "wf.yaml"]).status.success());

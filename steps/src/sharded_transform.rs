@@ -343,11 +343,14 @@ impl CaseJob<'_> {
             self.prefix_json
         ));
         let ppath = cached_path(self.derived, "prefix", &pkey)?;
+        // A prefix computed now stays in memory for the copies instead of being read back.
+        let mut prefix_case = None;
         if !ppath.exists() {
             let case = self.chain.run_prefix(src).map_err(|e| e.to_string())?;
             let sample = Sample::from_case(&case, PREFIX_COPY, 0, DrawnParams::default())
                 .map_err(|e| e.to_string())?;
             write_sample(&ppath, &sample).map_err(|e| e.to_string())?;
+            prefix_case = Some(case);
         }
         let dir = format!("cases/{}", src.id);
         if self.copies == 0 {
@@ -355,7 +358,6 @@ impl CaseJob<'_> {
             link(&ppath, &out.join(&rel))?;
             return Ok(vec![rel]);
         }
-        let mut prefix_case = None;
         let mut files = Vec::with_capacity(self.copies as usize);
         for copy in 0..self.copies {
             let skey = key(&format!(
