@@ -77,10 +77,10 @@ impl Memo {
         let stamp = Stamp::of(meta);
         {
             let guard = self.entries.lock().expect("memo lock");
-            if let Some((s, d)) = guard.0.get(path) {
-                if *s == stamp {
-                    return Ok(*d);
-                }
+            if let Some((s, d)) = guard.0.get(path)
+                && *s == stamp
+            {
+                return Ok(*d);
             }
         }
         let digest = hash_file(path)?;

@@ -677,11 +677,10 @@ fn remove_older(dir: &Path, limit: Duration) -> usize {
                 if m.modified()
                     .ok()
                     .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > limit) =>
+                    .is_some_and(|age| age > limit)
+                    && fs::remove_file(&path).is_ok() =>
             {
-                if fs::remove_file(&path).is_ok() {
-                    n += 1;
-                }
+                n += 1;
             }
             _ => {}
         }
@@ -717,10 +716,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Stor
     }
     drop(f);
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    if durable {
-        if let Ok(d) = File::open(parent) {
-            let _ = d.sync_all();
-        }
+    if durable && let Ok(d) = File::open(parent) {
+        let _ = d.sync_all();
     }
     Ok(())
 }
@@ -731,12 +728,12 @@ pub fn remove_tree(path: &Path) {
         return;
     }
     fn unlock(p: &Path) {
-        if let Ok(meta) = fs::symlink_metadata(p) {
-            if meta.is_dir() {
-                let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o755));
-                for e in fs::read_dir(p).into_iter().flatten().flatten() {
-                    unlock(&e.path());
-                }
+        if let Ok(meta) = fs::symlink_metadata(p)
+            && meta.is_dir()
+        {
+            let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o755));
+            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+                unlock(&e.path());
             }
         }
     }

@@ -207,13 +207,13 @@ fn validate(
             }
         },
     };
-    if let Some(d) = root.get("description") {
-        if d.as_str().is_none() {
-            diags.error(
-                d.span,
-                format!("`description` expects a string, found {}", d.describe()),
-            );
-        }
+    if let Some(d) = root.get("description")
+        && d.as_str().is_none()
+    {
+        diags.error(
+            d.span,
+            format!("`description` expects a string, found {}", d.describe()),
+        );
     }
     let seed = match root.get("seed") {
         None => 0,
@@ -327,15 +327,14 @@ fn validate(
             let (Some(step), Some(produced)) = (&r.step, outputs[p]) else {
                 continue;
             };
-            if let Slots::Fixed(slots) = step.inputs() {
-                if let Some((_, want)) = slots.iter().find(|(s, _)| s == slot) {
-                    if *want != produced {
-                        diags.error(
+            if let Slots::Fixed(slots) = step.inputs()
+                && let Some((_, want)) = slots.iter().find(|(s, _)| s == slot)
+                && *want != produced
+            {
+                diags.error(
                             *span,
                             format!("{}.inputs.{slot} expects {want}, but step `{producer}` produces {produced}", r.id),
                         );
-                    }
-                }
             }
         }
     }

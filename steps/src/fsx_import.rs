@@ -60,13 +60,14 @@ impl Step for FsxImport {
     }
 
     fn check(&self, params: &Params, cx: &CheckContext<'_>, diags: &mut Diagnostics) {
-        if let Some(dir) = params.get("stage_dir").and_then(|v| v.as_str()) {
-            if !dir.is_empty() && !Path::new(dir).is_absolute() {
-                diags.error(
+        if let Some(dir) = params.get("stage_dir").and_then(|v| v.as_str())
+            && !dir.is_empty()
+            && !Path::new(dir).is_absolute()
+        {
+            diags.error(
                     params.span_of("stage_dir"),
                     format!("step `{}`: `stage_dir` must be an absolute path (a fast local disk), found `{dir}`", cx.step_id),
                 );
-            }
         }
     }
 

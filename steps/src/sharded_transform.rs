@@ -151,10 +151,8 @@ impl Step for ShardedTransform {
                 ok = false;
             }
         }
-        if ok {
-            if let Err(e) = chain(params) {
-                diags.error(node.span, format!("step `{}`: {e}", cx.step_id));
-            }
+        if ok && let Err(e) = chain(params) {
+            diags.error(node.span, format!("step `{}`: {e}", cx.step_id));
         }
     }
 
