@@ -37,6 +37,9 @@ pub enum TrainerError {
         detail: String,
     },
 
+    #[error("samples {path}: {detail}")]
+    Samples { path: PathBuf, detail: String },
+
     #[error("data parallel: {detail}")]
     Ddp { detail: String },
 

@@ -6,6 +6,7 @@ pub mod ddp;
 pub mod error;
 pub mod export;
 pub mod infer;
+pub mod loader;
 pub mod loss;
 pub mod ops;
 pub mod optim;
