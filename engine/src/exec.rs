@@ -143,7 +143,20 @@ fn hash_local(
     memo: &Memo,
     out: &mut BTreeMap<String, FileDigest>,
 ) -> Result<(), StepError> {
-    let rel = rel.trim_end_matches('/');
+    hash_local_at(dir, rel.trim_end_matches('/'), memo, out, 0)
+}
+
+/// Directories nested deeper than this below a declared path are refused: with links followed, a
+/// link cycle would otherwise recurse forever.
+const MAX_DEPTH: usize = 64;
+
+fn hash_local_at(
+    dir: &Path,
+    rel: &str,
+    memo: &Memo,
+    out: &mut BTreeMap<String, FileDigest>,
+    depth: usize,
+) -> Result<(), StepError> {
     let path = dir.join(rel);
     let meta = std::fs::metadata(&path)
         .map_err(|e| StepError::new(format!("declared file `{rel}` ({}): {e}", path.display())))?;
@@ -153,13 +166,29 @@ fn hash_local(
             .map_err(|e| StepError::new(format!("reading `{rel}`: {e}")))?;
         out.insert(rel.to_string(), d);
     } else if meta.is_dir() {
-        let mut names: Vec<_> = std::fs::read_dir(&path)
+        if depth >= MAX_DEPTH {
+            return Err(StepError::new(format!(
+                "declared directory `{rel}` nests deeper than {MAX_DEPTH} levels (a symbolic link cycle?)"
+            )));
+        }
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&path)
             .map_err(|e| StepError::new(format!("reading directory `{rel}`: {e}")))?
-            .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
-            .collect();
+        {
+            let entry =
+                entry.map_err(|e| StepError::new(format!("reading directory `{rel}`: {e}")))?;
+            // A name that is not UTF-8 cannot be written into the key: refuse rather than skip it.
+            let name = entry.file_name().into_string().map_err(|n| {
+                StepError::new(format!(
+                    "`{rel}/{}`: file names in declared files must be UTF-8",
+                    n.to_string_lossy()
+                ))
+            })?;
+            names.push(name);
+        }
         names.sort();
         for name in names {
-            hash_local(dir, &format!("{rel}/{name}"), memo, out)?;
+            hash_local_at(dir, &format!("{rel}/{name}"), memo, out, depth + 1)?;
         }
     }
     Ok(())
@@ -611,5 +640,26 @@ fn run_one(
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_cycle_in_declared_files_is_an_error_not_a_crash() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("data")).unwrap();
+        std::fs::write(t.path().join("data/a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("..", t.path().join("data/loop")).unwrap();
+        let memo = Memo::load(&t.path().join("memo"));
+        let mut out = BTreeMap::new();
+        let err = hash_local(t.path(), "data/", &memo, &mut out).unwrap_err();
+        assert!(
+            err.message.contains("nests deeper than 64"),
+            "{}",
+            err.message
+        );
     }
 }
