@@ -140,37 +140,12 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::{TrainConfig, VecSource, train};
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     #[test]
     fn exports_the_best_epoch_with_monai_names() {
         let dir = tempfile::tempdir().unwrap();
-        let samples: Vec<(Tensor, Tensor)> = (0..2)
-            .map(|i| {
-                let x = crate::testutil::randn(i, &[4, 8, 8, 8]);
-                let y = x
-                    .narrow(0, 0, 3)
-                    .unwrap()
-                    .gt(0.0)
-                    .unwrap()
-                    .to_dtype(candle_core::DType::F32)
-                    .unwrap();
-                (x, y)
-            })
-            .collect();
-        let cfg = TrainConfig {
-            unet: UNetConfig {
-                channels: vec![2, 4, 8],
-                strides: vec![2, 2],
-                ..UNetConfig::brats()
-            },
-            epochs: 2,
-            ..Default::default()
-        };
-        let mut tr = VecSource::new(samples.clone(), 2, None).unwrap();
-        let mut va = VecSource::new(samples, 2, None).unwrap();
-        let s = train(&cfg, dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap();
+        let s = crate::testutil::train_tiny(dir.path(), 2);
         let out = dir.path().join("export");
         let e = export(dir.path(), &out, "synthetic").unwrap();
         assert_eq!(Some(e.epoch), s.best_epoch);

@@ -265,37 +265,17 @@ mod tests {
 
     #[test]
     fn predicts_region_bits_from_an_export() {
-        use crate::train::{TrainConfig, VecSource, train};
         let dir = tempfile::tempdir().unwrap();
-        let samples: Vec<(Tensor, Tensor)> = (0..2)
-            .map(|i| {
-                let x = crate::testutil::randn(i, &[4, 8, 8, 8]);
-                let y = x
-                    .narrow(0, 0, 3)
-                    .unwrap()
-                    .gt(0.0)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap();
-                (x, y)
-            })
-            .collect();
-        let cfg = TrainConfig {
-            unet: UNetConfig {
-                channels: vec![2, 4, 8],
-                strides: vec![2, 2],
-                ..UNetConfig::brats()
-            },
-            epochs: 1,
-            ..Default::default()
-        };
-        let mut tr = VecSource::new(samples.clone(), 2, None).unwrap();
-        let mut va = VecSource::new(samples, 2, None).unwrap();
-        train(&cfg, dir.path(), &mut tr, &mut va, &mut |_| {}).unwrap();
+        crate::testutil::train_tiny(dir.path(), 1);
         let out = dir.path().join("export");
         crate::export::export(dir.path(), &out, "test").unwrap();
         let p = Predictor::from_export(&out).unwrap();
-        assert_eq!(p.config(), &cfg.unet);
+        let tiny = crate::unet::UNetConfig {
+            channels: vec![2, 4, 8],
+            strides: vec![2, 2],
+            ..crate::unet::UNetConfig::brats()
+        };
+        assert_eq!(p.config(), &tiny);
         let image = crate::testutil::randn(9, &[4, 12, 8, 5]);
         let r = p.regions(&image, [8, 8, 4], 0.25, 2).unwrap();
         assert_eq!(r.len(), 12 * 8 * 5);

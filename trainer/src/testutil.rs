@@ -55,3 +55,35 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
         / scale
 }
+
+/// Trains a narrow UNet (channels 2, 4, 8) for `epochs` on two random 4x8x8x8 samples whose labels are
+/// their first three channels > 0, writing checkpoints into `dir`: the setup of export and inference tests.
+pub fn train_tiny(dir: &std::path::Path, epochs: usize) -> crate::train::TrainSummary {
+    use crate::train::{TrainConfig, VecSource, train};
+    use crate::unet::UNetConfig;
+    let samples: Vec<(Tensor, Tensor)> = (0..2)
+        .map(|i| {
+            let x = randn(i, &[4, 8, 8, 8]);
+            let y = x
+                .narrow(0, 0, 3)
+                .unwrap()
+                .gt(0.0)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap();
+            (x, y)
+        })
+        .collect();
+    let cfg = TrainConfig {
+        unet: UNetConfig {
+            channels: vec![2, 4, 8],
+            strides: vec![2, 2],
+            ..UNetConfig::brats()
+        },
+        epochs,
+        ..Default::default()
+    };
+    let mut tr = VecSource::new(samples.clone(), 2, None).unwrap();
+    let mut va = VecSource::new(samples, 2, None).unwrap();
+    train(&cfg, dir, &mut tr, &mut va, &mut |_| {}).unwrap()
+}
