@@ -137,6 +137,29 @@ impl Params {
         }
     }
 
+    /// Params as validation makes them, without a YAML file: the schema's defaults filled in, then
+    /// `values` on top (tests and workers).
+    pub fn with_defaults(specs: &[ParamSpec], values: BTreeMap<String, Json>) -> Self {
+        let mut all: BTreeMap<String, Json> = specs
+            .iter()
+            .filter_map(|s| {
+                let default =
+                    serde_json::from_str(s.default?).expect("param defaults are valid JSON");
+                Some((s.name.to_string(), default))
+            })
+            .collect();
+        all.extend(values);
+        Params {
+            values: all,
+            not_in_key: specs
+                .iter()
+                .filter(|s| !s.in_key)
+                .map(|s| s.name.to_string())
+                .collect(),
+            ..Params::default()
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Json> {
         self.values.get(name)
     }

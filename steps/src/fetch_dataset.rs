@@ -1277,19 +1277,13 @@ mod tests {
 
     /// Params as the engine makes them: defaults filled in.
     pub(super) fn params(values: &[(&str, Json)]) -> Params {
-        let mut m: BTreeMap<String, Json> = PARAMS
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    s.name.to_string(),
-                    serde_json::from_str(s.default?).unwrap(),
-                ))
-            })
-            .collect();
-        for (k, v) in values {
-            m.insert(k.to_string(), v.clone());
-        }
-        Params::from_values(m)
+        Params::with_defaults(
+            PARAMS,
+            values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
     }
 
     struct Ran {

@@ -192,20 +192,13 @@ fn handle(
 
 /// Params as the engine makes them: defaults filled in.
 fn params(values: &[(&str, Json)]) -> Params {
-    let mut m: BTreeMap<String, Json> = FetchDataset
-        .params()
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.name.to_string(),
-                serde_json::from_str(s.default?).unwrap(),
-            ))
-        })
-        .collect();
-    for (k, v) in values {
-        m.insert(k.to_string(), v.clone());
-    }
-    Params::from_values(m)
+    Params::with_defaults(
+        FetchDataset.params(),
+        values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
 }
 
 /// Runs the step once against `store`; checks the output on success.
