@@ -6,6 +6,7 @@
 //! `wf-steps` and reach the engine through the `Step` trait and one `Registry`.
 
 pub mod artifact;
+pub mod asl;
 pub mod diag;
 pub mod digest;
 pub mod exec;
