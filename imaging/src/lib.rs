@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod nifti;
+pub mod resample;
 pub mod rng;
 pub mod sample;
 pub mod synth;

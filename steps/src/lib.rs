@@ -2,9 +2,11 @@
 //! its params, its output artifact, the `Step` impl, and its tests.
 
 pub mod command;
+pub mod export_checkpoint;
 pub mod fetch_dataset;
 pub mod fsx_import;
 pub mod sharded_transform;
+pub mod train_unet;
 
 use wf_engine::Registry;
 
@@ -15,5 +17,7 @@ pub fn registry() -> Registry {
     r.register(fetch_dataset::FetchDataset);
     r.register(fsx_import::FsxImport);
     r.register(sharded_transform::ShardedTransform);
+    r.register(train_unet::TrainUnet);
+    r.register(export_checkpoint::ExportCheckpoint);
     r
 }

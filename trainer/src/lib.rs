@@ -13,6 +13,8 @@ pub mod optim;
 pub mod train;
 pub mod unet;
 
+/// The device type callers pass to the loader and trainer (so they need not depend on candle).
+pub use candle_core::Device;
 pub use error::{Result, TrainerError};
 
 #[cfg(test)]

@@ -1,0 +1,83 @@
+//! The `export-checkpoint` step: Model → Export. Publishes the epoch with the best validation mean
+//! Dice as `model.safetensors` (MONAI `state_dict` names and shapes, loadable with
+//! `UNet(...).load_state_dict(safetensors.torch.load_file(p), strict=True)`), with `config.json`
+//! (the MONAI constructor arguments), `metrics.json` (best epoch's Dice as `val_mean_dice`, TC, WT,
+//! ET, and the whole history), a model card `README.md`, and `preprocessing.json` (the chain
+//! `wf predict` replays on new images).
+
+use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
+use wf_engine::{ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError};
+
+pub struct ExportCheckpoint;
+
+impl Step for ExportCheckpoint {
+    fn kind(&self) -> &'static str {
+        "export-checkpoint"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "publish the best checkpoint as MONAI-loadable safetensors with config, metrics and a model card"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        &[]
+    }
+    fn inputs(&self) -> Slots {
+        Slots::Fixed(&[("model", ArtifactType::Model)])
+    }
+    fn output(&self, _params: &Params) -> ArtifactType {
+        ArtifactType::Export
+    }
+
+    fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
+        let input = cx
+            .inputs
+            .get("model")
+            .ok_or_else(|| StepError::new("missing input `model`"))?;
+        let train: serde_json::Value = std::fs::read(input.path.join(TRAIN_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let split = &train["split"];
+        let data = match (
+            split["train_cases"].as_array(),
+            split["val_cases"].as_array(),
+        ) {
+            (Some(t), Some(v)) => format!(
+                "{} training cases ({} samples), {} validation cases, samples artifact {}",
+                t.len(),
+                split["train_samples"],
+                v.len(),
+                train["samples"].as_str().unwrap_or("?")
+            ),
+            _ => "unknown (no train.json in the model)".to_string(),
+        };
+        let exported = wf_trainer::export::export(&input.path, cx.out_dir, &data)
+            .map_err(|e| StepError::new(e.to_string()))?;
+        let pre = input.path.join(PREPROCESSING_FILE);
+        if pre.is_file() {
+            std::fs::copy(&pre, cx.out_dir.join(PREPROCESSING_FILE))
+                .map_err(|e| StepError::new(format!("{}: {e}", pre.display())))?;
+        }
+        let dice = exported.val_mean_dice.map_or_else(
+            || "no validation".to_string(),
+            |d| format!("val mean Dice {d:.4}"),
+        );
+        cx.progress
+            .message(&format!("exported epoch {} ({dice})", exported.epoch));
+        if exported.val_mean_dice.is_none() {
+            cx.progress.warn(
+                "the model has no validation metrics (val_fraction 0?): exported the latest epoch",
+            );
+        }
+        Ok(())
+    }
+
+    fn remote(&self, _params: &Params) -> RemoteTask {
+        RemoteTask::Processing {
+            instances: 1,
+            sharded_input: false,
+        }
+    }
+}
