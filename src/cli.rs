@@ -102,6 +102,8 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Print the workflow as an AWS Step Functions definition (ASL JSON).
+    Compile(crate::compile::CompileArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -241,6 +243,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             Ok(EXIT_OK)
         }
         Command::Cache { command } => cache_command(command),
+        Command::Compile(args) => {
+            let wf = load(&args.file)?;
+            Ok(crate::compile::main(&wf, &args))
+        }
         Command::Synth {
             out,
             cases,

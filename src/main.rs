@@ -2,6 +2,7 @@
 //! reporter turns run events into output. Exit codes: 0 success, 1 a step failed, 2 invalid input.
 
 mod cli;
+mod compile;
 mod report;
 
 use std::process::ExitCode;
