@@ -10,8 +10,9 @@ use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// A small cloud workflow of `command` steps: a declared file, params with quotes and backslashes
-/// (uploaded, not inline), a diamond, and a step whose jobs are named `fail-…` (the emulator fails them).
+/// A small cloud workflow of `command` steps: a declared file, params with quotes, braces and
+/// backslashes (long enough to be uploaded, not inline), a diamond, and a step whose jobs are named
+/// `fail-…` (the emulator fails them).
 const SMALL: &str = r#"name: small
 seed: 7
 steps:
@@ -21,7 +22,11 @@ steps:
   quote:
     uses: command
     inputs: { src: make }
-    with: { run: "sed 's/\\\\/{x}/' \"$WF_IN_src/data.txt\" > $WF_OUT/q.txt" }
+    with:
+      run: "sed 's/\\\\/{x}/' \"$WF_IN_src/data.txt\" > $WF_OUT/q.txt"
+      env:
+        NOTE: "Replaces every backslash of the generated data with {x}; this note is long enough to push
+          the canonical params past the 256 characters a SageMaker container argument may hold."
   fail-late:
     uses: command
     inputs: { src: make }
@@ -151,7 +156,7 @@ fn small_workflow_snapshot_uploads_and_job_names() {
         .unwrap();
     assert!(
         args.contains("'--params', 's3://wf-test-bucket/ci/params/"),
-        "params with backslashes travel as an S3 object: {args}"
+        "params over 256 characters travel as an S3 object: {args}"
     );
     let make = s["make.Run"]["Parameters"]["AppSpecification"]["ContainerArguments.$"]
         .as_str()
@@ -173,7 +178,8 @@ fn state_machine_keys_equal_local_keys() {
     let summary = json(&run);
     let def = compile(dir, "wf.yaml");
     let s = states(&def);
-    let mut payload = serde_json::json!({ "nl": "\n", "bs": "\\", "steps": {} });
+    let mut payload = Json::Object(wf_engine::asl::intrinsic::constants_json());
+    payload["steps"] = serde_json::json!({});
     for step in summary["steps"].as_array().unwrap() {
         let id = step["id"].as_str().unwrap();
         let key = step["key"].as_str().unwrap();

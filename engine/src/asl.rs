@@ -208,8 +208,8 @@ pub fn compile_stepfunctions(
         "Init".into(),
         json!({
             "Type": "Pass",
-            "Comment": "Constants the key and argument expressions use (docs/cloud.md §3); the execution input is kept under $.input.",
-            "Parameters": { "input.$": "$", "nl": "\n", "bs": "\\", "steps": {} },
+            "Comment": "Characters the intrinsic expressions take as arguments instead of escapes (docs/cloud.md §3); the execution input is kept under $.input.",
+            "Parameters": init_parameters(),
             "Next": format!("{}.Key", wf.steps[0].id),
         }),
     );
@@ -243,6 +243,14 @@ pub fn compile_stepfunctions(
         uploads,
         steps,
     })
+}
+
+/// `Init`'s output: the execution input, the characters literals may not hold, and `steps`.
+fn init_parameters() -> Json {
+    let mut p = intrinsic::constants_json();
+    p.insert("input.$".into(), json!("$"));
+    p.insert("steps".into(), json!({}));
+    Json::Object(p)
 }
 
 /// Member names of `$.steps`: the step id with `-` → `_` (JSONPath-safe), made unique.
@@ -670,7 +678,7 @@ impl<'a> Compiler<'a> {
     /// `--params`: inline canonical JSON when it fits a container argument, else an uploaded object.
     fn params_arg(&self, def: &StepDef) -> (String, Option<Upload>) {
         let json = def.params.canonical_json();
-        if json.len() <= MAX_ARG && !json.contains('\\') {
+        if json.len() <= MAX_ARG {
             return (json, None);
         }
         use sha2::Digest as _;

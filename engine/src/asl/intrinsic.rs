@@ -1,48 +1,46 @@
 //! ASL intrinsic-function text: quoting static strings, and the cache key as a `States.Hash` expression.
 //!
-//! In an intrinsic string literal `'`, `{`, `}` and `\` must be escaped with a backslash, and there is no
-//! escape for a line break. asl-validator 4.0.0 also rejects an escaped backslash (`\\`), so a backslash
-//! never appears in our literals either: line breaks and backslashes enter `States.Format` as arguments,
-//! `$.nl` and `$.bs`, which the first state of every compiled machine stores (see docs/cloud.md §3).
+//! ASL wants `'`, `{`, `}` and `\` in an intrinsic string literal escaped with a backslash and has no
+//! escape for a line break; interpreters disagree on the rest (asl-validator 4.0.0 rejects `\\`, moto
+//! keeps `\{` as two characters and feeds the template to Python's `str.format`). So our literals hold
+//! no escapes at all: each of these characters is a `{}` placeholder fed from a constant the first state
+//! of every compiled machine stores (`$.nl`, `$.bs`, `$.lb`, `$.rb`, `$.sq`; docs/cloud.md §3). The
+//! formatted value is the same under every reading of the rules.
 
 use crate::key::KeyComponents;
 
-/// Payload path of the `"\n"` constant.
-pub const NL_PATH: &str = "$.nl";
-/// Payload path of the `"\\"` constant.
-pub const BS_PATH: &str = "$.bs";
+/// The characters that never appear in a literal, and the payload path holding each.
+pub const CONSTANTS: [(char, &str, &str); 5] = [
+    ('\n', "nl", "$.nl"),
+    ('\\', "bs", "$.bs"),
+    ('{', "lb", "$.lb"),
+    ('}', "rb", "$.rb"),
+    ('\'', "sq", "$.sq"),
+];
 
-/// Appends `c` to an intrinsic string literal, escaped. Backslashes and line breaks are the caller's.
-fn push_escaped(out: &mut String, c: char) {
-    debug_assert!(c != '\\' && c != '\n');
-    if matches!(c, '\'' | '{' | '}') {
-        out.push('\\');
-    }
-    out.push(c);
+/// The payload path standing for `c` in a literal, if `c` may not appear there.
+fn constant(c: char) -> Option<&'static str> {
+    CONSTANTS
+        .iter()
+        .find(|(k, _, _)| *k == c)
+        .map(|(_, _, p)| *p)
 }
 
-/// An intrinsic expression whose value is the static string `s`: `'s'` with escapes, or a
-/// `States.Format` feeding backslashes and line breaks from `$.bs` / `$.nl`.
+/// The `Init` state's constants: `{"nl": "\n", "bs": "\\", ...}`.
+pub fn constants_json() -> serde_json::Map<String, serde_json::Value> {
+    CONSTANTS
+        .iter()
+        .map(|(c, name, _)| (name.to_string(), serde_json::Value::String(c.to_string())))
+        .collect()
+}
+
+/// An intrinsic expression whose value is the static string `s`: `'s'`, or a `States.Format` feeding
+/// the characters a literal may not hold from the constants.
 pub fn quote(s: &str) -> String {
-    let mut lit = String::with_capacity(s.len() + 2);
-    let mut args = Vec::new();
-    for c in s.chars() {
-        match c {
-            '\\' => {
-                lit.push_str("{}");
-                args.push(BS_PATH);
-            }
-            '\n' => {
-                lit.push_str("{}");
-                args.push(NL_PATH);
-            }
-            c => push_escaped(&mut lit, c),
-        }
-    }
-    if args.is_empty() {
-        format!("'{lit}'")
+    if s.chars().any(|c| constant(c).is_some()) {
+        format_n(&[Piece::Lit(s)])
     } else {
-        format!("States.Format('{lit}', {})", args.join(", "))
+        format!("'{s}'")
     }
 }
 
@@ -66,16 +64,12 @@ pub fn format_n(pieces: &[Piece<'_>]) -> String {
         match p {
             Piece::Lit(s) => {
                 for c in s.chars() {
-                    match c {
-                        '\\' => {
+                    match constant(c) {
+                        Some(path) => {
                             lit.push_str("{}");
-                            args.push(BS_PATH);
+                            args.push(path);
                         }
-                        '\n' => {
-                            lit.push_str("{}");
-                            args.push(NL_PATH);
-                        }
-                        c => push_escaped(&mut lit, c),
+                        None => lit.push(c),
                     }
                 }
             }
@@ -85,7 +79,11 @@ pub fn format_n(pieces: &[Piece<'_>]) -> String {
             }
         }
     }
-    format!("States.Format('{lit}', {})", args.join(", "))
+    if args.is_empty() {
+        format!("States.Format('{lit}')")
+    } else {
+        format!("States.Format('{lit}', {})", args.join(", "))
+    }
 }
 
 /// One part of a key's canonical string.
@@ -394,7 +392,9 @@ mod tests {
             .iter()
             .map(|(slot, d)| (format!("p_{slot}"), json!({"artifact": d.to_hex()})))
             .collect();
-        json!({"nl": "\n", "bs": "\\", "steps": steps})
+        let mut p = constants_json();
+        p.insert("steps".into(), Json::Object(steps));
+        Json::Object(p)
     }
     use serde_json::Value as Json;
 
@@ -418,10 +418,9 @@ mod tests {
             kc.canonical_string()
         );
         assert_eq!(eval::eval(&expr, &payload(&kc)).unwrap(), kc.key().to_hex());
-        assert!(!expr.contains('\n'), "no raw line break in an ASL literal");
         assert!(
-            !expr.contains("\\\\"),
-            "no escaped backslash (asl-validator)"
+            !expr.contains('\n') && !expr.contains('\\'),
+            "no line break and no escape in an ASL literal: {expr}"
         );
     }
 
@@ -436,7 +435,7 @@ mod tests {
         assert_eq!(t.text(), kc.canonical_string());
         let expr = t.hash_expr(|_| unreachable!());
         assert_eq!(
-            eval::eval(&expr, &json!({"nl": "\n", "bs": "\\"})).unwrap(),
+            eval::eval(&expr, &Json::Object(constants_json())).unwrap(),
             kc.key().to_hex()
         );
     }
@@ -444,9 +443,12 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote("plain-text_1"), "'plain-text_1'");
-        assert_eq!(quote("a'b{c}"), r"'a\'b\{c\}'");
+        assert_eq!(
+            quote("a'b{c}"),
+            "States.Format('a{}b{}c{}', $.sq, $.lb, $.rb)"
+        );
         assert_eq!(quote(r"a\b"), "States.Format('a{}b', $.bs)");
-        let p = json!({"nl": "\n", "bs": "\\"});
+        let p = Json::Object(constants_json());
         for s in [r#"{"run":"x \"y\" \\ z'"}"#, "two\nlines", "{}", ""] {
             assert_eq!(eval::eval(&quote(s), &p).unwrap(), s);
         }
