@@ -10,6 +10,7 @@ use crate::artifact::ArtifactType;
 use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use crate::memo::Memo;
+use crate::remote::RemoteCache;
 use crate::step::{CancelToken, InputArtifact, Progress, RunContext, StepError};
 use crate::store::{Entry, Producer, RunRecord, Store, StoreError};
 use crate::workflow::Workflow;
@@ -97,6 +98,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Step ids to recompute even when cached.
     pub force: BTreeSet<String>,
+    /// A shared cache behind the local store (`cache: s3://...`): consulted on a local miss, and
+    /// given every output the local store holds.
+    pub remote: Option<Arc<dyn RemoteCache>>,
 }
 
 impl Default for RunOptions {
@@ -108,6 +112,7 @@ impl Default for RunOptions {
             jobs: cores,
             threads: cores,
             force: BTreeSet::new(),
+            remote: None,
         }
     }
 }
@@ -211,6 +216,28 @@ pub fn plan(
     store: &Store,
     force: &BTreeSet<String>,
 ) -> Result<Vec<PlanStep>, StoreError> {
+    plan_with(wf, store, force, None).map_err(|e| match e {
+        PlanError::Store(e) => e,
+        PlanError::Remote(_) => unreachable!("no remote cache"),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+}
+
+/// [`plan`] with a remote cache behind the local store: a local miss that the remote holds is a hit
+/// (nothing is downloaded; the remote entry gives the digest that later steps' keys need).
+pub fn plan_with(
+    wf: &Workflow,
+    store: &Store,
+    force: &BTreeSet<String>,
+    remote: Option<&dyn RemoteCache>,
+) -> Result<Vec<PlanStep>, PlanError> {
     let memo = Memo::load(&store.memo_path());
     let mut produced: Vec<Option<ArtifactDigest>> = vec![None; wf.steps.len()];
     let mut out = Vec::new();
@@ -253,10 +280,15 @@ pub fn plan(
             }
         };
         let key = components.key();
-        let entry = store.lookup(&key)?;
+        let mut entry = store.lookup(&key)?;
+        let mut hit_reason = "cached".to_string();
+        if let (None, Some(remote), false) = (&entry, remote, force.contains(&def.id)) {
+            entry = remote.lookup(&key)?;
+            hit_reason = format!("cached in {}", remote.location());
+        }
         let (cache, reason) = match (&entry, force.contains(&def.id)) {
             (_, true) => ("miss", "forced (--force)".to_string()),
-            (Some(_), false) => ("hit", "cached".to_string()),
+            (Some(_), false) => ("hit", hit_reason),
             (None, false) => ("miss", miss_reason(store, wf, &def.id, &key, &components)),
         };
         if let (Some(e), false) = (&entry, force.contains(&def.id)) {
@@ -538,10 +570,24 @@ fn run_one(
         }
     };
     let store_err = |e: StoreError| failed_outcome(id, kind, Some(key), e.to_string(), None, None);
+    let remote = opts.remote.as_deref();
+    // A local hit the remote lacks (computed before the remote was configured, or its publish
+    // failed) is published now, so the shared layer converges on everything computed.
+    let cached = |entry: Entry| match remote.map(|r| r.publish(store, &entry)) {
+        Some(Err(e)) => failed_outcome(
+            id,
+            kind,
+            Some(key),
+            format!("the output is cached locally but publishing it failed: {e}"),
+            None,
+            None,
+        ),
+        _ => done(entry, Status::Cached),
+    };
 
     if !forced {
         match store.lookup(&key) {
-            Ok(Some(entry)) => return done(entry, Status::Cached),
+            Ok(Some(entry)) => return cached(entry),
             Ok(None) => {}
             Err(e) => return store_err(e),
         }
@@ -553,9 +599,16 @@ fn run_one(
     };
     if !forced {
         match store.lookup(&key) {
-            Ok(Some(entry)) => return done(entry, Status::Cached),
+            Ok(Some(entry)) => return cached(entry),
             Ok(None) => {}
             Err(e) => return store_err(e),
+        }
+        if let Some(remote) = remote {
+            match remote.fetch(&key, store) {
+                Ok(Some(entry)) => return done(entry, Status::Cached),
+                Ok(None) => {}
+                Err(e) => return failed_outcome(id, kind, Some(key), e.message, None, None),
+            }
         }
     }
     if cancel.is_cancelled() {
@@ -626,6 +679,16 @@ fn run_one(
                 opts.threads,
             ) {
                 Ok(entry) => {
+                    if let Some(Err(e)) = remote.map(|r| r.publish(store, &entry)) {
+                        return failed_outcome(
+                            id,
+                            kind,
+                            Some(key),
+                            format!("the step succeeded but publishing its output failed: {e}"),
+                            None,
+                            log,
+                        );
+                    }
                     let mut o = done(entry, Status::Ran);
                     o.log = log;
                     o

@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod memo;
 pub mod params;
 pub mod registry;
+pub mod remote;
 pub mod step;
 pub mod store;
 pub mod targets;
@@ -28,6 +29,7 @@ pub use digest::{ArtifactDigest, FileDigest, StepKey};
 pub use exec::{Event, RunOptions, RunSummary, Status, StepOutcome};
 pub use params::{ParamSpec, ParamType, Params};
 pub use registry::Registry;
+pub use remote::{RemoteCache, RemoteError};
 pub use step::{
     CancelToken, CheckContext, InputArtifact, Progress, RemoteTask, RunContext, Step, StepError,
 };

@@ -51,6 +51,9 @@ pub enum StoreError {
     },
     #[error("cache {} is in use by a running `wf`; try again when it has finished", path.display())]
     Busy { path: PathBuf },
+    /// Data brought in from elsewhere (a remote cache) does not match what it claims to be.
+    #[error("cache {}: refusing imported data: {reason}", path.display())]
+    Import { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -199,6 +202,84 @@ impl Store {
             h.clone()
         };
         self.root.join("objects").join(&h[..2]).join(name)
+    }
+
+    /// The stored file holding the bytes of a manifest entry (for publishing them elsewhere).
+    pub fn object_file(&self, e: &ManifestEntry) -> PathBuf {
+        self.object_path(&e.digest, e.executable)
+    }
+
+    /// The manifest's files whose bytes are not stored yet, each (digest, executable) once.
+    pub fn missing_objects<'m>(&self, manifest: &'m Manifest) -> Vec<&'m ManifestEntry> {
+        let mut seen = std::collections::HashSet::new();
+        manifest
+            .entries
+            .iter()
+            .filter(|e| seen.insert((e.digest, e.executable)) && !self.object_file(e).exists())
+            .collect()
+    }
+
+    /// Adds a downloaded file as the object of `e` after checking its size and digest; `src` is
+    /// moved (it should lie inside this store, e.g. in a staging area).
+    pub fn add_object(&self, src: &Path, e: &ManifestEntry) -> Result<(), StoreError> {
+        let size = fs::metadata(src).map_err(io_err(src))?.len();
+        let digest = manifest::hash_file(src).map_err(io_err(src))?;
+        if size != e.size || digest != e.digest {
+            return Err(StoreError::Import {
+                path: self.root.clone(),
+                reason: format!(
+                    "`{}` arrived with {size} bytes and digest {}, its manifest says {} bytes and {}",
+                    e.path,
+                    digest.short(),
+                    e.size,
+                    e.digest.short()
+                ),
+            });
+        }
+        self.put_object(src, &e.digest, e.executable)
+    }
+
+    /// Stores an artifact whose objects are all present (see `add_object`): its manifest and its
+    /// read-only tree. Returns the tree's path.
+    pub fn add_artifact(&self, manifest: &Manifest) -> Result<PathBuf, StoreError> {
+        if let Some(e) = self.missing_objects(manifest).first() {
+            return Err(StoreError::Import {
+                path: self.root.clone(),
+                reason: format!("`{}` was not downloaded", e.path),
+            });
+        }
+        let artifact = manifest.digest();
+        self.put_manifest(manifest, &artifact)?;
+        let staging = self.stage("import")?;
+        self.materialize(manifest, &artifact, &staging.dir)?;
+        Ok(self.artifact_path(&artifact))
+    }
+
+    /// Commits an entry computed elsewhere (a remote cache) whose objects are all stored already:
+    /// the manifest must hash to the entry's artifact. Written in the same order as `commit`.
+    pub fn import(&self, entry: &Entry, manifest: &Manifest) -> Result<Entry, StoreError> {
+        let refuse = |reason: String| StoreError::Import {
+            path: self.root.clone(),
+            reason,
+        };
+        if entry.schema != ENTRY_SCHEMA {
+            return Err(refuse(format!(
+                "entry {} has schema {}, this build reads {ENTRY_SCHEMA}",
+                entry.key.short(),
+                entry.schema
+            )));
+        }
+        if manifest.digest() != entry.artifact {
+            return Err(refuse(format!(
+                "the manifest of entry {} does not hash to its artifact {}",
+                entry.key.short(),
+                entry.artifact.short()
+            )));
+        }
+        self.add_artifact(manifest)?;
+        let text = serde_json::to_string_pretty(entry).expect("entries serialize");
+        write_atomic(&self.entry_path(&entry.key), text.as_bytes(), true)?;
+        Ok(entry.clone())
     }
 
     /// A directory for a step kind's own finer-grained cache (e.g. per-case preprocessing). The step
