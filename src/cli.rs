@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use wf_engine::exec::{self, RunOptions};
-use wf_engine::{CancelToken, LoadError, Store, Workflow};
+use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow};
 
 /// Exit codes (documented in README.md).
 pub const EXIT_OK: u8 = 0;
@@ -102,6 +102,22 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Create or update the workflow's Step Functions state machine (targets.aws) and publish a version.
+    Deploy { file: PathBuf },
+    /// Start an execution of the deployed state machine; print its ARN.
+    Start {
+        file: PathBuf,
+        /// Wait for the end, printing each step's state; exit 1 if the execution did not succeed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Per-step states of a Step Functions execution.
+    Status {
+        #[arg(value_name = "EXECUTION_ARN")]
+        execution_arn: String,
+    },
+    /// Run one step inside a SageMaker job and publish its output to the S3 cache (docs/cloud.md).
+    Worker(crate::worker::WorkerArgs),
     /// Print the workflow as an AWS Step Functions definition (ASL JSON).
     Compile(crate::compile::CompileArgs),
 }
@@ -192,8 +208,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         } => {
             let wf = load(&file)?;
             let force = check_force(&wf, force)?;
-            let store = open_store(&wf, cache.as_deref())?;
-            let plan = exec::plan(&wf, &store, &force)
+            let (store, remote) = open_store(&wf, cache.as_deref())?;
+            let plan = exec::plan_with(&wf, &store, &force, remote.as_deref())
                 .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
             if json {
                 let doc = serde_json::json!({ "steps": plan });
@@ -223,9 +239,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         } => {
             let wf = load(&file)?;
             let force = check_force(&wf, force)?;
-            let store = open_store(&wf, cache.as_deref())?;
+            let (store, remote) = open_store(&wf, cache.as_deref())?;
             let mut opts = RunOptions {
                 force,
+                remote,
                 ..RunOptions::default()
             };
             if let Some(j) = jobs {
@@ -243,6 +260,16 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             Ok(EXIT_OK)
         }
         Command::Cache { command } => cache_command(command),
+        Command::Worker(args) => Ok(crate::worker::main(args)),
+        Command::Deploy { file } => {
+            crate::cloud::deploy(&load(&file)?).map_err(|(c, m)| Fail(c, m))
+        }
+        Command::Start { file, wait } => {
+            crate::cloud::start(&load(&file)?, wait).map_err(|(c, m)| Fail(c, m))
+        }
+        Command::Status { execution_arn } => {
+            crate::cloud::status(&execution_arn).map_err(|(c, m)| Fail(c, m))
+        }
         Command::Compile(args) => {
             let wf = load(&args.file)?;
             Ok(crate::compile::main(&wf, &args))
@@ -318,16 +345,21 @@ fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> Result<PathBuf, Fail>
         (None, None) => return Ok(PathBuf::from(".wf").join("cache")),
     };
     if text.starts_with("s3://") {
-        return Err(Fail::invalid(format!(
-            "error: cache {text}: S3 caches are not supported by this build yet; use a local directory"
-        )));
+        // S3 is a shared layer; the local store stays the working copy.
+        return Ok(crate::cloud::local_working_copy(wf));
     }
     Ok(base.join(text))
 }
 
-fn open_store(wf: &Workflow, flag: Option<&str>) -> Result<Store, Fail> {
+/// The local store, and the S3 layer behind it when the cache is `s3://...`.
+fn open_store(
+    wf: &Workflow,
+    flag: Option<&str>,
+) -> Result<(Store, Option<Arc<dyn RemoteCache>>), Fail> {
     let dir = cache_dir(Some(wf), flag)?;
-    Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))
+    let store = Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))?;
+    let remote = crate::cloud::remote_cache(wf, flag).map_err(Fail::invalid)?;
+    Ok((store, remote))
 }
 
 fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> Result<u8, Fail> {

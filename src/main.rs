@@ -2,8 +2,10 @@
 //! reporter turns run events into output. Exit codes: 0 success, 1 a step failed, 2 invalid input.
 
 mod cli;
+mod cloud;
 mod compile;
 mod report;
+mod worker;
 
 use std::process::ExitCode;
 

@@ -14,11 +14,12 @@
 //!   failed attempt, and the next one asks for the rest with `Range`), retried on connection errors
 //!   and 5xx. The URL and the checksums are the step's identity in the key — nothing else is known
 //!   before downloading — so give `md5` or `sha256` to be sure the bytes are what you think.
-//! - `s3://bucket/key`: *public* buckets only, fetched anonymously as
-//!   `https://bucket.s3.amazonaws.com/key` (path style, `https://s3.amazonaws.com/bucket/key`, for
-//!   bucket names with dots, which the wildcard certificate does not cover). `WF_S3_ENDPOINT`
-//!   (e.g. `http://127.0.0.1:9000`) replaces the endpoint with a path-style one, for tests and
-//!   S3-compatible stores. Private buckets need the signed requests of the `aws/` crate.
+//! - `s3://bucket/key`: with the `aws` feature (on in the `wf` binary), through the SDK (`wf-aws`):
+//!   signed with the default credential chain when it has credentials, anonymous otherwise (public
+//!   buckets); `AWS_ENDPOINT_URL` or `WF_S3_ENDPOINT` selects another endpoint (path style). Without
+//!   the feature, public buckets only, fetched anonymously as `https://bucket.s3.amazonaws.com/key`
+//!   (path style, `https://s3.amazonaws.com/bucket/key`, for bucket names with dots, which the
+//!   wildcard certificate does not cover), `WF_S3_ENDPOINT` replacing the endpoint.
 //! - `synthetic`: BraTS-like data from `wf_imaging::synth` (`cases`, `shape`, `seed`, `test`), the
 //!   same generator as `wf synth`.
 //!
@@ -205,6 +206,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The anonymous HTTPS URL of a public S3 object (see the module docs).
+#[cfg_attr(feature = "aws", allow(dead_code))]
 fn s3_url(bucket: &str, key: &str, endpoint: Option<&str>) -> String {
     let key: String = key
         .bytes()
@@ -482,6 +484,23 @@ impl Step for FetchDataset {
                 let file = download(cx, &url, &expected)?;
                 unpack(cx, &file, &url_file_name(&url), Mode::Move, &url)?;
             }
+            #[cfg(feature = "aws")]
+            Source::S3 { bucket, key } => {
+                let what = format!("s3://{bucket}/{key}");
+                let dst = cx.scratch_dir.join("download").join(url_file_name(&key));
+                cx.progress.message(&format!("downloading {what}"));
+                wf_aws::s3::fetch_object(&bucket, &key, &dst).map_err(|e| {
+                    StepError::with_detail(
+                        e.to_string(),
+                        "s3:// sources are read with the default AWS credentials when there are any, \
+                         anonymously otherwise (public buckets); AWS_ENDPOINT_URL or WF_S3_ENDPOINT \
+                         selects another endpoint",
+                    )
+                })?;
+                expected.verify(&dst, &what, cx)?;
+                unpack(cx, &dst, &url_file_name(&key), Mode::Move, &what)?;
+            }
+            #[cfg(not(feature = "aws"))]
             Source::S3 { bucket, key } => {
                 let endpoint = std::env::var("WF_S3_ENDPOINT")
                     .ok()

@@ -468,6 +468,9 @@ fn s3_sources_are_fetched_from_the_endpoint() {
     // SAFETY: the only test in this binary that touches the environment, and nothing here reads
     // WF_S3_ENDPOINT except an s3:// source.
     unsafe { std::env::set_var("WF_S3_ENDPOINT", server.url("")) };
+    // With the `aws` feature the SDK looks for credentials: never on the instance metadata
+    // address (nothing but loopback may be contacted), so none are found and the read is anonymous.
+    unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };
     let (_t, store) = store();
     run(
         &store,

@@ -1,0 +1,266 @@
+//! The CLI's AWS side: the S3 layer of `cache: s3://...` for local runs (this file), and the
+//! deploy/start/status/worker commands (docs/cloud.md). All SDK work is in `wf-aws`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use wf_engine::{RemoteCache, Workflow};
+
+/// Where a run keeps its local working copy when the cache is in S3: `$WF_LOCAL_CACHE`, else
+/// `.wf/cache` beside the workflow (beside the current directory without a workflow).
+pub fn local_working_copy(wf: Option<&Workflow>) -> PathBuf {
+    if let Some(dir) = std::env::var_os("WF_LOCAL_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    match wf {
+        Some(wf) => wf.dir.join(".wf").join("cache"),
+        None => PathBuf::from(".wf").join("cache"),
+    }
+}
+
+/// `targets.aws.region`, if the workflow has one.
+pub fn aws_region(wf: &Workflow) -> Option<String> {
+    wf.targets
+        .get("aws")
+        .and_then(|(json, _)| json.get("region"))
+        .and_then(|r| r.as_str())
+        .map(str::to_string)
+}
+
+/// The S3 layer for `--cache s3://...` or `cache: s3://...` (the flag wins), if that is the cache.
+pub fn remote_cache(
+    wf: &Workflow,
+    flag: Option<&str>,
+) -> Result<Option<Arc<dyn RemoteCache>>, String> {
+    let url = match flag {
+        Some(f) => f.to_string(),
+        None => match &wf.cache {
+            Some((c, _)) => c.clone(),
+            None => return Ok(None),
+        },
+    };
+    if !url.starts_with("s3://") {
+        return Ok(None);
+    }
+    let cache = wf_aws::S3Cache::open(&url, aws_region(wf).as_deref())
+        .map_err(|e| format!("error: cache {url}: {e}"))?;
+    Ok(Some(Arc::new(cache)))
+}
+
+/// `wf deploy FILE`: compile, upload what executions read before any job writes (long params,
+/// declared files), then create or update the state machine and publish a version.
+pub fn deploy(wf: &Workflow) -> Result<u8, (u8, String)> {
+    let compiled = compile(wf)?;
+    let t = &compiled.target;
+    let rt = runtime()?;
+    let aws = rt.block_on(wf_aws::Aws::load(
+        Some(&t.region),
+        wf_aws::Credentials::Default,
+    ));
+    let bucket = wf_aws::s3::Bucket::new(&aws, &t.cache.bucket);
+    rt.block_on(async {
+        bucket.check().await?;
+        for u in &compiled.uploads {
+            if bucket.exists(&u.key).await? {
+                continue;
+            }
+            match &u.source {
+                wf_engine::asl::UploadSource::Bytes(b) => bucket.put(&u.key, b.clone()).await?,
+                wf_engine::asl::UploadSource::File(p) => bucket.upload(&u.key, p).await?,
+            }
+        }
+        Ok::<(), wf_aws::AwsError>(())
+    })
+    .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+    let definition =
+        serde_json::to_string_pretty(&compiled.definition).expect("a definition serializes");
+    let d = rt
+        .block_on(wf_aws::sfn::deploy(
+            &aws,
+            &t.state_machine_name,
+            &definition,
+            &t.role_arn,
+        ))
+        .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+    let what = match d.action {
+        wf_aws::sfn::DeployAction::Created => "created",
+        wf_aws::sfn::DeployAction::Updated => "updated",
+        wf_aws::sfn::DeployAction::Unchanged => "up to date",
+    };
+    eprintln!(
+        "{} {what}: {} states, {} uploads, cache {}",
+        t.state_machine_name,
+        compiled.definition["States"]
+            .as_object()
+            .map_or(0, |s| s.len()),
+        compiled.uploads.len(),
+        t.cache.uri()
+    );
+    if let Some(v) = &d.version_arn {
+        eprintln!("published version {v}");
+    }
+    println!("{}", d.arn);
+    Ok(EXIT_OK)
+}
+
+/// `wf start FILE [--wait]`: starts an execution of the deployed state machine under a fresh
+/// name; with `--wait`, prints each step's state as it changes and exits 0 on SUCCEEDED, 1 otherwise.
+pub fn start(wf: &Workflow, wait: bool) -> Result<u8, (u8, String)> {
+    let compiled = compile(wf)?;
+    let t = &compiled.target;
+    let rt = runtime()?;
+    let aws = rt.block_on(wf_aws::Aws::load(
+        Some(&t.region),
+        wf_aws::Credentials::Default,
+    ));
+    let fail = |e: wf_aws::AwsError| (EXIT_FAILED, format!("error: {e}"));
+    let arn = rt
+        .block_on(wf_aws::sfn::find_state_machine(&aws, &t.state_machine_name))
+        .map_err(fail)?
+        .ok_or_else(|| {
+            (
+                EXIT_INVALID,
+                format!(
+                    "error: no state machine `{}` in {}: run `wf deploy {}` first",
+                    t.state_machine_name,
+                    t.region,
+                    wf.path.display()
+                ),
+            )
+        })?;
+    let (current, _) = rt
+        .block_on(wf_aws::sfn::deployed_definition(&aws, &arn))
+        .map_err(fail)?;
+    let ours = serde_json::to_value(&compiled.definition).expect("json");
+    if serde_json::from_str::<serde_json::Value>(&current).ok() != Some(ours) {
+        eprintln!(
+            "warning: the deployed `{}` differs from {}; run `wf deploy` to update it",
+            t.state_machine_name,
+            wf.path.display()
+        );
+    }
+    let name = wf_aws::sfn::execution_name();
+    let exec = rt
+        .block_on(wf_aws::sfn::start(&aws, &arn, &name, "{}"))
+        .map_err(fail)?;
+    println!("{exec}");
+    if !wait {
+        return Ok(EXIT_OK);
+    }
+    watch(&rt, &aws, &exec, true)
+}
+
+/// `wf status EXECUTION_ARN`: per-step states from the execution history.
+pub fn status(execution_arn: &str) -> Result<u8, (u8, String)> {
+    let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
+    if !execution_arn.starts_with("arn:") || region.is_none() {
+        return Err((
+            EXIT_INVALID,
+            format!("error: `{execution_arn}` is not an execution ARN"),
+        ));
+    }
+    let rt = runtime()?;
+    let aws = rt.block_on(wf_aws::Aws::load(region, wf_aws::Credentials::Default));
+    watch(&rt, &aws, execution_arn, false)
+}
+
+/// Prints per-step states (as they change, when `follow`) and the execution's outcome.
+fn watch(
+    rt: &wf_aws::Blocking,
+    aws: &wf_aws::Aws,
+    arn: &str,
+    follow: bool,
+) -> Result<u8, (u8, String)> {
+    let poll = std::env::var("WF_POLL_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(5.0);
+    let mut printed: Vec<wf_aws::sfn::StepState> = Vec::new();
+    loop {
+        let (status, events) = rt
+            .block_on(wf_aws::sfn::execution(aws, arn))
+            .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+        let steps = wf_aws::sfn::summarize(&events);
+        let w = steps.iter().map(|s| s.id.len()).max().unwrap_or(0);
+        for s in &steps {
+            if printed.iter().any(|p| p == s) {
+                continue;
+            }
+            match &s.error {
+                Some(e) => println!("  {:<w$}  {}  {e}", s.id, s.state),
+                None => println!("  {:<w$}  {}", s.id, s.state),
+            }
+            printed.retain(|p| p.id != s.id);
+            printed.push(s.clone());
+        }
+        if status == "RUNNING" && follow {
+            std::thread::sleep(std::time::Duration::from_secs_f64(poll));
+            continue;
+        }
+        println!("{status}");
+        if status == "SUCCEEDED" {
+            return Ok(EXIT_OK);
+        }
+        if status == "RUNNING" {
+            return Ok(EXIT_OK);
+        }
+        let failed = steps.iter().find(|s| s.state == "failed");
+        let cause = events.iter().rev().find_map(|e| match e {
+            wf_aws::sfn::Event::ExecutionFailed { error, cause } => {
+                Some(format!("{error}: {cause}"))
+            }
+            _ => None,
+        });
+        return Err((
+            EXIT_FAILED,
+            match failed {
+                Some(s) => format!(
+                    "error: step `{}` failed{}",
+                    s.id,
+                    s.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+                None => format!(
+                    "error: the execution ended {status}{}",
+                    cause.map(|c| format!(" ({c})")).unwrap_or_default()
+                ),
+            },
+        ));
+    }
+}
+
+const EXIT_OK: u8 = 0;
+const EXIT_FAILED: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+
+fn runtime() -> Result<wf_aws::Blocking, (u8, String)> {
+    wf_aws::Blocking::new().map_err(|e| (EXIT_FAILED, format!("error: {e}")))
+}
+
+fn compile(wf: &Workflow) -> Result<wf_engine::asl::Compiled, (u8, String)> {
+    let memo_dir = local_working_copy(Some(wf));
+    let memo = wf_engine::memo::Memo::load(&memo_dir.join("memo").join("files-v1"));
+    let mut opts = wf_engine::asl::CompileOptions {
+        memo: Some(&memo),
+        ..Default::default()
+    };
+    // Retries of a failed job (default 1, after 60 s); emulator tests set 0.
+    if let Some(n) = std::env::var("WF_FAILED_JOB_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.failed_job_retries = n;
+    }
+    wf_engine::asl::compile_stepfunctions(wf, &opts).map_err(|list| {
+        let n = list.0.len();
+        (
+            EXIT_INVALID,
+            format!(
+                "{list}\nerror: {} cannot be compiled for Step Functions ({n} problem{})",
+                wf.path.display(),
+                if n == 1 { "" } else { "s" }
+            ),
+        )
+    })
+}

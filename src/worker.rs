@@ -1,0 +1,387 @@
+//! `wf worker <kind>`: the entrypoint inside a SageMaker job (docs/cloud.md §5). Recomputes the
+//! step key from its arguments (refusing to publish under a key it did not compute), reads inputs
+//! where SageMaker mounted them (verified against their manifests; downloaded from the cache when
+//! not mounted), runs the step through the same `Step::run` as a local run, and publishes the output
+//! to the S3 cache with the entry last. Exit codes: 0 published (or already there), 1 the step
+//! failed, 2 invalid arguments.
+//!
+//! SageMaker's paths are under `/opt/ml`, or `$WF_SM_ROOT` (tests run a worker on any machine):
+//! `processing/input/<slot>/` (Processing), `input/data/<slot>/` (Training), and the hosts in
+//! `input/config/resourceconfig.json` (Training) or `config/resourceconfig.json` (Processing).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
+
+use wf_engine::store::Producer;
+use wf_engine::{
+    ArtifactDigest, CancelToken, FileDigest, InputArtifact, Params, Progress, RunContext, Store,
+};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_STEP_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The step kind (`uses:`).
+    pub kind: String,
+    /// The step id (for messages).
+    #[arg(long)]
+    pub step: String,
+    /// The key the state machine computed; the worker recomputes it and refuses a mismatch.
+    #[arg(long)]
+    pub key: String,
+    /// The S3 cache, s3://bucket/prefix.
+    #[arg(long)]
+    pub cache: String,
+    /// All params as canonical JSON, or s3://.../params/<sha256>.json.
+    #[arg(long)]
+    pub params: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// An input as SLOT=DIGEST (repeatable).
+    #[arg(long = "input", value_name = "SLOT=DIGEST")]
+    pub inputs: Vec<String>,
+    /// Digest of the step's declared local files (P/files/<digest>.txt).
+    #[arg(long)]
+    pub files: Option<String>,
+    /// Instances of a sharded job.
+    #[arg(long)]
+    pub shards: Option<u32>,
+}
+
+/// A failure with its exit code.
+struct Exit(u8, String);
+
+fn invalid(msg: impl Into<String>) -> Exit {
+    Exit(EXIT_INVALID, msg.into())
+}
+
+fn failed(msg: impl Into<String>) -> Exit {
+    Exit(EXIT_STEP_FAILED, msg.into())
+}
+
+pub fn main(args: WorkerArgs) -> u8 {
+    match run(&args) {
+        Ok(msg) => {
+            eprintln!("wf worker {} `{}`: {msg}", args.kind, args.step);
+            EXIT_OK
+        }
+        Err(Exit(code, msg)) => {
+            eprintln!("wf worker {} `{}`: error: {msg}", args.kind, args.step);
+            code
+        }
+    }
+}
+
+/// `/opt/ml`, or `$WF_SM_ROOT`.
+pub fn sm_root() -> PathBuf {
+    std::env::var_os("WF_SM_ROOT")
+        .filter(|r| !r.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/ml"))
+}
+
+/// `hosts` and `current_host` of the job, if SageMaker wrote a resource config.
+fn hosts(root: &Path) -> Option<(Vec<String>, String)> {
+    for rel in [
+        "input/config/resourceconfig.json",
+        "config/resourceconfig.json",
+    ] {
+        let Ok(text) = std::fs::read_to_string(root.join(rel)) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let hosts = v["hosts"]
+            .as_array()?
+            .iter()
+            .filter_map(|h| h.as_str().map(str::to_string))
+            .collect();
+        let current = v["current_host"].as_str()?.to_string();
+        return Some((hosts, current));
+    }
+    None
+}
+
+/// Where SageMaker mounted input `slot`, if it did.
+fn mounted(root: &Path, slot: &str) -> Option<PathBuf> {
+    [
+        root.join("processing/input").join(slot),
+        root.join("input/data").join(slot),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+}
+
+struct StderrProgress {
+    warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl Progress for StderrProgress {
+    fn message(&self, msg: &str) {
+        eprintln!("  {msg}");
+    }
+    fn warn(&self, msg: &str) {
+        eprintln!("  warning: {msg}");
+        self.warnings
+            .lock()
+            .expect("warnings lock")
+            .push(msg.to_string());
+    }
+    fn advance(&self, _done: u64, _total: u64) {}
+}
+
+fn run(args: &WorkerArgs) -> Result<String, Exit> {
+    if args.shards.is_some_and(|n| n > 1) {
+        return Err(invalid(
+            "sharded jobs (--shards > 1) need the shard/commit protocol of docs/cloud.md §6, which this build does not implement yet",
+        ));
+    }
+    let registry = wf_steps::registry();
+    let step = registry.get(&args.kind).ok_or_else(|| {
+        invalid(format!(
+            "unknown step kind `{}` (this image knows: {})",
+            args.kind,
+            registry.kinds().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let key = wf_engine::StepKey::from_hex(&args.key)
+        .ok_or_else(|| invalid(format!("--key {}: not a 64-hex step key", args.key)))?;
+    let cache = wf_aws::S3Cache::open(&args.cache, None)
+        .map_err(|e| invalid(format!("cache {}: {e}", args.cache)))?;
+
+    let params_text = if args.params.starts_with("s3://") {
+        let url = wf_aws::S3Url::parse(&args.params).map_err(invalid)?;
+        let bytes = cache
+            .block_on(cache.bucket().get(&url.prefix))
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| invalid(format!("--params {}: no such object", args.params)))?;
+        String::from_utf8(bytes).map_err(|_| invalid("--params: not UTF-8"))?
+    } else {
+        args.params.clone()
+    };
+    let values: BTreeMap<String, serde_json::Value> = serde_json::from_str(&params_text)
+        .map_err(|e| invalid(format!("--params: not a JSON object: {e}")))?;
+    let params = Params::with_defaults(step.params(), values);
+
+    let mut inputs = BTreeMap::new();
+    for i in &args.inputs {
+        let (slot, digest) = i
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("--input {i}: expected SLOT=DIGEST")))?;
+        let digest = ArtifactDigest::from_hex(digest)
+            .ok_or_else(|| invalid(format!("--input {i}: not a 64-hex artifact digest")))?;
+        inputs.insert(slot.to_string(), digest);
+    }
+    // Slot types: fixed by the kind, or (open slots: the command step) not known here, where
+    // `Files` is as good as any since such steps do not look at types.
+    let mut slot_types = BTreeMap::new();
+    for slot in inputs.keys() {
+        let ty = match step.inputs() {
+            wf_engine::Slots::Open => wf_engine::ArtifactType::Files,
+            wf_engine::Slots::Fixed(slots) => slots
+                .iter()
+                .find(|(s, _)| s == slot)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "--input {slot}: `{}` has no input slot `{slot}`",
+                        args.kind
+                    ))
+                })?,
+        };
+        slot_types.insert(slot.clone(), ty);
+    }
+    if let wf_engine::Slots::Fixed(slots) = step.inputs() {
+        for (slot, _) in slots {
+            if !inputs.contains_key(*slot) {
+                return Err(invalid(format!("missing --input {slot}=DIGEST")));
+            }
+        }
+    }
+
+    // Declared files: P/files/<digest>.txt lists them; their bytes are objects in the cache.
+    let work = tempfile::Builder::new()
+        .prefix("wf-worker-")
+        .tempdir()
+        .map_err(|e| failed(format!("cannot create a working directory: {e}")))?;
+    let workflow_dir = work.path().join("workflow");
+    std::fs::create_dir_all(&workflow_dir).map_err(|e| failed(e.to_string()))?;
+    let mut files = BTreeMap::new();
+    if let Some(d) = &args.files {
+        let text = cache
+            .get(&format!("files/{d}.txt"))
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| invalid(format!("--files {d}: no files/{d}.txt in the cache")))?;
+        if blake3::hash(&text).to_hex().as_str() != d {
+            return Err(invalid(format!("files/{d}.txt does not hash to {d}")));
+        }
+        for line in String::from_utf8_lossy(&text).lines() {
+            let (path, digest) = line
+                .split_once('\t')
+                .and_then(|(p, d)| Some((p.to_string(), FileDigest::from_hex(d)?)))
+                .ok_or_else(|| invalid(format!("files/{d}.txt: bad line `{line}`")))?;
+            files.insert(path, digest);
+        }
+    }
+
+    let components = KeyComponents {
+        schema: KEY_SCHEMA,
+        kind: step.kind().to_string(),
+        version: step.version(),
+        params: canonical_json(&params.key_value()),
+        seed: step.seeded().then_some(args.seed),
+        inputs: inputs.clone(),
+        files: files.clone(),
+    };
+    if components.key() != key {
+        return Err(invalid(format!(
+            "the key computed here ({}) differs from --key {} (image and state machine disagree: a step version or the key encoding changed); not publishing.\n{}",
+            components.key(),
+            args.key,
+            components.canonical_string()
+        )));
+    }
+    use wf_engine::RemoteCache as _;
+    if cache
+        .lookup(&key)
+        .map_err(|e| failed(e.to_string()))?
+        .is_some()
+    {
+        return Ok(format!(
+            "{} is already in {}",
+            key.short(),
+            cache.location()
+        ));
+    }
+
+    let store = Store::open(&work.path().join("cache")).map_err(|e| failed(e.to_string()))?;
+    for (path, digest) in &files {
+        let dst = workflow_dir.join(path);
+        let rel = format!("objects/{}", digest.to_hex());
+        let bytes = cache
+            .get(&rel)
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| failed(format!("declared file `{path}`: no {rel} in the cache")))?;
+        if FileDigest::of_bytes(&bytes) != *digest {
+            return Err(failed(format!("declared file `{path}`: {rel} is damaged")));
+        }
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| failed(e.to_string()))?;
+        }
+        std::fs::write(&dst, bytes).map_err(|e| failed(format!("{}: {e}", dst.display())))?;
+    }
+
+    let root = sm_root();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut resolved = BTreeMap::new();
+    for (slot, digest) in &inputs {
+        let ty = slot_types[slot];
+        let manifest = cache
+            .manifest_of(digest)
+            .map_err(|e| failed(format!("input `{slot}`: {e}")))?;
+        let path = match mounted(&root, slot) {
+            Some(dir) => {
+                let problems = wf_engine::manifest::verify_tree(&dir, &manifest, threads);
+                if !problems.is_empty() {
+                    return Err(failed(format!(
+                        "input `{slot}` mounted at {} does not match artifact {}: {}",
+                        dir.display(),
+                        digest.short(),
+                        problems.join("; ")
+                    )));
+                }
+                dir
+            }
+            None => {
+                eprintln!("  input `{slot}` is not mounted: downloading it from the cache");
+                cache
+                    .fetch_artifact(digest, &store)
+                    .map_err(|e| failed(format!("input `{slot}`: {e}")))?
+                    .1
+            }
+        };
+        resolved.insert(
+            slot.clone(),
+            InputArtifact {
+                ty,
+                digest: *digest,
+                path,
+            },
+        );
+    }
+
+    let staging = store.stage(&args.step).map_err(|e| failed(e.to_string()))?;
+    let progress = StderrProgress {
+        warnings: Default::default(),
+    };
+    let cancel = CancelToken::default();
+    let cx = RunContext {
+        step_id: &args.step,
+        workflow_dir: &workflow_dir,
+        params: &params,
+        inputs: &resolved,
+        out_dir: &staging.out,
+        scratch_dir: &staging.scratch,
+        log_path: &staging.log,
+        seed: args.seed,
+        threads,
+        local_files: &files,
+        cancel: &cancel,
+        progress: &progress,
+        store: &store,
+    };
+
+    if let Err(e) = step.run(&cx) {
+        let log = std::fs::read_to_string(&staging.log).unwrap_or_default();
+        let mut msg = e.message;
+        if let Some(d) = e.detail {
+            msg.push('\n');
+            msg.push_str(&d);
+        }
+        if !log.trim().is_empty() {
+            msg.push_str("\n--- step log ---\n");
+            msg.push_str(log.trim_end());
+        }
+        return Err(failed(msg));
+    }
+    if let Some((hosts, current)) = hosts(&root)
+        && hosts.first().is_some_and(|h| *h != current)
+    {
+        return Ok(format!(
+            "done on {current}; {} publishes",
+            hosts.first().map(String::as_str).unwrap_or("?")
+        ));
+    }
+    let producer = Producer {
+        workflow: std::env::var("TRAINING_JOB_NAME")
+            .or_else(|_| std::env::var("PROCESSING_JOB_NAME"))
+            .unwrap_or_else(|_| "wf worker".to_string()),
+        step: args.step.clone(),
+    };
+    let warnings = progress.warnings.lock().expect("warnings lock").clone();
+    let entry = store
+        .commit(
+            &staging,
+            &key,
+            &components,
+            step.output(&params),
+            producer,
+            warnings,
+            threads,
+        )
+        .map_err(|e| failed(format!("committing the output: {e}")))?;
+    cache
+        .publish_entry(&store, &entry)
+        .map_err(|e| failed(format!("publishing the output: {e}")))?;
+    Ok(format!(
+        "published {} -> {} ({} files) to {}",
+        key.short(),
+        entry.artifact.short(),
+        entry.files,
+        cache.location()
+    ))
+}

@@ -1,0 +1,720 @@
+//! End-to-end tests of wf's AWS side against the emulator (moto on loopback; .ci/run starts it and
+//! exports MOTO_ENDPOINT) and against loopback servers that misbehave on purpose. Tests that need the
+//! emulator print SKIP and pass when MOTO_ENDPOINT is unset, so `cargo test` passes anywhere.
+
+#[path = "cloud/support.rs"]
+mod support;
+
+use std::path::Path;
+use support::*;
+
+/// Two `command` steps; each appends its id to runs.log in the workflow directory (outside any
+/// cache), so a test can tell which commands really executed in which checkout.
+fn shared_workflow(dir: &Path, cache: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!(
+            r#"name: shared
+cache: {cache}
+steps:
+  a: {{ uses: command, with: {{ run: "echo a >> runs.log; echo hello > $WF_OUT/greeting.txt; mkdir -p $WF_OUT/bin; printf 'echo hi' > $WF_OUT/bin/hi.sh; chmod +x $WF_OUT/bin/hi.sh" }} }}
+  b: {{ uses: command, inputs: {{ src: a }}, with: {{ run: "echo b >> runs.log; cat $WF_IN_src/greeting.txt $WF_IN_src/greeting.txt > $WF_OUT/twice.txt" }} }}
+"#
+        ),
+    )
+    .unwrap();
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+#[test]
+fn a_second_checkout_gets_cache_hits_from_s3() {
+    let Some(moto) = moto("a_second_checkout_gets_cache_hits_from_s3") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("shared");
+    let cache = format!("s3://{bucket}/team");
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    shared_workflow(&a, &cache);
+    shared_workflow(&b, &cache);
+
+    let local_a = a.join("local").to_string_lossy().into_owned();
+    let first = wf_with(
+        &a,
+        Some(&moto),
+        &[("WF_LOCAL_CACHE", &local_a)],
+        &["run", "wf.yaml", "--json"],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let v = json(&first);
+    assert_eq!(
+        statuses(&v),
+        vec![("a".into(), "ran".into()), ("b".into(), "ran".into())]
+    );
+    // The local working copy is where $WF_LOCAL_CACHE says.
+    assert!(Path::new(&local_a).join("entries").is_dir());
+
+    // Everything a reader needs is in S3, in the layout of docs/cloud.md.
+    for step in v["steps"].as_array().unwrap() {
+        let key = step["key"].as_str().unwrap();
+        let artifact = step["output"]["digest"].as_str().unwrap();
+        let entry = moto
+            .get(&bucket, &format!("team/entries/{key}.json"))
+            .expect("entry published");
+        let entry: serde_json::Value = serde_json::from_slice(&entry).unwrap();
+        assert_eq!(entry["artifact"], artifact);
+        assert_eq!(entry["key"], key);
+        let manifest = moto
+            .get(&bucket, &format!("team/manifests/{artifact}.txt"))
+            .expect("manifest published");
+        assert_eq!(
+            blake3_hex(&manifest),
+            artifact,
+            "manifest hashes to the artifact"
+        );
+    }
+    let a_artifact = v["steps"][0]["output"]["digest"].as_str().unwrap();
+    assert_eq!(
+        moto.get(&bucket, &format!("team/trees/{a_artifact}/greeting.txt"))
+            .as_deref(),
+        Some(&b"hello\n"[..])
+    );
+    assert!(
+        moto.get(&bucket, &format!("team/trees/{a_artifact}/bin/hi.sh"))
+            .is_some()
+    );
+    assert_eq!(
+        moto.get(&bucket, &format!("team/objects/{}", blake3_hex(b"hello\n")))
+            .as_deref(),
+        Some(&b"hello\n"[..])
+    );
+
+    // Checkout b: fresh local cache, same S3 cache. `plan` sees the hits without downloading.
+    let local_b = b.join("local").to_string_lossy().into_owned();
+    let env_b = [("WF_LOCAL_CACHE", local_b.as_str())];
+    let plan = wf_with(&b, Some(&moto), &env_b, &["plan", "wf.yaml", "--json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let p = json(&plan);
+    for s in p["steps"].as_array().unwrap() {
+        assert_eq!(s["cache"], "hit", "{p}");
+        assert!(
+            s["reason"].as_str().unwrap().contains(&cache),
+            "reason names the S3 cache: {p}"
+        );
+    }
+    let second = wf_with(&b, Some(&moto), &env_b, &["run", "wf.yaml", "--json"]);
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    let w = json(&second);
+    assert_eq!(
+        statuses(&w),
+        vec![("a".into(), "cached".into()), ("b".into(), "cached".into())]
+    );
+    assert!(!b.join("runs.log").exists(), "no command ran in checkout b");
+    assert_eq!(
+        std::fs::read_to_string(a.join("runs.log")).unwrap(),
+        "a\nb\n"
+    );
+    // Same keys, same artifacts, and the bytes are in b's local store (executable bit included).
+    for (x, y) in v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["steps"].as_array().unwrap())
+    {
+        assert_eq!(x["key"], y["key"]);
+        assert_eq!(x["output"]["digest"], y["output"]["digest"]);
+    }
+    let out_b = Path::new(w["steps"][1]["output"]["path"].as_str().unwrap());
+    assert!(out_b.starts_with(std::fs::canonicalize(&local_b).unwrap()));
+    assert_eq!(
+        std::fs::read_to_string(out_b.join("twice.txt")).unwrap(),
+        "hello\nhello\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let a_out = Path::new(w["steps"][0]["output"]["path"].as_str().unwrap());
+    let mode = std::fs::metadata(a_out.join("bin/hi.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "executable bit survives S3: {mode:o}");
+    // The local copy in b verifies like any local cache.
+    let verify = wf_with(
+        &b,
+        Some(&moto),
+        &env_b,
+        &["cache", "verify", "--cache", &local_b],
+    );
+    assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
+}
+
+#[test]
+fn a_local_result_is_published_when_the_cache_moves_to_s3() {
+    let Some(moto) = moto("a_local_result_is_published_when_the_cache_moves_to_s3") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("late");
+    let t = tempfile::tempdir().unwrap();
+    // First a purely local run...
+    shared_workflow(t.path(), ".wf/cache");
+    let local = wf_with(t.path(), Some(&moto), &[], &["run", "wf.yaml", "--json"]);
+    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+    // ...then the same working copy with an S3 layer: local hits, now published.
+    let url = format!("s3://{bucket}");
+    let out = wf_with(
+        t.path(),
+        Some(&moto),
+        &[],
+        &["run", "wf.yaml", "--json", "--cache", &url],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    for s in v["steps"].as_array().unwrap() {
+        assert_eq!(s["status"], "cached");
+        let key = s["key"].as_str().unwrap();
+        // `s3://bucket` alone means the prefix wf-cache (docs/cloud.md §1).
+        assert!(
+            moto.get(&bucket, &format!("wf-cache/entries/{key}.json"))
+                .is_some(),
+            "entry {key} published"
+        );
+    }
+}
+
+#[test]
+fn a_missing_bucket_is_named() {
+    let Some(moto) = moto("a_missing_bucket_is_named") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let t = tempfile::tempdir().unwrap();
+    let bucket = format!("wf-no-such-bucket-{}", std::process::id());
+    shared_workflow(t.path(), &format!("s3://{bucket}/p"));
+    let out = wf_with(t.path(), Some(&moto), &[], &["run", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("s3://{bucket}")), "{err}");
+    assert!(err.contains("bucket does not exist"), "{err}");
+    assert!(!t.path().join("runs.log").exists());
+}
+
+/// Restores moto's default (no IAM enforcement) even when the test fails.
+struct IamOff<'a>(&'a Moto);
+impl Drop for IamOff<'_> {
+    fn drop(&mut self) {
+        self.0.enforce_iam(false);
+    }
+}
+
+#[test]
+fn access_denied_is_reported_with_the_object_and_the_cause() {
+    let Some(moto) = moto("access_denied_is_reported_with_the_object_and_the_cause") else {
+        return;
+    };
+    let _exclusive = moto.exclusive();
+    let bucket = moto.bucket("denied");
+    let user = format!("wf-reader-{}", std::process::id());
+    moto.query(
+        "iam",
+        &format!("Action=CreateUser&UserName={user}&Version=2010-05-08"),
+    );
+    // May list the bucket (so opening the cache works), may not read or write objects.
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:ListBucket","s3:HeadBucket"],"Resource":"*"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=PutUserPolicy&UserName={user}&PolicyName=list-only&PolicyDocument={}&Version=2010-05-08",
+            urlencode(policy)
+        ),
+    );
+    let keys = moto.query(
+        "iam",
+        &format!("Action=CreateAccessKey&UserName={user}&Version=2010-05-08"),
+    );
+    let id = xml_value(&keys, "AccessKeyId").unwrap();
+    let secret = xml_value(&keys, "SecretAccessKey").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    shared_workflow(t.path(), &format!("s3://{bucket}/p"));
+    moto.enforce_iam(true);
+    let _off = IamOff(&moto);
+    let out = wf_with(
+        t.path(),
+        Some(&moto),
+        &[
+            ("AWS_ACCESS_KEY_ID", id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+            ("AWS_MAX_ATTEMPTS", "2"),
+        ],
+        &["run", "wf.yaml", "--json"],
+    );
+    drop(_off);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let v = json(&out);
+    let msg = v["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("s3://{bucket}/p/entries/")), "{msg}");
+    assert!(msg.contains("AccessDenied") && msg.contains("403"), "{msg}");
+    assert!(msg.contains("permission"), "{msg}");
+    assert!(!t.path().join("runs.log").exists(), "nothing ran: {err}");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Throttling and server errors are retried by the SDK (AWS_MAX_ATTEMPTS attempts) and then
+/// reported with the status and the number of attempts. No emulator needed: a loopback server
+/// answers every request with the error and counts them.
+#[test]
+fn throttling_and_server_errors_are_retried_then_reported() {
+    for (status, body, what) in [
+        (
+            "503 Slow Down",
+            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+            "503",
+        ),
+        (
+            "500 Internal Server Error",
+            "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>",
+            "500",
+        ),
+    ] {
+        let server = FlakyServer::start(status, body, 20);
+        let t = tempfile::tempdir().unwrap();
+        shared_workflow(t.path(), "s3://flaky-bucket/p");
+        let mut cmd = std::process::Command::new(wf_bin());
+        cmd.args(["run", "wf.yaml"])
+            .current_dir(t.path())
+            .env("AWS_ENDPOINT_URL", &server.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "3")
+            .env_remove("AWS_PROFILE");
+        let out = cmd.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(server.hits(), 3, "three attempts, then give up: {err}");
+        assert!(err.contains(what), "{err}");
+        assert!(err.contains("gave up after 3 attempts"), "{err}");
+        assert!(err.contains("s3://flaky-bucket"), "{err}");
+    }
+}
+
+/// A small MSD-layout data set as a tar (made by `wf synth` and the system `tar`).
+fn msd_tar(dir: &Path) -> Vec<u8> {
+    let data = dir.join("synth");
+    let out = std::process::Command::new(wf_bin())
+        .args(["synth", "--cases", "2", "--shape", "8,8,6", "--out"])
+        .arg(data.join("Task01_BrainTumour"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tar = dir.join("task.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&data)
+        .arg("Task01_BrainTumour")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(tar).unwrap()
+}
+
+/// fetch-dataset reads `s3://` through the SDK: signed with the credentials in the environment,
+/// or anonymously when there are none (a public bucket); the md5 is checked either way.
+#[test]
+fn fetch_dataset_reads_s3_sources_through_the_sdk() {
+    let Some(moto) = moto("fetch_dataset_reads_s3_sources_through_the_sdk") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("data");
+    let t = tempfile::tempdir().unwrap();
+    let tar = msd_tar(t.path());
+    // A public object, as in the MSD bucket: readable without credentials.
+    moto.put_with(
+        &bucket,
+        "msd/Task01.tar",
+        &tar,
+        &[("x-amz-acl", "public-read")],
+    );
+    let md5 = {
+        let out = std::process::Command::new("md5sum")
+            .arg(t.path().join("task.tar"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    for (name, anonymous) in [("signed", false), ("anonymous", true)] {
+        let dir = t.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("wf.yaml"),
+            format!(
+                "name: fetch\nsteps:\n  fetch: {{ uses: fetch-dataset, with: {{ source: s3://{bucket}/msd/Task01.tar, md5: {md5} }} }}\n  count: {{ uses: command, inputs: {{ d: fetch }}, with: {{ run: \"ls $WF_IN_d/imagesTr > $WF_OUT/cases.txt\" }} }}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(wf_bin());
+        cmd.args(["run", "wf.yaml", "--json"]).current_dir(&dir);
+        moto.env(&mut cmd);
+        if anonymous {
+            cmd.env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
+                .env("AWS_CONFIG_FILE", dir.join("none"));
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+        let v = json(&out);
+        let cases = Path::new(v["steps"][1]["output"]["path"].as_str().unwrap()).join("cases.txt");
+        assert_eq!(
+            std::fs::read_to_string(cases).unwrap().lines().count(),
+            2,
+            "{name}"
+        );
+    }
+    // A missing key is an error naming the object and the service's answer.
+    let dir = t.path().join("missing");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!("steps:\n  fetch: {{ uses: fetch-dataset, with: {{ source: s3://{bucket}/nope.tar }} }}\n"),
+    )
+    .unwrap();
+    let out = wf_with(&dir, Some(&moto), &[], &["run", "wf.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let msg = json(&out)["steps"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains(&format!("s3://{bucket}/nope.tar")), "{msg}");
+    assert!(msg.contains("NoSuchKey") && msg.contains("404"), "{msg}");
+}
+
+/// Copies a tree (an artifact view is read-only; the copy is ordinary files).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+fn worker(moto: &Moto, root: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(wf_bin());
+    cmd.arg("worker").args(args).env("WF_SM_ROOT", root);
+    moto.env(&mut cmd);
+    cmd.output().unwrap()
+}
+
+/// `wf worker` as a SageMaker job runs it: inputs where SageMaker mounts them (or, when not
+/// mounted, from the cache), the key recomputed and checked, the output published entry-last.
+#[test]
+fn a_worker_runs_a_step_from_sagemaker_paths_and_publishes_it() {
+    let Some(moto) = moto("a_worker_runs_a_step_from_sagemaker_paths_and_publishes_it") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("worker");
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("local");
+    let cloud = format!("s3://{bucket}/p");
+    shared_workflow(&dir, &cloud);
+    std::fs::write(
+        dir.join("fails.yaml"),
+        "steps:\n  bad: { uses: command, with: { run: \"echo disk on fire >&2; exit 3\" } }\n",
+    )
+    .unwrap();
+    let local = dir.join("cache").to_string_lossy().into_owned();
+    let env = [("WF_LOCAL_CACHE", local.as_str())];
+    let out = wf_with(&dir, Some(&moto), &env, &["run", "wf.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    let (a, b) = (&v["steps"][0], &v["steps"][1]);
+    let b_key = b["key"].as_str().unwrap();
+    let input = format!("src={}", a["output"]["digest"].as_str().unwrap());
+    let b_params = r#"{"run": "echo b >> runs.log; cat $WF_IN_src/greeting.txt $WF_IN_src/greeting.txt > $WF_OUT/twice.txt"}"#;
+    // As if b had not been computed yet: a is in the cache, b is not.
+    let b_entry = format!("p/entries/{b_key}.json");
+    let forget_b = || {
+        let (status, _) = moto.request("DELETE", &format!("/{bucket}/{b_entry}"), &[], b"");
+        assert_eq!(status, 204);
+        assert!(moto.get(&bucket, &b_entry).is_none());
+    };
+    forget_b();
+
+    // A Processing job with its input mounted at /opt/ml/processing/input/src.
+    let root = t.path().join("opt-ml");
+    copy_tree(
+        Path::new(a["output"]["path"].as_str().unwrap()),
+        &root.join("processing/input/src"),
+    );
+    let args = [
+        "command", "--step", "b", "--key", b_key, "--cache", &cloud, "--params", b_params,
+        "--seed", "0", "--input", &input,
+    ];
+    let out = worker(&moto, &root, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("published"), "{}", stderr(&out));
+    let entry: serde_json::Value =
+        serde_json::from_slice(&moto.get(&bucket, &b_entry).unwrap()).unwrap();
+    assert_eq!(
+        entry["artifact"], b["output"]["digest"],
+        "same bytes as the local run"
+    );
+    assert_eq!(
+        moto.get(
+            &bucket,
+            &format!(
+                "p/trees/{}/twice.txt",
+                b["output"]["digest"].as_str().unwrap()
+            )
+        )
+        .as_deref(),
+        Some(&b"hello\nhello\n"[..])
+    );
+    // Published already: nothing to do.
+    let again = worker(&moto, &root, &args);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(stderr(&again).contains("already"), "{}", stderr(&again));
+
+    // A key the worker does not compute from its arguments is refused, nothing published.
+    let wrong = "0".repeat(64);
+    let mut bad = args;
+    bad[4] = &wrong;
+    let out = worker(&moto, &root, &bad);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("differs from --key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        moto.get(&bucket, &format!("p/entries/{wrong}.json"))
+            .is_none()
+    );
+
+    // Not mounted: the input comes from the cache.
+    forget_b();
+    let empty = t.path().join("empty-opt-ml");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = worker(&moto, &empty, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not mounted"), "{}", stderr(&out));
+    assert!(moto.get(&bucket, &b_entry).is_some());
+
+    // A failing step exits 1 with its stderr, and publishes nothing.
+    let plan = wf_with(&dir, Some(&moto), &env, &["plan", "fails.yaml", "--json"]);
+    let bad_key = json(&plan)["steps"][0]["key"].as_str().unwrap().to_string();
+    let out = worker(
+        &moto,
+        &empty,
+        &[
+            "command",
+            "--step",
+            "bad",
+            "--key",
+            &bad_key,
+            "--cache",
+            &cloud,
+            "--params",
+            r#"{"run": "echo disk on fire >&2; exit 3"}"#,
+            "--seed",
+            "0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk on fire"), "{}", stderr(&out));
+    assert!(
+        moto.get(&bucket, &format!("p/entries/{bad_key}.json"))
+            .is_none()
+    );
+}
+
+/// The emulator with Step Functions and SageMaker jobs that run `wf worker` (tests/cloud/moto_jobs.py;
+/// .ci/run starts it and exports MOTO_LAUNCHER), or `None` with the reason printed.
+fn moto_with_jobs(test: &str) -> Option<Moto> {
+    let moto = moto(test)?;
+    match std::env::var("MOTO_LAUNCHER") {
+        Ok(l) if l.ends_with("moto_jobs.py") => Some(moto),
+        _ => {
+            eprintln!(
+                "SKIP {test}: the emulator was not started with MOTO_LAUNCHER=tests/cloud/moto_jobs.py (Step Functions and jobs that run their container)"
+            );
+            None
+        }
+    }
+}
+
+fn cloud_workflow(dir: &Path, bucket: &str, machine: &str, steps: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!(
+            r#"name: {machine}
+cache: s3://{bucket}/p
+steps:
+{steps}targets:
+  aws:
+    region: us-east-1
+    role_arn: arn:aws:iam::123456789012:role/wf
+    image_uri: "local:{}"
+    state_machine_name: {machine}
+"#,
+            wf_bin().display()
+        ),
+    )
+    .unwrap();
+}
+
+/// deploy → start --wait → SUCCEEDED, every job a real `wf worker` publishing to the emulator's S3
+/// with keys the state machine computed; a local checkout then sees both steps cached in S3; a second
+/// execution finds every step cached; `wf status` reads the history back.
+#[test]
+fn deploy_and_start_run_steps_as_sagemaker_jobs_sharing_the_cache() {
+    let Some(moto) =
+        moto_with_jobs("deploy_and_start_run_steps_as_sagemaker_jobs_sharing_the_cache")
+    else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("sfn");
+    let machine = format!("wf-cmd-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("w");
+    cloud_workflow(
+        &dir,
+        &bucket,
+        &machine,
+        "  a: { uses: command, with: { run: \"echo hello > $WF_OUT/greeting.txt\" } }\n  b: { uses: command, inputs: { src: a }, with: { run: \"cat $WF_IN_src/greeting.txt $WF_IN_src/greeting.txt > $WF_OUT/twice.txt\" } }\n",
+    );
+    let poll = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(&dir, Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("created"), "{}", stderr(&out));
+    assert!(stdout(&out).trim().starts_with("arn:aws:states:us-east-1:"));
+    let again = wf_with(&dir, Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(stderr(&again).contains("up to date"), "{}", stderr(&again));
+    assert_eq!(stdout(&again), stdout(&out), "same state machine");
+
+    let run = wf_with(&dir, Some(&moto), &poll, &["start", "wf.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    assert!(text.contains("SUCCEEDED"), "{text}");
+    for id in ["a", "b"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [id, "ran"]),
+            "{text}"
+        );
+    }
+    // Keys computed in the state machine are the local keys: a fresh checkout gets hits.
+    let local = dir.join("fresh").to_string_lossy().into_owned();
+    let plan = wf_with(
+        &dir,
+        Some(&moto),
+        &[("WF_LOCAL_CACHE", &local)],
+        &["plan", "wf.yaml", "--json"],
+    );
+    let p = json(&plan);
+    for s in p["steps"].as_array().unwrap() {
+        assert_eq!(s["cache"], "hit", "{p}");
+    }
+    let b_artifact = {
+        let key = p["steps"][1]["key"].as_str().unwrap();
+        let entry = moto.get(&bucket, &format!("p/entries/{key}.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&entry).unwrap()["artifact"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        moto.get(&bucket, &format!("p/trees/{b_artifact}/twice.txt"))
+            .as_deref(),
+        Some(&b"hello\nhello\n"[..])
+    );
+
+    let second = wf_with(&dir, Some(&moto), &poll, &["start", "wf.yaml", "--wait"]);
+    let text2 = stdout(&second);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{text2}\n{}",
+        stderr(&second)
+    );
+    for id in ["a", "b"] {
+        assert!(
+            text2
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [id, "cached"]),
+            "{text2}"
+        );
+    }
+    let arn = text2.lines().next().unwrap().trim().to_string();
+    assert!(arn.contains(":execution:"), "{text2}");
+    let status = wf_with(&dir, Some(&moto), &[], &["status", &arn]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    assert!(stdout(&status).contains("SUCCEEDED"), "{}", stdout(&status));
+    assert!(stdout(&status).contains("cached"), "{}", stdout(&status));
+}
+
+/// A job that fails (the emulator fails jobs named `fail-...`, i.e. steps named so) takes the Catch
+/// path; `wf start --wait` exits 1 naming the step, and the step after it never runs.
+#[test]
+fn a_failed_job_fails_the_execution_naming_the_step() {
+    let Some(moto) = moto_with_jobs("a_failed_job_fails_the_execution_naming_the_step") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("sfnfail");
+    let machine = format!("wf-fail-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    cloud_workflow(
+        t.path(),
+        &bucket,
+        &machine,
+        "  fail-early: { uses: command, with: { run: \"echo never > $WF_OUT/x\" } }\n  after: { uses: command, inputs: { x: fail-early }, with: { run: \"cp $WF_IN_x/x $WF_OUT/y\" } }\n",
+    );
+    let poll = [("WF_POLL_SECONDS", "0.5"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let out = wf_with(t.path(), Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(
+        t.path(),
+        Some(&moto),
+        &poll,
+        &["start", "wf.yaml", "--wait"],
+    );
+    let (o, e) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(1), "{o}\n{e}");
+    assert!(e.contains("step `fail-early` failed"), "{o}\n{e}");
+    assert!(o.contains("FAILED"), "{o}");
+    assert!(!o.contains("after"), "the next step never started: {o}");
+    assert!(moto.keys(&bucket, "p/entries/").is_empty());
+}
