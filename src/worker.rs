@@ -49,6 +49,9 @@ pub struct WorkerArgs {
     /// Instances of a sharded job.
     #[arg(long)]
     pub shards: Option<u32>,
+    /// With `wf worker commit`: the kind of the sharded step whose parts are merged.
+    #[arg(long = "kind", value_name = "KIND")]
+    pub commit_kind: Option<String>,
 }
 
 /// A failure with its exit code.
@@ -133,16 +136,17 @@ impl Progress for StderrProgress {
 }
 
 fn run(args: &WorkerArgs) -> Result<String, Exit> {
-    if args.shards.is_some_and(|n| n > 1) {
-        return Err(invalid(
-            "sharded jobs (--shards > 1) need the shard/commit protocol of docs/cloud.md §6, which this build does not implement yet",
-        ));
-    }
+    // `wf worker commit --kind K`: the commit job after a sharded job (docs/cloud.md §6).
+    let committing = args.kind == "commit";
+    let kind = match (committing, &args.commit_kind) {
+        (false, _) => args.kind.as_str(),
+        (true, Some(k)) => k.as_str(),
+        (true, None) => return Err(invalid("`wf worker commit` needs --kind KIND")),
+    };
     let registry = wf_steps::registry();
-    let step = registry.get(&args.kind).ok_or_else(|| {
+    let step = registry.get(kind).ok_or_else(|| {
         invalid(format!(
-            "unknown step kind `{}` (this image knows: {})",
-            args.kind,
+            "unknown step kind `{kind}` (this image knows: {})",
             registry.kinds().collect::<Vec<_>>().join(", ")
         ))
     })?;
@@ -255,6 +259,14 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
             cache.location()
         ));
     }
+    if committing {
+        // Shards that saw every case publish the whole output themselves (see `sharded_input`);
+        // merging per-shard parts is not implemented, so there is nothing else to commit.
+        return Err(failed(format!(
+            "no entry {} after the sharded job: merging per-shard parts (docs/cloud.md §6) is not implemented by this image",
+            key.short()
+        )));
+    }
 
     let store = Store::open(&work.path().join("cache")).map_err(|e| failed(e.to_string()))?;
     for (path, digest) in &files {
@@ -283,7 +295,25 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
         let manifest = cache
             .manifest_of(digest)
             .map_err(|e| failed(format!("input `{slot}`: {e}")))?;
+        store
+            .add_manifest(&manifest)
+            .map_err(|e| failed(e.to_string()))?;
+        let meta = root.join("processing/input").join(format!("{slot}-meta"));
         let path = match mounted(&root, slot) {
+            Some(dir) if meta.is_dir() => {
+                let full = work.path().join("inputs").join(slot);
+                sharded_input(&cache, &dir, &meta, &manifest, &full)
+                    .map_err(|e| failed(format!("input `{slot}` (sharded): {e}")))?;
+                let problems = wf_engine::manifest::verify_tree(&full, &manifest, threads);
+                if !problems.is_empty() {
+                    return Err(failed(format!(
+                        "input `{slot}` does not match artifact {}: {}",
+                        digest.short(),
+                        problems.join("; ")
+                    )));
+                }
+                full
+            }
             Some(dir) => {
                 let problems = wf_engine::manifest::verify_tree(&dir, &manifest, threads);
                 if !problems.is_empty() {
@@ -384,4 +414,55 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
         entry.files,
         cache.location()
     ))
+}
+
+/// Rebuilds a sharded Dataset input as one tree: `imagesTr/` (ShardedByS3Key) and `labelsTr/` from
+/// the mount, `dataset.json` from `<slot>-meta/`, anything else (e.g. `imagesTs/`) from the cache.
+/// Only an instance that sees every training image can compute the whole output; one that sees a
+/// shard would need per-shard parts and a commit job (docs/cloud.md §6), which this worker does not
+/// implement, so it refuses rather than publish a partial output.
+fn sharded_input(
+    cache: &wf_aws::S3Cache,
+    mount: &Path,
+    meta: &Path,
+    manifest: &wf_engine::manifest::Manifest,
+    out: &Path,
+) -> Result<(), String> {
+    let images = manifest
+        .entries
+        .iter()
+        .filter(|e| e.path.starts_with("imagesTr/"));
+    let total = images.clone().count();
+    let seen = images.filter(|e| mount.join(&e.path).is_file()).count();
+    if seen < total {
+        return Err(format!(
+            "this instance sees {seen} of {total} training images; per-shard parts (docs/cloud.md §6) are not implemented, so a sharded step must run on one instance"
+        ));
+    }
+    for e in &manifest.entries {
+        let dst = out.join(&e.path);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| format!("{}: {err}", parent.display()))?;
+        }
+        let src = [mount.join(&e.path), meta.join(&e.path)]
+            .into_iter()
+            .find(|p| p.is_file());
+        match src {
+            Some(src) => {
+                if std::fs::hard_link(&src, &dst).is_err() {
+                    std::fs::copy(&src, &dst).map_err(|err| format!("{}: {err}", src.display()))?;
+                }
+            }
+            None => {
+                let rel = format!("objects/{}", e.digest.to_hex());
+                let bytes = cache
+                    .get(&rel)
+                    .map_err(|err| err.to_string())?
+                    .ok_or_else(|| format!("`{}` is neither mounted nor in the cache", e.path))?;
+                std::fs::write(&dst, bytes).map_err(|err| format!("{}: {err}", dst.display()))?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -718,3 +718,258 @@ fn a_failed_job_fails_the_execution_naming_the_step() {
     assert!(!o.contains("after"), "the next step never started: {o}");
     assert!(moto.keys(&bucket, "p/entries/").is_empty());
 }
+
+/// `workflows/brats.yaml` as compiled for the cloud, on data the emulator can hold: the same steps,
+/// targets and instance counts, with the 7 GB download replaced by a small synthetic MSD tar in the
+/// emulator's S3, smaller crops and copies, a tiny network and one epoch (params change keys, not
+/// the structure of the state machine).
+fn brats_for_emulator(dir: &Path, bucket: &str, name: &str, md5: &str) {
+    let mut y =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/brats.yaml"))
+            .unwrap();
+    let mut swap = |from: &str, to: &str| {
+        assert!(
+            y.contains(from),
+            "workflows/brats.yaml no longer has `{from}`"
+        );
+        y = y.replacen(from, to, 1);
+    };
+    swap("name: brats", &format!("name: {name}"));
+    swap(
+        "source: https://msd-for-monai.s3-us-west-2.amazonaws.com/Task01_BrainTumour.tar",
+        &format!("source: s3://{bucket}/msd/Task01.tar"),
+    );
+    swap(
+        "md5: 240a19d752f0d9e9101544901065d872",
+        &format!("md5: {md5}"),
+    );
+    swap("roi: [128, 128, 64]", "roi: [16, 16, 16]");
+    swap("copies_per_case: 101", "copies_per_case: 2");
+    swap(
+        "with: { epochs: 10, batch_size: 8, lr: 1.0e-4, val_fraction: 0.01, precision: bf16 }",
+        "with: { epochs: 1, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0, channels: [4, 8, 16], strides: [2, 2], num_res_units: 1 }",
+    );
+    swap(
+        "bucket: s3://wf-brats-123456789012/wf-cache",
+        &format!("bucket: s3://{bucket}/wf-cache"),
+    );
+    swap(
+        "image_uri: 123456789012.dkr.ecr.us-east-1.amazonaws.com/wf:latest",
+        &format!("image_uri: \"local:{}\"", wf_bin().display()),
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("brats.yaml"), y).unwrap();
+}
+
+/// The parameters each Task state sent, by state name (from the execution history).
+fn scheduled(moto: &Moto, execution: &str) -> Vec<(String, serde_json::Value)> {
+    let h = moto.json_call(
+        "states",
+        "AWSStepFunctions.GetExecutionHistory",
+        &serde_json::json!({ "executionArn": execution, "maxResults": 1000 }),
+    );
+    let mut state = String::new();
+    let mut out = Vec::new();
+    for e in h["events"].as_array().unwrap() {
+        if let Some(name) = e["stateEnteredEventDetails"]["name"].as_str() {
+            state = name.to_string();
+        }
+        if let Some(p) = e["taskScheduledEventDetails"]["parameters"].as_str() {
+            out.push((state.clone(), serde_json::from_str(p).unwrap()));
+        }
+    }
+    out
+}
+
+/// deploy + start --wait of workflows/brats.yaml: every job is a real `wf worker` (preprocessing,
+/// training on the FSx file system's import path, export); the execution SUCCEEDS, the jobs and the
+/// file system are configured as the blog's pipeline, the export is in S3, and a second execution
+/// skips every step.
+#[test]
+fn brats_deploys_and_runs_in_the_emulator() {
+    let Some(moto) = moto_with_jobs("brats_deploys_and_runs_in_the_emulator") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("brats");
+    let t = tempfile::tempdir().unwrap();
+    let tar = {
+        let out = std::process::Command::new(wf_bin())
+            .args([
+                "synth", "--cases", "4", "--shape", "40,40,32", "--seed", "1", "--out",
+            ])
+            .arg(t.path().join("synth/Task01_BrainTumour"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let tar = t.path().join("task.tar");
+        assert!(
+            std::process::Command::new("tar")
+                .arg("-cf")
+                .arg(&tar)
+                .arg("-C")
+                .arg(t.path().join("synth"))
+                .arg("Task01_BrainTumour")
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::read(tar).unwrap()
+    };
+    let md5 = {
+        let out = std::process::Command::new("md5sum")
+            .arg(t.path().join("task.tar"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    moto.put(&bucket, "msd/Task01.tar", &tar);
+    let name = format!("brats{}", std::process::id());
+    let dir = t.path().join("w");
+    brats_for_emulator(&dir, &bucket, &name, &md5);
+    let env = [("WF_POLL_SECONDS", "1"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let out = wf_with(&dir, Some(&moto), &env, &["deploy", "brats.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(&dir, Some(&moto), &env, &["start", "brats.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    assert!(text.contains("SUCCEEDED"), "{text}");
+    let execution = text.lines().next().unwrap().trim().to_string();
+    for id in ["fetch", "preprocess", "train", "export"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [id, "ran"]),
+            "{id}: {text}"
+        );
+    }
+
+    let tasks = scheduled(&moto, &execution);
+    let params = |state: &str| {
+        tasks
+            .iter()
+            .find(|(s, _)| s == state)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no task {state}: {:?}",
+                    tasks.iter().map(|t| &t.0).collect::<Vec<_>>()
+                )
+            })
+    };
+    // Preprocessing: 20 instances, the images sharded by S3 key, labels and dataset.json replicated.
+    let pre = params("preprocess.Run");
+    assert_eq!(
+        pre["ProcessingResources"]["ClusterConfig"]["InstanceCount"], 20,
+        "{pre}"
+    );
+    assert_eq!(
+        pre["ProcessingResources"]["ClusterConfig"]["InstanceType"],
+        "ml.c5.9xlarge"
+    );
+    let inputs = pre["ProcessingInputs"].as_array().unwrap();
+    let images = inputs
+        .iter()
+        .find(|i| {
+            i["S3Input"]["LocalPath"]
+                .as_str()
+                .unwrap()
+                .ends_with("/imagesTr")
+        })
+        .unwrap();
+    assert_eq!(
+        images["S3Input"]["S3DataDistributionType"], "ShardedByS3Key",
+        "{pre}"
+    );
+    assert!(
+        inputs
+            .iter()
+            .filter(|i| i != &images)
+            .all(|i| i["S3Input"]["S3DataDistributionType"] == "FullyReplicated")
+    );
+    // Training reads the samples from the FSx for Lustre file system the state machine created.
+    let fsx = params("train.Fsx.Create");
+    assert_eq!(fsx["FileSystemType"], "LUSTRE", "{fsx}");
+    assert_eq!(fsx["StorageCapacity"], 2400, "{fsx}");
+    assert_eq!(
+        fsx["LustreConfiguration"]["DeploymentType"], "SCRATCH_2",
+        "{fsx}"
+    );
+    assert!(
+        fsx["LustreConfiguration"]["ImportPath"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket}/wf-cache/trees/")),
+        "{fsx}"
+    );
+    let train = params("train.Run");
+    assert_eq!(train["ResourceConfig"]["InstanceCount"], 2, "{train}");
+    let channel = &train["InputDataConfig"][0];
+    assert_eq!(channel["ChannelName"], "samples", "{train}");
+    assert_eq!(
+        channel["DataSource"]["FileSystemDataSource"]["FileSystemType"], "FSxLustre",
+        "{train}"
+    );
+    assert!(
+        !train["VpcConfig"]["Subnets"].as_array().unwrap().is_empty(),
+        "{train}"
+    );
+    assert!(
+        tasks.iter().any(|(s, _)| s == "train.Fsx.Delete"),
+        "the file system is deleted after training"
+    );
+
+    // The export is in the cache, as a plain tree. A local run against the same cache computes
+    // nothing but the fsx-import pass-through (the cloud writes no entry for it, docs/cloud.md §4).
+    let cache = format!("s3://{bucket}/wf-cache");
+    let local = dir.join("fresh").to_string_lossy().into_owned();
+    let run_local = wf_with(
+        &dir,
+        Some(&moto),
+        &[("WF_LOCAL_CACHE", &local)],
+        &["run", "brats.yaml", "--json", "--cache", &cache],
+    );
+    assert_eq!(run_local.status.code(), Some(0), "{}", stderr(&run_local));
+    let p = json(&run_local);
+    assert_eq!(
+        statuses(&p),
+        [
+            ("fetch", "cached"),
+            ("preprocess", "cached"),
+            ("stage", "ran"),
+            ("train", "cached"),
+            ("export", "cached")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .to_vec(),
+        "{p}"
+    );
+    let export_key = p["steps"][4]["key"].as_str().unwrap().to_string();
+    let entry: serde_json::Value = serde_json::from_slice(
+        &moto
+            .get(&bucket, &format!("wf-cache/entries/{export_key}.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let tree = format!("wf-cache/trees/{}/", entry["artifact"].as_str().unwrap());
+    let files = moto.keys(&bucket, &tree);
+    for f in ["model.safetensors", "config.json", "metrics.json"] {
+        assert!(files.iter().any(|k| k.ends_with(f)), "{f} in {files:?}");
+    }
+
+    // Everything is cached now: a second execution runs no job.
+    let again = wf_with(&dir, Some(&moto), &env, &["start", "brats.yaml", "--wait"]);
+    let text2 = stdout(&again);
+    assert_eq!(again.status.code(), Some(0), "{text2}\n{}", stderr(&again));
+    for id in ["fetch", "preprocess", "train", "export"] {
+        assert!(
+            text2
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [id, "cached"]),
+            "{id}: {text2}"
+        );
+    }
+}

@@ -255,6 +255,14 @@ impl Store {
         Ok(self.artifact_path(&artifact))
     }
 
+    /// Records an artifact's manifest without its objects, for a process whose inputs live elsewhere
+    /// (`wf worker` reading SageMaker-mounted inputs): `manifest()` then finds it. Creates no entry.
+    pub fn add_manifest(&self, manifest: &Manifest) -> Result<ArtifactDigest, StoreError> {
+        let artifact = manifest.digest();
+        self.put_manifest(manifest, &artifact)?;
+        Ok(artifact)
+    }
+
     /// Commits an entry computed elsewhere (a remote cache) whose objects are all stored already:
     /// the manifest must hash to the entry's artifact. Written in the same order as `commit`.
     pub fn import(&self, entry: &Entry, manifest: &Manifest) -> Result<Entry, StoreError> {

@@ -163,6 +163,32 @@ impl Moto {
         text
     }
 
+    /// A JSON-protocol call (Step Functions, SageMaker, FSx), e.g.
+    /// `json_call("states", "AWSStepFunctions.GetExecutionHistory", ...)`.
+    pub fn json_call(
+        &self,
+        service: &str,
+        target: &str,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"
+        );
+        let (status, resp) = self.request(
+            "POST",
+            "/",
+            &[
+                ("Authorization", &auth),
+                ("X-Amz-Target", target),
+                ("Content-Type", "application/x-amz-json-1.0"),
+            ],
+            body.to_string().as_bytes(),
+        );
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        assert_eq!(status, 200, "{target}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{target}: {e}: {text}"))
+    }
+
     /// Switches IAM enforcement on (`Some(0)`) or off (`None`).
     pub fn enforce_iam(&self, on: bool) {
         let body: &[u8] = if on { b"0" } else { b"inf" };
