@@ -97,6 +97,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Segment one image with an exported model; writes a label NIfTI on the input's grid.
+    Predict(crate::predict::PredictArgs),
     /// Inspect and maintain a cache directory.
     Cache {
         #[command(subcommand)]
@@ -270,6 +272,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         Command::Status { execution_arn } => {
             crate::cloud::status(&execution_arn).map_err(|(c, m)| Fail(c, m))
         }
+        Command::Predict(args) => Ok(crate::predict::main(&args)),
         Command::Compile(args) => {
             let wf = load(&args.file)?;
             Ok(crate::compile::main(&wf, &args))
@@ -496,7 +499,7 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
     }
 }
 
-fn parse_shape(s: &str) -> Result<[usize; 3], String> {
+pub(crate) fn parse_shape(s: &str) -> Result<[usize; 3], String> {
     let v: Vec<usize> = s
         .split(',')
         .map(|p| p.trim().parse::<usize>())

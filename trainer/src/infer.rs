@@ -213,6 +213,20 @@ impl Predictor {
         Ok(y.squeeze(0)?)
     }
 
+    /// [`Predictor::regions`] for a C-order `(C, X, Y, Z)` f32 image held as a plain slice
+    /// (callers need not build tensors).
+    pub fn regions_of(
+        &self,
+        image: &[f32],
+        shape: [usize; 4],
+        roi: [usize; 3],
+        overlap: f64,
+        sw_batch_size: usize,
+    ) -> Result<Vec<u8>> {
+        let t = Tensor::from_slice(image, shape.as_slice(), &Device::Cpu)?;
+        self.regions(&t, roi, overlap, sw_batch_size)
+    }
+
     /// Region bits per voxel (channel k above 0.5 after sigmoid sets bit k: TC = 1, WT = 2, ET = 4),
     /// X-major C order, as wf-imaging stores labels.
     pub fn regions(

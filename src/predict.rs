@@ -1,0 +1,253 @@
+//! `wf predict --model EXPORT_DIR --image IMG --out SEG.nii.gz`: segments one image with an exported
+//! model. Replays the deterministic part of the training chain recorded in the export's
+//! `preprocessing.json` (load, channel-first, spacing, orientation, normalize-intensity; random
+//! transforms and convert-labels are left out), runs MONAI-style sliding-window inference, thresholds
+//! sigmoid > 0.5 per region (TC, WT, ET), turns regions into label values of the training convention
+//! (MSD: 1 edema, 2 non-enhancing core, 3 enhancing; BraTS: 2, 1, 4), resamples them back onto the
+//! input image's grid (nearest neighbour through the affines) and writes a uint8 NIfTI with the input's
+//! affine.
+
+use crate::cli::{EXIT_INVALID, EXIT_OK, EXIT_STEP_FAILED};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use wf_imaging::transforms::{CaseSource, ET, TC, WT};
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// An export directory (export-checkpoint's output: model.safetensors, config.json,
+    /// preprocessing.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The image to segment (NIfTI, 4 modalities on the 4th axis, as in MSD Task01).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Where to write the segmentation (.nii or .nii.gz).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sliding-window size X,Y,Z (default: the training crop, rounded up to the network's size
+    /// divisor).
+    #[arg(long, value_parser = crate::cli::parse_shape)]
+    pub roi: Option<[usize; 3]>,
+    /// Fraction by which neighbouring windows overlap (MONAI's `overlap`).
+    #[arg(long, default_value_t = 0.5)]
+    pub overlap: f64,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub sw_batch_size: usize,
+}
+
+struct Fail(u8, String);
+
+pub fn main(args: &PredictArgs) -> u8 {
+    match predict(args) {
+        Ok(()) => EXIT_OK,
+        Err(Fail(code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Fail {
+    Fail(EXIT_INVALID, msg.into())
+}
+
+/// Label value of a region-bit voxel in a convention (the inverse of convert-labels).
+fn label_value(bits: u8, convention: &str) -> u8 {
+    let brats = convention.starts_with("brats");
+    if bits & ET != 0 {
+        if brats { 4 } else { 3 }
+    } else if bits & TC != 0 {
+        if brats { 1 } else { 2 }
+    } else if bits & WT != 0 {
+        if brats { 2 } else { 1 }
+    } else {
+        0
+    }
+}
+
+/// The deterministic transforms of a recorded chain, and the training crop size if there was one.
+fn deterministic_chain(
+    transforms: &serde_json::Value,
+) -> Result<(serde_json::Value, Option<[usize; 3]>), String> {
+    let list = transforms
+        .as_array()
+        .ok_or("`transforms` is not a list")?;
+    let mut keep = Vec::new();
+    let mut crop = None;
+    for t in list {
+        let spec: wf_imaging::transforms::TransformSpec =
+            serde_json::from_value(t.clone()).map_err(|e| format!("transform {t}: {e}"))?;
+        let name = spec.name();
+        if name == "rand-spatial-crop"
+            && let Some(roi) = t.get("rand-spatial-crop").and_then(|c| c.get("roi"))
+        {
+            let v: Vec<usize> = serde_json::from_value(roi.clone()).map_err(|e| e.to_string())?;
+            if let [x, y, z] = v[..] {
+                crop = Some([x, y, z]);
+            }
+        }
+        if !spec.is_random() && name != "convert-labels" {
+            keep.push(t.clone());
+        }
+    }
+    Ok((serde_json::Value::Array(keep), crop))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, Fail> {
+    let bytes =
+        std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{}: {e}", path.display())))
+}
+
+fn predict(args: &PredictArgs) -> Result<(), Fail> {
+    if !(0.0..1.0).contains(&args.overlap) {
+        return Err(invalid(format!("--overlap {} is not in [0, 1)", args.overlap)));
+    }
+    if args.sw_batch_size == 0 {
+        return Err(invalid("--sw-batch-size must be >= 1"));
+    }
+    let t0 = Instant::now();
+    let predictor = wf_trainer::infer::Predictor::from_export(&args.model)
+        .map_err(|e| invalid(format!("model {}: {e}", args.model.display())))?;
+    let pre_path = args.model.join("preprocessing.json");
+    let pre = read_json(&pre_path).map_err(|Fail(c, m)| {
+        Fail(
+            c,
+            format!("{m} (an export written by the export-checkpoint step has it)"),
+        )
+    })?;
+    let labels = pre["labels"].as_str().unwrap_or("msd").to_string();
+    let (chain_json, crop) = deterministic_chain(&pre["transforms"])
+        .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
+    let chain = wf_steps::sharded_transform::build_chain(&chain_json, &labels)
+        .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
+    let div = predictor.config().size_divisor();
+    let roi = match (args.roi, crop) {
+        (Some(r), _) => r,
+        (None, Some(c)) => c.map(|v| v.div_ceil(div) * div),
+        (None, None) => [div * 8, div * 8, div * 4],
+    };
+    if let Some(bad) = roi.iter().find(|r| *r % div != 0) {
+        return Err(invalid(format!(
+            "--roi {roi:?}: {bad} is not a multiple of {div} (the network's size divisor)"
+        )));
+    }
+
+    // The input grid, to map the segmentation back onto.
+    let input = wf_imaging::nifti::read_nifti(&args.image)
+        .map_err(|e| invalid(format!("{e}")))?;
+    if input.dims.len() < 3 {
+        return Err(invalid(format!(
+            "{}: a {}-D image; expected 3-D or 4-D",
+            args.image.display(),
+            input.dims.len()
+        )));
+    }
+    let in_shape = [input.dims[0], input.dims[1], input.dims[2]];
+    let in_affine = input.affine;
+    drop(input);
+
+    let id = args
+        .image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("case")
+        .trim_end_matches(".gz")
+        .trim_end_matches(".nii")
+        .to_string();
+    let src = CaseSource {
+        id,
+        image: args.image.clone(),
+        label: None,
+    };
+    let mut case = chain
+        .run_prefix(&src)
+        .map_err(|e| invalid(e.to_string()))?;
+    case.image.to_c_order();
+    let want = predictor.config().in_channels;
+    if case.image.channels() != want {
+        return Err(invalid(format!(
+            "{}: the image has {} channel(s) after preprocessing; the model expects {want}",
+            args.image.display(),
+            case.image.channels()
+        )));
+    }
+    let regions = predictor
+        .regions_of(
+            &case.image.data,
+            case.image.shape,
+            roi,
+            args.overlap,
+            args.sw_batch_size,
+        )
+        .map_err(|e| Fail(EXIT_STEP_FAILED, format!("inference: {e}")))?;
+    let values: Vec<u8> = regions.iter().map(|&b| label_value(b, &labels)).collect();
+    let seg = wf_imaging::resample::resample_nearest_u8(
+        &values,
+        case.image.spatial(),
+        &case.affine,
+        in_shape,
+        &in_affine,
+    )
+    .ok_or_else(|| invalid("the preprocessed image has a singular affine"))?;
+    let fortran = wf_imaging::transforms::load::c_to_fortran(&seg, in_shape, 1);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Fail(EXIT_STEP_FAILED, format!("{}: {e}", dir.display())))?;
+    }
+    wf_imaging::nifti::write_nifti(
+        &args.out,
+        &in_shape,
+        wf_imaging::nifti::NiftiData::U8(&fortran),
+        &in_affine,
+    )
+    .map_err(|e| Fail(EXIT_STEP_FAILED, e.to_string()))?;
+    let mut counts = [0usize; 5];
+    for v in &seg {
+        counts[(*v as usize).min(4)] += 1;
+    }
+    eprintln!(
+        "{}: {:?} voxels, roi {roi:?}, labels ({labels}) 1: {}, 2: {}, 3: {}, 4: {}; wrote {} in {:.1} s",
+        args.image.display(),
+        in_shape,
+        counts[1],
+        counts[2],
+        counts[3],
+        counts[4],
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_map_back_to_each_convention() {
+        assert_eq!(label_value(0, "msd"), 0);
+        assert_eq!(label_value(WT, "msd"), 1);
+        assert_eq!(label_value(WT | TC, "msd"), 2);
+        assert_eq!(label_value(WT | TC | ET, "msd"), 3);
+        assert_eq!(label_value(WT, "brats"), 2);
+        assert_eq!(label_value(WT | TC, "brats"), 1);
+        assert_eq!(label_value(WT | TC | ET, "brats"), 4);
+    }
+
+    #[test]
+    fn only_deterministic_transforms_are_replayed() {
+        let t = serde_json::json!([
+            "load", "ensure-channel-first", "convert-labels",
+            {"rand-spatial-crop": {"roi": [40, 40, 20]}},
+            {"normalize-intensity": {"nonzero": true, "channel_wise": true}},
+            {"rand-flip": {"prob": 0.5, "axis": 0}}
+        ]);
+        let (keep, crop) = deterministic_chain(&t).unwrap();
+        assert_eq!(crop, Some([40, 40, 20]));
+        let names: Vec<String> = keep.as_array().unwrap().iter().map(|v| v.to_string()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.iter().all(|n| !n.contains("rand") && !n.contains("convert")));
+    }
+}

@@ -1,0 +1,225 @@
+//! End-to-end tests of the training half through the `wf` binary: fetch-dataset (synthetic) →
+//! sharded-transform → fsx-import → train-unet → export-checkpoint, then `wf predict` on an input
+//! image; and a training run killed mid-way that resumes from its last checkpoint and ends with the
+//! same weights as an uninterrupted run.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn workflow(dir: &Path, epochs: usize) {
+    let yaml = format!(
+        r#"name: tiny
+seed: 3
+steps:
+  fetch:
+    uses: fetch-dataset
+    with: {{ source: synthetic, cases: 4, shape: [40, 40, 32], seed: 1 }}
+  preprocess:
+    uses: sharded-transform
+    inputs: {{ dataset: fetch }}
+    with:
+      transforms:
+        - load
+        - ensure-channel-first
+        - convert-labels
+        - spacing: {{ pixdim: [1.5, 1.5, 2.0], mode: [bilinear, nearest] }}
+        - orientation: {{ axcodes: RAS }}
+        - rand-spatial-crop: {{ roi: [16, 16, 16] }}
+        - rand-flip: {{ prob: 0.5, axis: 0 }}
+        - normalize-intensity: {{ nonzero: true, channel_wise: true }}
+      copies_per_case: 3
+  stage: {{ uses: fsx-import, inputs: {{ samples: preprocess }} }}
+  train:
+    uses: train-unet
+    inputs: {{ samples: stage }}
+    with: {{ epochs: {epochs}, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0,
+            channels: [4, 8, 16], strides: [2, 2], num_res_units: 1 }}
+  export: {{ uses: export-checkpoint, inputs: {{ model: train }} }}
+"#
+    );
+    std::fs::write(dir.join("wf.yaml"), yaml).unwrap();
+}
+
+fn output_path(v: &serde_json::Value, id: &str) -> PathBuf {
+    let step = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .expect("step");
+    PathBuf::from(step["output"]["path"].as_str().expect("output path"))
+}
+
+#[test]
+fn train_export_and_predict_end_to_end() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    workflow(dir, 2);
+    let out = wf(dir, &["run", "wf.yaml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(status_of(&v, "train"), "ran");
+    assert_eq!(status_of(&v, "export"), "ran");
+
+    let model = output_path(&v, "train");
+    let lines: Vec<serde_json::Value> = read(model.join("metrics.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one metrics line per epoch");
+    assert!(lines.iter().all(|m| m["val_mean_dice"].is_number()));
+    let train: serde_json::Value = serde_json::from_str(&read(model.join("train.json"))).unwrap();
+    assert_eq!(train["split"]["val_cases"].as_array().unwrap().len(), 1);
+    assert_eq!(train["epochs_completed"], 2);
+
+    let export = output_path(&v, "export");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "metrics.json",
+        "README.md",
+        "preprocessing.json",
+    ] {
+        assert!(export.join(f).is_file(), "export lacks {f}");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&read(export.join("metrics.json"))).unwrap();
+    let key = metrics
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.contains("mean") && k.contains("dice"))
+        .expect("a mean Dice key");
+    assert!(metrics[key].is_number());
+
+    // Nothing changed: everything is cached, training included.
+    let again = json(&wf(dir, &["run", "wf.yaml", "--json"]));
+    assert!(statuses(&again).iter().all(|(_, s)| s == "cached"));
+
+    // Predict on a training image: a segmentation on the input grid, with the input's affine.
+    let dataset = output_path(&v, "fetch");
+    let image = std::fs::read_dir(dataset.join("imagesTr"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".nii.gz"))
+        .unwrap();
+    let seg = dir.join("out/seg.nii.gz");
+    let out = wf(
+        dir,
+        &[
+            "predict",
+            "--model",
+            export.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--out",
+            seg.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let input = wf_imaging::nifti::read_nifti(&image).unwrap();
+    let got = wf_imaging::nifti::read_nifti(&seg).unwrap();
+    assert_eq!(got.dims, input.dims[..3].to_vec());
+    assert_eq!(got.affine, input.affine);
+    assert_eq!(got.datatype, wf_imaging::nifti::Datatype::U8);
+    assert!(got.data.iter().all(|v| [0.0, 1.0, 2.0, 3.0].contains(v)));
+
+    // Bad input: an image with the wrong number of channels is refused with exit 2.
+    let label = dataset.join("labelsTr").join(image.file_name().unwrap());
+    let out = wf(
+        dir,
+        &[
+            "predict",
+            "--model",
+            export.to_str().unwrap(),
+            "--image",
+            label.to_str().unwrap(),
+            "--out",
+            "x.nii.gz",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("channel"), "{}", stderr(&out));
+}
+
+/// The epoch directories of in-progress training under the cache's resume area.
+fn checkpoint_done(cache: &Path, epoch: usize) -> bool {
+    let root = cache.join("derived/train-unet");
+    std::fs::read_dir(root).into_iter().flatten().flatten().any(|e| {
+        e.path()
+            .join(format!("checkpoints/epoch-{epoch:04}/checkpoint.json"))
+            .is_file()
+    })
+}
+
+fn last_weights(model: &Path) -> Vec<u8> {
+    let ckpts = model.join("checkpoints");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    std::fs::read(dirs.last().unwrap().join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn killed_training_resumes_from_its_last_checkpoint() {
+    const EPOCHS: usize = 6;
+    // An uninterrupted reference run.
+    let reference = tempfile::tempdir().unwrap();
+    workflow(reference.path(), EPOCHS);
+    let out = wf(reference.path(), &["run", "wf.yaml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = last_weights(&output_path(&json(&out), "train"));
+
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    workflow(dir, EPOCHS);
+    let mut child = std::process::Command::new(wf_bin())
+        .args(["run", "wf.yaml"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cache = dir.join(".wf/cache");
+    let t0 = Instant::now();
+    while !checkpoint_done(&cache, 2) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !checkpoint_done(&cache, EPOCHS),
+        "training finished before the kill"
+    );
+
+    let out = wf(dir, &["run", "wf.yaml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(status_of(&v, "train"), "ran");
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("resumed"), "no resume reported:\n{all}");
+    let model = output_path(&v, "train");
+    let epochs: Vec<u64> = read(model.join("metrics.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, (1..=EPOCHS as u64).collect::<Vec<_>>());
+    assert!(
+        last_weights(&model) == want,
+        "resumed training ended with different weights than an uninterrupted run"
+    );
+    // The resume area is cleaned up once the output is in the cache.
+    assert!(!checkpoint_done(&cache, EPOCHS));
+}
