@@ -116,7 +116,9 @@ fn handle(
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    // The query is not part of the route (the S3 SDK adds `?x-id=GetObject`).
+    let target = head.split_whitespace().nth(1).unwrap_or("");
+    let path = target.split('?').next().unwrap_or("").to_string();
     let range = head
         .lines()
         .find_map(|l| {
