@@ -18,12 +18,12 @@ use std::io::Write;
 use std::path::Path;
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    ArtifactType, CancelToken, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask,
+    RunContext, Slots, Step, StepError,
 };
 use wf_trainer::loss::DiceLoss;
 use wf_trainer::optim::AdamConfig;
-use wf_trainer::train::{TrainConfig, TrainEvent};
+use wf_trainer::train::{BatchSource, TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
@@ -355,7 +355,14 @@ impl Step for TrainUnet {
             .build()
             .map_err(|e| StepError::new(format!("cannot start the training threads: {e}")))?;
         let summary = pool
-            .install(|| wf_trainer::train::train(&cfg, &work, &mut train_src, &mut val_src, &mut on_event))
+            .install(|| {
+                let mut train_src = Cancellable {
+                    inner: &mut train_src,
+                    cancel: cx.cancel,
+                    epoch: 0,
+                };
+                wf_trainer::train::train(&cfg, &work, &mut train_src, &mut val_src, &mut on_event)
+            })
             .map_err(|e| {
                 StepError::new(format!(
                     "{e} (checkpoints of completed epochs are kept in {}; the next `wf run` resumes from them)",
@@ -401,6 +408,31 @@ impl Step for TrainUnet {
 
     fn remote(&self, _params: &Params) -> RemoteTask {
         RemoteTask::Training { instances: 1 }
+    }
+}
+
+/// Stops training at the next batch once the run is cancelled (Ctrl-C); the checkpoints of completed
+/// epochs stay for the next run to resume from.
+struct Cancellable<'a, S: BatchSource + ?Sized> {
+    inner: &'a mut S,
+    cancel: &'a CancelToken,
+    epoch: usize,
+}
+
+impl<S: BatchSource + ?Sized> BatchSource for Cancellable<'_, S> {
+    fn start_epoch(&mut self, epoch: usize) -> wf_trainer::Result<()> {
+        self.epoch = epoch;
+        self.inner.start_epoch(epoch)
+    }
+    fn next_batch(
+        &mut self,
+    ) -> wf_trainer::Result<Option<(wf_trainer::Tensor, wf_trainer::Tensor)>> {
+        if self.cancel.is_cancelled() {
+            return Err(wf_trainer::TrainerError::Interrupted {
+                epoch: self.epoch + 1,
+            });
+        }
+        self.inner.next_batch()
     }
 }
 

@@ -40,6 +40,10 @@ pub enum TrainerError {
     #[error("samples {path}: {detail}")]
     Samples { path: PathBuf, detail: String },
 
+    /// The caller stopped training (e.g. Ctrl-C); completed epochs' checkpoints are kept.
+    #[error("interrupted in epoch {epoch}")]
+    Interrupted { epoch: usize },
+
     #[error("data parallel: {detail}")]
     Ddp { detail: String },
 

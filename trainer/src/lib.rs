@@ -13,8 +13,8 @@ pub mod optim;
 pub mod train;
 pub mod unet;
 
-/// The device type callers pass to the loader and trainer (so they need not depend on candle).
-pub use candle_core::Device;
+/// The candle types callers meet in the loader and trainer API (so they need not depend on candle).
+pub use candle_core::{Device, Tensor};
 pub use error::{Result, TrainerError};
 
 #[cfg(test)]
