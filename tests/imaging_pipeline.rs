@@ -234,6 +234,57 @@ fn online_augmentation_stores_the_prefix_only() {
     );
 }
 
+#[test]
+fn bf16_samples_round_the_f32_samples() {
+    let src = "{ source: synthetic, cases: 2, shape: [48, 48, 32], seed: 4 }";
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    workflow(a.path(), 1, src, "");
+    workflow(b.path(), 1, src, "      sample_dtype: bf16\n");
+    let va = json(&wf(a.path(), &["run", "wf.yaml", "--json"]));
+    // Online mode too: the prefix is converted, the exact f32 prefix stays in the derived cache.
+    let yaml = read(b.path().join("wf.yaml"));
+    let vb = json(&wf(b.path(), &["run", "wf.yaml", "--json"]));
+    std::fs::write(
+        b.path().join("wf.yaml"),
+        yaml.replace("copies_per_case: 2", "copies_per_case: 0"),
+    )
+    .unwrap();
+    let vc = json(&wf(b.path(), &["run", "wf.yaml", "--json"]));
+    let out = |v: &serde_json::Value| {
+        Path::new(v["steps"][1]["output"]["path"].as_str().unwrap()).to_path_buf()
+    };
+    use wf_imaging::sample::{SampleDtype, SampleFile};
+    for (f32_file, bf16_file) in [
+        (
+            "cases/BRATS_001/1.wfs",
+            out(&vb).join("cases/BRATS_001/1.wfs"),
+        ),
+        (
+            "cases/BRATS_002/0.wfs",
+            out(&vb).join("cases/BRATS_002/0.wfs"),
+        ),
+    ] {
+        let x = SampleFile::open(&out(&va).join(f32_file)).unwrap();
+        let y = SampleFile::open(&bf16_file).unwrap();
+        assert_eq!(
+            (x.dtype(), y.dtype()),
+            (SampleDtype::F32, SampleDtype::Bf16)
+        );
+        assert_eq!(x.labels(), y.labels());
+        assert_eq!(x.drawn(), y.drawn());
+        let (xi, yi) = (x.image(), y.image());
+        assert_eq!(xi.len(), yi.len());
+        for (p, q) in xi.iter().zip(yi.iter()) {
+            assert!((p - q).abs() <= p.abs() / 256.0, "{p} vs {q}");
+        }
+    }
+    let prefix = SampleFile::open(&out(&vc).join("cases/BRATS_001/prefix.wfs")).unwrap();
+    assert_eq!(prefix.dtype(), SampleDtype::Bf16);
+    let index: serde_json::Value =
+        serde_json::from_str(&read(out(&vc).join("index.json"))).unwrap();
+    assert_eq!(index["sample_dtype"], "bf16");
+}
+
 /// A data set directory with one truncated image.
 fn damaged_dataset(dir: &Path) {
     assert!(

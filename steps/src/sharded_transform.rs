@@ -12,6 +12,8 @@
 //! trainer's loader to apply online.
 //!
 //! Output layout (`wf-samples-v1`): `index.json` and `cases/<case id>/<copy>.wfs` (or `prefix.wfs`).
+//! `sample_dtype: bf16` stores the output samples' images as bfloat16 (half the bytes a loader reads);
+//! the cached prefix stays exact f32, and f32 sample keys are unchanged by the option's existence.
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -23,7 +25,9 @@ use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, FileDigest, ParamSpec, Params, RemoteTask, RunContext,
     Slots, Step, StepError,
 };
-use wf_imaging::sample::{PREFIX_COPY, Sample, SampleFile, write_sample};
+use wf_imaging::sample::{
+    PREFIX_COPY, Sample, SampleDtype, SampleFile, write_sample, write_sample_as,
+};
 use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, LabelConvention, TransformSpec};
 use wf_imaging::{Rng, sample_seed};
 
@@ -63,6 +67,12 @@ const PARAMS: &[ParamSpec] = &[
         "\"fail\"",
         "what a bad case does: fail the step, or skip it with a warning",
     ),
+    ParamSpec::optional(
+        "sample_dtype",
+        ParamType::Enum(&["f32", "bf16"]),
+        "\"f32\"",
+        "image precision of the stored samples: f32 (exact) or bf16 (half the bytes to read per sample)",
+    ),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +82,7 @@ struct TransformParams {
     copies_per_case: u32,
     shards: usize,
     on_bad_case: String,
+    sample_dtype: String,
 }
 
 /// Builds the chain from params: the step's `labels:` applies to every `convert-labels` that does not
@@ -216,6 +227,11 @@ impl Step for ShardedTransform {
                                 derived: &derived,
                                 seed: cx.seed,
                                 copies: p.copies_per_case,
+                                dtype: if p.sample_dtype == "bf16" {
+                                    SampleDtype::Bf16
+                                } else {
+                                    SampleDtype::F32
+                                },
                             };
                             job.process(src, image_digest, label_digest, cx.out_dir)
                         })();
@@ -259,6 +275,7 @@ impl Step for ShardedTransform {
             "labels": p.labels,
             "seed": cx.seed,
             "copies_per_case": p.copies_per_case,
+            "sample_dtype": p.sample_dtype,
             "cases": index_cases,
             "skipped": skipped,
         });
@@ -299,6 +316,8 @@ struct CaseJob<'a> {
     derived: &'a Path,
     seed: u64,
     copies: u32,
+    /// Image precision of the output samples (the cached prefix stays f32, exact).
+    dtype: SampleDtype,
 }
 
 fn key(text: &str) -> String {
@@ -353,15 +372,44 @@ impl CaseJob<'_> {
         let dir = format!("cases/{}", src.id);
         if self.copies == 0 {
             let rel = format!("{dir}/prefix.wfs");
-            link(&ppath, &out.join(&rel))?;
+            let mut from = ppath;
+            if self.dtype != SampleDtype::F32 {
+                // A converted copy of the exact prefix, cached beside it.
+                let bkey = key(&format!("{pkey}\n{}", self.dtype.as_str()));
+                let bpath = cached_path(self.derived, "prefix", &bkey)?;
+                if !bpath.exists() {
+                    let sample = match prefix_case {
+                        Some(case) => {
+                            Sample::from_case(&case, PREFIX_COPY, 0, DrawnParams::default())
+                                .map_err(|e| e.to_string())?
+                        }
+                        None => Sample::from_case(
+                            &SampleFile::open(&from)
+                                .map_err(|e| e.to_string())?
+                                .to_case(),
+                            PREFIX_COPY,
+                            0,
+                            DrawnParams::default(),
+                        )
+                        .map_err(|e| e.to_string())?,
+                    };
+                    write_sample_as(&bpath, &sample, self.dtype).map_err(|e| e.to_string())?;
+                }
+                from = bpath;
+            }
+            link(&from, &out.join(&rel))?;
             return Ok(vec![rel]);
         }
         let mut files = Vec::with_capacity(self.copies as usize);
         for copy in 0..self.copies {
-            let skey = key(&format!(
+            let mut skey_text = format!(
                 "wf-sample-v{VERSION}\n{pkey}\n{}\n{}\n{}\n{copy}",
                 self.suffix_json, self.seed, src.id
-            ));
+            );
+            if self.dtype != SampleDtype::F32 {
+                skey_text.push_str(&format!("\n{}", self.dtype.as_str()));
+            }
+            let skey = key(&skey_text);
             let spath = cached_path(self.derived, "samples", &skey)?;
             if !spath.exists() {
                 if prefix_case.is_none() {
@@ -380,7 +428,7 @@ impl CaseJob<'_> {
                 let sample =
                     Sample::from_case(&case, copy, sample_seed(self.seed, &src.id, copy), drawn)
                         .map_err(|e| e.to_string())?;
-                write_sample(&spath, &sample).map_err(|e| e.to_string())?;
+                write_sample_as(&spath, &sample, self.dtype).map_err(|e| e.to_string())?;
             }
             let rel = format!("{dir}/{copy}.wfs");
             link(&spath, &out.join(&rel))?;
