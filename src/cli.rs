@@ -58,6 +58,10 @@ enum Command {
         /// Cache directory (default: `cache:` of the workflow, else .wf/cache beside it).
         #[arg(long)]
         cache: Option<String>,
+        /// Where steps run: here, or each step with a job form as a SageMaker job (targets.aws;
+        /// outputs go through the S3 cache).
+        #[arg(long, value_enum, default_value_t = Executor::Local)]
+        executor: Executor,
     },
     /// Print the step graph.
     Graph {
@@ -122,6 +126,12 @@ enum Command {
     Worker(crate::worker::WorkerArgs),
     /// Print the workflow as an AWS Step Functions definition (ASL JSON).
     Compile(crate::compile::CompileArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Executor {
+    Local,
+    Sagemaker,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,13 +248,24 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             jobs,
             force,
             cache,
+            executor,
         } => {
             let wf = load(&file)?;
             let force = check_force(&wf, force)?;
-            let (store, remote) = open_store(&wf, cache.as_deref())?;
+            let (store, mut remote) = open_store(&wf, cache.as_deref())?;
+            let executor = match executor {
+                Executor::Local => None,
+                Executor::Sagemaker => {
+                    let (x, cache) = crate::cloud::sagemaker_executor(&wf, remote.is_none())
+                        .map_err(|(c, m)| Fail(c, m))?;
+                    remote = remote.or(cache);
+                    Some(x)
+                }
+            };
             let mut opts = RunOptions {
                 force,
                 remote,
+                executor,
                 ..RunOptions::default()
             };
             if let Some(j) = jobs {

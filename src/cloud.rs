@@ -264,3 +264,30 @@ fn compile(wf: &Workflow) -> Result<wf_engine::asl::Compiled, (u8, String)> {
         )
     })
 }
+
+/// `wf run --executor sagemaker`: the executor for `targets.aws`, and the S3 cache at its P when
+/// `need_cache` (no `s3://` cache was given).
+#[allow(clippy::type_complexity)]
+pub fn sagemaker_executor(
+    wf: &Workflow,
+    need_cache: bool,
+) -> Result<
+    (
+        Arc<dyn wf_engine::RemoteExecutor>,
+        Option<Arc<dyn RemoteCache>>,
+    ),
+    (u8, String),
+> {
+    let target = compile(wf)?.target;
+    let cache: Option<Arc<dyn RemoteCache>> = if need_cache {
+        let url = target.cache.uri();
+        let c = wf_aws::S3Cache::open(&url, Some(&target.region))
+            .map_err(|e| (EXIT_INVALID, format!("error: cache {url}: {e}")))?;
+        Some(Arc::new(c))
+    } else {
+        None
+    };
+    let x = wf_aws::sagemaker::SageMakerExecutor::new(target)
+        .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+    Ok((Arc::new(x), cache))
+}

@@ -761,6 +761,40 @@ fn brats_for_emulator(dir: &Path, bucket: &str, name: &str, md5: &str) {
     std::fs::write(dir.join("brats.yaml"), y).unwrap();
 }
 
+/// Synthetic BraTS-like data (4 cases, 40x40x32) as an MSD tar, and its md5.
+fn brats_data(dir: &Path) -> (Vec<u8>, String) {
+    let out = std::process::Command::new(wf_bin())
+        .args([
+            "synth", "--cases", "4", "--shape", "40,40,32", "--seed", "1", "--out",
+        ])
+        .arg(dir.join("synth/Task01_BrainTumour"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tar = dir.join("task.tar");
+    assert!(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(dir.join("synth"))
+            .arg("Task01_BrainTumour")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = std::process::Command::new("md5sum")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let md5 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    (std::fs::read(tar).unwrap(), md5)
+}
+
 /// The parameters each Task state sent, by state name (from the execution history).
 fn scheduled(moto: &Moto, execution: &str) -> Vec<(String, serde_json::Value)> {
     let h = moto.json_call(
@@ -793,40 +827,7 @@ fn brats_deploys_and_runs_in_the_emulator() {
     let _shared = moto.shared();
     let bucket = moto.bucket("brats");
     let t = tempfile::tempdir().unwrap();
-    let tar = {
-        let out = std::process::Command::new(wf_bin())
-            .args([
-                "synth", "--cases", "4", "--shape", "40,40,32", "--seed", "1", "--out",
-            ])
-            .arg(t.path().join("synth/Task01_BrainTumour"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        let tar = t.path().join("task.tar");
-        assert!(
-            std::process::Command::new("tar")
-                .arg("-cf")
-                .arg(&tar)
-                .arg("-C")
-                .arg(t.path().join("synth"))
-                .arg("Task01_BrainTumour")
-                .status()
-                .unwrap()
-                .success()
-        );
-        std::fs::read(tar).unwrap()
-    };
-    let md5 = {
-        let out = std::process::Command::new("md5sum")
-            .arg(t.path().join("task.tar"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let (tar, md5) = brats_data(t.path());
     moto.put(&bucket, "msd/Task01.tar", &tar);
     let name = format!("brats{}", std::process::id());
     let dir = t.path().join("w");
@@ -972,4 +973,149 @@ fn brats_deploys_and_runs_in_the_emulator() {
             "{id}: {text2}"
         );
     }
+}
+
+/// `wf run --executor sagemaker`: the local engine orchestrates; fetch, preprocess, train and export
+/// run as SageMaker jobs (real `wf worker`s in the emulator), fsx-import locally, training from an
+/// FSx file system; outputs come back through the S3 cache, and a rerun is all cached.
+#[test]
+fn run_with_the_sagemaker_executor() {
+    let Some(moto) = moto_with_jobs("run_with_the_sagemaker_executor") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("executor");
+    let t = tempfile::tempdir().unwrap();
+    let (tar, md5) = brats_data(t.path());
+    moto.put(&bucket, "msd/Task01.tar", &tar);
+    let name = format!("bratsx{}", std::process::id());
+    let dir = t.path().join("w");
+    brats_for_emulator(&dir, &bucket, &name, &md5);
+    let local = dir.join("local").to_string_lossy().into_owned();
+    let env = [
+        ("WF_POLL_SECONDS", "0.5"),
+        ("WF_LOCAL_CACHE", local.as_str()),
+    ];
+    let run = wf_with(
+        &dir,
+        Some(&moto),
+        &env,
+        &["run", "brats.yaml", "--json", "--executor", "sagemaker"],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let v = json(&run);
+    assert!(
+        statuses(&v).iter().all(|(_, s)| s == "ran"),
+        "{}",
+        stderr(&run)
+    );
+    // The jobs, as SageMaker recorded them.
+    let jobs = moto.json_call(
+        "sagemaker",
+        "SageMaker.ListTrainingJobs",
+        &serde_json::json!({ "MaxResults": 100 }),
+    );
+    let ours = format!("s3://{bucket}/");
+    let d = jobs["TrainingJobSummaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            moto.json_call(
+                "sagemaker",
+                "SageMaker.DescribeTrainingJob",
+                &serde_json::json!({ "TrainingJobName": j["TrainingJobName"] }),
+            )
+        })
+        .find(|d| {
+            d["AlgorithmSpecification"]["ContainerArguments"]
+                .to_string()
+                .contains(&ours)
+        })
+        .expect("our training job");
+    assert_eq!(
+        d["AlgorithmSpecification"]["ContainerEntrypoint"],
+        serde_json::json!(["wf", "worker", "train-unet"]),
+        "{d}"
+    );
+    let channel = &d["InputDataConfig"][0];
+    assert_eq!(channel["ChannelName"], "samples", "{d}");
+    assert_eq!(
+        channel["DataSource"]["FileSystemDataSource"]["FileSystemType"], "FSxLustre",
+        "{d}"
+    );
+    assert_eq!(d["ResourceConfig"]["InstanceCount"], 2, "{d}");
+    assert_eq!(
+        d["ResourceConfig"]["InstanceType"], "ml.p4d.24xlarge",
+        "{d}"
+    );
+    let args: Vec<String> = d["AlgorithmSpecification"]["ContainerArguments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let train_key = v["steps"][3]["key"].as_str().unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--key" && w[1] == train_key),
+        "{args:?}"
+    );
+    let pjobs = moto.json_call(
+        "sagemaker",
+        "SageMaker.ListProcessingJobs",
+        &serde_json::json!({ "MaxResults": 100 }),
+    );
+    let p = pjobs["ProcessingJobSummaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| {
+            j["ProcessingJobName"]
+                .as_str()
+                .unwrap()
+                .starts_with("preprocess-")
+        })
+        .map(|j| {
+            moto.json_call(
+                "sagemaker",
+                "SageMaker.DescribeProcessingJob",
+                &serde_json::json!({ "ProcessingJobName": j["ProcessingJobName"] }),
+            )
+        })
+        .find(|d| {
+            d["AppSpecification"]["ContainerArguments"]
+                .to_string()
+                .contains(&ours)
+        })
+        .expect("our preprocessing job");
+    let sharded: Vec<&serde_json::Value> = p["ProcessingInputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["S3Input"]["S3DataDistributionType"] == "ShardedByS3Key")
+        .collect();
+    assert_eq!(sharded.len(), 1, "{p}");
+    assert!(
+        sharded[0]["S3Input"]["S3Uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/imagesTr/")
+    );
+    let pargs = p["AppSpecification"]["ContainerArguments"].to_string();
+    assert!(pargs.contains("\"--shards\",\"20\""), "{pargs}");
+
+    // Everything is in the cache now.
+    let again = wf_with(
+        &dir,
+        Some(&moto),
+        &env,
+        &["run", "brats.yaml", "--json", "--executor", "sagemaker"],
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        statuses(&json(&again)).iter().all(|(_, s)| s == "cached"),
+        "{}",
+        stdout(&again)
+    );
 }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod s3;
 pub mod s3cache;
 pub mod s3url;
+pub mod sagemaker;
 pub mod sfn;
 
 pub use client::{Aws, Credentials};

@@ -10,7 +10,7 @@ use crate::artifact::ArtifactType;
 use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use crate::memo::Memo;
-use crate::remote::RemoteCache;
+use crate::remote::{RemoteCache, RemoteExecutor};
 use crate::step::{CancelToken, InputArtifact, Progress, RunContext, StepError};
 use crate::store::{Entry, Producer, RunRecord, Store, StoreError};
 use crate::workflow::Workflow;
@@ -101,6 +101,8 @@ pub struct RunOptions {
     /// A shared cache behind the local store (`cache: s3://...`): consulted on a local miss, and
     /// given every output the local store holds.
     pub remote: Option<Arc<dyn RemoteCache>>,
+    /// Runs steps elsewhere (`wf run --executor sagemaker`); needs `remote`, where outputs land.
+    pub executor: Option<Arc<dyn RemoteExecutor>>,
 }
 
 impl Default for RunOptions {
@@ -113,6 +115,7 @@ impl Default for RunOptions {
             threads: cores,
             force: BTreeSet::new(),
             remote: None,
+            executor: None,
         }
     }
 }
@@ -621,6 +624,24 @@ fn run_one(
             None,
         );
     }
+    if let Some(executor) = opts.executor.as_deref().filter(|x| x.takes(wf, i)) {
+        return match run_remotely(wf, i, key, &components, inputs, executor, remote, store, tx) {
+            Ok(Some(entry)) => done(entry, Status::Ran),
+            Ok(None) => failed_outcome(
+                id,
+                kind,
+                Some(key),
+                format!(
+                    "{} finished but no output was published under {}",
+                    executor.name(),
+                    key.short()
+                ),
+                None,
+                None,
+            ),
+            Err(e) => failed_outcome(id, kind, Some(key), e.message, e.detail, None),
+        };
+    }
     let staging = match store.stage(id) {
         Ok(s) => s,
         Err(e) => return store_err(e),
@@ -704,6 +725,42 @@ fn run_one(
             }
         }
     }
+}
+
+/// Runs step `i` through `executor` and fetches what it published into the local store.
+#[allow(clippy::too_many_arguments)]
+fn run_remotely(
+    wf: &Workflow,
+    i: usize,
+    key: StepKey,
+    components: &KeyComponents,
+    inputs: &BTreeMap<String, InputArtifact>,
+    executor: &dyn RemoteExecutor,
+    remote: Option<&dyn RemoteCache>,
+    store: &Store,
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+) -> Result<Option<Entry>, StepError> {
+    let def = &wf.steps[i];
+    let remote = remote.ok_or_else(|| {
+        StepError::new(format!(
+            "{} needs an S3 cache (cache: s3://... or --cache s3://...) for its outputs",
+            executor.name()
+        ))
+    })?;
+    let _ = tx.send(Event::Started {
+        step: def.id.clone(),
+        kind: def.kind(),
+        key,
+    });
+    let progress = ChannelProgress {
+        step: def.id.clone(),
+        tx: tx.clone(),
+        warnings: Default::default(),
+    };
+    executor.execute(wf, i, &key, components, inputs, &progress)?;
+    remote
+        .fetch(&key, store)
+        .map_err(|e| StepError::new(e.message))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub use digest::{ArtifactDigest, FileDigest, StepKey};
 pub use exec::{Event, RunOptions, RunSummary, Status, StepOutcome};
 pub use params::{ParamSpec, ParamType, Params};
 pub use registry::Registry;
-pub use remote::{RemoteCache, RemoteError};
+pub use remote::{RemoteCache, RemoteError, RemoteExecutor};
 pub use step::{
     CancelToken, CheckContext, InputArtifact, Progress, RemoteTask, RunContext, Step, StepError,
 };

@@ -46,3 +46,31 @@ impl std::fmt::Debug for dyn RemoteCache {
         write!(f, "RemoteCache({})", self.location())
     }
 }
+
+/// Runs a step's computation somewhere else (a SageMaker job) instead of `Step::run` on this
+/// machine; the job publishes the output to the remote cache under the step's key, from where the
+/// executor fetches it like any remote hit. Steps it does not take (`takes` false) run locally.
+pub trait RemoteExecutor: Send + Sync {
+    /// Where the steps run, for messages (e.g. `SageMaker (us-east-1)`).
+    fn name(&self) -> String;
+
+    /// Whether step `i` of `wf` runs remotely.
+    fn takes(&self, wf: &crate::Workflow, i: usize) -> bool;
+
+    /// Runs step `i` remotely under `key` and returns once its output is published (or it failed).
+    fn execute(
+        &self,
+        wf: &crate::Workflow,
+        i: usize,
+        key: &StepKey,
+        components: &crate::key::KeyComponents,
+        inputs: &std::collections::BTreeMap<String, crate::InputArtifact>,
+        progress: &dyn crate::Progress,
+    ) -> Result<(), crate::StepError>;
+}
+
+impl std::fmt::Debug for dyn RemoteExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteExecutor({})", self.name())
+    }
+}
