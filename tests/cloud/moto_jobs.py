@@ -23,6 +23,7 @@ Usage: MOTO_LAUNCHER=tests/cloud/moto_jobs.py moto_start   (WF_MOTO_SFN_SERVER o
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,8 @@ def _processing(job):
         ok, why = _run(spec["ImageUri"], spec.get("ContainerEntrypoint"), spec.get("ContainerArguments"), root)
     except Exception as e:  # noqa: BLE001
         ok, why = False, "staging the job failed: %r" % (e,)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     job.processing_job_status = "Completed" if ok else "Failed"
     if not ok:
         job.failure_reason = why
@@ -133,6 +136,8 @@ def _training(job, account, region):
                        root)
     except Exception as e:  # noqa: BLE001
         ok, why = False, "staging the job failed: %r" % (e,)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     job.training_job_status = "Completed" if ok else "Failed"
     if hasattr(job, "secondary_status"):
         job.secondary_status = job.training_job_status
