@@ -1,6 +1,7 @@
 //! wf-trainer: the MONAI-compatible 3D UNet in candle, with the 3D ops, losses, optimizer, checkpoints and data parallelism training needs.
 
 pub mod alloc;
+pub mod augment;
 pub mod checkpoint;
 pub mod data;
 pub mod ddp;

@@ -7,19 +7,25 @@
 //! - With `copies_per_case: 0` the artifact holds the deterministic prefix only; the loader replays the
 //!   chain's random suffix online, with the per-sample seed of (seed, case, epoch), so epoch e of a run
 //!   sees the same augmentation every time.
-//! - A background thread prefetches the next batches (decoding and augmenting with rayon) while the
-//!   model computes; `PREFETCH` batches are kept ready.
+//! - Each batch is one preallocated (N, C, X, Y, Z) image buffer and one (N, 3, X, Y, Z) label buffer;
+//!   every sample is written once, straight from its map into its slot (bf16 images decoded on the
+//!   way, region bits expanded to {0, 1} channels, the online suffix fused: see [`crate::augment`]).
+//!   Samples are filled in parallel by a small worker pool of the loader's own (not the model's
+//!   rayon pool), and a background thread keeps `PREFETCH` batches ready. A sample's values depend
+//!   only on (seed, case, epoch), so batches are the same whatever the number of workers.
 //! - A `staged.json` (fsx-import's staged copy) redirects reads to the staged directory when present.
 
-use crate::data::{SampleRef, collate};
+use crate::augment::{FusedSuffix, Plan};
 use crate::error::{Result, TrainerError};
 use crate::train::BatchSource;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, OnceLock};
 use wf_imaging::Rng;
-use wf_imaging::sample::SampleFile;
+use wf_imaging::sample::{ImageData, SampleFile};
 use wf_imaging::transforms::{Chain, LabelData};
 
 /// Batches kept ready ahead of the model.
@@ -29,16 +35,54 @@ pub const PREFETCH: usize = 2;
 struct Item {
     case: String,
     path: PathBuf,
+    /// The validated map, opened on first use and kept for later epochs (mapping a sample again
+    /// each epoch costs page faults; the kernel still reclaims the page cache behind it as needed).
+    file: Arc<OnceLock<Arc<SampleFile>>>,
+}
+
+impl Item {
+    fn open(&self) -> Result<Arc<SampleFile>> {
+        if let Some(f) = self.file.get() {
+            return Ok(f.clone());
+        }
+        let f = SampleFile::open(&self.path).map_err(|e| bad(&self.path, e.to_string()))?;
+        Ok(self.file.get_or_init(|| Arc::new(f)).clone())
+    }
+}
+
+/// The random suffix a prefix-only artifact leaves to the loader.
+struct Online {
+    chain: Chain,
+    /// `None`: not fusable, the reference chain runs on an owned copy.
+    fused: Option<FusedSuffix>,
 }
 
 /// What the two loaders of a run share.
 #[derive(Clone)]
 struct Source {
     root: PathBuf,
-    online: Option<std::sync::Arc<Chain>>,
+    online: Option<Arc<Online>>,
     seed: u64,
     device: Device,
     label_channels: usize,
+}
+
+/// Loader worker threads unless set with [`SamplesLoader::with_workers`]: the machine's parallelism,
+/// at most 8 (a sample is ~10 ms of memory-bound work; more threads only contend with the model).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+
+fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(workers.max(1))
+        .thread_name(|i| format!("wf-loader-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| TrainerError::Config {
+            field: "workers",
+            detail: format!("cannot start {workers} loader threads: {e}"),
+        })
 }
 
 /// A `BatchSource` over one split of a Samples artifact.
@@ -47,6 +91,7 @@ pub struct SamplesLoader {
     items: Vec<Item>,
     batch_size: usize,
     shuffle: bool,
+    pool: Arc<rayon::ThreadPool>,
     rx: Option<Receiver<Result<(Tensor, Tensor)>>>,
 }
 
@@ -102,7 +147,8 @@ pub fn open_samples(
     let online = if index["copies_per_case"].as_u64() == Some(0) {
         let chain =
             Chain::from_json(&index["transforms"]).map_err(|e| bad(&index_path, e.to_string()))?;
-        Some(std::sync::Arc::new(chain))
+        let fused = FusedSuffix::new(&chain);
+        Some(Arc::new(Online { chain, fused }))
     } else {
         None
     };
@@ -135,7 +181,7 @@ pub fn open_samples(
         .enumerate()
         .map(|(i, (id, _))| {
             (
-                wf_imaging::sample_seed(seed ^ 0x5EED_0F_5A11, id, u32::MAX - 1),
+                wf_imaging::sample_seed(seed ^ 0x005E_ED0F_5A11, id, u32::MAX - 1),
                 i,
             )
         })
@@ -154,6 +200,7 @@ pub fn open_samples(
             let item = Item {
                 case: id.clone(),
                 path: root.join(f),
+                file: Arc::default(),
             };
             if is_val.contains(&i) {
                 val.push(item)
@@ -169,17 +216,28 @@ pub fn open_samples(
         device: device.clone(),
         label_channels: 3,
     };
+    // One pool for both splits: validation runs after training, never beside it.
+    let pool = worker_pool(default_workers())?;
     let make = |items, shuffle| SamplesLoader {
         src: src.clone(),
         items,
         batch_size,
         shuffle,
+        pool: pool.clone(),
         rx: None,
     };
     Ok((make(train, true), make(val, false)))
 }
 
 impl SamplesLoader {
+    /// Fills samples on `workers` threads (default [`default_workers`]); batches do not change.
+    pub fn with_workers(mut self, workers: usize) -> Result<Self> {
+        self.pool = worker_pool(workers)?;
+        Ok(self)
+    }
+    pub fn workers(&self) -> usize {
+        self.pool.current_num_threads()
+    }
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -198,39 +256,143 @@ impl SamplesLoader {
     }
 }
 
-/// Loads (and, online, augments) one sample into owned buffers.
-fn load(src: &Source, item: &Item, epoch: usize) -> Result<(Vec<f32>, Vec<u8>, [usize; 4])> {
-    let f = SampleFile::open(&item.path).map_err(|e| bad(&item.path, e.to_string()))?;
-    let Some(chain) = &src.online else {
-        let s = f.shape();
-        let shape = [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize];
-        return Ok((f.image().to_vec(), f.labels().to_vec(), shape));
+/// One sample of a batch: its open map (or, for a suffix that cannot be fused, the reference chain's
+/// owned output) and the plan that writes it into its slot.
+struct Slot {
+    file: Arc<SampleFile>,
+    plan: Plan,
+    owned: Option<(Vec<f32>, Vec<u8>)>,
+}
+
+/// Opens a sample and decides its plan; the draws are cheap, no voxel is touched yet (except on the
+/// reference path, which has to run the chain to know the output).
+fn open_slot(src: &Source, item: &Item, epoch: usize) -> Result<Slot> {
+    let file = item.open()?;
+    let shape = file.shape();
+    let Some(online) = &src.online else {
+        return Ok(Slot {
+            file,
+            plan: Plan::identity(shape),
+            owned: None,
+        });
     };
     let mut rng = Rng::for_sample(src.seed, &item.case, epoch as u32);
-    let (case, _) = chain
-        .apply_suffix(f.to_case(), &mut rng)
+    if let Some(f) = &online.fused {
+        let drawn = f.draw(shape, &mut rng);
+        let plan = f.plan(shape, &drawn).map_err(|e| bad(&item.path, e))?;
+        return Ok(Slot {
+            file,
+            plan,
+            owned: None,
+        });
+    }
+    let (case, _) = online
+        .chain
+        .apply_suffix(file.to_case(), &mut rng)
         .map_err(|e| bad(&item.path, e.to_string()))?;
     let labels = match case.label.map(|l| l.data) {
         Some(LabelData::Regions(r)) => r,
         _ => return Err(bad(&item.path, "sample without region labels")),
     };
-    Ok((case.image.data, labels, case.image.shape))
+    Ok(Slot {
+        file,
+        plan: Plan::identity(case.image.shape),
+        owned: Some((case.image.data, labels)),
+    })
 }
 
-fn make_batch(src: &Source, items: &[Item], epoch: usize) -> Result<(Tensor, Tensor)> {
-    let loaded: Vec<(Vec<f32>, Vec<u8>, [usize; 4])> = items
-        .par_iter()
-        .map(|it| load(src, it, epoch))
-        .collect::<Result<_>>()?;
-    let refs: Vec<SampleRef<'_>> = loaded
+/// Writes one sample into its slots of the batch buffers.
+/// Writes one sample into its slots of the batch buffers.
+fn fill(
+    src: &Source,
+    slot: &Slot,
+    img: &mut [MaybeUninit<f32>],
+    lbl: &mut [MaybeUninit<f32>],
+) -> std::result::Result<(), String> {
+    let (image, labels) = match &slot.owned {
+        Some((image, labels)) => (ImageData::F32(image), &labels[..]),
+        None => (slot.file.image_data(), slot.file.labels()),
+    };
+    slot.plan.fill(image, labels, img, lbl, src.label_channels)
+}
+
+/// An empty batch buffer with room for `len` values. It is not zeroed: every sample writes every
+/// value of its slot (`Plan::fill`), so with [`crate::alloc::Recycler`] a reused block is written
+/// exactly once. A fresh block (a new `mmap` from glibc above 32 MiB) is zeroed by the kernel as it
+/// is touched; on Linux it is asked for transparent huge pages, so that costs one fault per 2 MiB
+/// instead of one per 4 KiB (with 4 KiB pages over half the loader's time went to page faults).
+fn batch_buffer(len: usize) -> Vec<f32> {
+    let v: Vec<f32> = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_ptr() as usize + len * 4) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: a hint on whole pages inside our own allocation; contents are unchanged and a
+            // refusal (THP off) is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
+}
+
+fn make_batch(
+    src: &Source,
+    pool: &rayon::ThreadPool,
+    items: &[Item],
+    epoch: usize,
+) -> Result<(Tensor, Tensor)> {
+    let slots: Vec<Slot> = pool.install(|| {
+        items
+            .par_iter()
+            .map(|it| open_slot(src, it, epoch))
+            .collect::<Result<_>>()
+    })?;
+    let Some(first) = slots.first() else {
+        return Err(TrainerError::shape("collate", "empty batch"));
+    };
+    let shape = first.plan.out_shape();
+    if let Some((i, s)) = slots
         .iter()
-        .map(|(image, labels, shape)| SampleRef {
-            image,
-            labels,
-            shape: *shape,
-        })
-        .collect();
-    collate(&refs, src.label_channels, &src.device)
+        .enumerate()
+        .find(|(_, s)| s.plan.out_shape() != shape)
+    {
+        return Err(bad(
+            &items[i].path,
+            format!(
+                "shape {:?} in a batch whose first sample has {shape:?} (samples of mixed shapes)",
+                s.plan.out_shape()
+            ),
+        ));
+    }
+    let [c, x, y, z] = shape;
+    let (n, lc, vol) = (slots.len(), src.label_channels, x * y * z);
+    let (img_len, lbl_len) = (n * c * vol, n * lc * vol);
+    let mut img = batch_buffer(img_len);
+    let mut lbl = batch_buffer(lbl_len);
+    pool.install(|| {
+        slots
+            .par_iter()
+            .zip(img.spare_capacity_mut()[..img_len].par_chunks_mut((c * vol).max(1)))
+            .zip(lbl.spare_capacity_mut()[..lbl_len].par_chunks_mut((lc * vol).max(1)))
+            .zip(items.par_iter())
+            .try_for_each(|(((slot, im), lb), it)| {
+                fill(src, slot, im, lb).map_err(|e| bad(&it.path, e))
+            })
+    })?;
+    // SAFETY: every sample's fill returned Ok, and a successful fill writes every value of its image
+    // and label slots; the slots tile both buffers exactly (n slots of c·vol and lc·vol values).
+    unsafe {
+        img.set_len(img_len);
+        lbl.set_len(lbl_len);
+    }
+    Ok((
+        Tensor::from_vec(img, (n, c, x, y, z), &src.device)?,
+        Tensor::from_vec(lbl, (n, lc, x, y, z), &src.device)?,
+    ))
 }
 
 /// Deterministic per-epoch permutation (Fisher-Yates over a xorshift stream of (seed, epoch)).
@@ -260,10 +422,11 @@ impl BatchSource for SamplesLoader {
             .collect();
         let (tx, rx) = sync_channel(PREFETCH);
         let src = self.src.clone();
+        let pool = self.pool.clone();
         std::thread::spawn(move || {
             for b in batches {
                 // A closed receiver (epoch abandoned) ends the producer.
-                if tx.send(make_batch(&src, &b, epoch)).is_err() {
+                if tx.send(make_batch(&src, &pool, &b, epoch)).is_err() {
                     return;
                 }
             }
@@ -276,6 +439,139 @@ impl BatchSource for SamplesLoader {
         match self.rx.as_ref().map(|rx| rx.recv()) {
             Some(Ok(batch)) => batch.map(Some),
             _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wf_imaging::sample::{PREFIX_COPY, Sample, SampleDtype, write_sample_as};
+    use wf_imaging::transforms::{Case, Image, Label};
+
+    const CHAIN: &str = r#"["ensure-channel-first", "convert-labels",
+        {"rand-spatial-crop": {"roi": [9, 8, 7]}}, {"rand-flip": {"prob": 0.5, "axis": 0}},
+        {"rand-flip": {"prob": 0.5, "axis": 2}},
+        {"normalize-intensity": {"nonzero": true, "channel_wise": true}},
+        {"rand-scale-intensity": {"factors": 0.1, "prob": 0.5}},
+        {"rand-shift-intensity": {"offsets": 0.1, "prob": 0.5}}]"#;
+
+    fn case(i: usize, shape: [usize; 4]) -> Case {
+        let [c, x, y, z] = shape;
+        let mut rng = Rng::new(i as u64);
+        let image = (0..c * x * y * z)
+            .map(|_| {
+                let v = rng.next_f64();
+                if v < 0.3 { 0.0 } else { (v * 900.0) as f32 }
+            })
+            .collect();
+        let labels = (0..x * y * z).map(|_| (rng.next_u64() % 8) as u8).collect();
+        Case {
+            id: format!("BRATS_{i:03}"),
+            image: Image::new(shape, image),
+            label: Some(Label::new([x, y, z], LabelData::Regions(labels))),
+            affine: [[0.0; 4]; 4],
+            channel_first: true,
+        }
+    }
+
+    /// A wf-samples-v1 artifact of 5 cases: prefix only (`copies` 0) or materialized copies.
+    fn artifact(dir: &Path, copies: u32, dtype: SampleDtype) {
+        let transforms: serde_json::Value = serde_json::from_str(CHAIN).unwrap();
+        let chain = Chain::from_json(&transforms).unwrap();
+        let mut cases = Vec::new();
+        for i in 0..5 {
+            let c = case(i, [4, 12, 11, 10]);
+            let mut files = Vec::new();
+            if copies == 0 {
+                let s = Sample::from_case(&c, PREFIX_COPY, 0, Default::default()).unwrap();
+                write_sample_as(&dir.join(format!("{i}-p.wfs")), &s, dtype).unwrap();
+                files.push(format!("{i}-p.wfs"));
+            }
+            for copy in 0..copies {
+                let mut rng = Rng::for_sample(1, &c.id, copy);
+                let (out, drawn) = chain.apply_suffix(c.clone(), &mut rng).unwrap();
+                let s = Sample::from_case(&out, copy, 0, drawn).unwrap();
+                write_sample_as(&dir.join(format!("{i}-{copy}.wfs")), &s, dtype).unwrap();
+                files.push(format!("{i}-{copy}.wfs"));
+            }
+            cases.push(serde_json::json!({"id": c.id, "files": files}));
+        }
+        let index = serde_json::json!({"format": "wf-samples-v1", "transforms": transforms,
+            "copies_per_case": copies, "cases": cases});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    }
+
+    fn epoch(l: &mut SamplesLoader, e: usize) -> Vec<(Vec<u32>, Vec<f32>, Vec<usize>)> {
+        l.start_epoch(e).unwrap();
+        let mut out = Vec::new();
+        while let Some((x, y)) = l.next_batch().unwrap() {
+            let bits = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            out.push((
+                bits.iter().map(|v| v.to_bits()).collect(),
+                y.flatten_all().unwrap().to_vec1().unwrap(),
+                x.dims().to_vec(),
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn batches_match_the_reference_chain_whatever_the_worker_count() {
+        for (copies, dtype) in [
+            (0, SampleDtype::F32),
+            (0, SampleDtype::Bf16),
+            (2, SampleDtype::F32),
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            artifact(t.path(), copies, dtype);
+            let seed = 11;
+            let (train, _) = open_samples(t.path(), 0.0, 3, seed, &Device::Cpu).unwrap();
+            let mut one = train.with_workers(1).unwrap();
+            let (train, _) = open_samples(t.path(), 0.0, 3, seed, &Device::Cpu).unwrap();
+            let mut three = train.with_workers(3).unwrap();
+            for e in 0..3 {
+                let got = epoch(&mut one, e);
+                assert_eq!(
+                    got,
+                    epoch(&mut three, e),
+                    "{copies} copies, {dtype}, epoch {e}"
+                );
+                // Each sample is what the unfused chain gives (online) or the file holds.
+                let order = permutation(one.items.len(), seed, e);
+                let transforms: serde_json::Value = serde_json::from_str(CHAIN).unwrap();
+                let chain = Chain::from_json(&transforms).unwrap();
+                let mut want_x = Vec::new();
+                let mut want_y = Vec::new();
+                for &i in &order {
+                    let item = &one.items[i];
+                    let mut c = SampleFile::open(&item.path).unwrap().to_case();
+                    if copies == 0 {
+                        let mut rng = Rng::for_sample(seed, &item.case, e as u32);
+                        c = chain.apply_suffix(c, &mut rng).unwrap().0;
+                    }
+                    want_x.extend(c.image.data.iter().map(|v| v.to_bits()));
+                    let Some(LabelData::Regions(r)) = c.label.map(|l| l.data) else {
+                        panic!("regions")
+                    };
+                    for bit in 0..3 {
+                        want_y.extend(r.iter().map(|&b| ((b >> bit) & 1) as f32));
+                    }
+                }
+                // Batches concatenate samples; labels are per sample (3 channels each).
+                let got_x: Vec<u32> = got.iter().flat_map(|b| b.0.clone()).collect();
+                assert_eq!(got_x, want_x, "{copies} copies, {dtype}, epoch {e}: images");
+                let vol: usize = got[0].2[2..].iter().product();
+                let got_y: Vec<f32> = got.iter().flat_map(|b| b.1.clone()).collect();
+                assert_eq!(got_y.len(), want_y.len());
+                for (s, (g, w)) in got_y
+                    .chunks(3 * vol)
+                    .zip(want_y.chunks(3 * vol))
+                    .enumerate()
+                {
+                    assert_eq!(g, w, "{copies} copies, epoch {e}: labels of sample {s}");
+                }
+            }
         }
     }
 }
