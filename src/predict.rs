@@ -70,9 +70,7 @@ fn label_value(bits: u8, convention: &str) -> u8 {
 fn deterministic_chain(
     transforms: &serde_json::Value,
 ) -> Result<(serde_json::Value, Option<[usize; 3]>), String> {
-    let list = transforms
-        .as_array()
-        .ok_or("`transforms` is not a list")?;
+    let list = transforms.as_array().ok_or("`transforms` is not a list")?;
     let mut keep = Vec::new();
     let mut crop = None;
     for t in list {
@@ -95,14 +93,16 @@ fn deterministic_chain(
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, Fail> {
-    let bytes =
-        std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{}: {e}", path.display())))
 }
 
 fn predict(args: &PredictArgs) -> Result<(), Fail> {
     if !(0.0..1.0).contains(&args.overlap) {
-        return Err(invalid(format!("--overlap {} is not in [0, 1)", args.overlap)));
+        return Err(invalid(format!(
+            "--overlap {} is not in [0, 1)",
+            args.overlap
+        )));
     }
     if args.sw_batch_size == 0 {
         return Err(invalid("--sw-batch-size must be >= 1"));
@@ -135,8 +135,7 @@ fn predict(args: &PredictArgs) -> Result<(), Fail> {
     }
 
     // The input grid, to map the segmentation back onto.
-    let input = wf_imaging::nifti::read_nifti(&args.image)
-        .map_err(|e| invalid(format!("{e}")))?;
+    let input = wf_imaging::nifti::read_nifti(&args.image).map_err(|e| invalid(format!("{e}")))?;
     if input.dims.len() < 3 {
         return Err(invalid(format!(
             "{}: a {}-D image; expected 3-D or 4-D",
@@ -161,9 +160,7 @@ fn predict(args: &PredictArgs) -> Result<(), Fail> {
         image: args.image.clone(),
         label: None,
     };
-    let mut case = chain
-        .run_prefix(&src)
-        .map_err(|e| invalid(e.to_string()))?;
+    let mut case = chain.run_prefix(&src).map_err(|e| invalid(e.to_string()))?;
     case.image.to_c_order();
     let want = predictor.config().in_channels;
     if case.image.channels() != want {
@@ -246,8 +243,17 @@ mod tests {
         ]);
         let (keep, crop) = deterministic_chain(&t).unwrap();
         assert_eq!(crop, Some([40, 40, 20]));
-        let names: Vec<String> = keep.as_array().unwrap().iter().map(|v| v.to_string()).collect();
+        let names: Vec<String> = keep
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
         assert_eq!(names.len(), 3, "{names:?}");
-        assert!(names.iter().all(|n| !n.contains("rand") && !n.contains("convert")));
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains("rand") && !n.contains("convert"))
+        );
     }
 }

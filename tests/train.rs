@@ -149,11 +149,15 @@ fn train_export_and_predict_end_to_end() {
 /// The epoch directories of in-progress training under the cache's resume area.
 fn checkpoint_done(cache: &Path, epoch: usize) -> bool {
     let root = cache.join("derived/train-unet");
-    std::fs::read_dir(root).into_iter().flatten().flatten().any(|e| {
-        e.path()
-            .join(format!("checkpoints/epoch-{epoch:04}/checkpoint.json"))
-            .is_file()
-    })
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.path()
+                .join(format!("checkpoints/epoch-{epoch:04}/checkpoint.json"))
+                .is_file()
+        })
 }
 
 fn last_weights(model: &Path) -> Vec<u8> {
@@ -213,7 +217,11 @@ fn killed_training_resumes_from_its_last_checkpoint() {
     let model = output_path(&v, "train");
     let epochs: Vec<u64> = read(model.join("metrics.jsonl"))
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(epochs, (1..=EPOCHS as u64).collect::<Vec<_>>());
     assert!(

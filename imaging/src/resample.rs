@@ -24,8 +24,7 @@ pub fn resample_nearest_u8(
     for i in 0..dst_shape[0] {
         for j in 0..dst_shape[1] {
             let (fi, fj) = (i as f64, j as f64);
-            let base: [f64; 3] =
-                std::array::from_fn(|r| m[r][0] * fi + m[r][1] * fj + m[r][3]);
+            let base: [f64; 3] = std::array::from_fn(|r| m[r][0] * fi + m[r][1] * fj + m[r][3]);
             for k in 0..dst_shape[2] {
                 let fk = k as f64;
                 let p: [f64; 3] = std::array::from_fn(|r| (base[r] + m[r][2] * fk).round());
