@@ -357,35 +357,7 @@ pub fn wf_with(dir: &Path, moto: Option<&Moto>, extra: &[(&str, &str)], args: &[
     cmd.output().expect("wf runs")
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-            stdout(o),
-            stderr(o)
-        )
-    })
-}
-
-/// `id → status` of a `wf run --json` summary.
-pub fn statuses(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
+// The output helpers every end-to-end test uses, shared with the other test binaries.
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{json, statuses, stderr, stdout};
