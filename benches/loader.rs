@@ -2,7 +2,7 @@
 //! augmentation) in batches of 4x128x128x64, no model. Target: >= 250 samples/s on the 2-core build
 //! machine.
 //!
-//! `cargo bench --bench loader [-- CASES EPOCHS]` (defaults 8 5). Builds a Samples artifact with `wf run`
+//! `cargo bench --bench loader [-- CASES EPOCHS]` (defaults 8 10). Builds a Samples artifact with `wf run`
 //! (synthetic full-size 240x240x155 cases → sharded-transform), once with 4 materialized copies per
 //! case and once prefix-only (augmentation applied online), rewrites each with bf16 images, then times
 //! whole epochs for every (artifact, dtype) with the system allocator and with
@@ -71,7 +71,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let cases: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(8);
-    let epochs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let epochs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
     let wf = env!("CARGO_BIN_EXE_wf");
     for copies in [4u32, 0] {
