@@ -10,6 +10,12 @@ mod worker;
 
 use std::process::ExitCode;
 
+/// Keeps freed blocks of 8 MiB and more for reuse: training batches and activations are fresh
+/// multi-megabyte allocations each step, and without it glibc maps, faults in and zeroes their pages
+/// again every time (half of the loader's CPU time on a 2-core machine; BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: wf_trainer::alloc::Recycler = wf_trainer::alloc::Recycler::new();
+
 fn main() -> ExitCode {
     cli::main()
 }
