@@ -12,6 +12,7 @@ pub mod loader;
 pub mod loss;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod train;
 pub mod unet;
 

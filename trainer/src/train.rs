@@ -495,6 +495,10 @@ fn run_replica(
         checkpoint::save(&dir, &vm, &opt, &meta)?;
         append_metrics(out_dir, &m)?;
         metrics.push(m.clone());
+        // plot.png is a convenience: failing to draw it is reported, never fatal to training.
+        if let Err(e) = crate::plot::write_plot(&metrics, &out_dir.join("plot.png")) {
+            eprintln!("warning: {e}");
+        }
         last_checkpoint = Some(dir);
         prune(&ckpt_root, epoch + 1, best_of(&metrics).map(|b| b.0))?;
         on_event(&TrainEvent::Epoch(m));
