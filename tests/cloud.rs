@@ -975,6 +975,154 @@ fn brats_deploys_and_runs_in_the_emulator() {
     }
 }
 
+/// A sharded-transform on 3 instances (docs/cloud.md §6): each instance of the emulated job sees only
+/// its ShardedByS3Key share of `imagesTr/`, publishes a part, and the commit job merges the parts into
+/// the very artifact a local `wf run` produces (same digest). A commit with a part missing fails
+/// naming the case no part covers, and publishes nothing.
+#[test]
+fn a_sharded_step_on_three_instances_equals_a_local_run() {
+    let Some(moto) = moto_with_jobs("a_sharded_step_on_three_instances_equals_a_local_run") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("shards");
+    let t = tempfile::tempdir().unwrap();
+    let (tar, md5) = brats_data(t.path());
+    moto.put(&bucket, "msd/Task01.tar", &tar);
+    let machine = format!("wf-shards-{}", std::process::id());
+    let dir = t.path().join("w");
+    let steps = format!(
+        r#"  fetch: {{ uses: fetch-dataset, with: {{ source: "s3://{bucket}/msd/Task01.tar", md5: {md5} }} }}
+  prep:
+    uses: sharded-transform
+    inputs: {{ dataset: fetch }}
+    with:
+      shards: 3
+      transforms:
+        - load
+        - ensure-channel-first
+        - convert-labels
+        - rand-spatial-crop: {{ roi: [16, 16, 16] }}
+        - rand-flip: {{ prob: 0.5, axis: 0 }}
+      copies_per_case: 2
+"#
+    );
+    cloud_workflow(&dir, &bucket, &machine, &steps);
+    let env = [("WF_POLL_SECONDS", "0.5"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let out = wf_with(&dir, Some(&moto), &env, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(&dir, Some(&moto), &env, &["start", "wf.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    assert!(text.contains("SUCCEEDED"), "{text}");
+    let execution = text.lines().next().unwrap().trim().to_string();
+    let tasks = scheduled(&moto, &execution);
+    let task = |state: &str| {
+        tasks
+            .iter()
+            .find(|(s, _)| s == state)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("no task {state}"))
+    };
+    assert_eq!(
+        task("prep.Run")["ProcessingResources"]["ClusterConfig"]["InstanceCount"],
+        3
+    );
+    let commit = task("prep.Commit");
+    let commit_args: Vec<String> = commit["AppSpecification"]["ContainerArguments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let key = commit_args[commit_args.iter().position(|a| a == "--key").unwrap() + 1].clone();
+    let entry_key = format!("p/entries/{key}.json");
+    let entry: serde_json::Value =
+        serde_json::from_slice(&moto.get(&bucket, &entry_key).expect("the commit published"))
+            .unwrap();
+    let cloud_artifact = entry["artifact"].as_str().unwrap().to_string();
+    assert!(
+        moto.keys(&bucket, &format!("p/staging/{key}/")).is_empty(),
+        "the commit removes the parts"
+    );
+    assert!(
+        moto.get(&bucket, &format!("p/trees/{cloud_artifact}/index.json"))
+            .is_some()
+    );
+
+    // The same workflow run locally, on a local cache: the same key and the same artifact.
+    let local = t.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let yaml = std::fs::read_to_string(dir.join("wf.yaml")).unwrap();
+    let yaml = yaml.replacen(
+        &format!("cache: s3://{bucket}/p"),
+        &format!("cache: {}", t.path().join("local-cache").display()),
+        1,
+    );
+    std::fs::write(local.join("wf.yaml"), yaml).unwrap();
+    let lrun = wf_with(&local, Some(&moto), &[], &["run", "wf.yaml", "--json"]);
+    assert_eq!(lrun.status.code(), Some(0), "{}", stderr(&lrun));
+    let p = json(&lrun);
+    let prep = &p["steps"][1];
+    assert_eq!(prep["id"], "prep", "{p}");
+    assert_eq!(prep["key"], key.as_str(), "{p}");
+    assert_eq!(
+        prep["output"]["digest"].as_str().unwrap(),
+        cloud_artifact,
+        "3 shards + commit give a local run's artifact"
+    );
+
+    // A commit that lacks part 2 fails naming the case no part covers, and writes no entry.
+    let (_, _) = moto.request("DELETE", &format!("/{bucket}/{entry_key}"), &[], b"");
+    assert!(moto.get(&bucket, &entry_key).is_none());
+    let synth = t.path().join("synth/Task01_BrainTumour/dataset.json");
+    let ds: serde_json::Value = serde_json::from_slice(&std::fs::read(synth).unwrap()).unwrap();
+    let ids: Vec<String> = ds["training"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let image = c["image"].as_str().unwrap();
+            let name = image.rsplit('/').next().unwrap();
+            name.trim_end_matches(".gz")
+                .trim_end_matches(".nii")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 4);
+    let header = "wf-manifest-v1\n";
+    for (i, cases) in [(0, &ids[..2]), (1, &ids[2..3])] {
+        let record = serde_json::json!({
+            "shard": i,
+            "cases": cases.iter().map(|id| serde_json::json!({ "id": id, "files": [] })).collect::<Vec<_>>(),
+            "skipped": [],
+        });
+        moto.put(
+            &bucket,
+            &format!("p/staging/{key}/part-{i}.cases.json"),
+            record.to_string().as_bytes(),
+        );
+        moto.put(
+            &bucket,
+            &format!("p/staging/{key}/part-{i}.txt"),
+            header.as_bytes(),
+        );
+    }
+    let root = t.path().join("commit-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut wargs = vec!["commit"];
+    wargs.extend(commit_args.iter().map(String::as_str));
+    let out = worker(&moto, &root, &wargs);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("part 2 of 3 is missing"), "{e}");
+    assert!(
+        e.contains(&format!("1 of 4 cases are in no part: {}", ids[3])),
+        "{e}"
+    );
+    assert!(moto.get(&bucket, &entry_key).is_none(), "no entry: {e}");
+}
+
 /// `wf run --executor sagemaker`: the local engine orchestrates; fetch, preprocess, train and export
 /// run as SageMaker jobs (real `wf worker`s in the emulator), fsx-import locally, training from an
 /// FSx file system; outputs come back through the S3 cache, and a rerun is all cached.

@@ -181,6 +181,18 @@ impl Bucket {
         Ok(())
     }
 
+    /// Deletes one object (no error when it is already gone).
+    pub async fn delete(&self, key: &str) -> Result<(), AwsError> {
+        self.client
+            .delete_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err("DeleteObject", key, &e))?;
+        Ok(())
+    }
+
     /// Every key under `prefix` with its size, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, AwsError> {
         let mut out = Vec::new();

@@ -23,6 +23,10 @@ const PROCESSING_MAX_RUNTIME: i32 = 86_400;
 const TRAINING_MAX_RUNTIME: i32 = 432_000;
 /// SageMaker's limit on one container argument.
 const MAX_ARG: usize = 256;
+/// The commit job of a sharded step (docs/cloud.md §5).
+const COMMIT_INSTANCE: &str = "ml.m5.large";
+const COMMIT_VOLUME_GB: i32 = 30;
+const COMMIT_MAX_RUNTIME: i32 = 3600;
 const FSX_MAX_POLLS: u32 = 120;
 
 pub struct SageMakerExecutor {
@@ -257,6 +261,55 @@ impl SageMakerExecutor {
                                 res.max_runtime_seconds
                                     .map_or(PROCESSING_MAX_RUNTIME, |v| v as i32),
                             )
+                            .build(),
+                    )
+                    .environment("WF_STEP", &def.id)
+                    .send(),
+            )
+            .map_err(|e| self.call("CreateProcessingJob", &name, &e))?;
+        self.wait(&name, false)
+    }
+
+    /// The commit job after a sharded job: `wf worker commit --kind <kind> <the shards' arguments>`
+    /// on one small instance, no inputs (docs/cloud.md §5–6).
+    fn commit(
+        &self,
+        wf: &Workflow,
+        i: usize,
+        shard_args: Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<(), StepError> {
+        let def = &wf.steps[i];
+        let name = format!("{}-{}-c0", job_prefix(&def.id), self.run);
+        let mut args = vec!["--kind".to_string(), def.kind().to_string()];
+        args.extend(shard_args);
+        let app = sm::AppSpecification::builder()
+            .image_uri(&self.target.image_uri)
+            .set_container_entrypoint(Some(vec!["wf".into(), "worker".into(), "commit".into()]))
+            .set_container_arguments(Some(args))
+            .build();
+        let cluster = sm::ProcessingClusterConfig::builder()
+            .instance_count(1)
+            .instance_type(sm::ProcessingInstanceType::from(COMMIT_INSTANCE))
+            .volume_size_in_gb(COMMIT_VOLUME_GB)
+            .build();
+        progress.message(&format!("commit job {name}"));
+        self.rt
+            .block_on(
+                self.aws
+                    .sagemaker()
+                    .create_processing_job()
+                    .processing_job_name(&name)
+                    .role_arn(&self.target.role_arn)
+                    .app_specification(app)
+                    .processing_resources(
+                        sm::ProcessingResources::builder()
+                            .cluster_config(cluster)
+                            .build(),
+                    )
+                    .stopping_condition(
+                        sm::ProcessingStoppingCondition::builder()
+                            .max_runtime_in_seconds(COMMIT_MAX_RUNTIME)
                             .build(),
                     )
                     .environment("WF_STEP", &def.id)
@@ -569,7 +622,20 @@ impl RemoteExecutor for SageMakerExecutor {
                 let n = res.instance_count.unwrap_or(instances);
                 let args =
                     self.worker_args(wf, i, key, components, inputs, sharded_input.then_some(n))?;
-                self.processing(wf, i, args, instances, sharded_input, inputs, progress)
+                self.processing(
+                    wf,
+                    i,
+                    args.clone(),
+                    instances,
+                    sharded_input,
+                    inputs,
+                    progress,
+                )?;
+                if sharded_input && n > 1 {
+                    // The shards published parts; one more job merges them (docs/cloud.md §6).
+                    self.commit(wf, i, args, progress)?;
+                }
+                Ok(())
             }
             RemoteTask::Training { instances } => {
                 let args = self.worker_args(wf, i, key, components, inputs, None)?;

@@ -168,121 +168,9 @@ impl Step for ShardedTransform {
     }
 
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
-        let p: TransformParams = cx
-            .params
-            .decode()
-            .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
-        let chain = chain(cx.params).map_err(StepError::new)?;
-        let input = cx
-            .inputs
-            .get("dataset")
-            .ok_or_else(|| StepError::new("missing input `dataset`"))?;
-        let manifest = cx
-            .store
-            .manifest(&input.digest)
-            .map_err(|e| StepError::new(e.to_string()))?;
-        let digest_of = |rel: &str| {
-            manifest
-                .entries
-                .iter()
-                .find(|e| e.path == rel)
-                .map(|e| e.digest)
-        };
-        let cases = read_cases(&input.path)?;
-        let prefix_json = serde_json::to_string(chain.prefix()).expect("specs serialize");
-        let suffix_json = serde_json::to_string(chain.suffix()).expect("specs serialize");
-        let derived = cx.store.derived_dir("sharded-transform");
-        let skip = p.on_bad_case == "skip";
-        let workers =
-            if p.shards == 0 { cx.threads } else { p.shards }.clamp(1, cases.len().max(1));
-
-        let next = AtomicUsize::new(0);
-        let done = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<Vec<String>, String>>>> =
-            cases.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= cases.len() || cx.cancel.is_cancelled() {
-                            break;
-                        }
-                        let (src, image_rel, label_rel) = &cases[i];
-                        let r = (|| {
-                            let image_digest = digest_of(image_rel).ok_or(format!(
-                                "{image_rel} is listed in dataset.json but missing"
-                            ))?;
-                            let label_digest =
-                                match label_rel {
-                                    Some(l) => Some(digest_of(l).ok_or(format!(
-                                        "{l} is listed in dataset.json but missing"
-                                    ))?),
-                                    None => None,
-                                };
-                            let job = CaseJob {
-                                chain: &chain,
-                                prefix_json: &prefix_json,
-                                suffix_json: &suffix_json,
-                                derived: &derived,
-                                seed: cx.seed,
-                                copies: p.copies_per_case,
-                                dtype: if p.sample_dtype == "bf16" {
-                                    SampleDtype::Bf16
-                                } else {
-                                    SampleDtype::F32
-                                },
-                            };
-                            job.process(src, image_digest, label_digest, cx.out_dir)
-                        })();
-                        *results[i].lock().expect("no panics") = Some(r);
-                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        cx.progress.advance(n as u64, cases.len() as u64);
-                    }
-                });
-            }
-        });
-        if cx.cancel.is_cancelled() {
-            return Err(StepError::new("interrupted"));
-        }
-
-        let mut index_cases = Vec::new();
-        let mut skipped = Vec::new();
-        for ((src, _, _), r) in cases.iter().zip(results) {
-            match r
-                .into_inner()
-                .expect("no panics")
-                .expect("every case processed")
-            {
-                Ok(files) => index_cases.push(json!({ "id": src.id, "files": files })),
-                Err(e) if skip => {
-                    cx.progress.warn(&format!("skipped case {}: {e}", src.id));
-                    skipped.push(json!({ "id": src.id, "error": e }));
-                }
-                Err(e) => {
-                    return Err(StepError::new(format!("case {}: {e}", src.id))
-                        .with_hint("set `on_bad_case: skip` to leave bad cases out"));
-                }
-            }
-        }
-        if index_cases.is_empty() {
-            return Err(StepError::new("no case could be processed"));
-        }
-        let index = json!({
-            "format": SAMPLES_FORMAT,
-            "transforms": serde_json::to_value(chain.specs()).expect("specs serialize"),
-            "prefix_len": chain.prefix().len(),
-            "labels": p.labels,
-            "seed": cx.seed,
-            "copies_per_case": p.copies_per_case,
-            "sample_dtype": p.sample_dtype,
-            "cases": index_cases,
-            "skipped": skipped,
-        });
-        std::fs::write(
-            cx.out_dir.join("index.json"),
-            serde_json::to_string_pretty(&index).expect("json"),
-        )?;
+        let (cases, skipped) = process_cases(cx, None)?;
+        let index = index_json(cx.params, cx.seed, cases, skipped)?;
+        std::fs::write(cx.out_dir.join("index.json"), index)?;
         Ok(())
     }
 
@@ -297,6 +185,157 @@ impl Step for ShardedTransform {
             sharded_input: true,
         }
     }
+}
+
+/// One output case of `index.json`: `{"id", "files"}` (processed) or `{"id", "error"}` (skipped).
+pub type CaseRecord = Json;
+
+/// Processes the data set's cases into `cx.out_dir` (sample files only; no `index.json`): every case,
+/// or those whose image path (relative to the data set, e.g. `imagesTr/x.nii.gz`) `only` admits (a
+/// shard of a sharded job, docs/cloud.md §6). Returns the processed and the skipped cases, each in
+/// `dataset.json` order.
+#[allow(clippy::type_complexity)]
+pub fn process_cases(
+    cx: &RunContext<'_>,
+    only: Option<&(dyn Fn(&str) -> bool + Sync)>,
+) -> Result<(Vec<CaseRecord>, Vec<CaseRecord>), StepError> {
+    let p: TransformParams = cx
+        .params
+        .decode()
+        .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
+    let chain = chain(cx.params).map_err(StepError::new)?;
+    let input = cx
+        .inputs
+        .get("dataset")
+        .ok_or_else(|| StepError::new("missing input `dataset`"))?;
+    let manifest = cx
+        .store
+        .manifest(&input.digest)
+        .map_err(|e| StepError::new(e.to_string()))?;
+    let digest_of = |rel: &str| {
+        manifest
+            .entries
+            .iter()
+            .find(|e| e.path == rel)
+            .map(|e| e.digest)
+    };
+    let mut cases = read_cases(&input.path)?;
+    if let Some(keep) = only {
+        cases.retain(|(_, image, _)| keep(image));
+    }
+    let prefix_json = serde_json::to_string(chain.prefix()).expect("specs serialize");
+    let suffix_json = serde_json::to_string(chain.suffix()).expect("specs serialize");
+    let derived = cx.store.derived_dir("sharded-transform");
+    let skip = p.on_bad_case == "skip";
+    let workers = if p.shards == 0 { cx.threads } else { p.shards }.clamp(1, cases.len().max(1));
+
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<Vec<String>, String>>>> =
+        cases.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= cases.len() || cx.cancel.is_cancelled() {
+                        break;
+                    }
+                    let (src, image_rel, label_rel) = &cases[i];
+                    let r = (|| {
+                        let image_digest = digest_of(image_rel)
+                            .ok_or(format!("{image_rel} is listed in dataset.json but missing"))?;
+                        let label_digest = match label_rel {
+                            Some(l) => Some(
+                                digest_of(l)
+                                    .ok_or(format!("{l} is listed in dataset.json but missing"))?,
+                            ),
+                            None => None,
+                        };
+                        let job = CaseJob {
+                            chain: &chain,
+                            prefix_json: &prefix_json,
+                            suffix_json: &suffix_json,
+                            derived: &derived,
+                            seed: cx.seed,
+                            copies: p.copies_per_case,
+                            dtype: if p.sample_dtype == "bf16" {
+                                SampleDtype::Bf16
+                            } else {
+                                SampleDtype::F32
+                            },
+                        };
+                        job.process(src, image_digest, label_digest, cx.out_dir)
+                    })();
+                    *results[i].lock().expect("no panics") = Some(r);
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    cx.progress.advance(n as u64, cases.len() as u64);
+                }
+            });
+        }
+    });
+    if cx.cancel.is_cancelled() {
+        return Err(StepError::new("interrupted"));
+    }
+
+    let mut index_cases = Vec::new();
+    let mut skipped = Vec::new();
+    for ((src, _, _), r) in cases.iter().zip(results) {
+        match r
+            .into_inner()
+            .expect("no panics")
+            .expect("every case processed")
+        {
+            Ok(files) => index_cases.push(json!({ "id": src.id, "files": files })),
+            Err(e) if skip => {
+                cx.progress.warn(&format!("skipped case {}: {e}", src.id));
+                skipped.push(json!({ "id": src.id, "error": e }));
+            }
+            Err(e) => {
+                return Err(StepError::new(format!("case {}: {e}", src.id))
+                    .with_hint("set `on_bad_case: skip` to leave bad cases out"));
+            }
+        }
+    }
+    Ok((index_cases, skipped))
+}
+
+/// The text of `index.json` for the processed and skipped cases (in `dataset.json` order): what a
+/// local run writes, and what the commit job of a sharded run writes from the shards' records.
+pub fn index_json(
+    params: &Params,
+    seed: u64,
+    cases: Vec<CaseRecord>,
+    skipped: Vec<CaseRecord>,
+) -> Result<String, StepError> {
+    let p: TransformParams = params
+        .decode()
+        .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
+    let chain = chain(params).map_err(StepError::new)?;
+    if cases.is_empty() {
+        return Err(StepError::new("no case could be processed"));
+    }
+    let index = json!({
+        "format": SAMPLES_FORMAT,
+        "transforms": serde_json::to_value(chain.specs()).expect("specs serialize"),
+        "prefix_len": chain.prefix().len(),
+        "labels": p.labels,
+        "seed": seed,
+        "copies_per_case": p.copies_per_case,
+        "sample_dtype": p.sample_dtype,
+        "cases": cases,
+        "skipped": skipped,
+    });
+    Ok(serde_json::to_string_pretty(&index).expect("json"))
+}
+
+/// The training cases of a `dataset.json` as (case id, image path relative to the data set), in
+/// order: the ids `index.json` uses.
+pub fn dataset_cases(dataset_json: &str) -> Result<Vec<(String, String)>, StepError> {
+    Ok(parse_cases(dataset_json, Path::new(""))?
+        .into_iter()
+        .map(|(src, image, _)| (src.id, image))
+        .collect())
 }
 
 trait WithHint {
@@ -443,8 +482,16 @@ fn read_cases(root: &Path) -> Result<Vec<(CaseSource, String, Option<String>)>, 
     let path = root.join("dataset.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
+    parse_cases(&text, root)
+}
+
+/// `read_cases` on the text of `dataset.json`, case paths joined to `root`.
+fn parse_cases(
+    text: &str,
+    root: &Path,
+) -> Result<Vec<(CaseSource, String, Option<String>)>, StepError> {
     let v: Json =
-        serde_json::from_str(&text).map_err(|e| StepError::new(format!("dataset.json: {e}")))?;
+        serde_json::from_str(text).map_err(|e| StepError::new(format!("dataset.json: {e}")))?;
     let items = v["training"]
         .as_array()
         .ok_or_else(|| StepError::new("dataset.json has no `training` list"))?;

@@ -5,9 +5,12 @@ publish cache entries (docs/cloud.md) cannot succeed there. Here a job whose ima
 <path> the way SageMaker runs a container: the entrypoint (`wf worker <kind>`, with <path> standing for
 `wf`) and the container arguments, with `WF_SM_ROOT` laid out like /opt/ml:
 
-- Processing: each ProcessingInput's S3Uri (prefix or object) is downloaded to its LocalPath. The job
-  runs as ONE instance that sees every object (moto does not keep ProcessingResources), so a sharded
-  input reaches one worker whole; `config/resourceconfig.json` names one host.
+- Processing: the job runs ProcessingResources.ClusterConfig.InstanceCount (N) worker processes at
+  once, each with its own /opt/ml tree and `config/resourceconfig.json` (hosts algo-1..algo-N,
+  current_host its own). Each ProcessingInput's S3Uri (prefix or object) is downloaded to its
+  LocalPath: whole for every instance (FullyReplicated), or, for ShardedByS3Key with N > 1, each
+  object to exactly one instance (the input's keys sorted, dealt round-robin) as SageMaker does. The
+  job fails when any instance fails.
 - Training: each channel is downloaded to `input/data/<channel>/`; an FSx channel is read from the file
   system's ImportPath (what Lustre would lazily load), joined with the part of DirectoryPath after the
   mount name. `input/config/resourceconfig.json` lists ResourceConfig.InstanceCount hosts and the job
@@ -87,22 +90,60 @@ def _run(image, entrypoint, arguments, root):
     return p.returncode == 0, "exit %d: %s" % (p.returncode, p.stderr.strip()[-900:])
 
 
+def _keys(uri):
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    keys = []
+    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return sorted(keys)
+
+
 def _processing(job):
-    root = tempfile.mkdtemp(prefix="wf-sm-")
+    n = max(1, int(((getattr(job, "wf_resources", None) or {}).get("ClusterConfig") or {})
+                   .get("InstanceCount", 1)))
+    hosts = ["algo-%d" % (h + 1) for h in range(n)]
+    roots = [tempfile.mkdtemp(prefix="wf-sm-") for _ in hosts]
     try:
         for i in job.processing_inputs or []:
             s3 = i.get("S3Input")
-            if s3:
-                _download(s3["S3Uri"], _local(root, s3["LocalPath"]))
-        os.makedirs(os.path.join(root, "config"), exist_ok=True)
-        with open(os.path.join(root, "config", "resourceconfig.json"), "w") as f:
-            json.dump({"current_host": "algo-1", "hosts": ["algo-1"]}, f)
+            if not s3:
+                continue
+            if s3.get("S3DataDistributionType") == "ShardedByS3Key" and n > 1:
+                # SageMaker gives each object to exactly one instance; here: sorted keys, round-robin.
+                uri = s3["S3Uri"]
+                bucket, _, prefix = uri[len("s3://"):].partition("/")
+                for k, key in enumerate(_keys(uri)):
+                    rel = key[len(prefix):].lstrip("/") or os.path.basename(key)
+                    path = os.path.join(_local(roots[k % n], s3["LocalPath"]), rel)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    _s3().download_file(bucket, key, path)
+                for root in roots:
+                    os.makedirs(_local(root, s3["LocalPath"]), exist_ok=True)
+            else:
+                for root in roots:
+                    _download(s3["S3Uri"], _local(root, s3["LocalPath"]))
         spec = job.app_specification
-        ok, why = _run(spec["ImageUri"], spec.get("ContainerEntrypoint"), spec.get("ContainerArguments"), root)
+        results = [None] * n
+
+        def host(h):
+            os.makedirs(os.path.join(roots[h], "config"), exist_ok=True)
+            with open(os.path.join(roots[h], "config", "resourceconfig.json"), "w") as f:
+                json.dump({"current_host": hosts[h], "hosts": hosts}, f)
+            results[h] = _run(spec["ImageUri"], spec.get("ContainerEntrypoint"), spec.get("ContainerArguments"),
+                              roots[h])
+
+        threads = [threading.Thread(target=host, args=(h,)) for h in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = [(hosts[h], r[1]) for h, r in enumerate(results) if not (r and r[0])]
+        ok, why = (True, "") if not failed else (False, "; ".join("%s: %s" % f for f in failed)[-1000:])
     except Exception as e:  # noqa: BLE001
         ok, why = False, "staging the job failed: %r" % (e,)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
     job.processing_job_status = "Completed" if ok else "Failed"
     if not ok:
         job.failure_reason = why
@@ -146,11 +187,29 @@ def _training(job, account, region):
 
 
 _orig_processing = sm_models.SageMakerModelBackend.create_processing_job
+
+# moto drops ProcessingResources; the response handler passes them to the backend call below.
+from moto.sagemaker import responses as sm_responses  # noqa: E402
+
+_PENDING = threading.local()
+_orig_response = sm_responses.SageMakerResponse.create_processing_job
+
+
+def _create_processing_response(self, *a, **kw):
+    _PENDING.resources = self._get_param("ProcessingResources")
+    try:
+        return _orig_response(self, *a, **kw)
+    finally:
+        _PENDING.resources = None
+
+
+sm_responses.SageMakerResponse.create_processing_job = _create_processing_response
 _orig_training = sm_models.SageMakerModelBackend.create_training_job
 
 
 def _create_processing_job(self, *a, **kw):
     job = _orig_processing(self, *a, **kw)
+    job.wf_resources = getattr(_PENDING, "resources", None)
     if job.processing_job_status != "Failed" and \
             str((job.app_specification or {}).get("ImageUri", "")).startswith("local:"):
         job.processing_job_status = "InProgress"
