@@ -71,6 +71,8 @@ fn train_export_and_predict_end_to_end() {
         .collect();
     assert_eq!(lines.len(), 2, "one metrics line per epoch");
     assert!(lines.iter().all(|m| m["val_mean_dice"].is_number()));
+    let png = std::fs::read(model.join("plot.png")).expect("plot.png in the model");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
     let train: serde_json::Value = serde_json::from_str(&read(model.join("train.json"))).unwrap();
     assert_eq!(train["split"]["val_cases"].as_array().unwrap().len(), 1);
     assert_eq!(train["epochs_completed"], 2);

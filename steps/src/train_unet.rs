@@ -9,7 +9,7 @@
 //! removed, so a forced rerun starts from scratch.
 //!
 //! Output (the Model artifact, a training directory as wf-trainer lays it out):
-//! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`,
+//! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`, `plot.png`,
 //! `train.json` (configuration, split, summary) and `preprocessing.json` (the transform chain and
 //! label convention of the samples, for `wf predict`).
 
