@@ -4,8 +4,8 @@
 //! the batch, averages them with the others, and applies the same update; the replicas stay
 //! identical without ever exchanging weights. The mean of per-replica mean losses equals the mean
 //! loss over the whole batch (Dice is per sample and channel, instance norm is per sample), so
-//! N replicas x batch b step exactly like 1 replica x batch N b. NCCL (one replica per GPU) will be
-//! another `GradReducer`.
+//! N replicas x batch b step exactly like 1 replica x batch N b. NCCL (one replica per GPU, feature
+//! `nccl`) is another `GradReducer`, in `nccl.rs`.
 
 use crate::error::{Result, TrainerError};
 use candle_core::{Device, Tensor};
@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 /// Averages gradients across replicas. Every replica calls `all_reduce_mean` with its gradients
 /// in the same order, the same number of times, and gets back the same averages. A missing
 /// gradient counts as zeros.
-pub trait GradReducer: Send + Sync {
+pub trait GradReducer {
     fn world_size(&self) -> usize;
     fn rank(&self) -> usize;
     fn all_reduce_mean(&self, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>>;

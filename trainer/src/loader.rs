@@ -93,6 +93,9 @@ pub struct SamplesLoader {
     shuffle: bool,
     pool: Arc<rayon::ThreadPool>,
     rx: Option<Receiver<Result<(Tensor, Tensor)>>>,
+    /// This replica's rank and the number of replicas (data parallel); (0, 1) alone.
+    rank: usize,
+    world: usize,
 }
 
 fn bad(path: &Path, detail: impl Into<String>) -> TrainerError {
@@ -225,6 +228,8 @@ pub fn open_samples(
         shuffle,
         pool: pool.clone(),
         rx: None,
+        rank: 0,
+        world: 1,
     };
     Ok((make(train, true), make(val, false)))
 }
@@ -235,6 +240,57 @@ impl SamplesLoader {
         self.pool = worker_pool(workers)?;
         Ok(self)
     }
+    /// This loader as replica `rank` of `world` in data-parallel training: every replica draws
+    /// the same epoch order, cuts it into global batches of `world` x batch size, and takes its own
+    /// contiguous share of each. When the split's size is not a multiple of `world`, the order is
+    /// padded with its own first samples (as torch's DistributedSampler does), so every replica
+    /// gets the same number of batches of equal size and N replicas x batch b step exactly like
+    /// one replica x batch N b.
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            return Err(TrainerError::Config {
+                field: "gpus",
+                detail: format!("replica {rank} of {world} does not exist"),
+            });
+        }
+        if self.items.is_empty() {
+            return Err(TrainerError::Config {
+                field: "gpus",
+                detail: "no samples to share among replicas".into(),
+            });
+        }
+        self.rank = rank;
+        self.world = world;
+        Ok(self)
+    }
+
+    /// Indices of this replica's batches for `epoch`.
+    fn batch_indices(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let mut order = if self.shuffle {
+            permutation(self.items.len(), self.src.seed, epoch)
+        } else {
+            (0..self.items.len()).collect()
+        };
+        let (rank, world) = (self.rank, self.world.max(1));
+        if world == 1 {
+            return order
+                .chunks(self.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect();
+        }
+        let padded = order.len().next_multiple_of(world);
+        for i in 0..padded - order.len() {
+            order.push(order[i % order.len()]);
+        }
+        order
+            .chunks(self.batch_size * world)
+            .map(|global| {
+                let share = global.len() / world;
+                global[rank * share..(rank + 1) * share].to_vec()
+            })
+            .collect()
+    }
+
     pub fn workers(&self) -> usize {
         self.pool.current_num_threads()
     }
@@ -411,14 +467,10 @@ fn permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 impl BatchSource for SamplesLoader {
     fn start_epoch(&mut self, epoch: usize) -> Result<()> {
-        let order = if self.shuffle {
-            permutation(self.items.len(), self.src.seed, epoch)
-        } else {
-            (0..self.items.len()).collect()
-        };
-        let batches: Vec<Vec<Item>> = order
-            .chunks(self.batch_size)
-            .map(|c| c.iter().map(|&i| self.items[i].clone()).collect())
+        let batches: Vec<Vec<Item>> = self
+            .batch_indices(epoch)
+            .into_iter()
+            .map(|b| b.into_iter().map(|i| self.items[i].clone()).collect())
             .collect();
         let (tx, rx) = sync_channel(PREFETCH);
         let src = self.src.clone();
@@ -573,5 +625,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shards_cut_each_global_batch_and_pad_to_equal_shares() {
+        let t = tempfile::tempdir().unwrap();
+        artifact(t.path(), 2, SampleDtype::F32); // 5 cases x 2 copies = 10 samples
+        let (b, world, epoch) = (2, 3, 4);
+        let (one, _) = open_samples(t.path(), 0.0, b * world, 7, &Device::Cpu).unwrap();
+        let whole = one.batch_indices(epoch);
+        let shards: Vec<Vec<Vec<usize>>> = (0..world)
+            .map(|r| {
+                let (l, _) = open_samples(t.path(), 0.0, b, 7, &Device::Cpu).unwrap();
+                l.shard(r, world).unwrap().batch_indices(epoch)
+            })
+            .collect();
+        // 10 samples padded to 12: two global batches of 6, each cut into three shares of 2.
+        for s in &shards {
+            assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
+        }
+        for (k, global) in whole.iter().enumerate() {
+            let joined: Vec<usize> = shards.iter().flat_map(|s| s[k].clone()).collect();
+            // The last global batch holds the 4 remaining samples and the 2 first ones again.
+            let want: Vec<usize> = global
+                .iter()
+                .copied()
+                .chain(whole[0].iter().copied())
+                .take(6)
+                .collect();
+            assert_eq!(joined, want, "global batch {k}");
+        }
+        // Alone, a loader is its own only shard; a rank outside the world is an error.
+        let (l, _) = open_samples(t.path(), 0.0, b, 7, &Device::Cpu).unwrap();
+        let alone = l.batch_indices(epoch);
+        let (l, _) = open_samples(t.path(), 0.0, b, 7, &Device::Cpu).unwrap();
+        assert_eq!(l.shard(0, 1).unwrap().batch_indices(epoch), alone);
+        let (l, _) = open_samples(t.path(), 0.0, b, 7, &Device::Cpu).unwrap();
+        assert!(l.shard(3, 3).is_err());
     }
 }

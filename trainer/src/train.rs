@@ -30,6 +30,15 @@ pub trait BatchSource {
 
 /// Samples held in memory, each (C, X, Y, Z); batches in a per-epoch shuffled order. For tests and
 /// small data sets.
+impl<S: BatchSource + ?Sized> BatchSource for &mut S {
+    fn start_epoch(&mut self, epoch: usize) -> Result<()> {
+        (**self).start_epoch(epoch)
+    }
+    fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>> {
+        (**self).next_batch()
+    }
+}
+
 pub struct VecSource {
     samples: Vec<(Tensor, Tensor)>,
     batch_size: usize,
@@ -113,6 +122,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Continue from the latest complete checkpoint in `out_dir` when there is one.
     pub resume: bool,
+    /// bf16 mixed precision (convolutions in bf16, the rest f32); CUDA devices only.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 impl Default for TrainConfig {
@@ -124,6 +136,7 @@ impl Default for TrainConfig {
             epochs: 10,
             seed: 0,
             resume: true,
+            bf16: false,
         }
     }
 }
@@ -250,7 +263,15 @@ pub fn train(
     val_src: &mut dyn BatchSource,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
-    train_replica(cfg, out_dir, train_src, val_src, &SingleProcess, on_event)
+    train_replica(
+        cfg,
+        &Device::Cpu,
+        out_dir,
+        train_src,
+        val_src,
+        &SingleProcess,
+        on_event,
+    )
 }
 
 /// Checks a batch before compute so a bad sample reads as such, with its epoch and step.
@@ -287,15 +308,17 @@ fn check_batch(
 /// starts from the same seeded weights, reduces gradients (and the loss, so a non-finite loss
 /// stops all replicas at the same step) through `reducer`, and rank 0 alone validates, writes
 /// checkpoints and metrics.
+/// The model lives on `device`, which must be the device the batch sources put their tensors on.
 pub fn train_replica(
     cfg: &TrainConfig,
+    device: &Device,
     out_dir: &Path,
     train_src: &mut dyn BatchSource,
     val_src: &mut dyn BatchSource,
     reducer: &dyn GradReducer,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
-    let r = run_replica(cfg, out_dir, train_src, val_src, reducer, on_event);
+    let r = run_replica(cfg, device, out_dir, train_src, val_src, reducer, on_event);
     if r.is_err() {
         // The other replicas would otherwise wait for this one at their next reduction.
         reducer.abort();
@@ -328,15 +351,16 @@ fn check_control(
     Ok((c[2] * world as f32).round() as usize)
 }
 
-fn control(in_step: bool, epoch: usize, batch: usize) -> Result<Option<Tensor>> {
+fn control(device: &Device, in_step: bool, epoch: usize, batch: usize) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::new(
         &[if in_step { 1f32 } else { 0.0 }, epoch as f32, batch as f32],
-        &Device::Cpu,
+        device,
     )?))
 }
 
 fn run_replica(
     cfg: &TrainConfig,
+    device: &Device,
     out_dir: &Path,
     train_src: &mut dyn BatchSource,
     val_src: &mut dyn BatchSource,
@@ -346,9 +370,15 @@ fn run_replica(
     cfg.unet.validate()?;
     cfg.adam.validate()?;
     let rank0 = reducer.rank() == 0;
-    let device = Device::Cpu;
+    if cfg.bf16 && !device.is_cuda() {
+        return Err(TrainerError::Config {
+            field: "precision",
+            detail: "bf16 mixed precision needs a CUDA device".into(),
+        });
+    }
     let vm = VarMap::new();
-    let net = UNet::new(&cfg.unet, VarBuilder::from_varmap(&vm, DType::F32, &device))?;
+    let net =
+        UNet::new(&cfg.unet, VarBuilder::from_varmap(&vm, DType::F32, device))?.with_bf16(cfg.bf16);
     init_seeded(&vm, cfg.seed)?;
     let mut opt = Adam::from_varmap(&vm, cfg.adam.clone())?;
     let ckpt_root = checkpoints_dir(out_dir);
@@ -392,7 +422,7 @@ fn run_replica(
             let loss = cfg.loss.forward(&logits, &y)?;
             let mut grads = opt.gradients(&loss.backward()?);
             grads.push(Some(loss.reshape(1)?.detach()));
-            grads.push(control(true, epoch, x.dim(0)?)?);
+            grads.push(control(device, true, epoch, x.dim(0)?)?);
             let mut reduced = reducer.all_reduce_mean(&grads)?;
             let batch_total =
                 check_control(reduced.pop().flatten(), true, epoch, reducer.world_size())?;
@@ -422,7 +452,7 @@ fn run_replica(
                 loss: mean_loss,
             });
         }
-        let end = reducer.all_reduce_mean(&[control(false, epoch, 0)?])?;
+        let end = reducer.all_reduce_mean(&[control(device, false, epoch, 0)?])?;
         check_control(
             end.into_iter().next().flatten(),
             false,
@@ -691,7 +721,16 @@ mod tests {
                     s.spawn(move || {
                         let mut tr = VecSource::new(samples, 2, None).unwrap();
                         let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
-                        train_replica(cfg_ref, out, &mut tr, &mut va, &red, &mut |_| {}).unwrap()
+                        train_replica(
+                            cfg_ref,
+                            &Device::Cpu,
+                            out,
+                            &mut tr,
+                            &mut va,
+                            &red,
+                            &mut |_| {},
+                        )
+                        .unwrap()
                     })
                 })
                 .collect();
@@ -738,9 +777,17 @@ mod tests {
                         let n = if red.rank() == 0 { 4 } else { 2 };
                         let mut tr = VecSource::new(synthetic(n, 0), 2, None).unwrap();
                         let mut va = VecSource::new(vec![], 2, None).unwrap();
-                        train_replica(cfg_ref, out, &mut tr, &mut va, &red, &mut |_| {})
-                            .unwrap_err()
-                            .to_string()
+                        train_replica(
+                            cfg_ref,
+                            &Device::Cpu,
+                            out,
+                            &mut tr,
+                            &mut va,
+                            &red,
+                            &mut |_| {},
+                        )
+                        .unwrap_err()
+                        .to_string()
                     })
                 })
                 .collect();

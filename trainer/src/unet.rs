@@ -11,7 +11,7 @@
 
 use crate::error::{Result, TrainerError};
 use crate::ops::{self, Conv3dConfig, ConvTranspose3dConfig};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// Hyper-parameters of MONAI's UNet (spatial_dims is always 3).
@@ -160,11 +160,20 @@ impl ConvLayer {
         Ok(ConvLayer { weight, bias, kind })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match &self.kind {
-            ConvKind::Conv(c) => ops::conv3d(x, &self.weight, c)?,
-            ConvKind::Transposed(c) => ops::conv_transpose3d(x, &self.weight, c)?,
+    fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
+        // Mixed precision (autocast): the convolution runs in bf16 from bf16 copies of its input
+        // and of the f32 master weight; everything else (bias, norm, activation, loss) stays f32,
+        // and the casts' backward brings the gradients back to f32.
+        let (x, w) = if m.bf16 {
+            (x.to_dtype(DType::BF16)?, self.weight.to_dtype(DType::BF16)?)
+        } else {
+            (x.clone(), self.weight.clone())
         };
+        let y = match &self.kind {
+            ConvKind::Conv(c) => ops::conv3d(&x, &w, c)?,
+            ConvKind::Transposed(c) => ops::conv_transpose3d(&x, &w, c)?,
+        };
+        let y = if m.bf16 { y.to_dtype(DType::F32)? } else { y };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1, 1))?),
             None => Ok(y),
@@ -219,11 +228,11 @@ impl Convolution {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self.conv.forward(x)?;
+    fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
+        let y = self.conv.forward(x, m)?;
         let Some(a) = &self.prelu else { return Ok(y) };
         let mut y = ops::instance_norm(&y, 1e-5)?;
-        if train && self.dropout > 0.0 {
+        if m.train && self.dropout > 0.0 {
             y = candle_nn::ops::dropout(&y, self.dropout as f32)?;
         }
         ops::prelu(&y, a)
@@ -290,14 +299,14 @@ impl ResidualUnit {
         Ok(ResidualUnit { units, residual })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
         let res = match &self.residual {
-            Some(r) => r.forward(x)?,
+            Some(r) => r.forward(x, m)?,
             None => x.clone(),
         };
         let mut y = x.clone();
         for u in &self.units {
-            y = u.forward(&y, train)?;
+            y = u.forward(&y, m)?;
         }
         y + res
     }
@@ -342,10 +351,10 @@ impl Down {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
         match self {
-            Down::Residual(r) => r.forward(x, train),
-            Down::Plain(c) => c.forward(x, train),
+            Down::Residual(r) => r.forward(x, m),
+            Down::Plain(c) => c.forward(x, m),
         }
     }
 }
@@ -394,10 +403,10 @@ impl Up {
         Ok(Up { conv, ru })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self.conv.forward(x, train)?;
+    fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
+        let y = self.conv.forward(x, m)?;
         match &self.ru {
-            Some(r) => r.forward(&y, train),
+            Some(r) => r.forward(&y, m),
             None => Ok(y),
         }
     }
@@ -454,14 +463,14 @@ impl Level {
         Ok(Level { down, sub, up })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let d = self.down.forward(x, train)?;
+    fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
+        let d = self.down.forward(x, m)?;
         let s = match &self.sub {
-            Sub::Level(l) => l.forward(&d, train)?,
-            Sub::Bottom(b) => b.forward(&d, train)?,
+            Sub::Level(l) => l.forward(&d, m)?,
+            Sub::Bottom(b) => b.forward(&d, m)?,
         };
         let cat = Tensor::cat(&[&d, &s], 1)?;
-        self.up.forward(&cat, train)
+        self.up.forward(&cat, m)
     }
 }
 
@@ -471,6 +480,14 @@ impl Level {
 pub struct UNet {
     cfg: UNetConfig,
     model: Level,
+    bf16: bool,
+}
+
+/// How a forward pass runs: with dropout (training) or not, convolutions in bf16 or f32.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    train: bool,
+    bf16: bool,
 }
 
 impl UNet {
@@ -489,7 +506,19 @@ impl UNet {
         Ok(UNet {
             cfg: cfg.clone(),
             model,
+            bf16: false,
         })
+    }
+
+    /// bf16 mixed precision: convolutions in bf16 (cuDNN, f32 accumulation), weights, norms,
+    /// activations and loss in f32. Only on CUDA: the CPU convolution is f32 only.
+    pub fn with_bf16(mut self, on: bool) -> Self {
+        self.bf16 = on;
+        self
+    }
+
+    pub fn bf16(&self) -> bool {
+        self.bf16
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -518,7 +547,19 @@ impl UNet {
     /// Logits (N, out_channels, D, H, W). `train` enables dropout (instance norm keeps no running stats).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        Ok(self.model.forward(x, train)?)
+        if self.bf16 && !x.device().is_cuda() {
+            return Err(TrainerError::shape(
+                "unet",
+                "bf16 mixed precision needs a CUDA device (the CPU convolution is f32 only)",
+            ));
+        }
+        Ok(self.model.forward(
+            x,
+            Mode {
+                train,
+                bf16: self.bf16,
+            },
+        )?)
     }
 }
 
@@ -783,6 +824,14 @@ mod tests {
         assert!(e.contains("(N, 4, D, H, W)"), "{e}");
         let x = Tensor::zeros((1, 4, 8, 7, 8), DType::F32, &Device::Cpu).unwrap();
         assert!(net.forward_t(&x, false).is_err());
+        // Mixed precision is a CUDA feature: on the CPU it is refused, not silently fp32.
+        let x = Tensor::zeros((1, 4, 8, 8, 8), DType::F32, &Device::Cpu).unwrap();
+        let e = net
+            .with_bf16(true)
+            .forward_t(&x, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bf16") && e.contains("CUDA"), "{e}");
     }
 
     #[test]

@@ -28,8 +28,21 @@ pub fn prelu(x: &Tensor, a: &Tensor) -> Result<Tensor> {
         )
         .into_candle());
     }
+    if !x.device().is_cpu() {
+        return prelu_composite(x, a);
+    }
     x.contiguous()?
         .apply_op2(&a.flatten_all()?.contiguous()?, PRelu)
+}
+
+/// PReLU from candle's own ops (CUDA kernels and gradients): relu(x) + a * (x - relu(x)), the
+/// path for tensors on a GPU. The gradient in x is 1 above zero and `a` below, as torch's.
+pub fn prelu_composite(x: &Tensor, a: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[1] = a.elem_count();
+    let a = a.to_dtype(x.dtype())?.reshape(shape)?;
+    let pos = x.relu()?;
+    pos.add(&(x - &pos)?.broadcast_mul(&a)?)
 }
 
 fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -188,6 +201,9 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
             format!("only f32 is supported, got {:?}", x.dtype()),
         )
         .into_candle());
+    }
+    if !x.device().is_cpu() {
+        return candle_nn::ops::sigmoid(x);
     }
     x.contiguous()?.apply_op1(Sigmoid)
 }

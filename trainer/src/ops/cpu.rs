@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 /// Geometry of a convolution, resolved: every size is known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Geom {
     pub kernel: [usize; 3],
     pub stride: [usize; 3],

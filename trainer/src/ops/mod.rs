@@ -4,10 +4,13 @@
 //! gradients: `Fwd` (x, w) -> y, `BwdData` (dy, w) -> dx and `BwdFilter` (x, dy) -> dw. The
 //! gradient of each primitive in each argument is one of the other two, so every op below has a
 //! `bwd` and `candle_core::backprop` runs through them. A transposed convolution is
-//! `BwdData` applied forward. The CPU path is vol2col + GEMM (`cpu.rs`); CUDA (cuDNN) is to come.
+//! `BwdData` applied forward. The CPU path is vol2col + GEMM (`cpu.rs`); on CUDA the same three primitives are cuDNN's N-d
+//! convolution forward, backward-data and backward-filter (`cudnn.rs`, feature `cudnn`).
 
 mod act;
 mod cpu;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod norm;
 
 pub use act::{prelu, sigmoid};
@@ -67,12 +70,25 @@ fn dims5(op: &'static str, what: &str, t: &Tensor) -> Result<[usize; 5]> {
     }
 }
 
-fn check_f32(op: &'static str, t: &Tensor) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        return Err(
-            TrainerError::shape(op, format!("only f32 is supported, got {:?}", t.dtype()))
-                .into_candle(),
-        );
+/// f32 anywhere; bf16 on CUDA too (cuDNN, f32 accumulation), for mixed precision. Both operands
+/// must have the same dtype.
+fn check_dtypes(op: &'static str, x: &Tensor, w: &Tensor) -> Result<()> {
+    let ok = match x.dtype() {
+        DType::F32 => true,
+        DType::BF16 => x.device().is_cuda(),
+        _ => false,
+    };
+    if !ok || w.dtype() != x.dtype() {
+        return Err(TrainerError::shape(
+            op,
+            format!(
+                "supported: f32, or bf16 on CUDA, the same for input and weight; got {:?} and {:?} on {:?}",
+                x.dtype(),
+                w.dtype(),
+                x.device().location()
+            ),
+        )
+        .into_candle());
     }
     Ok(())
 }
@@ -91,8 +107,7 @@ fn check_hyper(op: &'static str, stride: [usize; 3], dilation: [usize; 3]) -> Re
 /// `torch.nn.functional.conv3d(x, w, None, stride, padding, dilation)`: x (N, Ci, D, H, W), w (Co, Ci, kd, kh, kw).
 pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
     const OP: &str = "conv3d";
-    check_f32(OP, x)?;
-    check_f32(OP, w)?;
+    check_dtypes(OP, x, w)?;
     check_hyper(OP, cfg.stride, cfg.dilation)?;
     let [_, ci, d, h, wd] = dims5(OP, "input", x)?;
     let [_, wci, kd, kh, kw] = dims5(OP, "weight", w)?;
@@ -137,8 +152,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
 /// x (N, Ci, D, H, W), w (Ci, Co, kd, kh, kw).
 pub fn conv_transpose3d(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> Result<Tensor> {
     const OP: &str = "conv_transpose3d";
-    check_f32(OP, x)?;
-    check_f32(OP, w)?;
+    check_dtypes(OP, x, w)?;
     check_hyper(OP, cfg.stride, cfg.dilation)?;
     let [_, ci, d, h, wd] = dims5(OP, "input", x)?;
     let [wci, _, kd, kh, kw] = dims5(OP, "weight", w)?;
@@ -198,7 +212,7 @@ pub fn conv_transpose3d(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> 
     )
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
     /// (x[N,Ci,big], w[Co,Ci,k]) -> y[N,Co,small]
     Fwd,
@@ -247,6 +261,35 @@ impl Prim {
         Ok(())
     }
 
+    /// Checks both operands' shapes for this primitive; returns (batch, conv input channels, conv
+    /// output channels, result shape).
+    fn shapes(&self, d1: &[usize], d2: &[usize]) -> Result<(usize, usize, usize, Vec<usize>)> {
+        let g = &self.g;
+        let [kd, kh, kw] = g.kernel;
+        let (big, small) = (g.big, g.small);
+        let first = |d: &[usize], i: usize| d.get(i).copied().unwrap_or(0);
+        Ok(match self.kind {
+            Kind::Fwd => {
+                let (n, ci, co) = (first(d1, 0), first(d1, 1), first(d2, 0));
+                self.expect("input", d1, &[n, ci, big[0], big[1], big[2]])?;
+                self.expect("weight", d2, &[co, ci, kd, kh, kw])?;
+                (n, ci, co, vec![n, co, small[0], small[1], small[2]])
+            }
+            Kind::BwdData => {
+                let (n, co, ci) = (first(d1, 0), first(d1, 1), first(d2, 1));
+                self.expect("gradient", d1, &[n, co, small[0], small[1], small[2]])?;
+                self.expect("weight", d2, &[co, ci, kd, kh, kw])?;
+                (n, ci, co, vec![n, ci, big[0], big[1], big[2]])
+            }
+            Kind::BwdFilter => {
+                let (n, ci, co) = (first(d1, 0), first(d1, 1), first(d2, 1));
+                self.expect("input", d1, &[n, ci, big[0], big[1], big[2]])?;
+                self.expect("gradient", d2, &[n, co, small[0], small[1], small[2]])?;
+                (n, ci, co, vec![co, ci, kd, kh, kw])
+            }
+        })
+    }
+
     fn name_str(&self) -> &'static str {
         match self.kind {
             Kind::Fwd => "conv3d",
@@ -273,38 +316,24 @@ impl CustomOp2 for Prim {
             slice(self.name_str(), s1, l1)?,
             slice(self.name_str(), s2, l2)?,
         );
-        let (d1, d2) = (l1.dims(), l2.dims());
-        let [kd, kh, kw] = g.kernel;
-        let (out, shape) = match self.kind {
-            Kind::Fwd => {
-                let (n, ci, co) = (d1[0], d1[1], d2[0]);
-                self.expect("input", d1, &[n, ci, g.big[0], g.big[1], g.big[2]])?;
-                self.expect("weight", d2, &[co, ci, kd, kh, kw])?;
-                (
-                    cpu::conv_fwd(g, a, b, n, ci, co),
-                    vec![n, co, g.small[0], g.small[1], g.small[2]],
-                )
-            }
-            Kind::BwdData => {
-                let (n, co, ci) = (d1[0], d1[1], d2[1]);
-                self.expect("gradient", d1, &[n, co, g.small[0], g.small[1], g.small[2]])?;
-                self.expect("weight", d2, &[co, ci, kd, kh, kw])?;
-                (
-                    cpu::conv_bwd_data(g, a, b, n, ci, co),
-                    vec![n, ci, g.big[0], g.big[1], g.big[2]],
-                )
-            }
-            Kind::BwdFilter => {
-                let (n, ci, co) = (d1[0], d1[1], d2[1]);
-                self.expect("input", d1, &[n, ci, g.big[0], g.big[1], g.big[2]])?;
-                self.expect("gradient", d2, &[n, co, g.small[0], g.small[1], g.small[2]])?;
-                (
-                    cpu::conv_bwd_filter(g, a, b, n, ci, co),
-                    vec![co, ci, kd, kh, kw],
-                )
-            }
+        let (n, ci, co, shape) = self.shapes(l1.dims(), l2.dims())?;
+        let out = match self.kind {
+            Kind::Fwd => cpu::conv_fwd(g, a, b, n, ci, co),
+            Kind::BwdData => cpu::conv_bwd_data(g, a, b, n, ci, co),
+            Kind::BwdFilter => cpu::conv_bwd_filter(g, a, b, n, ci, co),
         };
         Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cudnn::run(self, s1, l1, s2, l2)
     }
 
     fn bwd(

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 /// (x - mean) / sqrt(var + eps) over the spatial axes of each (sample, channel); biased variance, like PyTorch.
 pub fn instance_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.rank() < 3 || x.dtype() != DType::F32 {
+    if x.rank() < 3 || (x.dtype() != DType::F32 && x.device().is_cpu()) {
         return Err(TrainerError::shape(
             "instance_norm",
             format!(
@@ -20,7 +20,23 @@ pub fn instance_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
         )
         .into_candle());
     }
+    if !x.device().is_cpu() {
+        return instance_norm_composite(x, eps);
+    }
     x.contiguous()?.apply_op1(InstanceNorm { eps })
+}
+
+/// The same normalization from candle's own ops (which have CUDA kernels and gradients): the path
+/// for tensors on a GPU. Statistics are taken in f32 whatever the input dtype, as autocast does.
+pub fn instance_norm_composite(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let dtype = x.dtype();
+    let flat = x.to_dtype(DType::F32)?.flatten_from(2)?;
+    let mean = flat.mean_keepdim(2)?;
+    let centered = flat.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(2)?;
+    let y = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    y.reshape(dims)?.to_dtype(dtype)
 }
 
 #[derive(Clone, Copy)]

@@ -410,6 +410,16 @@ fn bad_shapes_are_errors_not_panics() {
         ..Default::default()
     };
     assert!(conv_transpose3d(&x, &randn(2, &[2, 3, 3, 3, 3]), &t).is_err());
+    // bf16 is for the cuDNN path; on the CPU, and with mixed dtypes, a clear error.
+    let (xb, wb) = (
+        x.to_dtype(DType::BF16).unwrap(),
+        randn(3, &[4, 2, 3, 3, 3]).to_dtype(DType::BF16).unwrap(),
+    );
+    let e = conv3d(&xb, &wb, &Conv3dConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bf16 on CUDA"), "{e}");
+    assert!(conv3d(&x, &wb, &Conv3dConfig::default()).is_err());
 }
 
 #[test]
@@ -423,16 +433,8 @@ fn instance_norm_matches_composed_ops_and_gradient() {
     .unwrap();
     let r = randn(6, &[2, 3, 4, 5, 3]);
     let y = instance_norm(x.as_tensor(), 1e-5).unwrap();
-    // Reference: the same normalization from candle's differentiable elementwise ops.
-    let flat = x.as_tensor().reshape((2, 3, 60)).unwrap();
-    let mean = flat.mean_keepdim(2).unwrap();
-    let c = flat.broadcast_sub(&mean).unwrap();
-    let var = c.sqr().unwrap().mean_keepdim(2).unwrap();
-    let want = c
-        .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
-        .unwrap()
-        .reshape((2, 3, 4, 5, 3))
-        .unwrap();
+    // Reference: the GPU path, the same normalization from candle's differentiable ops.
+    let want = norm::instance_norm_composite(x.as_tensor(), 1e-5).unwrap();
     assert!(rel_err(&y, &want) < 1e-5);
     let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -455,18 +457,8 @@ fn prelu_matches_composed_ops_and_gradients() {
         .unwrap();
         let r = randn(9, &[2, 3, 3, 4, 2]);
         let y = prelu(x.as_tensor(), a.as_tensor()).unwrap();
-        let ab = if channels_slope {
-            a.as_tensor().reshape((1, 3, 1, 1, 1)).unwrap()
-        } else {
-            a.as_tensor().reshape(()).unwrap()
-        };
-        let want = (x.as_tensor().relu().unwrap()
-            + x.as_tensor()
-                .minimum(0f32)
-                .unwrap()
-                .broadcast_mul(&ab)
-                .unwrap())
-        .unwrap();
+        // Reference: the GPU path, built from candle's differentiable ops.
+        let want = act::prelu_composite(x.as_tensor(), a.as_tensor()).unwrap();
         assert!(rel_err(&y, &want) < 1e-6);
         let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -474,4 +466,20 @@ fn prelu_matches_composed_ops_and_gradients() {
             assert!(rel_err(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
         }
     }
+}
+
+#[test]
+fn sigmoid_matches_the_gpu_path_and_gradient() {
+    let x = Var::from_tensor(&(randn(11, &[2, 3, 4, 4, 2]) * 4.0).unwrap()).unwrap();
+    let r = randn(12, &[2, 3, 4, 4, 2]);
+    let y = sigmoid(x.as_tensor()).unwrap();
+    let want = candle_nn::ops::sigmoid(x.as_tensor()).unwrap();
+    assert!(rel_err(&y, &want) < 1e-6);
+    let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let e = rel_err(
+        g1.get(x.as_tensor()).unwrap(),
+        g2.get(x.as_tensor()).unwrap(),
+    );
+    assert!(e < 1e-5, "sigmoid gradient err {e}");
 }
