@@ -7,10 +7,15 @@ ARG CUDA_VERSION=12.4.1
 FROM nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu22.04 AS build
 # The AWS SDK crates need Rust 1.94.1 or newer.
 ARG RUST_VERSION=1.95.0
-# Extra cargo features of the `wf` package (e.g. GPU training once the trainer offers them).
-ARG WF_FEATURES=""
+# Cargo features of the `wf` package: `gpu` = CUDA training (candle CUDA kernels, cuDNN
+# convolutions, NCCL data parallelism); "" builds a CPU-only image.
+ARG WF_FEATURES="gpu"
+# GPU architecture candle's kernels are compiled for; PTX for 8.0 also JIT-runs on A10G (8.6) and
+# H100 (9.0). bf16 needs >= 8.0.
+ARG CUDA_COMPUTE_CAP=80
+ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
 RUN apt-get update \
- && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config \
+ && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config libnccl2 libnccl-dev \
  && rm -rf /var/lib/apt/lists/*
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH
 RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain ${RUST_VERSION}
@@ -23,7 +28,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu22.04
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates tar \
+ && apt-get install -y --no-install-recommends ca-certificates tar libnccl2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/wf /usr/local/bin/wf
 # Plain progress lines (CloudWatch keeps stderr), never a terminal UI.

@@ -233,3 +233,36 @@ fn killed_training_resumes_from_its_last_checkpoint() {
     // The resume area is cleaned up once the output is in the cache.
     assert!(!checkpoint_done(&cache, EPOCHS));
 }
+
+/// The GPU quickstart is a valid workflow everywhere; a build without CUDA refuses its training step
+/// with a message that says how to get a CUDA build (exit 1, a step failed), after running the steps
+/// before it.
+#[test]
+fn gpu_quickstart_validates_and_a_cpu_build_refuses_to_train_it() {
+    let t = tempfile::tempdir().unwrap();
+    let yaml = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/quickstart-gpu.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    // Smaller data, same training parameters: only the refusal is under test.
+    let text = text
+        .replace(
+            "cases: 16, shape: [96, 96, 64]",
+            "cases: 2, shape: [40, 40, 32]",
+        )
+        .replace("roi: [64, 64, 32]", "roi: [16, 16, 16]");
+    std::fs::write(t.path().join("wf.yaml"), &text).unwrap();
+    let v = wf(t.path(), &["validate", "wf.yaml"]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build would train it; the GPU checks cover that (scripts/gpu-check.sh)
+    }
+    let r = wf(t.path(), &["run", "wf.yaml", "--json"]);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    let out = json(&r);
+    assert_eq!(status_of(&out, "preprocess"), "ran");
+    assert_eq!(status_of(&out, "train"), "failed");
+    let all = format!("{}{}", stdout(&r), stderr(&r));
+    assert!(
+        all.contains("no CUDA support") && all.contains("--features gpu"),
+        "{all}"
+    );
+}

@@ -160,6 +160,7 @@ impl TrainParams {
             epochs: self.epochs,
             seed,
             resume: true,
+            bf16: self.precision == "bf16",
         }
     }
 }
@@ -244,19 +245,7 @@ impl Step for TrainUnet {
             .decode()
             .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
         let gpus = parse_gpus(&p.gpus).map_err(StepError::new)?;
-        // This build trains on CPU only (candle's CUDA backend is behind wf-trainer's `cuda` feature).
-        if let Gpus::Count(n @ 1..) = gpus {
-            return Err(StepError::new(format!(
-                "gpus: {n} asks for GPU training, but this build of wf has no CUDA support; \
-                 use `gpus: 0` (CPU) or a CUDA build"
-            )));
-        }
-        if p.precision == "bf16" {
-            return Err(StepError::new(
-                "precision: bf16 needs CUDA (mixed precision on the GPU); this build trains in fp32 on \
-                 CPU: set `precision: fp32`",
-            ));
-        }
+        let target = Target::resolve(gpus, p.precision == "bf16")?;
         let input = cx
             .inputs
             .get("samples")
@@ -275,13 +264,13 @@ impl Step for TrainUnet {
             .open(cx.log_path)
             .map_err(|e| StepError::new(format!("{}: {e}", cx.log_path.display())))?;
 
-        let device = wf_trainer::Device::Cpu;
+        let cpu = wf_trainer::Device::Cpu;
         let (mut train_src, mut val_src) = wf_trainer::loader::open_samples(
             &input.path,
             p.val_fraction,
             p.batch_size,
             cx.seed,
-            &device,
+            &cpu,
         )
         .map_err(|e| StepError::new(e.to_string()))?;
         if train_src.is_empty() {
@@ -296,14 +285,19 @@ impl Step for TrainUnet {
             "train_samples": train_src.len(),
             "val_samples": val_src.len(),
         });
+        let on = if matches!(target, Target::Cpu) {
+            format!("CPU ({} threads)", cx.threads)
+        } else {
+            target.describe()
+        };
         let msg = format!(
-            "{} training samples ({} cases), {} validation samples ({} cases), {} epochs on CPU ({} threads)",
+            "{} training samples ({} cases), {} validation samples ({} cases), {} epochs on {on}, {}",
             train_src.len(),
             train_src.cases().len(),
             val_src.len(),
             val_src.cases().len(),
             cfg.epochs,
-            cx.threads
+            p.precision
         );
         cx.progress.message(&msg);
         let _ = writeln!(log, "{msg}");
@@ -355,13 +349,83 @@ impl Step for TrainUnet {
             .build()
             .map_err(|e| StepError::new(format!("cannot start the training threads: {e}")))?;
         let summary = pool
-            .install(|| {
-                let mut train_src = Cancellable {
-                    inner: &mut train_src,
-                    cancel: cx.cancel,
-                    epoch: 0,
-                };
-                wf_trainer::train::train(&cfg, &work, &mut train_src, &mut val_src, &mut on_event)
+            .install(|| match target {
+                Target::Cpu => {
+                    let mut train_src = Cancellable {
+                        inner: &mut train_src,
+                        cancel: cx.cancel,
+                        epoch: 0,
+                    };
+                    wf_trainer::train::train(&cfg, &work, &mut train_src, &mut val_src, &mut on_event)
+                }
+                #[cfg(feature = "cuda")]
+                Target::Gpu => {
+                    drop((train_src, val_src));
+                    let device = wf_trainer::gpu::device(0)?;
+                    let (train_src, mut val_src) = wf_trainer::loader::open_samples(
+                        &input.path,
+                        p.val_fraction,
+                        p.batch_size,
+                        cx.seed,
+                        &device,
+                    )?;
+                    let mut train_src = Cancellable {
+                        inner: train_src,
+                        cancel: cx.cancel,
+                        epoch: 0,
+                    };
+                    wf_trainer::train::train_replica(
+                        &cfg,
+                        &device,
+                        &work,
+                        &mut train_src,
+                        &mut val_src,
+                        &wf_trainer::ddp::SingleProcess,
+                        &mut on_event,
+                    )
+                }
+                #[cfg(feature = "nccl")]
+                Target::DataParallel {
+                    per_node,
+                    ref cluster,
+                } => {
+                    drop((train_src, val_src));
+                    let world = per_node * cluster.nodes();
+                    if !p.batch_size.is_multiple_of(world) {
+                        return Err(wf_trainer::TrainerError::Config {
+                            field: "batch_size",
+                            detail: format!(
+                                "batch_size {} (over all replicas) is not a multiple of the {world} replicas",
+                                p.batch_size
+                            ),
+                        });
+                    }
+                    let per_replica = p.batch_size / world;
+                    wf_trainer::gpu::train_data_parallel(
+                        &cfg,
+                        &work,
+                        per_node,
+                        cluster,
+                        |device, rank, world| {
+                            let (tr, va) = wf_trainer::loader::open_samples(
+                                &input.path,
+                                p.val_fraction,
+                                per_replica,
+                                cx.seed,
+                                device,
+                            )?;
+                            Ok((
+                                Box::new(Cancellable {
+                                    inner: tr.shard(rank, world)?,
+                                    cancel: cx.cancel,
+                                    epoch: 0,
+                                }),
+                                Box::new(va),
+                            ))
+                        },
+                        &mut on_event,
+                    )
+                }
             })
             .map_err(|e| {
                 StepError::new(format!(
@@ -394,7 +458,7 @@ impl Step for TrainUnet {
                 "config": cfg,
                 "samples": input.digest.to_hex(),
                 "split": split,
-                "device": "cpu",
+                "device": target.describe(),
                 "precision": p.precision,
                 "epochs_completed": summary.epochs_completed,
                 "best_epoch": summary.best_epoch,
@@ -411,15 +475,109 @@ impl Step for TrainUnet {
     }
 }
 
+/// Where training runs, from `gpus:` and `precision:` and what this build and machine offer.
+enum Target {
+    Cpu,
+    /// One GPU (device 0), one node.
+    #[cfg(feature = "cuda")]
+    Gpu,
+    /// One replica per GPU, `per_node` GPUs on every node of the cluster, NCCL all-reduce.
+    #[cfg(feature = "nccl")]
+    DataParallel {
+        per_node: usize,
+        cluster: wf_trainer::cluster::Cluster,
+    },
+}
+
+impl Target {
+    #[cfg(not(feature = "cuda"))]
+    fn resolve(gpus: Gpus, bf16: bool) -> Result<Target, StepError> {
+        if let Gpus::Count(n @ 1..) = gpus {
+            return Err(StepError::new(format!(
+                "gpus: {n} asks for GPU training, but this build of wf has no CUDA support; \
+                 use `gpus: 0` (CPU) or a CUDA build (cargo build --release --features gpu)"
+            )));
+        }
+        if bf16 {
+            return Err(StepError::new(
+                "precision: bf16 needs CUDA (mixed precision on the GPU); this build trains in fp32 on \
+                 CPU: set `precision: fp32`",
+            ));
+        }
+        Ok(Target::Cpu)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn resolve(gpus: Gpus, bf16: bool) -> Result<Target, StepError> {
+        let err = |e: wf_trainer::TrainerError| StepError::new(e.to_string());
+        // `all` on a machine whose driver sees no GPU (cuInit fails) means the CPU; an explicit
+        // count there is an error that says why.
+        let available = match (wf_trainer::gpu::device_count(), gpus) {
+            (Ok(n), _) => n,
+            (Err(_), Gpus::All | Gpus::Count(0)) => 0,
+            (Err(e), Gpus::Count(_)) => return Err(err(e)),
+        };
+        let n = match gpus {
+            Gpus::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Gpus::All => available,
+        };
+        if n > available {
+            return Err(StepError::new(format!(
+                "gpus: {n}, but this machine has {available} CUDA device(s)"
+            )));
+        }
+        if n == 0 {
+            if bf16 {
+                return Err(StepError::new(
+                    "precision: bf16 needs a GPU (gpus >= 1); CPU training is fp32",
+                ));
+            }
+            return Ok(Target::Cpu);
+        }
+        let cluster = wf_trainer::cluster::Cluster::from_env().map_err(err)?;
+        let nodes = cluster.as_ref().map_or(1, |c| c.nodes());
+        if n == 1 && nodes == 1 {
+            return Ok(Target::Gpu);
+        }
+        #[cfg(feature = "nccl")]
+        {
+            Ok(Target::DataParallel {
+                per_node: n,
+                cluster: cluster.unwrap_or_else(wf_trainer::cluster::Cluster::single),
+            })
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            Err(StepError::new(format!(
+                "{n} GPU(s) on {nodes} node(s) need data parallelism, but this build of wf has no \
+                 NCCL support (cargo build --release --features gpu)"
+            )))
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Cpu => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Target::Gpu => "cuda:0".into(),
+            #[cfg(feature = "nccl")]
+            Target::DataParallel { per_node, cluster } => format!(
+                "{per_node} GPU(s) x {} node(s), NCCL data parallel",
+                cluster.nodes()
+            ),
+        }
+    }
+}
+
 /// Stops training at the next batch once the run is cancelled (Ctrl-C); the checkpoints of completed
 /// epochs stay for the next run to resume from.
-struct Cancellable<'a, S: BatchSource + ?Sized> {
-    inner: &'a mut S,
+struct Cancellable<'a, S: BatchSource> {
+    inner: S,
     cancel: &'a CancelToken,
     epoch: usize,
 }
 
-impl<S: BatchSource + ?Sized> BatchSource for Cancellable<'_, S> {
+impl<S: BatchSource> BatchSource for Cancellable<'_, S> {
     fn start_epoch(&mut self, epoch: usize) -> wf_trainer::Result<()> {
         self.epoch = epoch;
         self.inner.start_epoch(epoch)
