@@ -2,7 +2,7 @@
 //! augmentation) in batches of 4x128x128x64, no model. Target: >= 250 samples/s on the 2-core build
 //! machine.
 //!
-//! `cargo bench --bench loader [-- CASES EPOCHS]` (defaults 8 10). Builds a Samples artifact with `wf run`
+//! `cargo bench --bench loader [-- CASES EPOCHS]` (defaults 8 10; `WF_BIN` overrides the wf binary). Builds a Samples artifact with `wf run`
 //! (synthetic full-size 240x240x155 cases → sharded-transform), once with 4 materialized copies per
 //! case and once prefix-only (augmentation applied online), rewrites each with bf16 images, then times
 //! whole epochs for every (artifact, dtype) with the system allocator and with
@@ -73,13 +73,14 @@ fn main() {
     let cases: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(8);
     let epochs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
-    let wf = env!("CARGO_BIN_EXE_wf");
+    // WF_BIN: a wf binary elsewhere (the GPU machine runs this bench from a carried bundle).
+    let wf = std::env::var("WF_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wf").to_string());
     for copies in [4u32, 0] {
         let yaml = format!(
             "steps:\n  fetch: {{ uses: fetch-dataset, with: {{ source: synthetic, cases: {cases}, shape: [240, 240, 155] }} }}\n  prep:\n    uses: sharded-transform\n    inputs: {{ dataset: fetch }}\n    with:\n      copies_per_case: {copies}\n      transforms: [load, ensure-channel-first, convert-labels, {{ spacing: {{ pixdim: [1.5, 1.5, 2.0] }} }}, {{ orientation: {{ axcodes: RAS }} }}, {{ rand-spatial-crop: {{ roi: [128, 128, 64] }} }}, {{ rand-flip: {{ prob: 0.5, axis: 0 }} }}, {{ normalize-intensity: {{ nonzero: true, channel_wise: true }} }}, {{ rand-scale-intensity: {{ factors: 0.1, prob: 0.5 }} }}, {{ rand-shift-intensity: {{ offsets: 0.1, prob: 0.5 }} }}]\n"
         );
         std::fs::write(dir.path().join("wf.yaml"), yaml).unwrap();
-        let out = Command::new(wf)
+        let out = Command::new(&wf)
             .args(["run", "wf.yaml", "--json"])
             .current_dir(dir.path())
             .output()
