@@ -529,7 +529,11 @@ mod tests {
 
     /// A wf-samples-v1 artifact of 5 cases: prefix only (`copies` 0) or materialized copies.
     fn artifact(dir: &Path, copies: u32, dtype: SampleDtype) {
-        let transforms: serde_json::Value = serde_json::from_str(CHAIN).unwrap();
+        artifact_with(dir, copies, dtype, CHAIN)
+    }
+
+    fn artifact_with(dir: &Path, copies: u32, dtype: SampleDtype, chain: &str) {
+        let transforms: serde_json::Value = serde_json::from_str(chain).unwrap();
         let chain = Chain::from_json(&transforms).unwrap();
         let mut cases = Vec::new();
         for i in 0..5 {
@@ -662,5 +666,78 @@ mod tests {
         assert_eq!(l.shard(0, 1).unwrap().batch_indices(epoch), alone);
         let (l, _) = open_samples(t.path(), 0.0, b, 7, &Device::Cpu).unwrap();
         assert!(l.shard(3, 3).is_err());
+    }
+
+    /// The data-parallel path end to end on CPU: replicas reading their shards of the real loader
+    /// and averaging gradients step like one replica reading whole batches.
+    #[test]
+    fn sharded_loaders_with_an_all_reduce_train_like_one_loader() {
+        use crate::ddp::{GradReducer, ThreadReducer};
+        use crate::optim::AdamConfig;
+        use crate::train::{TrainConfig, TrainSummary, train, train_replica};
+        use crate::unet::UNetConfig;
+        let t = tempfile::tempdir().unwrap();
+        let chain = r#"["ensure-channel-first", "convert-labels",
+            {"rand-spatial-crop": {"roi": [8, 8, 8]}}, {"rand-flip": {"prob": 0.5, "axis": 0}}]"#;
+        artifact_with(t.path(), 2, SampleDtype::F32, chain); // 10 samples of 4x8x8x8
+        let cfg = TrainConfig {
+            unet: UNetConfig {
+                channels: vec![2, 4],
+                strides: vec![2],
+                num_res_units: 1,
+                ..UNetConfig::brats()
+            },
+            // eps above rounding noise (see ddp::tests).
+            adam: AdamConfig {
+                lr: 1e-2,
+                eps: 1e-3,
+                ..Default::default()
+            },
+            epochs: 2,
+            ..Default::default()
+        };
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut tr, mut va) = open_samples(t.path(), 0.0, 4, 9, &Device::Cpu).unwrap();
+        let single = train(&cfg, d1.path(), &mut tr, &mut va, &mut |_| {}).unwrap();
+        let (cfg_ref, out, root) = (&cfg, d2.path(), t.path());
+        let ranks: Vec<TrainSummary> = std::thread::scope(|s| {
+            let hs: Vec<_> = ThreadReducer::group(2)
+                .unwrap()
+                .into_iter()
+                .map(|red| {
+                    s.spawn(move || {
+                        let (tr, mut va) = open_samples(root, 0.0, 2, 9, &Device::Cpu).unwrap();
+                        let mut tr = tr.shard(red.rank(), 2).unwrap();
+                        let dev = Device::Cpu;
+                        train_replica(cfg_ref, &dev, out, &mut tr, &mut va, &red, &mut |_| {})
+                            .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(ranks[0].metrics[1].train_samples, 10);
+        let load = |s: &TrainSummary| {
+            let p = s
+                .last_checkpoint
+                .as_ref()
+                .unwrap()
+                .join("model.safetensors");
+            candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+        };
+        let (a, b) = (load(&single), load(&ranks[0]));
+        let mut worst = 0f32;
+        for (k, x) in &a {
+            let d = (x - &b[k]).unwrap().abs().unwrap();
+            worst = worst.max(
+                d.flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap(),
+            );
+        }
+        assert!(worst < 1e-4, "sharded run differs by {worst}");
     }
 }
