@@ -239,6 +239,42 @@ impl GradReducer for ThreadReducer {
     }
 }
 
+/// Where the local replicas wait for each other before NCCL's init: each arrives once, with its
+/// failure if it had one (the spawning thread arrives for a replica whose thread did not start),
+/// and all leave with the list of failures once every one arrived.
+pub struct Gate {
+    n: usize,
+    state: Mutex<(usize, Vec<String>)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    pub fn new(n: usize) -> Gate {
+        Gate {
+            n,
+            state: Mutex::new((0, Vec::new())),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Counts one replica in (with its failure, if any), without waiting.
+    pub fn arrive(&self, failure: Option<String>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 += 1;
+        st.1.extend(failure);
+        self.cv.notify_all();
+    }
+
+    /// Waits until every replica arrived; returns the failures.
+    pub fn wait(&self) -> Vec<String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.0 < self.n {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.1.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +476,28 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(results.iter().any(|e| *e));
+    }
+
+    #[test]
+    fn the_start_gate_waits_for_all_and_shares_every_failure() {
+        let gate = Gate::new(3);
+        std::thread::scope(|s| {
+            let waiting: Vec<_> = (0..2)
+                .map(|i| {
+                    let gate = &gate;
+                    s.spawn(move || {
+                        gate.arrive((i == 1).then(|| "GPU 1: no memory".to_string()));
+                        gate.wait()
+                    })
+                })
+                .collect();
+            // The third never ran: its spawner reports it and does not wait.
+            gate.arrive(Some("GPU 2: cannot start its thread".into()));
+            for h in waiting {
+                let mut f = h.join().unwrap();
+                f.sort();
+                assert_eq!(f, ["GPU 1: no memory", "GPU 2: cannot start its thread"]);
+            }
+        });
     }
 }

@@ -4,7 +4,8 @@
 use crate::error::{Result, TrainerError};
 use candle_core::Device;
 
-/// CUDA devices visible to this process (0 when the driver has none).
+/// CUDA devices visible to this process; an error when the driver cannot be initialized (no GPU,
+/// no driver), which callers asking for "all" GPUs may take as none.
 pub fn device_count() -> Result<usize> {
     match candle_core::cuda_backend::cudarc::driver::CudaContext::device_count() {
         Ok(n) => Ok(n.max(0) as usize),
@@ -35,7 +36,6 @@ mod parallel {
     use crate::train::{BatchSource, TrainConfig, TrainEvent, TrainSummary, train_replica};
     use candle_core::Device;
     use std::path::Path;
-    use std::sync::{Barrier, Mutex};
     use std::time::Duration;
 
     /// How long nodes wait for each other at the start (instances of a job boot at different times).
@@ -71,23 +71,25 @@ mod parallel {
 
         // Every local replica opens its device and sources first; only when all succeeded do
         // they enter NCCL's init, which would otherwise wait forever for a replica that failed.
-        let ready = Barrier::new(per_node);
-        let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        // A replica whose thread could not start, or that panicked opening, counts as failed.
+        let gate = crate::ddp::Gate::new(per_node);
         let replica =
             |local: usize, on_event: &mut dyn FnMut(&TrainEvent)| -> Result<TrainSummary> {
                 let rank = cluster.rank(local, per_node);
-                let opened = device(local).and_then(|d| Ok((sources(&d, rank, world)?, d)));
-                if let Err(e) = &opened
-                    && let Ok(mut f) = failed.lock()
-                {
-                    f.push(format!("GPU {local}: {e}"));
-                }
-                ready.wait();
+                let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    device(local).and_then(|d| Ok((sources(&d, rank, world)?, d)))
+                }))
+                .unwrap_or_else(|_| {
+                    Err(TrainerError::Ddp {
+                        detail: "panicked while opening its device or data".into(),
+                    })
+                });
+                gate.arrive(opened.as_ref().err().map(|e| format!("GPU {local}: {e}")));
+                let others = gate.wait();
                 let ((mut tr, mut va), dev) = opened?;
-                let others_failed = failed.lock().map(|f| f.join("; ")).unwrap_or_default();
-                if !others_failed.is_empty() {
+                if !others.is_empty() {
                     return Err(TrainerError::Ddp {
-                        detail: format!("not started: {others_failed}"),
+                        detail: format!("not started: {}", others.join("; ")),
                     });
                 }
                 let reducer = NcclReducer::new(&dev, rank, world, &id)?;
@@ -97,9 +99,13 @@ mod parallel {
             let others: Vec<_> = (1..per_node)
                 .map(|local| {
                     let replica = &replica;
-                    std::thread::Builder::new()
+                    let h = std::thread::Builder::new()
                         .name(format!("wf-gpu-{local}"))
-                        .spawn_scoped(s, move || replica(local, &mut |_| {}))
+                        .spawn_scoped(s, move || replica(local, &mut |_| {}));
+                    if let Err(e) = &h {
+                        gate.arrive(Some(format!("GPU {local}: cannot start its thread: {e}")));
+                    }
+                    h
                 })
                 .collect();
             let first = replica(0, on_event);

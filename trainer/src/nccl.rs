@@ -61,6 +61,13 @@ impl NcclReducer {
     }
 }
 
+impl Drop for NcclReducer {
+    fn drop(&mut self) {
+        // Dropping the communicator aborts it: let queued collectives finish first.
+        let _ = self.comm.stream().synchronize();
+    }
+}
+
 struct AllReduceAvg<'a> {
     comm: &'a Comm,
 }

@@ -326,21 +326,59 @@ pub fn train_replica(
     r
 }
 
-/// Reduces a control record [in_step, epoch, batch size] with every exchange, so replicas whose
-/// sources yield different numbers of batches fail with an error instead of silently pairing
-/// gradients of different steps. Returns the total batch size over all replicas.
-fn check_control(
+/// What a replica did in one training exchange.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    Step,
+    EndOfEpoch,
+    Failed,
+}
+
+/// The control record sent with every training exchange: [step, end of epoch, failed, epoch, batch
+/// size], averaged over the replicas. Every replica sends a buffer of the same size whatever
+/// happened to it (NCCL cannot match up buffers of different sizes, nor be interrupted), and all
+/// read the same averages, so all stop at the same exchange: when any failed, or when their
+/// sources disagree on the number of batches.
+fn control(device: &Device, part: Part, epoch: usize, batch: usize) -> Result<Option<Tensor>> {
+    let flag = |p: Part| if part == p { 1f32 } else { 0.0 };
+    Ok(Some(Tensor::new(
+        &[
+            flag(Part::Step),
+            flag(Part::EndOfEpoch),
+            flag(Part::Failed),
+            epoch as f32,
+            batch as f32,
+        ],
+        device,
+    )?))
+}
+
+/// The exchange's outcome for every replica: `Some(total batch)` for a step, `None` at the end of
+/// the epoch, an error when any replica failed or the replicas are out of step.
+fn read_control(
     reduced: Option<Tensor>,
-    in_step: bool,
     epoch: usize,
+    step: usize,
     world: usize,
-) -> Result<usize> {
+) -> Result<Option<usize>> {
     let c = match reduced {
         Some(t) => t.to_vec1::<f32>()?,
         None => vec![],
     };
-    let want = if in_step { 1.0 } else { 0.0 };
-    if c.len() != 3 || c[0] != want || c[1] != epoch as f32 {
+    if c.len() != 5 {
+        return Err(TrainerError::Ddp {
+            detail: format!("a control record of {} values", c.len()),
+        });
+    }
+    if c[2] > 0.0 {
+        return Err(TrainerError::Ddp {
+            detail: format!(
+                "another replica failed in epoch {}, step {step} (its own error says why); this one stopped with it",
+                epoch + 1
+            ),
+        });
+    }
+    if c[3] != epoch as f32 || (c[0] != 1.0 && c[1] != 1.0) {
         return Err(TrainerError::Ddp {
             detail: format!(
                 "replicas are out of step in epoch {} (their batch sources yield different numbers of batches)",
@@ -348,14 +386,65 @@ fn check_control(
             ),
         });
     }
-    Ok((c[2] * world as f32).round() as usize)
+    Ok((c[0] == 1.0).then(|| (c[4] * world as f32).round() as usize))
 }
 
-fn control(device: &Device, in_step: bool, epoch: usize, batch: usize) -> Result<Option<Tensor>> {
-    Ok(Some(Tensor::new(
-        &[if in_step { 1f32 } else { 0.0 }, epoch as f32, batch as f32],
-        device,
-    )?))
+/// Every replica says whether its part of a phase outside the training steps succeeded; when one
+/// failed, all fail, so none is left waiting at an exchange the failed one never reaches.
+fn agree<T>(reducer: &dyn GradReducer, device: &Device, what: &str, local: Result<T>) -> Result<T> {
+    if reducer.world_size() == 1 {
+        return local;
+    }
+    let flag = if local.is_err() { 1f32 } else { 0.0 };
+    let reduced = Tensor::new(&[flag], device)
+        .map_err(TrainerError::from)
+        .and_then(|t| reducer.all_reduce_mean(&[Some(t)]));
+    let others_failed = match &reduced {
+        Ok(r) => match r.first().cloned().flatten() {
+            Some(t) => t.to_vec1::<f32>()?.first().is_none_or(|f| *f != 0.0),
+            None => true,
+        },
+        Err(_) => true,
+    };
+    match (local, reduced) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Ok(_)) if others_failed => Err(TrainerError::Ddp {
+            detail: format!("another replica failed {what}; this one stopped with it"),
+        }),
+        (Ok(v), Ok(_)) => Ok(v),
+    }
+}
+
+/// One replica's training step up to its gradients (and loss, last): `None` at the end of the epoch.
+fn local_step(
+    cfg: &TrainConfig,
+    net: &UNet,
+    opt: &Adam,
+    train_src: &mut dyn BatchSource,
+    epoch: usize,
+    step: usize,
+) -> Result<Option<(Vec<Option<Tensor>>, usize)>> {
+    let Some((x, y)) = train_src.next_batch()? else {
+        return Ok(None);
+    };
+    check_batch(&cfg.unet, net, epoch + 1, step, &x, &y)?;
+    let logits = net.forward_t(&x, true)?;
+    let loss = cfg.loss.forward(&logits, &y)?;
+    let mut grads = opt.gradients(&loss.backward()?);
+    grads.push(Some(loss.reshape(1)?.detach()));
+    Ok(Some((grads, x.dim(0)?)))
+}
+
+/// Zero gradients and loss, the payload of a replica with nothing to contribute to an exchange.
+fn zeros(opt: &Adam, device: &Device) -> Result<Vec<Option<Tensor>>> {
+    let mut z = opt
+        .params()
+        .iter()
+        .map(|(_, p)| Ok(Some(p.as_tensor().zeros_like()?)))
+        .collect::<Result<Vec<_>>>()?;
+    z.push(Some(Tensor::zeros(1, DType::F32, device)?));
+    Ok(z)
 }
 
 fn run_replica(
@@ -382,50 +471,69 @@ fn run_replica(
     init_seeded(&vm, cfg.seed)?;
     let mut opt = Adam::from_varmap(&vm, cfg.adam.clone())?;
     let ckpt_root = checkpoints_dir(out_dir);
-    if rank0 {
-        std::fs::create_dir_all(&ckpt_root).map_err(io(&ckpt_root))?;
-    }
+    let world = reducer.world_size();
 
-    let mut start_epoch = 0;
-    let mut last_checkpoint = None;
-    let mut metrics = Vec::new();
-    if cfg.resume
-        && let Some(dir) = checkpoint::latest(&ckpt_root)?
-    {
-        let meta = checkpoint::load(&dir, &vm, &mut opt)?;
-        opt.set_lr(cfg.adam.lr);
-        start_epoch = meta.epoch;
-        // Lines past the checkpoint come from an epoch whose checkpoint never completed.
-        metrics = read_metrics(out_dir)?
-            .into_iter()
-            .filter(|m| m.epoch <= meta.epoch)
-            .collect();
+    let prepared = (|| -> Result<(usize, Option<PathBuf>, Vec<EpochMetrics>)> {
         if rank0 {
-            write_metrics(out_dir, &metrics)?;
+            std::fs::create_dir_all(&ckpt_root).map_err(io(&ckpt_root))?;
         }
-        on_event(&TrainEvent::Resumed {
-            epoch: meta.epoch,
-            checkpoint: dir.clone(),
-        });
-        last_checkpoint = Some(dir);
-    } else if rank0 {
-        write_metrics(out_dir, &[])?;
-    }
+        if cfg.resume
+            && let Some(dir) = checkpoint::latest(&ckpt_root)?
+        {
+            let meta = checkpoint::load(&dir, &vm, &mut opt)?;
+            opt.set_lr(cfg.adam.lr);
+            // Lines past the checkpoint come from an epoch whose checkpoint never completed.
+            let metrics: Vec<EpochMetrics> = read_metrics(out_dir)?
+                .into_iter()
+                .filter(|m| m.epoch <= meta.epoch)
+                .collect();
+            if rank0 {
+                write_metrics(out_dir, &metrics)?;
+            }
+            on_event(&TrainEvent::Resumed {
+                epoch: meta.epoch,
+                checkpoint: dir.clone(),
+            });
+            return Ok((meta.epoch, Some(dir), metrics));
+        }
+        if rank0 {
+            write_metrics(out_dir, &[])?;
+        }
+        Ok((0, None, Vec::new()))
+    })();
+    let (start_epoch, mut last_checkpoint, mut metrics) =
+        agree(reducer, device, "preparing (checkpoints, resume)", prepared)?;
 
     for epoch in start_epoch..cfg.epochs {
-        train_src.start_epoch(epoch)?;
+        agree(
+            reducer,
+            device,
+            "starting the epoch",
+            train_src.start_epoch(epoch),
+        )?;
         let t0 = Instant::now();
         let (mut loss_sum, mut steps, mut samples) = (0f64, 0usize, 0usize);
-        while let Some((x, y)) = train_src.next_batch()? {
-            check_batch(&cfg.unet, &net, epoch + 1, steps + 1, &x, &y)?;
-            let logits = net.forward_t(&x, true)?;
-            let loss = cfg.loss.forward(&logits, &y)?;
-            let mut grads = opt.gradients(&loss.backward()?);
-            grads.push(Some(loss.reshape(1)?.detach()));
-            grads.push(control(device, true, epoch, x.dim(0)?)?);
-            let mut reduced = reducer.all_reduce_mean(&grads)?;
-            let batch_total =
-                check_control(reduced.pop().flatten(), true, epoch, reducer.world_size())?;
+        loop {
+            // Whatever this replica's step gave (gradients, the end of its batches, an error), it
+            // takes part in the exchange, so the others never wait for it.
+            let (mut payload, part, batch, failure) =
+                match local_step(cfg, &net, &opt, train_src, epoch, steps + 1) {
+                    Ok(Some((grads, n))) => (grads, Part::Step, n, None),
+                    Ok(None) if world == 1 => break,
+                    Ok(None) => (zeros(&opt, device)?, Part::EndOfEpoch, 0, None),
+                    Err(e) if world > 1 => (zeros(&opt, device)?, Part::Failed, 0, Some(e)),
+                    Err(e) => return Err(e),
+                };
+            payload.push(control(device, part, epoch, batch)?);
+            let exchanged = reducer.all_reduce_mean(&payload);
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let mut reduced = exchanged?;
+            let Some(batch_total) = read_control(reduced.pop().flatten(), epoch, steps + 1, world)?
+            else {
+                break;
+            };
             let mean_loss = match reduced.pop().flatten() {
                 Some(l) => l.to_vec1::<f32>()?[0],
                 None => f32::NAN,
@@ -452,13 +560,6 @@ fn run_replica(
                 loss: mean_loss,
             });
         }
-        let end = reducer.all_reduce_mean(&[control(device, false, epoch, 0)?])?;
-        check_control(
-            end.into_iter().next().flatten(),
-            false,
-            epoch,
-            reducer.world_size(),
-        )?;
         if steps == 0 {
             return Err(TrainerError::Config {
                 field: "train",
@@ -466,72 +567,78 @@ fn run_replica(
             });
         }
         let train_seconds = t0.elapsed().as_secs_f64();
-        if !rank0 {
-            continue;
-        }
+        // Rank 0 validates and writes; the others wait for its outcome, so a failure there (a bad
+        // validation batch, a full disk) stops every replica instead of leaving them waiting.
+        let epoch_end = (|| -> Result<()> {
+            if !rank0 {
+                return Ok(());
+            }
+            let mut dice = DiceMetric::new();
+            let mut val_samples = 0;
+            val_src.start_epoch(epoch)?;
+            let mut vstep = 0;
+            while let Some((x, y)) = val_src.next_batch()? {
+                vstep += 1;
+                check_batch(&cfg.unet, &net, epoch + 1, vstep, &x, &y).map_err(|e| match e {
+                    TrainerError::BadBatch {
+                        epoch,
+                        step,
+                        detail,
+                    } => TrainerError::BadBatch {
+                        epoch,
+                        step,
+                        detail: format!("validation: {detail}"),
+                    },
+                    other => other,
+                })?;
+                dice.update(&net.forward_t(&x, false)?, &y)?;
+                val_samples += x.dim(0)?;
+            }
+            let per_channel = dice.per_channel();
+            let named = |i: usize| (cfg.unet.out_channels == 3).then(|| per_channel[i]);
+            let m = EpochMetrics {
+                epoch: epoch + 1,
+                train_loss: (loss_sum / steps as f64) as f32,
+                train_steps: steps,
+                train_samples: samples,
+                train_seconds,
+                train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
+                val_dice_tc: if val_samples > 0 { named(0) } else { None },
+                val_dice_wt: if val_samples > 0 { named(1) } else { None },
+                val_dice_et: if val_samples > 0 { named(2) } else { None },
+                val_mean_dice: (val_samples > 0).then(|| dice.mean()),
+                val_dice_per_channel: per_channel.clone(),
+                val_samples,
+                lr: opt.config().lr,
+            };
 
-        let mut dice = DiceMetric::new();
-        let mut val_samples = 0;
-        val_src.start_epoch(epoch)?;
-        let mut vstep = 0;
-        while let Some((x, y)) = val_src.next_batch()? {
-            vstep += 1;
-            check_batch(&cfg.unet, &net, epoch + 1, vstep, &x, &y).map_err(|e| match e {
-                TrainerError::BadBatch {
-                    epoch,
-                    step,
-                    detail,
-                } => TrainerError::BadBatch {
-                    epoch,
-                    step,
-                    detail: format!("validation: {detail}"),
-                },
-                other => other,
-            })?;
-            dice.update(&net.forward_t(&x, false)?, &y)?;
-            val_samples += x.dim(0)?;
-        }
-        let per_channel = dice.per_channel();
-        let named = |i: usize| (cfg.unet.out_channels == 3).then(|| per_channel[i]);
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            train_loss: if steps > 0 {
-                (loss_sum / steps as f64) as f32
-            } else {
-                f32::NAN
-            },
-            train_steps: steps,
-            train_samples: samples,
-            train_seconds,
-            train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
-            val_dice_tc: if val_samples > 0 { named(0) } else { None },
-            val_dice_wt: if val_samples > 0 { named(1) } else { None },
-            val_dice_et: if val_samples > 0 { named(2) } else { None },
-            val_mean_dice: (val_samples > 0).then(|| dice.mean()),
-            val_dice_per_channel: per_channel.clone(),
-            val_samples,
-            lr: opt.config().lr,
-        };
-
-        let dir = checkpoint::epoch_dir(&ckpt_root, epoch + 1);
-        let meta = CheckpointMeta {
-            format: FORMAT_VERSION,
-            epoch: epoch + 1,
-            global_step: opt.step_count(),
-            unet: cfg.unet.clone(),
-            adam: cfg.adam.clone(),
-            val_mean_dice: m.val_mean_dice,
-        };
-        checkpoint::save(&dir, &vm, &opt, &meta)?;
-        append_metrics(out_dir, &m)?;
-        metrics.push(m.clone());
-        // plot.png is a convenience: failing to draw it is reported, never fatal to training.
-        if let Err(e) = crate::plot::write_plot(&metrics, &out_dir.join("plot.png")) {
-            eprintln!("warning: {e}");
-        }
-        last_checkpoint = Some(dir);
-        prune(&ckpt_root, epoch + 1, best_of(&metrics).map(|b| b.0))?;
-        on_event(&TrainEvent::Epoch(m));
+            let dir = checkpoint::epoch_dir(&ckpt_root, epoch + 1);
+            let meta = CheckpointMeta {
+                format: FORMAT_VERSION,
+                epoch: epoch + 1,
+                global_step: opt.step_count(),
+                unet: cfg.unet.clone(),
+                adam: cfg.adam.clone(),
+                val_mean_dice: m.val_mean_dice,
+            };
+            checkpoint::save(&dir, &vm, &opt, &meta)?;
+            append_metrics(out_dir, &m)?;
+            metrics.push(m.clone());
+            // plot.png is a convenience: failing to draw it is reported, never fatal to training.
+            if let Err(e) = crate::plot::write_plot(&metrics, &out_dir.join("plot.png")) {
+                eprintln!("warning: {e}");
+            }
+            last_checkpoint = Some(dir);
+            prune(&ckpt_root, epoch + 1, best_of(&metrics).map(|b| b.0))?;
+            on_event(&TrainEvent::Epoch(m));
+            Ok(())
+        })();
+        agree(
+            reducer,
+            device,
+            "validating or writing the checkpoint",
+            epoch_end,
+        )?;
     }
     let best = best_of(&metrics);
     Ok(TrainSummary {
@@ -760,6 +867,111 @@ mod tests {
             summaries[0].metrics[1].train_loss,
         );
         assert!((l1 - l2).abs() < 1e-4, "loss {l1} vs {l2}");
+    }
+
+    /// A reducer that, like NCCL, cannot be interrupted: `abort` does nothing.
+    struct Uninterruptible(crate::ddp::ThreadReducer);
+
+    impl GradReducer for Uninterruptible {
+        fn world_size(&self) -> usize {
+            self.0.world_size()
+        }
+        fn rank(&self) -> usize {
+            self.0.rank()
+        }
+        fn all_reduce_mean(&self, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+            self.0.all_reduce_mean(grads)
+        }
+    }
+
+    /// Fails on its `fail_at`-th batch of every epoch (counting from 1; 0 = never).
+    struct Failing {
+        inner: VecSource,
+        fail_at: usize,
+        n: usize,
+    }
+
+    impl BatchSource for Failing {
+        fn start_epoch(&mut self, epoch: usize) -> Result<()> {
+            self.n = 0;
+            self.inner.start_epoch(epoch)
+        }
+        fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>> {
+            self.n += 1;
+            if self.n == self.fail_at {
+                return Err(TrainerError::Config {
+                    field: "test",
+                    detail: "this source breaks here".into(),
+                });
+            }
+            self.inner.next_batch()
+        }
+    }
+
+    /// Runs two replicas with uninterruptible reduction; (train fail_at, validation fail_at) per
+    /// rank. Returns each replica's error, or panics when they do not all stop within a minute.
+    fn two_uninterruptible(fail: [(usize, usize); 2]) -> Vec<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = tempfile::tempdir().unwrap().keep();
+        for (red, (tf, vf)) in crate::ddp::ThreadReducer::group(2)
+            .unwrap()
+            .into_iter()
+            .zip(fail)
+        {
+            let (tx, dir) = (tx.clone(), dir.clone());
+            std::thread::spawn(move || {
+                let red = Uninterruptible(red);
+                let mut tr = Failing {
+                    inner: VecSource::new(synthetic(6, 0), 2, None).unwrap(),
+                    fail_at: tf,
+                    n: 0,
+                };
+                let mut va = Failing {
+                    inner: VecSource::new(synthetic(2, 50), 2, None).unwrap(),
+                    fail_at: vf,
+                    n: 0,
+                };
+                let r = train_replica(
+                    &small_cfg(2),
+                    &Device::Cpu,
+                    &dir,
+                    &mut tr,
+                    &mut va,
+                    &red,
+                    &mut |_| {},
+                );
+                let _ = tx.send((red.rank(), r.map(|_| ()).map_err(|e| e.to_string())));
+            });
+        }
+        let mut errs = vec![String::new(); 2];
+        for _ in 0..2 {
+            let (rank, r) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a replica is still waiting for the other: the failure was not shared");
+            errs[rank] = r.expect_err("every replica must stop with an error");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        errs
+    }
+
+    use std::time::Duration;
+
+    #[test]
+    fn a_failing_replica_stops_all_without_an_interruptible_reducer() {
+        // Rank 1's training source breaks at its second batch.
+        let errs = two_uninterruptible([(0, 0), (2, 0)]);
+        assert!(errs[1].contains("this source breaks here"), "{errs:?}");
+        assert!(
+            errs[0].contains("another replica failed in epoch 1, step 2"),
+            "{errs:?}"
+        );
+        // Rank 0 fails validating; rank 1 is already on its way to the next epoch's first step.
+        let errs = two_uninterruptible([(0, 1), (0, 0)]);
+        assert!(errs[0].contains("this source breaks here"), "{errs:?}");
+        assert!(
+            errs[1].contains("validating or writing the checkpoint"),
+            "{errs:?}"
+        );
     }
 
     #[test]

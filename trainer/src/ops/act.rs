@@ -36,7 +36,8 @@ pub fn prelu(x: &Tensor, a: &Tensor) -> Result<Tensor> {
 }
 
 /// PReLU from candle's own ops (CUDA kernels and gradients): relu(x) + a * (x - relu(x)), the
-/// path for tensors on a GPU. The gradient in x is 1 above zero and `a` below, as torch's.
+/// path for tensors on a GPU. The gradient in x is 1 above zero and `a` below, as torch's; at
+/// exactly zero candle's relu gradient gives 1 where torch gives `a` (a measure-zero difference).
 pub fn prelu_composite(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     let mut shape = vec![1; x.rank()];
     shape[1] = a.elem_count();
