@@ -308,6 +308,7 @@ fn check_batch(
 /// starts from the same seeded weights, reduces gradients (and the loss, so a non-finite loss
 /// stops all replicas at the same step) through `reducer`, and rank 0 alone validates, writes
 /// checkpoints and metrics.
+///
 /// The model lives on `device`, which must be the device the batch sources put their tensors on.
 pub fn train_replica(
     cfg: &TrainConfig,
