@@ -28,8 +28,6 @@ pub trait BatchSource {
     fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>>;
 }
 
-/// Samples held in memory, each (C, X, Y, Z); batches in a per-epoch shuffled order. For tests and
-/// small data sets.
 impl<S: BatchSource + ?Sized> BatchSource for &mut S {
     fn start_epoch(&mut self, epoch: usize) -> Result<()> {
         (**self).start_epoch(epoch)
@@ -39,6 +37,8 @@ impl<S: BatchSource + ?Sized> BatchSource for &mut S {
     }
 }
 
+/// Samples held in memory, each (C, X, Y, Z); batches in a per-epoch shuffled order. For tests and
+/// small data sets.
 pub struct VecSource {
     samples: Vec<(Tensor, Tensor)>,
     batch_size: usize,
