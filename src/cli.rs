@@ -1,5 +1,6 @@
 //! Argument parsing (clap) and the subcommands of the CLI contract in DESIGN.md.
 
+use crate::error::{CliError, CliResult, Exit};
 use crate::report::Reporter;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeSet;
@@ -9,11 +10,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use wf_engine::exec::{self, RunOptions};
 use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow};
-
-/// Exit codes (documented in README.md).
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_STEP_FAILED: u8 = 1;
-pub const EXIT_INVALID: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -172,25 +168,16 @@ struct CacheArgs {
     workflow: Option<PathBuf>,
 }
 
-/// An error that ends the command with an exit code.
-struct Fail(u8, String);
-
-impl Fail {
-    fn invalid(msg: impl Into<String>) -> Fail {
-        Fail(EXIT_INVALID, msg.into())
-    }
-}
-
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     match dispatch(cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(Fail(code, msg)) => {
-            if !msg.is_empty() {
-                eprintln!("{msg}");
+        Ok(code) => code.into(),
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("{}", e.message);
             }
-            ExitCode::from(code)
+            e.exit.into()
         }
     }
 }
@@ -205,12 +192,12 @@ fn init_tracing() {
     }
 }
 
-fn dispatch(cli: Cli) -> Result<u8, Fail> {
+fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Validate { file } => {
             let wf = load(&file)?;
             println!("{}: ok ({} steps)", file.display(), wf.steps.len());
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Plan {
             file,
@@ -222,7 +209,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let force = check_force(&wf, force)?;
             let (store, remote) = open_store(&wf, cache.as_deref())?;
             let plan = exec::plan_with(&wf, &store, &force, remote.as_deref())
-                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+                .map_err(|e| CliError::failed(format!("error: {e}")))?;
             if json {
                 let doc = serde_json::json!({ "steps": plan });
                 println!(
@@ -240,7 +227,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     );
                 }
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Run {
             file,
@@ -256,8 +243,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let executor = match executor {
                 Executor::Local => None,
                 Executor::Sagemaker => {
-                    let (x, cache) = crate::cloud::sagemaker_executor(&wf, remote.is_none())
-                        .map_err(|(c, m)| Fail(c, m))?;
+                    let (x, cache) = crate::cloud::sagemaker_executor(&wf, remote.is_none())?;
                     remote = remote.or(cache);
                     Some(x)
                 }
@@ -280,24 +266,15 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 GraphFormat::Dot => wf_engine::graph::dot(&wf),
             };
             print!("{text}");
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Cache { command } => cache_command(command),
         Command::Worker(args) => Ok(crate::worker::main(args)),
-        Command::Deploy { file } => {
-            crate::cloud::deploy(&load(&file)?).map_err(|(c, m)| Fail(c, m))
-        }
-        Command::Start { file, wait } => {
-            crate::cloud::start(&load(&file)?, wait).map_err(|(c, m)| Fail(c, m))
-        }
-        Command::Status { execution_arn } => {
-            crate::cloud::status(&execution_arn).map_err(|(c, m)| Fail(c, m))
-        }
-        Command::Predict(args) => Ok(crate::predict::main(&args)),
-        Command::Compile(args) => {
-            let wf = load(&args.file)?;
-            Ok(crate::compile::main(&wf, &args))
-        }
+        Command::Deploy { file } => crate::cloud::deploy(&load(&file)?),
+        Command::Start { file, wait } => crate::cloud::start(&load(&file)?, wait),
+        Command::Status { execution_arn } => crate::cloud::status(&execution_arn),
+        Command::Predict(args) => crate::predict::main(&args),
+        Command::Compile(args) => crate::compile::main(&load(&args.file)?, &args),
         Command::Synth {
             out,
             cases,
@@ -306,12 +283,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             test,
         } => {
             if cases == 0 {
-                return Err(Fail::invalid("error: --cases must be at least 1"));
+                return Err(CliError::invalid("error: --cases must be at least 1"));
             }
             let summary = wf_imaging::synth::generate(&out, cases, shape, seed, test)
-                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+                .map_err(|e| CliError::failed(format!("error: {e}")))?;
             eprintln!("wrote {} cases to {}", summary.cases.len(), out.display());
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Transform {
             transforms,
@@ -323,18 +300,18 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
     }
 }
 
-fn load(file: &Path) -> Result<Workflow, Fail> {
+fn load(file: &Path) -> CliResult<Workflow> {
     let registry = wf_steps::registry();
     match wf_engine::load(file, &registry) {
         Ok(wf) => Ok(wf),
-        Err(LoadError::Read { path, source }) => Err(Fail::invalid(format!(
+        Err(LoadError::Read { path, source }) => Err(CliError::invalid(format!(
             "error: cannot read workflow {}: {source}",
             path.display()
         ))),
         Err(LoadError::Invalid(list)) => {
             let n = list.0.len();
             let plural = if n == 1 { "" } else { "s" };
-            Err(Fail::invalid(format!(
+            Err(CliError::invalid(format!(
                 "{list}\nerror: {} is invalid ({n} problem{plural})",
                 file.display()
             )))
@@ -342,14 +319,14 @@ fn load(file: &Path) -> Result<Workflow, Fail> {
     }
 }
 
-fn check_force(wf: &Workflow, force: Vec<String>) -> Result<BTreeSet<String>, Fail> {
+fn check_force(wf: &Workflow, force: Vec<String>) -> CliResult<BTreeSet<String>> {
     for f in &force {
         if wf.step(f).is_none() {
             let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
             let hint = wf_engine::diag::did_you_mean(f, ids.iter().copied())
                 .map(|b| format!(" (did you mean `{b}`?)"))
                 .unwrap_or_default();
-            return Err(Fail::invalid(format!(
+            return Err(CliError::invalid(format!(
                 "error: --force {f}: no step `{f}` in {}{hint}",
                 wf.path.display()
             )));
@@ -359,7 +336,7 @@ fn check_force(wf: &Workflow, force: Vec<String>) -> Result<BTreeSet<String>, Fa
 }
 
 /// `--cache` (relative to the current directory) > `cache:` (relative to the workflow) > .wf/cache.
-fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> Result<PathBuf, Fail> {
+fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> CliResult<PathBuf> {
     let (text, base) = match (flag, wf) {
         (Some(f), _) => (f.to_string(), PathBuf::from(".")),
         (None, Some(wf)) => match &wf.cache {
@@ -379,23 +356,18 @@ fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> Result<PathBuf, Fail>
 fn open_store(
     wf: &Workflow,
     flag: Option<&str>,
-) -> Result<(Store, Option<Arc<dyn RemoteCache>>), Fail> {
+) -> CliResult<(Store, Option<Arc<dyn RemoteCache>>)> {
     let dir = cache_dir(Some(wf), flag)?;
-    let store = Store::open(&dir).map_err(|e| Fail::invalid(format!("error: {e}")))?;
-    let remote = crate::cloud::remote_cache(wf, flag).map_err(Fail::invalid)?;
+    let store = Store::open(&dir).map_err(|e| CliError::invalid(format!("error: {e}")))?;
+    let remote = crate::cloud::remote_cache(wf, flag).map_err(CliError::invalid)?;
     Ok((store, remote))
 }
 
-fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> Result<u8, Fail> {
+fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> CliResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            Fail(
-                EXIT_STEP_FAILED,
-                format!("error: cannot start the runtime: {e}"),
-            )
-        })?;
+        .map_err(|e| CliError::failed(format!("error: cannot start the runtime: {e}")))?;
     let wf = Arc::new(wf);
     let store = Arc::new(store);
     let summary = rt.block_on(async {
@@ -423,26 +395,26 @@ fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> Result<u8, F
         );
     }
     Ok(if summary.failed() {
-        EXIT_STEP_FAILED
+        Exit::Failed
     } else {
-        EXIT_OK
+        Exit::Ok
     })
 }
 
-fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
+fn cache_command(command: CacheCommand) -> CliResult {
     // An existing cache directory: these commands inspect caches, they never create one.
-    let resolve = |args: &CacheArgs| -> Result<PathBuf, Fail> {
+    let resolve = |args: &CacheArgs| -> CliResult<PathBuf> {
         let wf = args.workflow.as_deref().map(load).transpose()?;
         let dir = cache_dir(wf.as_ref(), args.cache.as_deref())?;
         if !dir.is_dir() {
-            return Err(Fail::invalid(format!(
+            return Err(CliError::invalid(format!(
                 "error: no cache at {}",
                 dir.display()
             )));
         }
         Ok(dir)
     };
-    let open = |dir: &Path| Store::open(dir).map_err(|e| Fail::invalid(format!("error: {e}")));
+    let open = |dir: &Path| Store::open(dir).map_err(|e| CliError::invalid(format!("error: {e}")));
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -475,13 +447,13 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
                 human_bytes(total),
                 store.root().display()
             );
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         CacheCommand::Verify { args, repair } => {
             let store = open(&resolve(&args)?)?;
             let report = store
                 .verify(repair, threads)
-                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+                .map_err(|e| CliError::failed(format!("error: {e}")))?;
             for p in &report.problems {
                 println!("{p}");
             }
@@ -497,15 +469,15 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
                 }
             );
             Ok(if report.problems.is_empty() {
-                EXIT_OK
+                Exit::Ok
             } else {
-                EXIT_STEP_FAILED
+                Exit::Failed
             })
         }
         CacheCommand::Gc { args, older_than } => {
             let dir = resolve(&args)?;
             let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
-                .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+                .map_err(|e| CliError::failed(format!("error: {e}")))?;
             eprintln!(
                 "removed {} entries, {} artifacts, {} objects ({}), {} staging directories, {} derived files",
                 report.entries_removed,
@@ -515,7 +487,7 @@ fn cache_command(command: CacheCommand) -> Result<u8, Fail> {
                 report.staging_removed,
                 report.derived_removed
             );
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -539,14 +511,14 @@ fn transform_one(
     label: Option<&Path>,
     seed: u64,
     out: &Path,
-) -> Result<u8, Fail> {
+) -> CliResult {
     use wf_engine::yaml;
     let text = std::fs::read_to_string(spec)
-        .map_err(|e| Fail::invalid(format!("error: cannot read {}: {e}", spec.display())))?;
+        .map_err(|e| CliError::invalid(format!("error: cannot read {}: {e}", spec.display())))?;
     let mut diags = wf_engine::Diagnostics::new(spec);
     let root = yaml::parse(&text, &mut diags);
     let invalid = |diags: wf_engine::Diagnostics| {
-        Fail::invalid(format!(
+        CliError::invalid(format!(
             "{}\nerror: {} is invalid",
             wf_engine::DiagnosticList(diags.into_sorted()),
             spec.display()
@@ -601,9 +573,8 @@ fn transform_one(
     if !diags.is_empty() {
         return Err(invalid(diags));
     }
-    let chain =
-        wf_steps::sharded_transform::build_chain(&wf_engine::params::to_json(list), &labels)
-            .map_err(|e| Fail::invalid(format!("error: {}: {e}", spec.display())))?;
+    let chain = wf_imaging::transforms::Chain::build(&wf_engine::params::to_json(list), &labels)
+        .map_err(|e| CliError::invalid(format!("error: {}: {e}", spec.display())))?;
     let name = image.file_name().and_then(|n| n.to_str()).unwrap_or("case");
     let id = name
         .trim_end_matches(".gz")
@@ -614,26 +585,26 @@ fn transform_one(
         image: image.to_path_buf(),
         label: label.map(Path::to_path_buf),
     };
-    let data_err = |e: wf_imaging::ImagingError| Fail::invalid(format!("error: {e}"));
+    let data_err = |e: wf_imaging::ImagingError| CliError::invalid(format!("error: {e}"));
     let case = chain.run_prefix(&src).map_err(data_err)?;
     let mut rng = wf_imaging::Rng::for_sample(seed, &id, 0);
     let (case, drawn) = chain.apply_suffix(case, &mut rng).map_err(data_err)?;
     std::fs::create_dir_all(out)
-        .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {}: {e}", out.display())))?;
+        .map_err(|e| CliError::failed(format!("error: {}: {e}", out.display())))?;
     let label_out = out.join("label.nii.gz");
     wf_imaging::transforms::write_case(
         &case,
         &out.join("image.nii.gz"),
         case.label.as_ref().map(|_| label_out.as_path()),
     )
-    .map_err(|e| Fail(EXIT_STEP_FAILED, format!("error: {e}")))?;
+    .map_err(|e| CliError::failed(format!("error: {e}")))?;
     eprintln!(
         "{id}: shape {:?}, drawn {}; wrote {}",
         case.image.shape,
         serde_json::to_string(&drawn).unwrap_or_default(),
         out.display()
     );
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 pub fn human_bytes(b: u64) -> String {

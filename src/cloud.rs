@@ -1,6 +1,7 @@
 //! The CLI's AWS side: the S3 layer of `cache: s3://...` for local runs (this file), and the
 //! deploy/start/status/worker commands (docs/cloud.md). All SDK work is in `wf-aws`.
 
+use crate::error::{CliError, CliResult, Exit};
 use std::path::PathBuf;
 use std::sync::Arc;
 use wf_engine::{RemoteCache, Workflow};
@@ -19,11 +20,8 @@ pub fn local_working_copy(wf: Option<&Workflow>) -> PathBuf {
 
 /// `targets.aws.region`, if the workflow has one.
 pub fn aws_region(wf: &Workflow) -> Option<String> {
-    wf.targets
-        .get("aws")
-        .and_then(|(json, _)| json.get("region"))
-        .and_then(|r| r.as_str())
-        .map(str::to_string)
+    let aws = wf.targets.aws.as_ref()?;
+    aws.region.as_ref().map(|r| r.value.clone())
 }
 
 /// The S3 layer for `--cache s3://...` or `cache: s3://...` (the flag wins), if that is the cache.
@@ -48,7 +46,7 @@ pub fn remote_cache(
 
 /// `wf deploy FILE`: compile, upload what executions read before any job writes (long params,
 /// declared files), then create or update the state machine and publish a version.
-pub fn deploy(wf: &Workflow) -> Result<u8, (u8, String)> {
+pub fn deploy(wf: &Workflow) -> CliResult {
     let compiled = compile(wf)?;
     let t = &compiled.target;
     let rt = runtime()?;
@@ -59,18 +57,9 @@ pub fn deploy(wf: &Workflow) -> Result<u8, (u8, String)> {
     let bucket = wf_aws::s3::Bucket::new(&aws, &t.cache.bucket);
     rt.block_on(async {
         bucket.check().await?;
-        for u in &compiled.uploads {
-            if bucket.exists(&u.key).await? {
-                continue;
-            }
-            match &u.source {
-                wf_engine::asl::UploadSource::Bytes(b) => bucket.put(&u.key, b.clone()).await?,
-                wf_engine::asl::UploadSource::File(p) => bucket.upload(&u.key, p).await?,
-            }
-        }
-        Ok::<(), wf_aws::AwsError>(())
+        wf_aws::s3::upload_all(&bucket, &compiled.uploads).await
     })
-    .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+    .map_err(|e| CliError::failed(format!("error: {e}")))?;
     let definition =
         serde_json::to_string_pretty(&compiled.definition).expect("a definition serializes");
     let d = rt
@@ -80,7 +69,7 @@ pub fn deploy(wf: &Workflow) -> Result<u8, (u8, String)> {
             &definition,
             &t.role_arn,
         ))
-        .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+        .map_err(|e| CliError::failed(format!("error: {e}")))?;
     let what = match d.action {
         wf_aws::sfn::DeployAction::Created => "created",
         wf_aws::sfn::DeployAction::Updated => "updated",
@@ -93,18 +82,18 @@ pub fn deploy(wf: &Workflow) -> Result<u8, (u8, String)> {
             .as_object()
             .map_or(0, |s| s.len()),
         compiled.uploads.len(),
-        t.cache.uri()
+        t.cache
     );
     if let Some(v) = &d.version_arn {
         eprintln!("published version {v}");
     }
     println!("{}", d.arn);
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 /// `wf start FILE [--wait]`: starts an execution of the deployed state machine under a fresh
 /// name; with `--wait`, prints each step's state as it changes and exits 0 on SUCCEEDED, 1 otherwise.
-pub fn start(wf: &Workflow, wait: bool) -> Result<u8, (u8, String)> {
+pub fn start(wf: &Workflow, wait: bool) -> CliResult {
     let compiled = compile(wf)?;
     let t = &compiled.target;
     let rt = runtime()?;
@@ -112,20 +101,17 @@ pub fn start(wf: &Workflow, wait: bool) -> Result<u8, (u8, String)> {
         Some(&t.region),
         wf_aws::Credentials::Default,
     ));
-    let fail = |e: wf_aws::AwsError| (EXIT_FAILED, format!("error: {e}"));
+    let fail = |e: wf_aws::AwsError| CliError::failed(format!("error: {e}"));
     let arn = rt
         .block_on(wf_aws::sfn::find_state_machine(&aws, &t.state_machine_name))
         .map_err(fail)?
         .ok_or_else(|| {
-            (
-                EXIT_INVALID,
-                format!(
-                    "error: no state machine `{}` in {}: run `wf deploy {}` first",
-                    t.state_machine_name,
-                    t.region,
-                    wf.path.display()
-                ),
-            )
+            CliError::invalid(format!(
+                "error: no state machine `{}` in {}: run `wf deploy {}` first",
+                t.state_machine_name,
+                t.region,
+                wf.path.display()
+            ))
         })?;
     let (current, _) = rt
         .block_on(wf_aws::sfn::deployed_definition(&aws, &arn))
@@ -144,19 +130,18 @@ pub fn start(wf: &Workflow, wait: bool) -> Result<u8, (u8, String)> {
         .map_err(fail)?;
     println!("{exec}");
     if !wait {
-        return Ok(EXIT_OK);
+        return Ok(Exit::Ok);
     }
     watch(&rt, &aws, &exec, true)
 }
 
 /// `wf status EXECUTION_ARN`: per-step states from the execution history.
-pub fn status(execution_arn: &str) -> Result<u8, (u8, String)> {
+pub fn status(execution_arn: &str) -> CliResult {
     let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
     if !execution_arn.starts_with("arn:") || region.is_none() {
-        return Err((
-            EXIT_INVALID,
-            format!("error: `{execution_arn}` is not an execution ARN"),
-        ));
+        return Err(CliError::invalid(format!(
+            "error: `{execution_arn}` is not an execution ARN"
+        )));
     }
     let rt = runtime()?;
     let aws = rt.block_on(wf_aws::Aws::load(region, wf_aws::Credentials::Default));
@@ -164,12 +149,7 @@ pub fn status(execution_arn: &str) -> Result<u8, (u8, String)> {
 }
 
 /// Prints per-step states (as they change, when `follow`) and the execution's outcome.
-fn watch(
-    rt: &wf_aws::Blocking,
-    aws: &wf_aws::Aws,
-    arn: &str,
-    follow: bool,
-) -> Result<u8, (u8, String)> {
+fn watch(rt: &wf_aws::Blocking, aws: &wf_aws::Aws, arn: &str, follow: bool) -> CliResult {
     let poll = std::env::var("WF_POLL_SECONDS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -178,7 +158,7 @@ fn watch(
     loop {
         let (status, events) = rt
             .block_on(wf_aws::sfn::execution(aws, arn))
-            .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+            .map_err(|e| CliError::failed(format!("error: {e}")))?;
         let steps = wf_aws::sfn::summarize(&events);
         let w = steps.iter().map(|s| s.id.len()).max().unwrap_or(0);
         for s in &steps {
@@ -198,10 +178,10 @@ fn watch(
         }
         println!("{status}");
         if status == "SUCCEEDED" {
-            return Ok(EXIT_OK);
+            return Ok(Exit::Ok);
         }
         if status == "RUNNING" {
-            return Ok(EXIT_OK);
+            return Ok(Exit::Ok);
         }
         let failed = steps.iter().find(|s| s.state == "failed");
         let cause = events.iter().rev().find_map(|e| match e {
@@ -210,35 +190,28 @@ fn watch(
             }
             _ => None,
         });
-        return Err((
-            EXIT_FAILED,
-            match failed {
-                Some(s) => format!(
-                    "error: step `{}` failed{}",
-                    s.id,
-                    s.error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ),
-                None => format!(
-                    "error: the execution ended {status}{}",
-                    cause.map(|c| format!(" ({c})")).unwrap_or_default()
-                ),
-            },
-        ));
+        return Err(CliError::failed(match failed {
+            Some(s) => format!(
+                "error: step `{}` failed{}",
+                s.id,
+                s.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            None => format!(
+                "error: the execution ended {status}{}",
+                cause.map(|c| format!(" ({c})")).unwrap_or_default()
+            ),
+        }));
     }
 }
 
-const EXIT_OK: u8 = 0;
-const EXIT_FAILED: u8 = 1;
-const EXIT_INVALID: u8 = 2;
-
-fn runtime() -> Result<wf_aws::Blocking, (u8, String)> {
-    wf_aws::Blocking::new().map_err(|e| (EXIT_FAILED, format!("error: {e}")))
+fn runtime() -> CliResult<wf_aws::Blocking> {
+    wf_aws::Blocking::new().map_err(|e| CliError::failed(format!("error: {e}")))
 }
 
-fn compile(wf: &Workflow) -> Result<wf_engine::asl::Compiled, (u8, String)> {
+fn compile(wf: &Workflow) -> CliResult<wf_engine::asl::Compiled> {
     let memo_dir = local_working_copy(Some(wf));
     let memo = wf_engine::memo::Memo::load(&memo_dir.join("memo").join("files-v1"));
     let mut opts = wf_engine::asl::CompileOptions {
@@ -252,17 +225,8 @@ fn compile(wf: &Workflow) -> Result<wf_engine::asl::Compiled, (u8, String)> {
     {
         opts.failed_job_retries = n;
     }
-    wf_engine::asl::compile_stepfunctions(wf, &opts).map_err(|list| {
-        let n = list.0.len();
-        (
-            EXIT_INVALID,
-            format!(
-                "{list}\nerror: {} cannot be compiled for Step Functions ({n} problem{})",
-                wf.path.display(),
-                if n == 1 { "" } else { "s" }
-            ),
-        )
-    })
+    wf_engine::asl::compile_stepfunctions(wf, &opts)
+        .map_err(|list| CliError::invalid(crate::compile::not_compilable(wf, &list)))
 }
 
 /// `wf run --executor sagemaker`: the executor for `targets.aws`, and the S3 cache at its P when
@@ -271,23 +235,20 @@ fn compile(wf: &Workflow) -> Result<wf_engine::asl::Compiled, (u8, String)> {
 pub fn sagemaker_executor(
     wf: &Workflow,
     need_cache: bool,
-) -> Result<
-    (
-        Arc<dyn wf_engine::RemoteExecutor>,
-        Option<Arc<dyn RemoteCache>>,
-    ),
-    (u8, String),
-> {
+) -> CliResult<(
+    Arc<dyn wf_engine::RemoteExecutor>,
+    Option<Arc<dyn RemoteCache>>,
+)> {
     let target = compile(wf)?.target;
     let cache: Option<Arc<dyn RemoteCache>> = if need_cache {
-        let url = target.cache.uri();
+        let url = target.cache.to_string();
         let c = wf_aws::S3Cache::open(&url, Some(&target.region))
-            .map_err(|e| (EXIT_INVALID, format!("error: cache {url}: {e}")))?;
+            .map_err(|e| CliError::invalid(format!("error: cache {url}: {e}")))?;
         Some(Arc::new(c))
     } else {
         None
     };
     let x = wf_aws::sagemaker::SageMakerExecutor::new(target)
-        .map_err(|e| (EXIT_FAILED, format!("error: {e}")))?;
+        .map_err(|e| CliError::failed(format!("error: {e}")))?;
     Ok((Arc::new(x), cache))
 }

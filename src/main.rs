@@ -4,6 +4,7 @@
 mod cli;
 mod cloud;
 mod compile;
+mod error;
 mod predict;
 mod report;
 mod worker;

@@ -7,7 +7,7 @@
 //! input image's grid (nearest neighbour through the affines) and writes a uint8 NIfTI with the input's
 //! affine.
 
-use crate::cli::{EXIT_INVALID, EXIT_OK, EXIT_STEP_FAILED};
+use crate::error::{CliError, CliResult, Exit};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use wf_imaging::transforms::{CaseSource, ET, TC, WT};
@@ -36,20 +36,15 @@ pub struct PredictArgs {
     pub sw_batch_size: usize,
 }
 
-struct Fail(u8, String);
-
-pub fn main(args: &PredictArgs) -> u8 {
-    match predict(args) {
-        Ok(()) => EXIT_OK,
-        Err(Fail(code, msg)) => {
-            eprintln!("error: {msg}");
-            code
-        }
-    }
+pub fn main(args: &PredictArgs) -> CliResult {
+    predict(args).map(|()| Exit::Ok).map_err(|e| CliError {
+        message: format!("error: {}", e.message),
+        ..e
+    })
 }
 
-fn invalid(msg: impl Into<String>) -> Fail {
-    Fail(EXIT_INVALID, msg.into())
+fn invalid(msg: impl Into<String>) -> CliError {
+    CliError::invalid(msg)
 }
 
 /// Label value of a region-bit voxel in a convention (the inverse of convert-labels).
@@ -92,12 +87,12 @@ fn deterministic_chain(
     Ok((serde_json::Value::Array(keep), crop))
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, Fail> {
+fn read_json(path: &Path) -> CliResult<serde_json::Value> {
     let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{}: {e}", path.display())))
 }
 
-fn predict(args: &PredictArgs) -> Result<(), Fail> {
+fn predict(args: &PredictArgs) -> CliResult<()> {
     if !(0.0..1.0).contains(&args.overlap) {
         return Err(invalid(format!(
             "--overlap {} is not in [0, 1)",
@@ -111,16 +106,17 @@ fn predict(args: &PredictArgs) -> Result<(), Fail> {
     let predictor = wf_trainer::infer::Predictor::from_export(&args.model)
         .map_err(|e| invalid(format!("model {}: {e}", args.model.display())))?;
     let pre_path = args.model.join("preprocessing.json");
-    let pre = read_json(&pre_path).map_err(|Fail(c, m)| {
-        Fail(
-            c,
-            format!("{m} (an export written by the export-checkpoint step has it)"),
-        )
+    let pre = read_json(&pre_path).map_err(|e| CliError {
+        message: format!(
+            "{} (an export written by the export-checkpoint step has it)",
+            e.message
+        ),
+        ..e
     })?;
     let labels = pre["labels"].as_str().unwrap_or("msd").to_string();
     let (chain_json, crop) = deterministic_chain(&pre["transforms"])
         .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
-    let chain = wf_steps::sharded_transform::build_chain(&chain_json, &labels)
+    let chain = wf_imaging::transforms::Chain::build(&chain_json, &labels)
         .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
     let div = predictor.config().size_divisor();
     let roi = match (args.roi, crop) {
@@ -178,7 +174,7 @@ fn predict(args: &PredictArgs) -> Result<(), Fail> {
             args.overlap,
             args.sw_batch_size,
         )
-        .map_err(|e| Fail(EXIT_STEP_FAILED, format!("inference: {e}")))?;
+        .map_err(|e| CliError::failed(format!("inference: {e}")))?;
     let values: Vec<u8> = regions.iter().map(|&b| label_value(b, &labels)).collect();
     let seg = wf_imaging::resample::resample_nearest_u8(
         &values,
@@ -191,7 +187,7 @@ fn predict(args: &PredictArgs) -> Result<(), Fail> {
     let fortran = wf_imaging::transforms::load::c_to_fortran(&seg, in_shape, 1);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
-            .map_err(|e| Fail(EXIT_STEP_FAILED, format!("{}: {e}", dir.display())))?;
+            .map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
     }
     wf_imaging::nifti::write_nifti(
         &args.out,
@@ -199,7 +195,7 @@ fn predict(args: &PredictArgs) -> Result<(), Fail> {
         wf_imaging::nifti::NiftiData::U8(&fortran),
         &in_affine,
     )
-    .map_err(|e| Fail(EXIT_STEP_FAILED, e.to_string()))?;
+    .map_err(|e| CliError::failed(e.to_string()))?;
     let mut counts = [0usize; 5];
     for v in &seg {
         counts[(*v as usize).min(4)] += 1;

@@ -1,80 +1,62 @@
-//! `wf worker <kind>`: the entrypoint inside a SageMaker job (docs/cloud.md §5). Recomputes the
-//! step key from its arguments (refusing to publish under a key it did not compute), reads inputs
-//! where SageMaker mounted them (verified against their manifests; downloaded from the cache when
-//! not mounted), runs the step through the same `Step::run` as a local run, and publishes the output
-//! to the S3 cache with the entry last. With `--shards N` (N > 1) an instance publishes only its
-//! part, and `wf worker commit` merges the parts (docs/cloud.md §6). Exit codes: 0 published (or already there), 1 the step
-//! failed, 2 invalid arguments.
+//! `wf worker <kind>`: the entrypoint inside a SageMaker job (docs/cloud.md §5). Its arguments are
+//! the cloud contract's (`wf_engine::cloud::WorkerRequest`). Recomputes the step key from them
+//! (refusing to publish under a key it did not compute), reads inputs where SageMaker mounted them
+//! (verified against their manifests; downloaded from the cache when not mounted), runs the step
+//! through the same `Step::run` as a local run, and publishes the output to the S3 cache with the
+//! entry last. For a step that runs sharded (`Step::sharded`) on N > 1 instances, each instance
+//! publishes only its part, and `wf worker commit` merges the parts (docs/cloud.md §6). Exit codes:
+//! 0 published (or already there), 1 the step failed, 2 invalid arguments.
 //!
-//! SageMaker's paths are under `/opt/ml`, or `$WF_SM_ROOT` (tests run a worker on any machine):
-//! `processing/input/<slot>/` (Processing), `input/data/<slot>/` (Training), and the hosts in
-//! `input/config/resourceconfig.json` (Training) or `config/resourceconfig.json` (Processing).
+//! SageMaker's paths are under `/opt/ml`, or `$WF_SM_ROOT` (tests run a worker on any machine).
 
+use crate::error::{CliError, CliResult, Exit};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use wf_aws::S3Cache;
+use wf_engine::cloud::job::paths;
+use wf_engine::cloud::layout;
+use wf_engine::cloud::worker::{ParamsArg, PartRecord, USAGE, WorkerRequest};
 use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
-
-use wf_engine::store::Producer;
+use wf_engine::manifest::{Manifest, ManifestEntry};
+use wf_engine::store::{Entry, Producer};
 use wf_engine::{
-    ArtifactDigest, CancelToken, FileDigest, InputArtifact, Params, Progress, RunContext, Store,
+    ArtifactDigest, ArtifactType, CancelToken, FileDigest, InputArtifact, Params, Progress,
+    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store,
 };
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_STEP_FAILED: u8 = 1;
-pub const EXIT_INVALID: u8 = 2;
-
 #[derive(clap::Args, Debug)]
+#[command(after_help = USAGE)]
 pub struct WorkerArgs {
-    /// The step kind (`uses:`).
+    /// The step kind (`uses:`), or `commit` for the job that merges a sharded step's parts.
     pub kind: String,
-    /// The step id (for messages).
-    #[arg(long)]
-    pub step: String,
-    /// The key the state machine computed; the worker recomputes it and refuses a mismatch.
-    #[arg(long)]
-    pub key: String,
-    /// The S3 cache, s3://bucket/prefix.
-    #[arg(long)]
-    pub cache: String,
-    /// All params as canonical JSON, or s3://.../params/<sha256>.json.
-    #[arg(long)]
-    pub params: String,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// An input as SLOT=DIGEST (repeatable).
-    #[arg(long = "input", value_name = "SLOT=DIGEST")]
-    pub inputs: Vec<String>,
-    /// Digest of the step's declared local files (P/files/<digest>.txt).
-    #[arg(long)]
-    pub files: Option<String>,
-    /// Instances of a sharded job.
-    #[arg(long)]
-    pub shards: Option<u32>,
-    /// With `wf worker commit`: the kind of the sharded step whose parts are merged.
-    #[arg(long = "kind", value_name = "KIND")]
-    pub commit_kind: Option<String>,
+    /// The arguments of docs/cloud.md §5 (--step, --key, --cache, --params, --seed, --input, ...).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<String>,
 }
 
-/// A failure with its exit code.
-struct Exit(u8, String);
-
-fn invalid(msg: impl Into<String>) -> Exit {
-    Exit(EXIT_INVALID, msg.into())
-}
-
-fn failed(msg: impl Into<String>) -> Exit {
-    Exit(EXIT_STEP_FAILED, msg.into())
-}
-
-pub fn main(args: WorkerArgs) -> u8 {
-    match run(&args) {
-        Ok(msg) => {
-            eprintln!("wf worker {} `{}`: {msg}", args.kind, args.step);
-            EXIT_OK
+pub fn main(args: WorkerArgs) -> Exit {
+    let req = match WorkerRequest::parse(&args.kind, &args.args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wf worker {}: error: {e}", args.kind);
+            return Exit::Invalid;
         }
-        Err(Exit(code, msg)) => {
-            eprintln!("wf worker {} `{}`: error: {msg}", args.kind, args.step);
-            code
+    };
+    match run(&req) {
+        Ok(msg) => {
+            eprintln!("wf worker {} `{}`: {msg}", args.kind, req.step);
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!(
+                "wf worker {} `{}`: error: {}",
+                args.kind, req.step, e.message
+            );
+            e.exit
         }
     }
 }
@@ -84,35 +66,28 @@ pub fn sm_root() -> PathBuf {
     std::env::var_os("WF_SM_ROOT")
         .filter(|r| !r.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/ml"))
+        .unwrap_or_else(|| PathBuf::from(paths::ROOT))
 }
 
 /// `hosts` and `current_host` of the job, if SageMaker wrote a resource config.
 fn hosts(root: &Path) -> Option<(Vec<String>, String)> {
-    for rel in [
-        "input/config/resourceconfig.json",
-        "config/resourceconfig.json",
-    ] {
-        let Ok(text) = std::fs::read_to_string(root.join(rel)) else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let hosts = v["hosts"]
-            .as_array()?
-            .iter()
-            .filter_map(|h| h.as_str().map(str::to_string))
-            .collect();
-        let current = v["current_host"].as_str()?.to_string();
-        return Some((hosts, current));
+    #[derive(serde::Deserialize)]
+    struct ResourceConfig {
+        hosts: Vec<String>,
+        current_host: String,
     }
-    None
+    let text = paths::RESOURCE_CONFIGS
+        .iter()
+        .find_map(|rel| std::fs::read_to_string(root.join(rel)).ok())?;
+    let c: ResourceConfig = serde_json::from_str(&text).ok()?;
+    Some((c.hosts, c.current_host))
 }
 
 /// Where SageMaker mounted input `slot`, if it did.
 fn mounted(root: &Path, slot: &str) -> Option<PathBuf> {
     [
-        root.join("processing/input").join(slot),
-        root.join("input/data").join(slot),
+        root.join(paths::processing_input(slot)),
+        root.join(paths::training_channel(slot)),
     ]
     .into_iter()
     .find(|p| p.is_dir())
@@ -136,99 +111,103 @@ impl Progress for StderrProgress {
     fn advance(&self, _done: u64, _total: u64) {}
 }
 
-fn run(args: &WorkerArgs) -> Result<String, Exit> {
-    // `wf worker commit --kind K`: the commit job after a sharded job (docs/cloud.md §6).
-    let committing = args.kind == "commit";
-    let kind = match (committing, &args.commit_kind) {
-        (false, _) => args.kind.as_str(),
-        (true, Some(k)) => k.as_str(),
-        (true, None) => return Err(invalid("`wf worker commit` needs --kind KIND")),
-    };
+fn failed(msg: impl Into<String>) -> CliError {
+    CliError::failed(msg)
+}
+
+fn invalid(msg: impl Into<String>) -> CliError {
+    CliError::invalid(msg)
+}
+
+/// What every part of a worker run needs.
+struct Job<'a> {
+    req: &'a WorkerRequest,
+    step: &'a dyn Step,
+    cache: S3Cache,
+    params: Params,
+    components: KeyComponents,
+    threads: usize,
+}
+
+impl Job<'_> {
+    /// An object of the cache, as bytes (`None`: no such object).
+    fn get(&self, rel: &str) -> CliResult<Option<Vec<u8>>> {
+        self.cache.get(rel).map_err(|e| failed(e.to_string()))
+    }
+
+    fn producer(&self, job_env: &[&str], fallback: &str) -> Producer {
+        Producer {
+            workflow: job_env
+                .iter()
+                .find_map(|v| std::env::var(v).ok())
+                .unwrap_or_else(|| fallback.to_string()),
+            step: self.req.step.clone(),
+        }
+    }
+}
+
+fn run(req: &WorkerRequest) -> CliResult<String> {
     let registry = wf_steps::registry();
-    let step = registry.get(kind).ok_or_else(|| {
+    let step = registry.get(&req.kind).ok_or_else(|| {
         invalid(format!(
-            "unknown step kind `{kind}` (this image knows: {})",
+            "unknown step kind `{}` (this image knows: {})",
+            req.kind,
             registry.kinds().collect::<Vec<_>>().join(", ")
         ))
     })?;
-    let key = wf_engine::StepKey::from_hex(&args.key)
-        .ok_or_else(|| invalid(format!("--key {}: not a 64-hex step key", args.key)))?;
-    let cache = wf_aws::S3Cache::open(&args.cache, None)
-        .map_err(|e| invalid(format!("cache {}: {e}", args.cache)))?;
+    let cache = S3Cache::open(&req.cache.to_string(), None)
+        .map_err(|e| invalid(format!("cache {}: {e}", req.cache)))?;
 
-    let params_text = if args.params.starts_with("s3://") {
-        let url = wf_aws::S3Url::parse(&args.params).map_err(invalid)?;
-        let bytes = cache
-            .block_on(cache.bucket().get(&url.prefix))
-            .map_err(|e| failed(e.to_string()))?
-            .ok_or_else(|| invalid(format!("--params {}: no such object", args.params)))?;
-        String::from_utf8(bytes).map_err(|_| invalid("--params: not UTF-8"))?
-    } else {
-        args.params.clone()
+    let params_text = match &req.params {
+        ParamsArg::Inline(text) => text.clone(),
+        ParamsArg::Url(url) => {
+            let bytes = cache
+                .block_on(cache.bucket().get(&url.prefix))
+                .map_err(|e| failed(e.to_string()))?
+                .ok_or_else(|| invalid(format!("--params {url}: no such object")))?;
+            String::from_utf8(bytes).map_err(|_| invalid("--params: not UTF-8"))?
+        }
     };
     let values: BTreeMap<String, serde_json::Value> = serde_json::from_str(&params_text)
         .map_err(|e| invalid(format!("--params: not a JSON object: {e}")))?;
     let params = Params::with_defaults(step.params(), values);
 
-    let mut inputs = BTreeMap::new();
-    for i in &args.inputs {
-        let (slot, digest) = i
-            .split_once('=')
-            .ok_or_else(|| invalid(format!("--input {i}: expected SLOT=DIGEST")))?;
-        let digest = ArtifactDigest::from_hex(digest)
-            .ok_or_else(|| invalid(format!("--input {i}: not a 64-hex artifact digest")))?;
-        inputs.insert(slot.to_string(), digest);
-    }
     // Slot types: fixed by the kind, or (open slots: the command step) not known here, where
     // `Files` is as good as any since such steps do not look at types.
     let mut slot_types = BTreeMap::new();
-    for slot in inputs.keys() {
+    for slot in req.inputs.keys() {
         let ty = match step.inputs() {
-            wf_engine::Slots::Open => wf_engine::ArtifactType::Files,
-            wf_engine::Slots::Fixed(slots) => slots
+            Slots::Open => ArtifactType::Files,
+            Slots::Fixed(slots) => slots
                 .iter()
                 .find(|(s, _)| s == slot)
                 .map(|(_, t)| *t)
                 .ok_or_else(|| {
                     invalid(format!(
                         "--input {slot}: `{}` has no input slot `{slot}`",
-                        args.kind
+                        req.kind
                     ))
                 })?,
         };
         slot_types.insert(slot.clone(), ty);
     }
-    if let wf_engine::Slots::Fixed(slots) = step.inputs() {
+    if let Slots::Fixed(slots) = step.inputs() {
         for (slot, _) in slots {
-            if !inputs.contains_key(*slot) {
+            if !req.inputs.contains_key(*slot) {
                 return Err(invalid(format!("missing --input {slot}=DIGEST")));
             }
         }
     }
 
     // Declared files: P/files/<digest>.txt lists them; their bytes are objects in the cache.
-    let work = tempfile::Builder::new()
-        .prefix("wf-worker-")
-        .tempdir()
-        .map_err(|e| failed(format!("cannot create a working directory: {e}")))?;
-    let workflow_dir = work.path().join("workflow");
-    std::fs::create_dir_all(&workflow_dir).map_err(|e| failed(e.to_string()))?;
     let mut files = BTreeMap::new();
-    if let Some(d) = &args.files {
+    if let Some(d) = &req.files {
         let text = cache
-            .get(&format!("files/{d}.txt"))
+            .get(&layout::files(d))
             .map_err(|e| failed(e.to_string()))?
-            .ok_or_else(|| invalid(format!("--files {d}: no files/{d}.txt in the cache")))?;
-        if blake3::hash(&text).to_hex().as_str() != d {
-            return Err(invalid(format!("files/{d}.txt does not hash to {d}")));
-        }
-        for line in String::from_utf8_lossy(&text).lines() {
-            let (path, digest) = line
-                .split_once('\t')
-                .and_then(|(p, d)| Some((p.to_string(), FileDigest::from_hex(d)?)))
-                .ok_or_else(|| invalid(format!("files/{d}.txt: bad line `{line}`")))?;
-            files.insert(path, digest);
-        }
+            .ok_or_else(|| invalid(format!("--files {d}: no {} in the cache", layout::files(d))))?;
+        files = KeyComponents::parse_files_text(&text, d)
+            .map_err(|e| invalid(format!("{}: {e}", layout::files(d))))?;
     }
 
     let components = KeyComponents {
@@ -236,59 +215,78 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
         kind: step.kind().to_string(),
         version: step.version(),
         params: canonical_json(&params.key_value()),
-        seed: step.seeded().then_some(args.seed),
-        inputs: inputs.clone(),
-        files: files.clone(),
+        seed: step.seeded().then_some(req.seed),
+        inputs: req.inputs.clone(),
+        files,
     };
-    if components.key() != key {
+    if components.key() != req.key {
         return Err(invalid(format!(
             "the key computed here ({}) differs from --key {} (image and state machine disagree: a step version or the key encoding changed); not publishing.\n{}",
             components.key(),
-            args.key,
+            req.key,
             components.canonical_string()
         )));
     }
-    use wf_engine::RemoteCache as _;
     if cache
-        .lookup(&key)
+        .lookup(&req.key)
         .map_err(|e| failed(e.to_string()))?
         .is_some()
     {
         return Ok(format!(
             "{} is already in {}",
-            key.short(),
+            req.key.short(),
             cache.location()
         ));
     }
+    let job = Job {
+        req,
+        step: step.as_ref(),
+        cache,
+        params,
+        components,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
     // A sharded job on several instances (docs/cloud.md §6): each instance publishes a part, the
-    // commit job merges them. Only `sharded-transform` knows how to.
-    let shards = args.shards.filter(|n| *n > 1);
-    if (committing || shards.is_some()) && kind != "sharded-transform" {
-        return Err(invalid(format!(
-            "`{kind}` cannot run sharded (--shards / wf worker commit): only sharded-transform can"
-        )));
-    }
-    if committing {
+    // commit job merges them.
+    let shards = req.shards.filter(|n| *n > 1);
+    let sharded = match (req.commit || shards.is_some(), step.sharded()) {
+        (false, _) => None,
+        (true, Some(s)) => Some(s),
+        (true, None) => {
+            return Err(invalid(format!(
+                "`{}` cannot run sharded (--shards / wf worker commit)",
+                req.kind
+            )));
+        }
+    };
+    if req.commit {
         let n = shards.ok_or_else(|| invalid("`wf worker commit` needs --shards N (N > 1)"))?;
-        return commit_parts(
-            &cache,
-            &key,
-            &components,
-            step.as_ref(),
-            &params,
-            args,
-            &inputs,
-            n,
-        );
+        return commit_parts(&job, sharded.expect("checked above"), n);
     }
+    run_step(&job, &slot_types, shards.and(sharded))
+}
 
+/// Runs the step (or this instance's part of it) and publishes the result.
+fn run_step(
+    job: &Job<'_>,
+    slot_types: &BTreeMap<String, ArtifactType>,
+    sharded: Option<&dyn Sharded>,
+) -> CliResult<String> {
+    let req = job.req;
+    let work = tempfile::Builder::new()
+        .prefix("wf-worker-")
+        .tempdir()
+        .map_err(|e| failed(format!("cannot create a working directory: {e}")))?;
+    let workflow_dir = work.path().join("workflow");
+    std::fs::create_dir_all(&workflow_dir).map_err(|e| failed(e.to_string()))?;
     let store = Store::open(&work.path().join("cache")).map_err(|e| failed(e.to_string()))?;
-    for (path, digest) in &files {
+    for (path, digest) in &job.components.files {
         let dst = workflow_dir.join(path);
-        let rel = format!("objects/{}", digest.to_hex());
-        let bytes = cache
-            .get(&rel)
-            .map_err(|e| failed(e.to_string()))?
+        let rel = layout::object(digest);
+        let bytes = job
+            .get(&rel)?
             .ok_or_else(|| failed(format!("declared file `{path}`: no {rel} in the cache")))?;
         if FileDigest::of_bytes(&bytes) != *digest {
             return Err(failed(format!("declared file `{path}`: {rel} is damaged")));
@@ -301,9 +299,8 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
 
     let root = sm_root();
     // This instance's shard: the position of current_host in hosts.
-    let shard = match shards {
-        None => None,
-        Some(n) => {
+    let shard = match (sharded, req.shards) {
+        (Some(_), Some(n)) => {
             let (hosts, current) = hosts(&root).ok_or_else(|| {
                 invalid("--shards: no resourceconfig.json names this instance's host")
             })?;
@@ -320,101 +317,62 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
             }
             Some(i)
         }
+        _ => None,
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let mut resolved = BTreeMap::new();
-    for (slot, digest) in &inputs {
-        let ty = slot_types[slot];
-        let manifest = cache
+    for (slot, digest) in &req.inputs {
+        let manifest = job
+            .cache
             .manifest_of(digest)
             .map_err(|e| failed(format!("input `{slot}`: {e}")))?;
         store
             .add_manifest(&manifest)
             .map_err(|e| failed(e.to_string()))?;
-        let meta = root.join("processing/input").join(format!("{slot}-meta"));
-        let path = match mounted(&root, slot) {
-            Some(dir) if meta.is_dir() && shard.is_some() => {
-                let part = work.path().join("inputs").join(slot);
-                shard_input(&dir, &meta, &manifest, &part)
-                    .map_err(|e| failed(format!("input `{slot}` (shard): {e}")))?;
-                part
-            }
-            _ if shard.is_some() => {
-                return Err(invalid(format!(
-                    "--shards: input `{slot}` is not mounted as a sharded Dataset (docs/cloud.md §5)"
-                )));
-            }
-            Some(dir) if meta.is_dir() => {
-                let full = work.path().join("inputs").join(slot);
-                sharded_input(&cache, &dir, &meta, &manifest, &full)
-                    .map_err(|e| failed(format!("input `{slot}` (sharded): {e}")))?;
-                let problems = wf_engine::manifest::verify_tree(&full, &manifest, threads);
-                if !problems.is_empty() {
-                    return Err(failed(format!(
-                        "input `{slot}` does not match artifact {}: {}",
-                        digest.short(),
-                        problems.join("; ")
-                    )));
-                }
-                full
-            }
-            Some(dir) => {
-                let problems = wf_engine::manifest::verify_tree(&dir, &manifest, threads);
-                if !problems.is_empty() {
-                    return Err(failed(format!(
-                        "input `{slot}` mounted at {} does not match artifact {}: {}",
-                        dir.display(),
-                        digest.short(),
-                        problems.join("; ")
-                    )));
-                }
-                dir
-            }
-            None => {
-                eprintln!("  input `{slot}` is not mounted: downloading it from the cache");
-                cache
-                    .fetch_artifact(digest, &store)
-                    .map_err(|e| failed(format!("input `{slot}`: {e}")))?
-                    .1
-            }
-        };
+        let path = input_tree(
+            job,
+            &root,
+            &store,
+            work.path(),
+            slot,
+            digest,
+            &manifest,
+            shard.is_some(),
+        )?;
         resolved.insert(
             slot.clone(),
             InputArtifact {
-                ty,
+                ty: slot_types[slot],
                 digest: *digest,
                 path,
             },
         );
     }
 
-    let staging = store.stage(&args.step).map_err(|e| failed(e.to_string()))?;
+    let staging = store.stage(&req.step).map_err(|e| failed(e.to_string()))?;
     let progress = StderrProgress {
         warnings: Default::default(),
     };
     let cancel = CancelToken::default();
     let cx = RunContext {
-        step_id: &args.step,
+        step_id: &req.step,
         workflow_dir: &workflow_dir,
-        params: &params,
+        params: &job.params,
         inputs: &resolved,
         out_dir: &staging.out,
         scratch_dir: &staging.scratch,
         log_path: &staging.log,
-        seed: args.seed,
-        threads,
-        local_files: &files,
+        seed: req.seed,
+        threads: job.threads,
+        local_files: &job.components.files,
         cancel: &cancel,
         progress: &progress,
         store: &store,
     };
 
-    if let Some(i) = shard {
-        return publish_part(&cache, &key, &cx, &staging, i, threads);
+    if let (Some(i), Some(s)) = (shard, sharded) {
+        return publish_part(job, s, &cx, &staging, i);
     }
-    if let Err(e) = step.run(&cx) {
+    if let Err(e) = job.step.run(&cx) {
         let log = std::fs::read_to_string(&staging.log).unwrap_or_default();
         let mut msg = e.message;
         if let Some(d) = e.detail {
@@ -435,34 +393,103 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
             hosts.first().map(String::as_str).unwrap_or("?")
         ));
     }
-    let producer = Producer {
-        workflow: std::env::var("TRAINING_JOB_NAME")
-            .or_else(|_| std::env::var("PROCESSING_JOB_NAME"))
-            .unwrap_or_else(|_| "wf worker".to_string()),
-        step: args.step.clone(),
-    };
     let warnings = progress.warnings.lock().expect("warnings lock").clone();
     let entry = store
         .commit(
             &staging,
-            &key,
-            &components,
-            step.output(&params),
-            producer,
+            &req.key,
+            &job.components,
+            job.step.output(&job.params),
+            job.producer(&["TRAINING_JOB_NAME", "PROCESSING_JOB_NAME"], "wf worker"),
             warnings,
-            threads,
+            job.threads,
         )
         .map_err(|e| failed(format!("committing the output: {e}")))?;
-    cache
+    job.cache
         .publish_entry(&store, &entry)
         .map_err(|e| failed(format!("publishing the output: {e}")))?;
     Ok(format!(
         "published {} -> {} ({} files) to {}",
-        key.short(),
+        req.key.short(),
         entry.artifact.short(),
         entry.files,
-        cache.location()
+        job.cache.location()
     ))
+}
+
+/// Input `slot` as a directory holding exactly its artifact (or, for a shard, its share), checked
+/// against the artifact's manifest.
+#[allow(clippy::too_many_arguments)]
+fn input_tree(
+    job: &Job<'_>,
+    root: &Path,
+    store: &Store,
+    work: &Path,
+    slot: &str,
+    digest: &ArtifactDigest,
+    manifest: &Manifest,
+    shard: bool,
+) -> CliResult<PathBuf> {
+    let meta = root.join(paths::processing_meta(slot));
+    let part = work.join("inputs").join(slot);
+    match mounted(root, slot) {
+        Some(dir) if meta.is_dir() && shard => {
+            shard_input(&dir, &meta, manifest, &part)
+                .map_err(|e| failed(format!("input `{slot}` (shard): {e}")))?;
+            Ok(part)
+        }
+        _ if shard => Err(invalid(format!(
+            "--shards: input `{slot}` is not mounted as a sharded Dataset (docs/cloud.md §5)"
+        ))),
+        Some(dir) if meta.is_dir() => {
+            sharded_input(job, &dir, &meta, manifest, &part)
+                .map_err(|e| failed(format!("input `{slot}` (sharded): {e}")))?;
+            verify(&part, manifest, digest, job.threads, slot)?;
+            Ok(part)
+        }
+        Some(dir) => {
+            verify(&dir, manifest, digest, job.threads, slot)?;
+            Ok(dir)
+        }
+        None => {
+            eprintln!("  input `{slot}` is not mounted: downloading it from the cache");
+            Ok(job
+                .cache
+                .fetch_artifact(digest, store)
+                .map_err(|e| failed(format!("input `{slot}`: {e}")))?
+                .1)
+        }
+    }
+}
+
+fn verify(
+    dir: &Path,
+    manifest: &Manifest,
+    digest: &ArtifactDigest,
+    threads: usize,
+    slot: &str,
+) -> CliResult<()> {
+    let problems = wf_engine::manifest::verify_tree(dir, manifest, threads);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(failed(format!(
+        "input `{slot}` at {} does not match artifact {}: {}",
+        dir.display(),
+        digest.short(),
+        problems.join("; ")
+    )))
+}
+
+/// Links (or copies) `src` to `dst`, creating `dst`'s directory.
+fn place(src: &Path, dst: &Path) -> Result<(), String> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|err| format!("{}: {err}", parent.display()))?;
+    }
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst).map_err(|err| format!("{}: {err}", src.display()))?;
+    }
+    Ok(())
 }
 
 /// Rebuilds a sharded Dataset input as one tree: `imagesTr/` (ShardedByS3Key) and `labelsTr/` from
@@ -470,10 +497,10 @@ fn run(args: &WorkerArgs) -> Result<String, Exit> {
 /// For a job without `--shards` (one instance), which must see every training image; instances of a
 /// job with `--shards N` use `shard_input` and publish parts instead (docs/cloud.md §6).
 fn sharded_input(
-    cache: &wf_aws::S3Cache,
+    job: &Job<'_>,
     mount: &Path,
     meta: &Path,
-    manifest: &wf_engine::manifest::Manifest,
+    manifest: &Manifest,
     out: &Path,
 ) -> Result<(), String> {
     let images = manifest
@@ -489,25 +516,22 @@ fn sharded_input(
     }
     for e in &manifest.entries {
         let dst = out.join(&e.path);
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| format!("{}: {err}", parent.display()))?;
-        }
         let src = [mount.join(&e.path), meta.join(&e.path)]
             .into_iter()
             .find(|p| p.is_file());
         match src {
-            Some(src) => {
-                if std::fs::hard_link(&src, &dst).is_err() {
-                    std::fs::copy(&src, &dst).map_err(|err| format!("{}: {err}", src.display()))?;
-                }
-            }
+            Some(src) => place(&src, &dst)?,
             None => {
-                let rel = format!("objects/{}", e.digest.to_hex());
-                let bytes = cache
+                let rel = layout::object(&e.digest);
+                let bytes = job
+                    .cache
                     .get(&rel)
                     .map_err(|err| err.to_string())?
                     .ok_or_else(|| format!("`{}` is neither mounted nor in the cache", e.path))?;
+                if let Some(parent) = dst.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|err| format!("{}: {err}", parent.display()))?;
+                }
                 std::fs::write(&dst, bytes).map_err(|err| format!("{}: {err}", dst.display()))?;
             }
         }
@@ -518,12 +542,7 @@ fn sharded_input(
 /// A shard's share of a sharded Dataset input: the images this instance was given, the replicated
 /// labels and `dataset.json`, each checked against the artifact's manifest. Images of other shards
 /// are absent; nothing else is fetched.
-fn shard_input(
-    mount: &Path,
-    meta: &Path,
-    manifest: &wf_engine::manifest::Manifest,
-    out: &Path,
-) -> Result<(), String> {
+fn shard_input(mount: &Path, meta: &Path, manifest: &Manifest, out: &Path) -> Result<(), String> {
     for e in &manifest.entries {
         let src = [mount.join(&e.path), meta.join(&e.path)]
             .into_iter()
@@ -537,14 +556,7 @@ fn shard_input(
                 e.path
             ));
         }
-        let dst = out.join(&e.path);
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| format!("{}: {err}", parent.display()))?;
-        }
-        if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(|err| format!("{}: {err}", src.display()))?;
-        }
+        place(&src, &out.join(&e.path))?;
     }
     if !out.join("dataset.json").is_file() {
         return Err("dataset.json is not mounted".into());
@@ -552,39 +564,33 @@ fn shard_input(
     Ok(())
 }
 
-fn part_key(i: usize) -> (String, String) {
-    (format!("part-{i}.txt"), format!("part-{i}.cases.json"))
-}
-
-/// Shard `i`: processes the cases whose image this instance has, uploads the files as
-/// `objects/<blake3>`, then `staging/<key>/part-<i>.cases.json` (the step's case records) and, last,
-/// `staging/<key>/part-<i>.txt` (the manifest of its files) — docs/cloud.md §6. No entry.
+/// Shard `i`: runs the step's part, uploads its files as objects, then the part's record and, last,
+/// the manifest of its files (`layout::part`; docs/cloud.md §6). No entry.
 fn publish_part(
-    cache: &wf_aws::S3Cache,
-    key: &wf_engine::StepKey,
+    job: &Job<'_>,
+    sharded: &dyn Sharded,
     cx: &RunContext<'_>,
     staging: &wf_engine::store::Staging,
     i: usize,
-    threads: usize,
-) -> Result<String, Exit> {
-    let input = &cx.inputs["dataset"].path;
-    let have = |image: &str| input.join(image).is_file();
-    let (cases, skipped) = wf_steps::sharded_transform::process_cases(cx, Some(&have))
+) -> CliResult<String> {
+    let part = sharded
+        .run_part(cx)
         .map_err(|e| failed(e.message + &e.detail.map(|d| format!("\n{d}")).unwrap_or_default()))?;
     let files = wf_engine::manifest::list_files(&staging.out).map_err(|e| failed(e.to_string()))?;
     let paths: Vec<PathBuf> = files.iter().map(|(_, p, _)| p.clone()).collect();
     let mut entries = Vec::with_capacity(files.len());
     for ((rel, path, meta), digest) in files
         .iter()
-        .zip(wf_engine::manifest::hash_files(&paths, threads))
+        .zip(wf_engine::manifest::hash_files(&paths, job.threads))
     {
-        entries.push(wf_engine::manifest::ManifestEntry {
+        entries.push(ManifestEntry {
             path: rel.clone(),
             size: meta.len(),
             digest: digest.map_err(|e| failed(format!("{}: {e}", path.display())))?,
             executable: wf_engine::manifest::is_executable(meta),
         });
     }
+    let cache = &job.cache;
     let bucket = cache.bucket();
     cache
         .block_on(async {
@@ -597,95 +603,85 @@ fn publish_part(
             Ok::<(), wf_aws::AwsError>(())
         })
         .map_err(|e| failed(format!("uploading the shard's files: {e}")))?;
-    let part = wf_engine::manifest::Manifest { entries };
-    let record = serde_json::json!({ "shard": i, "cases": cases, "skipped": skipped });
-    let (txt, json) = part_key(i);
-    let dir = format!("staging/{}", key.to_hex());
+    let (done, skipped) = (part.done.len(), part.skipped.len());
+    let record = PartRecord { shard: i, part };
+    let manifest = Manifest { entries };
+    let (txt, json) = layout::part(&job.req.key, i);
     cache
         .block_on(async {
             bucket
                 .put(
-                    &cache.url().key(&format!("{dir}/{json}")),
+                    &cache.url().key(&json),
                     serde_json::to_vec_pretty(&record).expect("json"),
                 )
                 .await?;
             bucket
                 .put(
-                    &cache.url().key(&format!("{dir}/{txt}")),
-                    part.canonical_text().into_bytes(),
+                    &cache.url().key(&txt),
+                    manifest.canonical_text().into_bytes(),
                 )
                 .await
         })
         .map_err(|e| failed(format!("publishing part {i}: {e}")))?;
     Ok(format!(
-        "shard {i}: {} cases ({} skipped), {} files in {dir}/{txt}",
-        cases.len() + skipped.len(),
-        skipped.len(),
-        part.entries.len()
+        "shard {i}: {} {}s ({skipped} skipped), {} files in {txt}",
+        done + skipped,
+        sharded.item_name(),
+        manifest.entries.len()
     ))
 }
 
-/// `wf worker commit --kind sharded-transform`: merges the N parts of `staging/<key>/` (every case
-/// of `dataset.json` covered exactly once, a path at most once per digest), adds `index.json` built
-/// by the step's own code, and publishes manifest, tree and, last, the entry (docs/cloud.md §6).
-#[allow(clippy::too_many_arguments)]
-fn commit_parts(
-    cache: &wf_aws::S3Cache,
-    key: &wf_engine::StepKey,
-    components: &KeyComponents,
-    step: &dyn wf_engine::Step,
-    params: &Params,
-    args: &WorkerArgs,
-    inputs: &BTreeMap<String, ArtifactDigest>,
-    n: u32,
-) -> Result<String, Exit> {
-    use wf_engine::manifest::{Manifest, ManifestEntry};
-    let dataset = inputs
-        .get("dataset")
-        .ok_or_else(|| invalid("missing --input dataset=DIGEST"))?;
-    let manifest = cache
-        .manifest_of(dataset)
-        .map_err(|e| failed(format!("input `dataset`: {e}")))?;
-    let meta = manifest
-        .entries
-        .iter()
-        .find(|e| e.path == "dataset.json")
-        .ok_or_else(|| failed("input `dataset` has no dataset.json"))?;
-    let text = cache
-        .get(&format!("objects/{}", meta.digest.to_hex()))
-        .map_err(|e| failed(e.to_string()))?
-        .filter(|b| FileDigest::of_bytes(b) == meta.digest)
-        .ok_or_else(|| failed("dataset.json: missing or damaged in the cache"))?;
-    let cases = wf_steps::sharded_transform::dataset_cases(&String::from_utf8_lossy(&text))
+/// `wf worker commit --kind K`: merges the N parts of `staging/<key>/` (every item covered exactly
+/// once, a path at most once per digest), adds what the step's `merge` builds from the parts'
+/// records, and publishes manifest, tree and, last, the entry (docs/cloud.md §6).
+fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<String> {
+    let req = job.req;
+    let cache = &job.cache;
+    let key: &StepKey = &req.key;
+    // The sharded input's files, read through its manifest in the cache.
+    let mut inputs = Vec::new();
+    for digest in req.inputs.values() {
+        inputs.push(
+            cache
+                .manifest_of(digest)
+                .map_err(|e| failed(format!("input {}: {e}", digest.short())))?,
+        );
+    }
+    let read = |path: &str| -> Result<Vec<u8>, String> {
+        let e = inputs
+            .iter()
+            .find_map(|m| m.entries.iter().find(|e| e.path == path))
+            .ok_or_else(|| format!("no input holds `{path}`"))?;
+        cache
+            .get(&layout::object(&e.digest))
+            .map_err(|err| err.to_string())?
+            .filter(|b| FileDigest::of_bytes(b) == e.digest)
+            .ok_or_else(|| format!("`{path}`: missing or damaged in the cache"))
+    };
+    let items = sharded
+        .items(&job.params, &read)
         .map_err(|e| failed(e.message))?;
-    let order: BTreeMap<&str, usize> = cases
+    let order: BTreeMap<&str, usize> = items
         .iter()
         .enumerate()
-        .map(|(i, (id, _))| (id.as_str(), i))
+        .map(|(i, id)| (id.as_str(), i))
         .collect();
 
-    let dir = format!("staging/{}", key.to_hex());
+    let dir = layout::staging(key);
     let mut problems = Vec::new();
     let mut files: BTreeMap<String, ManifestEntry> = BTreeMap::new();
     let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut done = Vec::new();
-    let mut skipped = Vec::new();
+    let mut merged = wf_engine::Part::default();
     for i in 0..n as usize {
-        let (txt, json) = part_key(i);
-        let part = cache
-            .get(&format!("{dir}/{txt}"))
-            .map_err(|e| failed(e.to_string()))?;
-        let record = cache
-            .get(&format!("{dir}/{json}"))
-            .map_err(|e| failed(e.to_string()))?;
-        let (Some(part), Some(record)) = (part, record) else {
-            problems.push(format!("part {i} of {n} is missing ({dir}/{txt})"));
+        let (txt, json) = layout::part(key, i);
+        let (Some(part), Some(record)) = (job.get(&txt)?, job.get(&json)?) else {
+            problems.push(format!("part {i} of {n} is missing ({txt})"));
             continue;
         };
         let part = Manifest::parse(&String::from_utf8_lossy(&part))
-            .ok_or_else(|| failed(format!("{dir}/{txt}: not a manifest")))?;
-        let record: serde_json::Value =
-            serde_json::from_slice(&record).map_err(|e| failed(format!("{dir}/{json}: {e}")))?;
+            .ok_or_else(|| failed(format!("{txt}: not a manifest")))?;
+        let record: PartRecord =
+            serde_json::from_slice(&record).map_err(|e| failed(format!("{json}: {e}")))?;
         for e in part.entries {
             match files.get(&e.path) {
                 Some(prev) if prev.digest != e.digest => problems.push(format!(
@@ -697,121 +693,110 @@ fn commit_parts(
                 }
             }
         }
-        for (list, out) in [("cases", &mut done), ("skipped", &mut skipped)] {
-            for c in record[list].as_array().into_iter().flatten() {
-                let id = c["id"].as_str().unwrap_or_default().to_string();
-                seen.entry(id).or_default().push(i);
-                out.push(c.clone());
-            }
+        for item in record.part.done.iter().chain(&record.part.skipped) {
+            seen.entry(item.id.clone()).or_default().push(i);
         }
+        merged.done.extend(record.part.done);
+        merged.skipped.extend(record.part.skipped);
     }
-    let missing: Vec<&str> = cases
+    let noun = sharded.item_name();
+    let missing: Vec<&str> = items
         .iter()
-        .map(|(id, _)| id.as_str())
+        .map(String::as_str)
         .filter(|id| !seen.contains_key(*id))
         .collect();
     if !missing.is_empty() {
         problems.push(format!(
-            "{} of {} cases are in no part: {}",
+            "{} of {} {noun}s are in no part: {}",
             missing.len(),
-            cases.len(),
+            items.len(),
             missing.join(", ")
         ));
     }
     for (id, parts) in &seen {
         if !order.contains_key(id.as_str()) {
             problems.push(format!(
-                "case `{id}` (part {parts:?}) is not in dataset.json"
+                "{noun} `{id}` (part {parts:?}) is not a {noun} of the input"
             ));
         } else if parts.len() > 1 {
-            problems.push(format!("case {id} is in more than one part: {parts:?}"));
+            problems.push(format!("{noun} {id} is in more than one part: {parts:?}"));
         }
     }
-    for c in &done {
-        for f in c["files"].as_array().into_iter().flatten() {
-            let f = f.as_str().unwrap_or_default();
+    for item in &merged.done {
+        for f in &item.files {
             if !files.contains_key(f) {
                 problems.push(format!(
-                    "`{f}` of case {} is in no part's manifest",
-                    c["id"]
+                    "`{f}` of {noun} {} is in no part's manifest",
+                    item.id
                 ));
             }
         }
     }
     if !problems.is_empty() {
         return Err(failed(format!(
-            "cannot commit the sharded output from {dir}/: {}",
+            "cannot commit the sharded output from {dir}: {}",
             problems.join("; ")
         )));
     }
-    let rank = |c: &serde_json::Value| order[c["id"].as_str().unwrap_or_default()];
-    done.sort_by_key(rank);
-    skipped.sort_by_key(rank);
-    let warnings: Vec<String> = skipped
-        .iter()
-        .map(|c| {
-            format!(
-                "skipped case {}: {}",
-                c["id"].as_str().unwrap_or_default(),
-                c["error"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
-    let index = wf_steps::sharded_transform::index_json(params, args.seed, done, skipped)
+    let rank = |item: &wf_engine::Item| order[item.id.as_str()];
+    merged.done.sort_by_key(rank);
+    merged.skipped.sort_by_key(rank);
+    let extra = sharded
+        .merge(&job.params, req.seed, merged)
         .map_err(|e| failed(e.message))?;
     let work = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
-    let index_path = work.path().join("index.json");
-    std::fs::write(&index_path, &index).map_err(|e| failed(e.to_string()))?;
-    let index_entry = ManifestEntry {
-        path: "index.json".into(),
-        size: index.len() as u64,
-        digest: FileDigest::of_bytes(index.as_bytes()),
-        executable: false,
-    };
-    if files.contains_key("index.json") {
-        return Err(failed(
-            "a part holds index.json, which only the commit writes",
-        ));
+    // The shards uploaded their objects; only the merge's own files are local.
+    let mut local: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (path, bytes) in &extra.files {
+        if files.contains_key(path) {
+            return Err(failed(format!(
+                "a part holds {path}, which only the commit writes"
+            )));
+        }
+        let file = work.path().join(format!("merged-{}", local.len()));
+        std::fs::write(&file, bytes).map_err(|e| failed(e.to_string()))?;
+        files.insert(
+            path.clone(),
+            ManifestEntry {
+                path: path.clone(),
+                size: bytes.len() as u64,
+                digest: FileDigest::of_bytes(bytes),
+                executable: false,
+            },
+        );
+        local.insert(path.clone(), file);
     }
-    files.insert(index_entry.path.clone(), index_entry);
-    let merged = Manifest {
+    let manifest = Manifest {
         entries: files.into_values().collect(),
     };
-    // The shards uploaded their objects; only index.json is local.
-    let sources: Vec<(ManifestEntry, PathBuf)> = merged
+    let sources: Vec<(ManifestEntry, PathBuf)> = manifest
         .entries
         .iter()
         .map(|e| {
-            let path = if e.path == "index.json" {
-                index_path.clone()
-            } else {
+            let path = local.get(&e.path).cloned().unwrap_or_else(|| {
                 PathBuf::from(format!("(missing object of shard file {})", e.path))
-            };
+            });
             (e.clone(), path)
         })
         .collect();
     cache
-        .block_on(cache.publish_artifact(&merged, &sources))
+        .block_on(cache.publish_artifact(&manifest, &sources))
         .map_err(|e| failed(format!("publishing the merged output: {e}")))?;
-    let entry = wf_engine::store::Entry {
+    let entry = Entry {
         schema: wf_engine::store::ENTRY_SCHEMA,
         key: *key,
-        kind: components.kind.clone(),
-        version: components.version,
-        output_type: step.output(params),
-        artifact: merged.digest(),
-        files: merged.entries.len(),
-        bytes: merged.total_bytes(),
+        kind: job.components.kind.clone(),
+        version: job.components.version,
+        output_type: job.step.output(&job.params),
+        artifact: manifest.digest(),
+        files: manifest.entries.len(),
+        bytes: manifest.total_bytes(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        producer: Producer {
-            workflow: std::env::var("PROCESSING_JOB_NAME")
-                .unwrap_or_else(|_| "wf worker commit".to_string()),
-            step: args.step.clone(),
-        },
-        warnings,
+        producer: job.producer(&["PROCESSING_JOB_NAME"], "wf worker commit"),
+        warnings: extra.warnings,
     };
     let bucket = cache.bucket();
     cache
@@ -819,12 +804,11 @@ fn commit_parts(
         .map_err(|e| failed(format!("publishing the entry: {e}")))?;
     // The staging area is garbage now (best effort: the entry is what counts).
     let _ = cache.block_on(async {
-        for (k, _) in bucket.list(&cache.url().key(&format!("{dir}/"))).await? {
+        for (k, _) in bucket.list(&cache.url().key(&dir)).await? {
             bucket.delete(&k).await?;
         }
         Ok::<(), wf_aws::AwsError>(())
     });
-    use wf_engine::RemoteCache as _;
     Ok(format!(
         "committed {n} parts: {} -> {} ({} files) to {}",
         key.short(),

@@ -9,13 +9,12 @@
 pub mod client;
 pub mod s3;
 pub mod s3cache;
-pub mod s3url;
 pub mod sagemaker;
 pub mod sfn;
 
 pub use client::{Aws, Credentials};
 pub use s3cache::S3Cache;
-pub use s3url::S3Url;
+pub use wf_engine::cloud::S3Url;
 
 use std::path::{Path, PathBuf};
 

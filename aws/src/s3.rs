@@ -246,3 +246,22 @@ pub fn fetch_object(bucket: &str, key: &str, dst: &Path) -> Result<u64, AwsError
         Bucket::new(&aws, bucket).download(key, dst).await
     })
 }
+
+/// Puts what a step's jobs need before they start (`wf deploy`, the SageMaker executor), skipping
+/// objects already there: their keys are content addresses.
+pub async fn upload_all(
+    bucket: &Bucket,
+    uploads: &[wf_engine::cloud::Upload],
+) -> Result<(), AwsError> {
+    use wf_engine::cloud::UploadSource;
+    for u in uploads {
+        if bucket.exists(&u.key).await? {
+            continue;
+        }
+        match &u.source {
+            UploadSource::Bytes(b) => bucket.put(&u.key, b.clone()).await?,
+            UploadSource::File(p) => bucket.upload(&u.key, p).await?,
+        }
+    }
+    Ok(())
+}

@@ -1,27 +1,18 @@
 //! The S3 layer of the cache (`cache: s3://bucket/prefix`): the engine's `RemoteCache` over the
-//! layout of docs/cloud.md, shared by local runs, other checkouts, and `wf worker` inside jobs:
-//!
-//! ```text
-//! P/objects/<blake3>               file contents, named by digest (shared by every artifact)
-//! P/manifests/<artifact>.txt       the canonical manifest (manifest.rs), after its objects
-//! P/trees/<artifact>/<path>        the artifact as a plain tree (what SageMaker jobs read)
-//! P/entries/<key>.json             step key -> artifact: the commit point, written LAST
-//! ```
-//! A reader that finds an entry therefore finds everything it references. Downloads are checked
-//! against the manifest's digests before they enter the local store.
+//! layout of the cloud contract (`wf_engine::cloud::layout`, docs/cloud.md §2), shared by local
+//! runs, other checkouts, and `wf worker` inside jobs. Objects first, then the manifest, the tree,
+//! and the entry last: a reader that finds an entry finds everything it references. Downloads are
+//! checked against the manifest's digests before they enter the local store.
 
 use crate::s3::Bucket;
-use crate::s3url::S3Url;
 use crate::{AwsError, Blocking};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+use wf_engine::cloud::{S3Url, layout};
 use wf_engine::manifest::{Manifest, ManifestEntry};
 use wf_engine::store::{Entry, Store};
 use wf_engine::{ArtifactDigest, RemoteCache, RemoteError, StepKey};
-
-/// The prefix of `s3://bucket` given without one.
-pub const DEFAULT_PREFIX: &str = "wf-cache";
 
 /// Requests in flight at once while moving an artifact's files.
 const PARALLEL: usize = 16;
@@ -36,10 +27,13 @@ impl S3Cache {
     /// Connects and checks that the bucket exists. `region`: e.g. `targets.aws.region`.
     /// `s3://bucket` alone means the prefix `wf-cache` (docs/cloud.md §1).
     pub fn open(url: &str, region: Option<&str>) -> Result<S3Cache, AwsError> {
-        let mut url = S3Url::parse(url).map_err(AwsError::Invalid)?;
-        if url.prefix.is_empty() {
-            url.prefix = DEFAULT_PREFIX.to_string();
+        // `S3Url::parse` names a missing scheme; `cache` fills in the default prefix.
+        let url = if url.starts_with("s3://") {
+            S3Url::cache(url)
+        } else {
+            S3Url::parse(url)
         }
+        .map_err(AwsError::Invalid)?;
         let rt = Blocking::new()?;
         let aws = rt.block_on(crate::client::Aws::load(
             region,
@@ -55,19 +49,19 @@ impl S3Cache {
     }
 
     pub fn entry_key(&self, key: &StepKey) -> String {
-        self.url.key(&format!("entries/{}.json", key.to_hex()))
+        self.url.key(&layout::entry(key))
     }
 
     pub fn manifest_key(&self, a: &ArtifactDigest) -> String {
-        self.url.key(&format!("manifests/{}.txt", a.to_hex()))
+        self.url.key(&layout::manifest(a))
     }
 
     pub fn object_key(&self, e: &ManifestEntry) -> String {
-        self.url.key(&format!("objects/{}", e.digest.to_hex()))
+        self.url.key(&layout::object(&e.digest))
     }
 
     pub fn tree_prefix(&self, a: &ArtifactDigest) -> String {
-        self.url.key(&format!("trees/{}/", a.to_hex()))
+        self.url.key(&layout::tree(a))
     }
 
     async fn entry(&self, key: &StepKey) -> Result<Option<Entry>, AwsError> {

@@ -1,6 +1,6 @@
 //! Step Functions: deploy a compiled definition (create or update, publishing a version), start an
-//! execution, and read an execution's history back as per-step states (state names follow
-//! docs/cloud.md §4: `<step id>.<Key|Lookup|Run|Commit|Published|Done|Failed|Fsx.*>`).
+//! execution, and read an execution's history back as per-step states (state names are the cloud
+//! contract's `wf_engine::cloud::State`).
 
 use crate::AwsError;
 use crate::client::Aws;
@@ -238,22 +238,22 @@ pub fn summarize(events: &[Event]) -> Vec<StepState> {
             }
             Event::ExecutionFailed { .. } => {}
             Event::StateEntered(name) => {
-                let Some((id, part)) = name.split_once('.') else {
+                use wf_engine::cloud::State;
+                let Some((id, part)) = State::parse(name) else {
                     continue;
                 };
                 let state = match part {
-                    "Key" | "Lookup" => "checking",
-                    p if p.starts_with("Fsx.") => "creating file system",
-                    "Run" => {
+                    State::Key | State::Lookup => "checking",
+                    State::Fsx(_) => "creating file system",
+                    State::Run => {
                         ran.push(id.to_string());
                         "running"
                     }
-                    "Commit" => "committing",
-                    "Published" => "publishing",
-                    "Done" if ran.iter().any(|r| r == id) => "ran",
-                    "Done" => "cached",
-                    "Failed" => "failed",
-                    _ => continue,
+                    State::Commit => "committing",
+                    State::Published => "publishing",
+                    State::Done if ran.iter().any(|r| r == id) => "ran",
+                    State::Done => "cached",
+                    State::Failed => "failed",
                 };
                 let error = (state == "failed").then(|| last_error.take()).flatten();
                 match steps.iter_mut().find(|s| s.id == id) {

@@ -1,30 +1,29 @@
 //! The Step Functions compiler: a sealed `Workflow` becomes an Amazon States Language definition whose
 //! tasks run `wf worker` in SageMaker jobs, sharing the S3 cache (and the keys) with local runs.
 //!
-//! The conventions it implements — S3 layout, key derivation, state names, payload, job names, worker
-//! command line — are written down in `docs/cloud.md`; `wf deploy`/`wf start` (crate `wf-aws`) and the
-//! workers implement the other halves. Steps run one after another in the workflow's topological order;
-//! each one computes its key (`States.Hash`), looks up its entry in S3 (hit: done), and otherwise runs its
-//! job and reads the entry the job published. Only keys and digests travel in the payload.
+//! What the jobs are (names, worker command line, inputs, S3 layout, FSx) comes from the cloud
+//! contract (`crate::cloud`), which the SageMaker executor renders too; this file renders it as
+//! states. Steps run one after another in the workflow's topological order; each one computes its
+//! key (`States.Hash`), looks up its entry in S3 (hit: done), and otherwise runs its job and reads the
+//! entry the job published. Only keys and digests travel in the payload (docs/cloud.md §4).
 
 pub mod intrinsic;
-pub mod target;
 
-pub use target::{AwsTarget, FsxSettings, S3Location, StepResources};
-
+use crate::cloud::job::{self, ChannelSource, FsxCreate, JobForm, JobSpec, StepJobs, Upload};
+use crate::cloud::states::{self, Fsx, State};
+use crate::cloud::text::{Piece as TextPiece, Text, Var};
+use crate::cloud::{AwsTarget, layout};
 use crate::diag::{DiagnosticList, Diagnostics, Span};
 use crate::digest::ArtifactDigest;
 use crate::exec::key_components;
 use crate::memo::Memo;
 use crate::step::RemoteTask;
 use crate::workflow::{StepDef, Workflow};
-use intrinsic::{KeyTemplate, Piece, format_n, format1, quote};
+use intrinsic::{KeyTemplate, Piece, format_n, quote};
 use serde_json::{Map, Value as Json, json};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Longest execution name the job-name scheme allows (docs/cloud.md §5); `wf start` must respect it.
-pub const MAX_EXECUTION_NAME: usize = 32;
 /// `States.Hash` input limit, in characters.
 pub const MAX_HASH_INPUT: usize = 10_000;
 /// Step Functions' limit on the payload between states, in bytes.
@@ -33,23 +32,11 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 pub const MAX_DEFINITION: usize = 1024 * 1024;
 /// Longest state name Step Functions accepts.
 const MAX_STATE_NAME: usize = 80;
-/// Longest static job-name prefix: 63 = prefix + `-` + execution name + `-c9`.
-const MAX_JOB_PREFIX: usize = 63 - MAX_EXECUTION_NAME - 4;
-/// SageMaker's limit on one container argument.
-const MAX_ARG: usize = 256;
 /// Payload budget (docs/cloud.md §4): execution input, one entry JSON, one error, one FSx description.
 const PAYLOAD_FIXED: usize = 1024 + 32 * 1024 + 32 * 1024 + 16 * 1024;
 /// FSx polls (30 s apart) before giving up on a file system becoming AVAILABLE.
 const FSX_MAX_POLLS: u32 = 120;
 const FSX_POLL_SECONDS: u32 = 30;
-
-const PROCESSING_INSTANCE: &str = "ml.m5.xlarge";
-const TRAINING_INSTANCE: &str = "ml.p3.2xlarge";
-const COMMIT_INSTANCE: &str = "ml.m5.large";
-const VOLUME_GB: u32 = 50;
-const PROCESSING_MAX_RUNTIME: u32 = 86_400;
-const TRAINING_MAX_RUNTIME: u32 = 432_000;
-const COMMIT_MAX_RUNTIME: u32 = 3_600;
 /// Added to a job's own limit for the Task's `TimeoutSeconds` (queueing, image pull, upload).
 const JOB_TIMEOUT_SLACK: u32 = 1_800;
 
@@ -73,23 +60,6 @@ impl Default for CompileOptions<'_> {
     }
 }
 
-/// Where an upload's bytes come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum UploadSource {
-    Bytes(Vec<u8>),
-    /// A local file (a step's declared file).
-    File(PathBuf),
-}
-
-/// An object `wf deploy` must put into the bucket before executions start (params too long for a
-/// container argument, declared local files). Content-addressed: skip it when the key exists.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upload {
-    /// Object key in `AwsTarget::cache.bucket` (the prefix included).
-    pub key: String,
-    pub source: UploadSource,
-}
-
 /// One step as compiled, for deploy/status tooling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledStep {
@@ -110,6 +80,7 @@ pub struct Compiled {
     /// The ASL definition (object keys sorted, so its text is stable).
     pub definition: Json,
     pub target: AwsTarget,
+    /// Objects `wf deploy` puts into the bucket before executions start.
     pub uploads: Vec<Upload>,
     pub steps: Vec<CompiledStep>,
 }
@@ -177,17 +148,15 @@ pub fn compile_stepfunctions(
                 ),
             );
         }
-        for n in state_names(def) {
-            if n.chars().count() > MAX_STATE_NAME {
-                diags.error(
-                    def.span,
-                    format!(
-                        "step id `{}` is too long for Step Functions: state `{n}` exceeds {MAX_STATE_NAME} characters",
-                        def.id
-                    ),
-                );
-                break;
-            }
+        let longest = State::longest(&def.id);
+        if longest.chars().count() > MAX_STATE_NAME {
+            diags.error(
+                def.span,
+                format!(
+                    "step id `{}` is too long for Step Functions: state `{longest}` exceeds {MAX_STATE_NAME} characters",
+                    def.id
+                ),
+            );
         }
     }
     check_payload(wf, &fields, &mut diags);
@@ -205,23 +174,26 @@ pub fn compile_stepfunctions(
         steps: Vec::new(),
     };
     c.states.insert(
-        "Init".into(),
+        states::INIT.into(),
         json!({
             "Type": "Pass",
             "Comment": "Characters the intrinsic expressions take as arguments instead of escapes (docs/cloud.md §3); the execution input is kept under $.input.",
             "Parameters": init_parameters(),
-            "Next": format!("{}.Key", wf.steps[0].id),
+            "Next": State::Key.of(&wf.steps[0].id),
         }),
     );
+    let mut timeout: u64 = 3600;
     for (i, def) in wf.steps.iter().enumerate() {
         let (kc, template) = keys[i].take().expect("keys computed above");
-        let next = wf.steps.get(i + 1).map(|d| format!("{}.Key", d.id));
-        c.step(i, def, &kc, &template, next);
+        let next = wf.steps.get(i + 1).map(|d| State::Key.of(&d.id));
+        let plan = job::plan_step(wf, i, &target, &kc);
+        timeout += step_timeout(plan.as_ref());
+        c.step(i, def, plan, &template, next);
     }
     let definition = sort_keys(json!({
         "Comment": format!("wf workflow `{}` (compiled by wf {}; conventions in docs/cloud.md)", wf.name, env!("CARGO_PKG_VERSION")),
-        "StartAt": "Init",
-        "TimeoutSeconds": total_timeout(wf, &target),
+        "StartAt": states::INIT,
+        "TimeoutSeconds": timeout.min(31_536_000),
         "States": Json::Object(std::mem::take(&mut c.states)),
     }));
     let size = serde_json::to_string(&definition)
@@ -269,14 +241,6 @@ fn payload_fields(wf: &Workflow) -> Vec<String> {
     out
 }
 
-/// The longest state names a step can get (for the 80-character limit).
-fn state_names(def: &StepDef) -> Vec<String> {
-    [".Key", ".Fsx.DeleteAfterError"]
-        .iter()
-        .map(|s| format!("{}{s}", def.id))
-        .collect()
-}
-
 /// Refuses a workflow whose payload could outgrow 256 KiB (docs/cloud.md §4).
 fn check_payload(wf: &Workflow, fields: &[String], diags: &mut Diagnostics) {
     let mut total = PAYLOAD_FIXED;
@@ -298,42 +262,18 @@ fn check_payload(wf: &Workflow, fields: &[String], diags: &mut Diagnostics) {
     }
 }
 
-/// An upper bound for the whole execution (Step Functions' own limit is one year).
-fn total_timeout(wf: &Workflow, target: &AwsTarget) -> u64 {
-    let mut total: u64 = 3600;
-    for def in &wf.steps {
-        let r = target.resources(&def.id);
-        total += match def.step.remote(&def.params) {
-            RemoteTask::Processing { sharded_input, .. } => {
-                let own =
-                    r.max_runtime_seconds.unwrap_or(PROCESSING_MAX_RUNTIME) + JOB_TIMEOUT_SLACK;
-                let commit = if sharded_input {
-                    COMMIT_MAX_RUNTIME + JOB_TIMEOUT_SLACK
-                } else {
-                    0
-                };
-                u64::from(own + commit)
-            }
-            RemoteTask::Training { .. } => u64::from(
-                r.max_runtime_seconds.unwrap_or(TRAINING_MAX_RUNTIME)
-                    + JOB_TIMEOUT_SLACK
-                    + FSX_MAX_POLLS * FSX_POLL_SECONDS,
-            ),
-            RemoteTask::FsxImport => 0,
-        };
-    }
-    total.min(31_536_000)
-}
-
-/// `<id>` made a SageMaker job-name prefix (docs/cloud.md §5).
-pub fn job_prefix(id: &str) -> String {
-    let s = id.replace('_', "-");
-    if s.len() <= MAX_JOB_PREFIX {
-        return s;
-    }
-    use sha2::Digest as _;
-    let h = hex::encode(sha2::Sha256::digest(id.as_bytes()));
-    format!("{}-{}", &s[..MAX_JOB_PREFIX - 5], &h[..4])
+/// The longest a step's states can take: its jobs (each with slack) and the FSx polls.
+fn step_timeout(plan: Option<&StepJobs>) -> u64 {
+    let Some(p) = plan else { return 0 };
+    let jobs: u32 = std::iter::once(&p.run)
+        .chain(&p.commit)
+        .map(|j| j.max_runtime_seconds + JOB_TIMEOUT_SLACK)
+        .sum();
+    let fsx = match p.run.form {
+        JobForm::Training { .. } => FSX_MAX_POLLS * FSX_POLL_SECONDS,
+        JobForm::Processing { .. } => 0,
+    };
+    u64::from(jobs + fsx)
 }
 
 /// Recursively rebuilds objects with sorted keys, whatever serde_json's map type is.
@@ -375,6 +315,33 @@ fn retry_sagemaker() -> Json {
     })
 }
 
+fn end_or_next(mut state: Json, next: Option<String>) -> Json {
+    match next {
+        Some(n) => state["Next"] = json!(n),
+        None => state["End"] = json!(true),
+    }
+    state
+}
+
+/// `[{"Key": k, "Value": v}, ...]`.
+fn tags(t: &[(String, String)]) -> Json {
+    Json::Array(
+        t.iter()
+            .map(|(k, v)| json!({ "Key": k, "Value": v }))
+            .collect(),
+    )
+}
+
+/// `{k: v, ...}`.
+fn object(pairs: &[(String, String)]) -> Json {
+    Json::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect(),
+    )
+}
+
 struct Compiler<'a> {
     wf: &'a Workflow,
     target: &'a AwsTarget,
@@ -383,17 +350,6 @@ struct Compiler<'a> {
     states: Map<String, Json>,
     uploads: Vec<Upload>,
     steps: Vec<CompiledStep>,
-}
-
-/// How a job reads one input.
-struct InputRef {
-    slot: String,
-    /// Payload path of the producer's artifact digest.
-    artifact: String,
-    /// The producer, when it is an fsx-import step (Training reads such an input from FSx).
-    via_fsx: bool,
-    /// The input's type is a Dataset (sharded jobs shard its images).
-    dataset: bool,
 }
 
 impl<'a> Compiler<'a> {
@@ -406,55 +362,85 @@ impl<'a> Compiler<'a> {
         self.states.insert(name, state);
     }
 
+    /// The payload path (or context path) holding a hole's value while step `i` runs.
+    fn var_path(&self, i: usize, v: &Var) -> String {
+        match v {
+            Var::Key => self.path(i, "key"),
+            Var::Artifact(slot) => self.path(self.wf.steps[i].inputs[slot], "artifact"),
+            Var::ExecutionName => "$$.Execution.Name".into(),
+            Var::Attempt => "$$.State.RetryCount".into(),
+            Var::FsxId => self.path(i, "fsx.id"),
+            Var::FsxMount => self.path(i, "fsx.mount"),
+        }
+    }
+
+    /// An intrinsic expression for `t`: a quoted literal, a bare path, or a `States.Format`.
+    fn expr(&self, i: usize, t: &Text) -> String {
+        if let Some(s) = t.as_lit() {
+            return quote(&s);
+        }
+        let paths: Vec<String> = t
+            .pieces()
+            .iter()
+            .filter_map(|p| match p {
+                TextPiece::Var(v) => Some(self.var_path(i, v)),
+                TextPiece::Lit(_) => None,
+            })
+            .collect();
+        if let [TextPiece::Var(_)] = t.pieces() {
+            return paths[0].clone();
+        }
+        let mut next = paths.iter();
+        let pieces: Vec<Piece<'_>> = t
+            .pieces()
+            .iter()
+            .map(|p| match p {
+                TextPiece::Lit(s) => Piece::Lit(s),
+                TextPiece::Var(_) => Piece::Arg(next.next().expect("one path per hole")),
+            })
+            .collect();
+        format_n(&pieces)
+    }
+
+    /// Sets `obj[field]` to `t`: a plain string when it has no holes, else `field.$` with its
+    /// expression.
+    fn set(&self, i: usize, obj: &mut Json, field: &str, t: &Text) {
+        match t.as_lit() {
+            Some(s) => obj[field] = json!(s),
+            None => obj[format!("{field}.$")] = json!(self.expr(i, t)),
+        }
+    }
+
     fn step(
         &mut self,
         i: usize,
         def: &'a StepDef,
-        kc: &crate::key::KeyComponents,
+        plan: Option<StepJobs>,
         template: &KeyTemplate,
         next: Option<String>,
     ) {
         let id = def.id.as_str();
-        let inputs: Vec<InputRef> = def
-            .inputs
-            .iter()
-            .map(|(slot, &p)| InputRef {
-                slot: slot.clone(),
-                artifact: self.path(p, "artifact"),
-                via_fsx: matches!(
-                    self.wf.steps[p].step.remote(&self.wf.steps[p].params),
-                    RemoteTask::FsxImport
-                ),
-                dataset: self.wf.steps[p].output == crate::ArtifactType::Dataset,
-            })
-            .collect();
-        let key_expr = template.hash_expr(|slot| {
-            inputs
-                .iter()
-                .find(|r| r.slot == slot)
-                .map(|r| r.artifact.clone())
-                .expect("every key input is an input of the step")
-        });
-        let done = format!("{id}.Done");
-        let failed = format!("{id}.Failed");
-        let remote = def.step.remote(&def.params);
+        let key_expr = template.hash_expr(|slot| self.path(def.inputs[slot], "artifact"));
+        let done = State::Done.of(id);
+        let failed = State::Failed.of(id);
 
-        self.add(
-            format!("{id}.Key"),
-            json!({
-                "Type": "Pass",
-                "Comment": format!("The cache key of step `{id}` ({}), as a local run computes it", def.kind()),
-                "Parameters": { "key.$": key_expr },
-                "ResultPath": format!("$.steps.{}", self.fields[i]),
-                "Next": if matches!(remote, RemoteTask::FsxImport) { done.clone() } else { format!("{id}.Lookup") },
-            }),
-        );
-
-        if let RemoteTask::FsxImport = remote {
-            // Pass-through: the output is the input; the file system is made on consumers' miss paths.
-            let src = inputs
-                .first()
-                .map(|r| r.artifact.clone())
+        let Some(plan) = plan else {
+            // fsx-import: pass-through; the file system is made on consumers' miss paths.
+            self.add(
+                State::Key.of(id),
+                json!({
+                    "Type": "Pass",
+                    "Comment": format!("The cache key of step `{id}` ({}), as a local run computes it", def.kind()),
+                    "Parameters": { "key.$": key_expr },
+                    "ResultPath": format!("$.steps.{}", self.fields[i]),
+                    "Next": done,
+                }),
+            );
+            let src = def
+                .inputs
+                .values()
+                .next()
+                .map(|&p| self.path(p, "artifact"))
                 .expect("fsx-import steps have one input (checked before compiling)");
             self.add(
                 done,
@@ -470,23 +456,28 @@ impl<'a> Compiler<'a> {
             );
             self.finish_step(i, def, template);
             return;
-        }
+        };
+
+        self.add(
+            State::Key.of(id),
+            json!({
+                "Type": "Pass",
+                "Comment": format!("The cache key of step `{id}` ({}), as a local run computes it", def.kind()),
+                "Parameters": { "key.$": key_expr },
+                "ResultPath": format!("$.steps.{}", self.fields[i]),
+                "Next": State::Lookup.of(id),
+            }),
+        );
 
         // Cache lookup: the entry JSON (written last by whoever computed the step) holds the artifact.
-        let fsx_input = inputs
-            .iter()
-            .find(|r| r.via_fsx)
-            .map(|r| r.artifact.clone());
-        let training = matches!(remote, RemoteTask::Training { .. });
-        let miss_next = match (&fsx_input, training) {
-            (Some(_), true) if self.target.fsx.file_system_id.is_some() => {
-                format!("{id}.Fsx.Describe")
-            }
-            (Some(_), true) => format!("{id}.Fsx.Create"),
-            _ => format!("{id}.Run"),
+        let run = State::Run.of(id);
+        let miss_next = match &plan.fsx {
+            Some(f) if f.create.is_none() => State::Fsx(Fsx::Describe).of(id),
+            Some(_) => State::Fsx(Fsx::Create).of(id),
+            None => run.clone(),
         };
         self.add(
-            format!("{id}.Lookup"),
+            State::Lookup.of(id),
             self.get_entry(
                 i,
                 json!([{
@@ -497,102 +488,34 @@ impl<'a> Compiler<'a> {
                 done.clone(),
             ),
         );
+        for u in &plan.uploads {
+            self.push_upload(u.clone());
+        }
 
-        let (params_arg, params_upload) = self.params_arg(def);
-        if let Some(u) = params_upload {
-            self.push_upload(u);
-        }
-        let files_digest = kc.files_digest();
-        if let Some(fd) = &files_digest {
-            let mut text = String::new();
-            for (path, digest) in &kc.files {
-                text.push_str(&format!("{path}\t{digest}\n"));
-                self.push_upload(Upload {
-                    key: self.target.cache.key(&format!("objects/{digest}")),
-                    source: UploadSource::File(self.wf.dir.join(path)),
-                });
-            }
-            self.push_upload(Upload {
-                key: self.target.cache.key(&format!("files/{fd}.txt")),
-                source: UploadSource::Bytes(text.into_bytes()),
-            });
-        }
-        let res = self.target.resources(id);
-        let worker = WorkerArgs {
-            id,
-            key_path: self.path(i, "key"),
-            cache: self.target.cache.uri(),
-            params: params_arg,
-            seed: self.wf.seed,
-            inputs: &inputs,
-            files: files_digest,
-        };
-        let published = format!("{id}.Published");
-        let fsx_created =
-            fsx_input.is_some() && training && self.target.fsx.file_system_id.is_none();
-        let (after_run, run_failed) = if fsx_created {
+        let published = State::Published.of(id);
+        let fsx_created = plan.fsx.as_ref().and_then(|f| f.create.as_ref());
+        let (after_run, run_failed) = if fsx_created.is_some() {
             (
-                format!("{id}.Fsx.Delete"),
-                format!("{id}.Fsx.DeleteAfterError"),
+                State::Fsx(Fsx::Delete).of(id),
+                State::Fsx(Fsx::DeleteAfterError).of(id),
             )
         } else {
             (published.clone(), failed.clone())
         };
-
-        match remote {
-            RemoteTask::Processing {
-                instances,
-                sharded_input,
-            } => {
-                let count = res.instance_count.unwrap_or(instances).max(1);
-                let sharded = sharded_input && count > 1;
-                let commit = format!("{id}.Commit");
-                let job = self.processing_job(
-                    &job_name(id, ""),
-                    def.kind(),
-                    &worker,
-                    ProcessingShape {
-                        instance_type: res.instance_type.as_deref().unwrap_or(PROCESSING_INSTANCE),
-                        count,
-                        volume: res.volume_size_gb.unwrap_or(VOLUME_GB),
-                        max_runtime: res.max_runtime_seconds.unwrap_or(PROCESSING_MAX_RUNTIME),
-                        shard: sharded.then_some(count),
-                        commit: false,
-                    },
-                    if sharded { &commit } else { &after_run },
-                    &run_failed,
-                    i,
-                );
-                self.add(format!("{id}.Run"), job);
-                if sharded {
-                    let job = self.processing_job(
-                        &job_name(id, "c"),
-                        def.kind(),
-                        &worker,
-                        ProcessingShape {
-                            instance_type: COMMIT_INSTANCE,
-                            count: 1,
-                            volume: 30,
-                            max_runtime: COMMIT_MAX_RUNTIME,
-                            shard: Some(count),
-                            commit: true,
-                        },
-                        &after_run,
-                        &run_failed,
-                        i,
-                    );
-                    self.add(commit, job);
-                }
-            }
-            RemoteTask::Training { instances } => {
-                if fsx_input.is_some() {
-                    self.fsx_states(i, id, fsx_input.as_deref().unwrap_or_default(), &failed);
-                }
-                let job =
-                    self.training_job(i, def, &worker, &res, instances, &after_run, &run_failed);
-                self.add(format!("{id}.Run"), job);
-            }
-            RemoteTask::FsxImport => unreachable!("handled above"),
+        if let Some(f) = &plan.fsx {
+            self.fsx_states(i, id, f.create.as_ref(), &failed);
+        }
+        let commit = State::Commit.of(id);
+        let run_next = if plan.commit.is_some() {
+            &commit
+        } else {
+            &after_run
+        };
+        let task = self.job_task(i, &plan.run, run_next, &run_failed);
+        self.add(run, task);
+        if let Some(c) = &plan.commit {
+            let task = self.job_task(i, c, &after_run, &run_failed);
+            self.add(commit, task);
         }
 
         self.add(
@@ -633,14 +556,13 @@ impl<'a> Compiler<'a> {
     }
 
     fn finish_step(&mut self, i: usize, def: &StepDef, template: &KeyTemplate) {
-        let prefix = format!("{}.", def.id);
         let mut states: Vec<String> = self
             .states
             .keys()
-            .filter(|k| k.starts_with(&prefix))
+            .filter(|k| State::parse(k).is_some_and(|(id, _)| id == def.id))
             .cloned()
             .collect();
-        states.sort_by_key(|s| !s.ends_with(".Key"));
+        states.sort_by_key(|s| *s != State::Key.of(&def.id));
         self.steps.push(CompiledStep {
             id: def.id.clone(),
             kind: def.kind().to_string(),
@@ -659,13 +581,17 @@ impl<'a> Compiler<'a> {
 
     /// `s3:getObject` of the step's entry into `$.steps.<f>.found.entry`.
     fn get_entry(&self, i: usize, catch: Json, next: String) -> Json {
+        let mut params = json!({ "Bucket": self.target.cache.bucket });
+        self.set(
+            i,
+            &mut params,
+            "Key",
+            &layout::entry_key(&self.target.cache, Var::Key),
+        );
         json!({
             "Type": "Task",
             "Resource": "arn:aws:states:::aws-sdk:s3:getObject",
-            "Parameters": {
-                "Bucket": self.target.cache.bucket,
-                "Key.$": format1(&format!("{}/entries/", self.target.cache.prefix), &self.path(i, "key"), ".json"),
-            },
+            "Parameters": params,
             "ResultSelector": { "entry.$": "States.StringToJson($.Body)" },
             "ResultPath": self.path(i, "found"),
             "TimeoutSeconds": 60,
@@ -673,24 +599,6 @@ impl<'a> Compiler<'a> {
             "Catch": catch,
             "Next": next,
         })
-    }
-
-    /// `--params`: inline canonical JSON when it fits a container argument, else an uploaded object.
-    fn params_arg(&self, def: &StepDef) -> (String, Option<Upload>) {
-        let json = def.params.canonical_json();
-        if json.len() <= MAX_ARG {
-            return (json, None);
-        }
-        use sha2::Digest as _;
-        let h = hex::encode(sha2::Sha256::digest(json.as_bytes()));
-        let rel = format!("params/{h}.json");
-        (
-            self.target.cache.url(&rel),
-            Some(Upload {
-                key: self.target.cache.key(&rel),
-                source: UploadSource::Bytes(json.into_bytes()),
-            }),
-        )
     }
 
     fn retries(&self) -> Vec<Json> {
@@ -706,219 +614,147 @@ impl<'a> Compiler<'a> {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn processing_job(
-        &self,
-        name_expr: &str,
-        kind: &str,
-        w: &WorkerArgs<'_>,
-        shape: ProcessingShape<'_>,
-        next: &str,
-        failed: &str,
-        i: usize,
-    ) -> Json {
-        let trees = |artifact: &str, sub: &str| {
-            format_n(&[
-                Piece::Lit(&format!("{}/trees/", self.target.cache.uri())),
-                Piece::Arg(artifact),
-                Piece::Lit(&format!("/{sub}")),
-            ])
-        };
-        let input = |name: String, uri: String, local: String, sharded: bool| {
-            json!({
-                "InputName": name,
-                "S3Input": {
-                    "S3Uri.$": uri,
-                    "LocalPath": local,
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                    "S3DataDistributionType": if sharded { "ShardedByS3Key" } else { "FullyReplicated" },
-                },
-            })
-        };
-        let mut inputs = Vec::new();
-        if !shape.commit {
-            for r in w.inputs {
-                let base = format!("/opt/ml/processing/input/{}", r.slot);
-                if shape.shard.is_some() && r.dataset {
-                    inputs.push(input(
-                        format!("{}-images", r.slot),
-                        trees(&r.artifact, "imagesTr/"),
-                        format!("{base}/imagesTr"),
-                        true,
-                    ));
-                    inputs.push(input(
-                        format!("{}-labels", r.slot),
-                        trees(&r.artifact, "labelsTr/"),
-                        format!("{base}/labelsTr"),
-                        false,
-                    ));
-                    inputs.push(input(
-                        format!("{}-meta", r.slot),
-                        trees(&r.artifact, "dataset.json"),
-                        format!("{base}-meta"),
-                        false,
-                    ));
-                } else {
-                    inputs.push(input(r.slot.clone(), trees(&r.artifact, ""), base, false));
+    /// A job as a `.sync` task of the SageMaker integration.
+    fn job_task(&self, i: usize, job: &JobSpec, next: &str, failed: &str) -> Json {
+        let args = format!(
+            "States.Array({})",
+            job.args
+                .iter()
+                .map(|a| self.expr(i, a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let stopping = json!({ "MaxRuntimeInSeconds": job.max_runtime_seconds });
+        let (resource, mut params) = match &job.form {
+            JobForm::Processing { inputs } => {
+                let mut params = json!({
+                    "RoleArn": job.role_arn,
+                    "AppSpecification": {
+                        "ImageUri": job.image_uri,
+                        "ContainerEntrypoint": job.entrypoint,
+                        "ContainerArguments.$": args,
+                    },
+                    "ProcessingResources": { "ClusterConfig": {
+                        "InstanceCount": job.instance_count,
+                        "InstanceType": job.instance_type,
+                        "VolumeSizeInGB": job.volume_size_gb,
+                    }},
+                    "StoppingCondition": stopping,
+                });
+                self.set(i, &mut params, "ProcessingJobName", &job.name);
+                if !inputs.is_empty() {
+                    let inputs: Vec<Json> = inputs
+                        .iter()
+                        .map(|input| {
+                            let mut s3 = json!({
+                                "LocalPath": input.local_path,
+                                "S3DataType": "S3Prefix",
+                                "S3InputMode": "File",
+                                "S3DataDistributionType": if input.sharded { "ShardedByS3Key" } else { "FullyReplicated" },
+                            });
+                            self.set(i, &mut s3, "S3Uri", &input.s3_uri);
+                            json!({ "InputName": input.name, "S3Input": s3 })
+                        })
+                        .collect();
+                    params["ProcessingInputs"] = Json::Array(inputs);
                 }
+                ("createProcessingJob", params)
             }
-        }
-        let (entry, args) = if shape.commit {
-            let mut a = vec![Arg::lit("--kind"), Arg::lit(kind)];
-            a.extend(w.args(shape.shard));
-            (["wf", "worker", "commit"], a)
-        } else {
-            (["wf", "worker", kind], w.args(shape.shard))
+            JobForm::Training {
+                channels,
+                hyperparameters,
+                output_path,
+                checkpoint_uri,
+                vpc,
+            } => {
+                let channels: Vec<Json> = channels
+                    .iter()
+                    .map(|ch| {
+                        let source = match &ch.source {
+                            ChannelSource::Fsx { directory } => {
+                                let mut fs = json!({
+                                    "FileSystemType": "FSxLustre",
+                                    "FileSystemAccessMode": "ro",
+                                });
+                                self.set(i, &mut fs, "FileSystemId", &Text::var(Var::FsxId));
+                                self.set(i, &mut fs, "DirectoryPath", directory);
+                                json!({ "FileSystemDataSource": fs })
+                            }
+                            ChannelSource::S3(uri) => {
+                                let mut s3 = json!({
+                                    "S3DataType": "S3Prefix",
+                                    "S3DataDistributionType": "FullyReplicated",
+                                });
+                                self.set(i, &mut s3, "S3Uri", uri);
+                                json!({ "S3DataSource": s3 })
+                            }
+                        };
+                        json!({ "ChannelName": ch.name, "DataSource": source, "InputMode": "File" })
+                    })
+                    .collect();
+                let mut checkpoint = json!({ "LocalPath": job::CHECKPOINT_DIR });
+                self.set(i, &mut checkpoint, "S3Uri", checkpoint_uri);
+                let mut params = json!({
+                    "RoleArn": job.role_arn,
+                    "AlgorithmSpecification": {
+                        "TrainingImage": job.image_uri,
+                        "TrainingInputMode": "File",
+                        "ContainerEntrypoint": job.entrypoint,
+                        "ContainerArguments.$": args,
+                    },
+                    "HyperParameters": object(hyperparameters),
+                    "InputDataConfig": channels,
+                    "OutputDataConfig": { "S3OutputPath": output_path },
+                    "ResourceConfig": {
+                        "InstanceType": job.instance_type,
+                        "InstanceCount": job.instance_count,
+                        "VolumeSizeInGB": job.volume_size_gb,
+                    },
+                    "StoppingCondition": stopping,
+                    "CheckpointConfig": checkpoint,
+                });
+                self.set(i, &mut params, "TrainingJobName", &job.name);
+                if let Some(v) = vpc {
+                    params["VpcConfig"] = json!({
+                        "Subnets": v.subnets,
+                        "SecurityGroupIds": v.security_group_ids,
+                    });
+                }
+                ("createTrainingJob", params)
+            }
         };
-        let mut params = json!({
-            "ProcessingJobName.$": name_expr,
-            "RoleArn": self.target.role_arn,
-            "AppSpecification": {
-                "ImageUri": self.target.image_uri,
-                "ContainerEntrypoint": entry,
-                "ContainerArguments.$": array_expr(&args),
-            },
-            "ProcessingResources": { "ClusterConfig": {
-                "InstanceCount": shape.count,
-                "InstanceType": shape.instance_type,
-                "VolumeSizeInGB": shape.volume,
-            }},
-            "StoppingCondition": { "MaxRuntimeInSeconds": shape.max_runtime },
-            "Environment": { "WF_STEP": w.id },
-            "Tags": [{ "Key": "wf:step", "Value": w.id }],
-        });
-        if !inputs.is_empty() {
-            params["ProcessingInputs"] = Json::Array(inputs);
-        }
+        params["Environment"] = object(&job.environment);
+        params["Tags"] = tags(&job.tags);
         json!({
             "Type": "Task",
-            "Resource": "arn:aws:states:::sagemaker:createProcessingJob.sync",
+            "Resource": format!("arn:aws:states:::sagemaker:{resource}.sync"),
             "Parameters": params,
             "ResultPath": null,
-            "TimeoutSeconds": shape.max_runtime + JOB_TIMEOUT_SLACK,
+            "TimeoutSeconds": job.max_runtime_seconds + JOB_TIMEOUT_SLACK,
             "Retry": self.retries(),
             "Catch": [{ "ErrorEquals": ["States.ALL"], "ResultPath": self.path(i, "error"), "Next": failed }],
             "Next": next,
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn training_job(
-        &self,
-        i: usize,
-        def: &StepDef,
-        w: &WorkerArgs<'_>,
-        res: &StepResources,
-        instances: u32,
-        next: &str,
-        failed: &str,
-    ) -> Json {
-        let channels: Vec<Json> = w
-            .inputs
-            .iter()
-            .map(|r| {
-                let source = if r.via_fsx {
-                    let dir = if self.target.fsx.file_system_id.is_some() {
-                        format_n(&[Piece::Lit("/"), Piece::Arg(&self.path(i, "fsx.mount")), Piece::Lit("/"), Piece::Arg(&r.artifact)])
-                    } else {
-                        format1("/", &self.path(i, "fsx.mount"), "")
-                    };
-                    json!({ "FileSystemDataSource": {
-                        "FileSystemId.$": self.path(i, "fsx.id"),
-                        "FileSystemType": "FSxLustre",
-                        "FileSystemAccessMode": "ro",
-                        "DirectoryPath.$": dir,
-                    }})
-                } else {
-                    json!({ "S3DataSource": {
-                        "S3DataType": "S3Prefix",
-                        "S3Uri.$": format1(&format!("{}/trees/", self.target.cache.uri()), &r.artifact, "/"),
-                        "S3DataDistributionType": "FullyReplicated",
-                    }})
-                };
-                json!({ "ChannelName": r.slot, "DataSource": source, "InputMode": "File" })
-            })
-            .collect();
-        let hyper: Map<String, Json> = def
-            .params
-            .values()
-            .iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    Json::String(s) => s.clone(),
-                    other => crate::key::canonical_json(other),
-                };
-                (k.clone(), Json::String(s))
-            })
-            .collect();
-        let max_runtime = res.max_runtime_seconds.unwrap_or(TRAINING_MAX_RUNTIME);
-        let mut params = json!({
-            "TrainingJobName.$": job_name(w.id, ""),
-            "RoleArn": self.target.role_arn,
-            "AlgorithmSpecification": {
-                "TrainingImage": self.target.image_uri,
-                "TrainingInputMode": "File",
-                "ContainerEntrypoint": ["wf", "worker", def.kind()],
-                "ContainerArguments.$": array_expr(&w.args(None)),
-            },
-            "HyperParameters": hyper,
-            "InputDataConfig": channels,
-            "OutputDataConfig": { "S3OutputPath": self.target.cache.url("jobs/") },
-            "ResourceConfig": {
-                "InstanceType": res.instance_type.as_deref().unwrap_or(TRAINING_INSTANCE),
-                "InstanceCount": res.instance_count.unwrap_or(instances).max(1),
-                "VolumeSizeInGB": res.volume_size_gb.unwrap_or(VOLUME_GB),
-            },
-            "StoppingCondition": { "MaxRuntimeInSeconds": max_runtime },
-            "CheckpointConfig": {
-                "S3Uri.$": format1(&format!("{}/checkpoints/", self.target.cache.uri()), &self.path(i, "key"), "/"),
-                "LocalPath": "/opt/ml/checkpoints",
-            },
-            "Environment": { "WF_STEP": w.id },
-            "Tags": [{ "Key": "wf:step", "Value": w.id }],
-        });
-        if !self.target.subnets.is_empty() {
-            params["VpcConfig"] = json!({
-                "Subnets": self.target.subnets,
-                "SecurityGroupIds": self.target.security_groups,
-            });
-        }
-        json!({
-            "Type": "Task",
-            "Resource": "arn:aws:states:::sagemaker:createTrainingJob.sync",
-            "Parameters": params,
-            "ResultPath": null,
-            "TimeoutSeconds": max_runtime + JOB_TIMEOUT_SLACK,
-            "Retry": self.retries(),
-            "Catch": [{ "ErrorEquals": ["States.ALL"], "ResultPath": self.path(i, "error"), "Next": failed }],
-            "Next": next,
-        })
-    }
-
-    /// The FSx states on the miss path of training step `i` (docs/cloud.md §7).
-    fn fsx_states(&mut self, i: usize, id: &str, samples: &str, failed: &str) {
-        let fsx = self.target.fsx.clone();
+    /// The FSx states on the miss path of training step `i` (docs/cloud.md §7): describe an existing
+    /// file system, or create one, wait until it is AVAILABLE and delete it after the job.
+    fn fsx_states(&mut self, i: usize, id: &str, create: Option<&FsxCreate>, failed: &str) {
+        let st = |f: Fsx| State::Fsx(f).of(id);
         let catch = |next: &str, member: &str| json!([{ "ErrorEquals": ["States.ALL"], "ResultPath": self.path(i, member), "Next": next }]);
-        let after_error = format!("{id}.Fsx.DeleteAfterError");
-        let describe_ids = match &fsx.file_system_id {
+        let after_error = st(Fsx::DeleteAfterError);
+        let describe_ids = match &self.target.fsx.file_system_id {
             Some(fs) => json!({ "FileSystemIds": [fs] }),
             None => {
                 json!({ "FileSystemIds.$": format!("States.Array({})", self.path(i, "fsx.id")) })
             }
         };
-        let describe_next = if fsx.file_system_id.is_some() {
-            format!("{id}.Fsx.HasMount")
-        } else {
-            format!("{id}.Fsx.Ready")
-        };
-        let describe_fail = if fsx.file_system_id.is_some() {
-            failed
-        } else {
-            after_error.as_str()
+        let (describe_next, describe_fail) = match create {
+            None => (st(Fsx::HasMount), failed.to_string()),
+            Some(_) => (st(Fsx::Ready), after_error.clone()),
         };
         let mut states: Vec<(String, Json)> = vec![(
-            format!("{id}.Fsx.Describe"),
+            st(Fsx::Describe),
             json!({
                 "Type": "Task",
                 "Resource": "arn:aws:states:::aws-sdk:fsx:describeFileSystems",
@@ -928,7 +764,7 @@ impl<'a> Compiler<'a> {
                 "ResultPath": self.path(i, "fsx_desc"),
                 "TimeoutSeconds": 300,
                 "Retry": [retry_fsx()],
-                "Catch": catch(describe_fail, "error"),
+                "Catch": catch(&describe_fail, "error"),
                 "Next": describe_next,
             }),
         )];
@@ -937,82 +773,82 @@ impl<'a> Compiler<'a> {
             self.path(i, "fsx_desc")
         );
         states.push((
-            format!("{id}.Fsx.HasMount"),
+            st(Fsx::HasMount),
             json!({
                 "Type": "Choice",
-                "Choices": [{ "Variable": mount, "IsPresent": true, "Next": format!("{id}.Fsx.Mount") }],
-                "Default": format!("{id}.Fsx.DefaultMount"),
+                "Choices": [{ "Variable": mount, "IsPresent": true, "Next": st(Fsx::Mount) }],
+                "Default": st(Fsx::DefaultMount),
             }),
         ));
         let fs_id = format!("{}.fs.FileSystemId", self.path(i, "fsx_desc"));
+        let run = State::Run.of(id);
         states.push((
-            format!("{id}.Fsx.Mount"),
+            st(Fsx::Mount),
             json!({
                 "Type": "Pass",
                 "Parameters": { "id.$": fs_id, "mount.$": mount },
                 "ResultPath": self.path(i, "fsx"),
-                "Next": format!("{id}.Run"),
+                "Next": run,
             }),
         ));
         states.push((
-            format!("{id}.Fsx.DefaultMount"),
+            st(Fsx::DefaultMount),
             json!({
                 "Type": "Pass",
                 "Comment": "file systems that report no MountName mount as /fsx",
                 "Parameters": { "id.$": fs_id, "mount": "fsx" },
                 "ResultPath": self.path(i, "fsx"),
-                "Next": format!("{id}.Run"),
+                "Next": run,
             }),
         ));
-        if fsx.file_system_id.is_none() {
-            let mut lustre = json!({
-                "DeploymentType": fsx.deployment_type,
-                "ImportPath.$": format1(&format!("{}/trees/", self.target.cache.uri()), samples, "/"),
-            });
-            if let Some(t) = fsx.per_unit_storage_throughput {
+        if let Some(c) = create {
+            let mut lustre = json!({ "DeploymentType": c.deployment_type });
+            self.set(i, &mut lustre, "ImportPath", &c.import_path);
+            if let Some(t) = c.per_unit_storage_throughput {
                 lustre["PerUnitStorageThroughput"] = json!(t);
             }
-            let subnet: Vec<&String> = self.target.subnets.iter().take(1).collect();
+            let mut params = json!({
+                "FileSystemType": "LUSTRE",
+                "StorageCapacity": c.storage_capacity_gb,
+                "SubnetIds": c.subnet_ids,
+                "SecurityGroupIds": c.security_group_ids,
+                "LustreConfiguration": lustre,
+                "Tags": tags(&c.tags),
+            });
+            self.set(i, &mut params, "ClientRequestToken", &c.token);
             states.push((
-                format!("{id}.Fsx.Create"),
+                st(Fsx::Create),
                 json!({
                     "Type": "Task",
                     "Resource": "arn:aws:states:::aws-sdk:fsx:createFileSystem",
-                    "Parameters": {
-                        "ClientRequestToken.$": format1(&format!("{}-", job_prefix(id)), "$$.Execution.Name", ""),
-                        "FileSystemType": "LUSTRE",
-                        "StorageCapacity": fsx.storage_capacity_gb,
-                        "SubnetIds": subnet,
-                        "SecurityGroupIds": self.target.security_groups,
-                        "LustreConfiguration": lustre,
-                        "Tags": [{ "Key": "wf:step", "Value": id }],
-                    },
+                    "Parameters": params,
                     "ResultSelector": { "id.$": "$.FileSystem.FileSystemId", "polls": 0 },
                     "ResultPath": self.path(i, "fsx"),
                     "TimeoutSeconds": 300,
                     "Retry": [retry_fsx()],
                     "Catch": catch(failed, "error"),
-                    "Next": format!("{id}.Fsx.Wait"),
+                    "Next": st(Fsx::Wait),
                 }),
             ));
             states.push((
-                format!("{id}.Fsx.Wait"),
-                json!({ "Type": "Wait", "Seconds": FSX_POLL_SECONDS, "Next": format!("{id}.Fsx.Describe") }),
+                st(Fsx::Wait),
+                json!({ "Type": "Wait", "Seconds": FSX_POLL_SECONDS, "Next": st(Fsx::Describe) }),
             ));
+            let lifecycle = format!("{}.fs.Lifecycle", self.path(i, "fsx_desc"));
             states.push((
-                format!("{id}.Fsx.Ready"),
+                st(Fsx::Ready),
                 json!({
                     "Type": "Choice",
                     "Choices": [
-                        { "Variable": format!("{}.fs.Lifecycle", self.path(i, "fsx_desc")), "StringEquals": "AVAILABLE", "Next": format!("{id}.Fsx.HasMount") },
-                        { "Variable": format!("{}.fs.Lifecycle", self.path(i, "fsx_desc")), "StringEquals": "FAILED", "Next": after_error },
+                        { "Variable": lifecycle, "StringEquals": "AVAILABLE", "Next": st(Fsx::HasMount) },
+                        { "Variable": lifecycle, "StringEquals": "FAILED", "Next": after_error },
                         { "Variable": self.path(i, "fsx.polls"), "NumericGreaterThanEquals": FSX_MAX_POLLS, "Next": after_error },
                     ],
-                    "Default": format!("{id}.Fsx.Poll"),
+                    "Default": st(Fsx::Poll),
                 }),
             ));
             states.push((
-                format!("{id}.Fsx.Poll"),
+                st(Fsx::Poll),
                 json!({
                     "Type": "Pass",
                     "Parameters": {
@@ -1020,7 +856,7 @@ impl<'a> Compiler<'a> {
                         "polls.$": format!("States.MathAdd({}, 1)", self.path(i, "fsx.polls")),
                     },
                     "ResultPath": self.path(i, "fsx"),
-                    "Next": format!("{id}.Fsx.Wait"),
+                    "Next": st(Fsx::Wait),
                 }),
             ));
             let delete = |next: &str| {
@@ -1035,107 +871,12 @@ impl<'a> Compiler<'a> {
                     "Next": next,
                 })
             };
-            states.push((
-                format!("{id}.Fsx.Delete"),
-                delete(&format!("{id}.Published")),
-            ));
-            states.push((after_error.clone(), delete(failed)));
+            states.push((st(Fsx::Delete), delete(&State::Published.of(id))));
+            states.push((after_error, delete(failed)));
         }
         for (name, state) in states {
             self.add(name, state);
         }
-    }
-}
-
-/// Sizes of one processing job.
-struct ProcessingShape<'a> {
-    instance_type: &'a str,
-    count: u32,
-    volume: u32,
-    max_runtime: u32,
-    /// `Some(n)`: a sharded step with n shards (`--shards n`).
-    shard: Option<u32>,
-    /// The commit job of a sharded step.
-    commit: bool,
-}
-
-/// `<prefix>-<execution name>-<retry>` (docs/cloud.md §5); `tag` marks a second job of the step.
-fn job_name(id: &str, tag: &str) -> String {
-    format!(
-        "States.Format('{}-{{}}-{tag}{{}}', $$.Execution.Name, $$.State.RetryCount)",
-        job_prefix(id)
-    )
-}
-
-fn end_or_next(mut state: Json, next: Option<String>) -> Json {
-    match next {
-        Some(n) => state["Next"] = json!(n),
-        None => state["End"] = json!(true),
-    }
-    state
-}
-
-/// One container argument: static text or an intrinsic expression.
-enum Arg {
-    Lit(String),
-    Expr(String),
-}
-
-impl Arg {
-    fn lit(s: &str) -> Arg {
-        Arg::Lit(s.to_string())
-    }
-}
-
-fn array_expr(args: &[Arg]) -> String {
-    let items: Vec<String> = args
-        .iter()
-        .map(|a| match a {
-            Arg::Lit(s) => quote(s),
-            Arg::Expr(e) => e.clone(),
-        })
-        .collect();
-    format!("States.Array({})", items.join(", "))
-}
-
-/// The `wf worker` command line of one step (docs/cloud.md §5).
-struct WorkerArgs<'a> {
-    id: &'a str,
-    key_path: String,
-    cache: String,
-    params: String,
-    seed: u64,
-    inputs: &'a [InputRef],
-    files: Option<String>,
-}
-
-impl WorkerArgs<'_> {
-    fn args(&self, shards: Option<u32>) -> Vec<Arg> {
-        let mut a = vec![
-            Arg::lit("--step"),
-            Arg::lit(self.id),
-            Arg::lit("--key"),
-            Arg::Expr(self.key_path.clone()),
-            Arg::lit("--cache"),
-            Arg::Lit(self.cache.clone()),
-            Arg::lit("--params"),
-            Arg::Lit(self.params.clone()),
-            Arg::lit("--seed"),
-            Arg::Lit(self.seed.to_string()),
-        ];
-        for r in self.inputs {
-            a.push(Arg::lit("--input"));
-            a.push(Arg::Expr(format1(&format!("{}=", r.slot), &r.artifact, "")));
-        }
-        if let Some(f) = &self.files {
-            a.push(Arg::lit("--files"));
-            a.push(Arg::Lit(f.clone()));
-        }
-        if let Some(n) = shards {
-            a.push(Arg::lit("--shards"));
-            a.push(Arg::Lit(n.to_string()));
-        }
-        a
     }
 }
 
@@ -1295,15 +1036,5 @@ mod tests {
                 "t.yaml:8:8: targets.aws is missing `subnets` (FSx for Lustre and training jobs run in a VPC)",
             ]
         );
-    }
-
-    #[test]
-    fn job_prefixes_fit_sagemaker_names() {
-        assert_eq!(job_prefix("fail_train"), "fail-train");
-        let long = job_prefix("a_very_long_step_identifier_beyond_limits");
-        assert_eq!(long.len(), MAX_JOB_PREFIX);
-        assert!(long.starts_with("a-very-long-step-ident-"), "{long}");
-        // The longest job name: prefix, execution name, `-c9`.
-        assert!(long.len() + 1 + MAX_EXECUTION_NAME + 3 <= 63);
     }
 }

@@ -57,15 +57,46 @@ impl KeyComponents {
         s
     }
 
+    /// BLAKE3 of `files_text`, or `None` without declared files.
     pub fn files_digest(&self) -> Option<String> {
         if self.files.is_empty() {
             return None;
         }
+        Some(
+            blake3::hash(self.files_text().as_bytes())
+                .to_hex()
+                .to_string(),
+        )
+    }
+
+    /// The declared files as `<path>\t<file digest>\n` lines, sorted by path: the text whose BLAKE3
+    /// is the `files:` component (and the content of `P/files/<digest>.txt` in the cloud).
+    pub fn files_text(&self) -> String {
         let mut text = String::new();
         for (path, digest) in &self.files {
             text.push_str(&format!("{path}\t{digest}\n"));
         }
-        Some(blake3::hash(text.as_bytes()).to_hex().to_string())
+        text
+    }
+
+    /// Parses `files_text` back, checking it against `digest` (its BLAKE3).
+    pub fn parse_files_text(
+        text: &[u8],
+        digest: &str,
+    ) -> Result<BTreeMap<String, FileDigest>, String> {
+        if blake3::hash(text).to_hex().as_str() != digest {
+            return Err(format!("the declared-files list does not hash to {digest}"));
+        }
+        let text = std::str::from_utf8(text).map_err(|_| "the declared-files list is not UTF-8")?;
+        let mut files = BTreeMap::new();
+        for line in text.lines() {
+            let (path, d) = line
+                .split_once('\t')
+                .and_then(|(p, d)| Some((p.to_string(), FileDigest::from_hex(d)?)))
+                .ok_or_else(|| format!("bad line `{line}` in the declared-files list"))?;
+            files.insert(path, d);
+        }
+        Ok(files)
     }
 
     pub fn key(&self) -> StepKey {

@@ -7,6 +7,7 @@
 
 pub mod artifact;
 pub mod asl;
+pub mod cloud;
 pub mod diag;
 pub mod digest;
 pub mod exec;
@@ -31,7 +32,8 @@ pub use params::{ParamSpec, ParamType, Params};
 pub use registry::Registry;
 pub use remote::{RemoteCache, RemoteError, RemoteExecutor};
 pub use step::{
-    CancelToken, CheckContext, InputArtifact, Progress, RemoteTask, RunContext, Step, StepError,
+    CancelToken, CheckContext, InputArtifact, Item, Merged, Part, Progress, RemoteTask, RunContext,
+    Sharded, Step, StepError,
 };
 pub use store::Store;
 pub use workflow::{LoadError, StepDef, Workflow, load, load_str};

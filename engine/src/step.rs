@@ -45,6 +45,64 @@ pub trait Step: Send + Sync + 'static {
 
     /// How this step runs remotely (SageMaker job, FSx import, ...).
     fn remote(&self, params: &Params) -> RemoteTask;
+
+    /// Whether (and how) the step runs as parts on several instances whose outputs one commit job
+    /// merges (`RemoteTask::Processing { sharded_input: true }`, docs/cloud.md §6).
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        None
+    }
+}
+
+/// A step whose work splits into independent items (the cases of a data set): each instance of a
+/// sharded job runs the items whose input files it was given (`run_part`), and a commit job checks
+/// that the parts cover every item exactly once and adds what spans them all (`merge`). The output
+/// is the same artifact a local `run` makes.
+pub trait Sharded: Send + Sync {
+    /// What an item is called in messages (`case`); the plural adds an `s`.
+    fn item_name(&self) -> &'static str {
+        "item"
+    }
+
+    /// Runs the items whose input files `cx` holds, writing their files into `cx.out_dir`.
+    fn run_part(&self, cx: &RunContext<'_>) -> Result<Part, StepError>;
+
+    /// Every item id the parts must cover together, in output order, read from the sharded input's
+    /// files (`read` returns one by its path in the input artifact).
+    fn items(
+        &self,
+        params: &Params,
+        read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Vec<String>, StepError>;
+
+    /// The files only the whole output holds (e.g. an index), from every part's items in the order
+    /// `items` gave.
+    fn merge(&self, params: &Params, seed: u64, part: Part) -> Result<Merged, StepError>;
+}
+
+/// One item of a part: done (with the output files it wrote) or skipped (with the reason).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Item {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The items a part (or, merged, all parts) processed and skipped.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    pub done: Vec<Item>,
+    pub skipped: Vec<Item>,
+}
+
+/// What `Sharded::merge` adds to the merged output.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// (path in the output, contents).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Warnings stored with the output (e.g. skipped items).
+    pub warnings: Vec<String>,
 }
 
 /// What `check` may look at besides the params.

@@ -1,10 +1,61 @@
-//! Structure of `targets:` blocks. Only key names and value types are checked here; whether a target
-//! has everything a compile needs is checked by the compiler for that target.
+//! `targets:` blocks, parsed once at load into typed settings that keep their positions. Only key
+//! names and value types are checked here; whether a target has everything a compile needs is
+//! checked by the compiler for that target (`cloud::AwsTarget::resolve`), with these positions.
 
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostics, Span};
 use crate::params::{ParamType, convert};
 use crate::workflow::check_keys;
 use crate::yaml::Node;
+use serde_json::Value as Json;
+
+/// A value and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// The `targets:` of a workflow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Targets {
+    pub aws: Option<AwsSettings>,
+}
+
+/// `targets.aws` as written: every key optional, typed, positioned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AwsSettings {
+    /// The `aws:` block itself.
+    pub span: Span,
+    pub region: Option<Spanned<String>>,
+    pub role_arn: Option<Spanned<String>>,
+    pub image_uri: Option<Spanned<String>>,
+    pub bucket: Option<Spanned<String>>,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub state_machine_name: Option<Spanned<String>>,
+    pub fsx: Option<FsxBlock>,
+    /// `targets.aws.steps.<id>`, in file order.
+    pub steps: Vec<(Spanned<String>, StepResources)>,
+}
+
+/// `targets.aws.fsx` as written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FsxBlock {
+    pub span: Span,
+    pub file_system_id: Option<String>,
+    pub storage_capacity_gb: Option<u32>,
+    pub deployment_type: Option<Spanned<String>>,
+    pub per_unit_storage_throughput: Option<u32>,
+}
+
+/// `targets.aws.steps.<id>`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepResources {
+    pub instance_type: Option<String>,
+    pub instance_count: Option<u32>,
+    pub volume_size_gb: Option<u32>,
+    pub max_runtime_seconds: Option<u32>,
+}
 
 static STR_LIST: ParamType = ParamType::List(&ParamType::Str);
 
@@ -50,44 +101,112 @@ const AWS_FSX_KEYS: &[(&str, &ParamType)] = &[
     ),
 ];
 
-fn check_typed(
-    node: &Node,
-    schema: &[(&str, &ParamType)],
-    extra: &[&str],
-    context: &str,
-    diags: &mut Diagnostics,
-) {
-    let Some(entries) = node.as_map() else {
-        diags.error(
-            node.span,
-            format!("{context} expects a mapping, found {}", node.describe()),
-        );
-        return;
-    };
-    let mut allowed: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
-    allowed.extend_from_slice(extra);
-    check_keys(node, &allowed, context, diags);
-    for (k, v) in entries {
-        if let Some((_, ty)) = schema.iter().find(|(name, _)| *name == k.name) {
-            convert(ty, v, &format!("{context}: `{}`", k.name), diags);
+/// The keys of one mapping, checked against `schema` (+ `extra` keys handled by the caller):
+/// each valid value as JSON with its position.
+struct Block<'a> {
+    values: Vec<(&'a str, Json, Span)>,
+}
+
+impl Block<'_> {
+    fn check<'n>(
+        node: &'n Node,
+        schema: &[(&str, &ParamType)],
+        extra: &[&str],
+        context: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<Block<'n>> {
+        let Some(entries) = node.as_map() else {
+            diags.error(
+                node.span,
+                format!("{context} expects a mapping, found {}", node.describe()),
+            );
+            return None;
+        };
+        let mut allowed: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
+        allowed.extend_from_slice(extra);
+        check_keys(node, &allowed, context, diags);
+        let mut values = Vec::new();
+        for (k, v) in entries {
+            if let Some((_, ty)) = schema.iter().find(|(name, _)| *name == k.name)
+                && let Some(json) = convert(ty, v, &format!("{context}: `{}`", k.name), diags)
+            {
+                values.push((k.name.as_str(), json, v.span));
+            }
         }
+        Some(Block { values })
+    }
+
+    fn get(&self, key: &str) -> Option<(&Json, Span)> {
+        self.values
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, v, s)| (v, *s))
+    }
+
+    /// A non-empty string.
+    fn str(&self, key: &str) -> Option<Spanned<String>> {
+        let (v, span) = self.get(key)?;
+        let s = v.as_str().filter(|s| !s.is_empty())?;
+        Some(Spanned {
+            value: s.to_string(),
+            span,
+        })
+    }
+
+    fn u32(&self, key: &str) -> Option<u32> {
+        self.get(key)
+            .and_then(|(v, _)| v.as_u64())
+            .and_then(|n| u32::try_from(n).ok())
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.get(key)
+            .and_then(|(v, _)| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Json::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
-/// Checks `targets.aws`.
-pub fn check_aws(node: &Node, diags: &mut Diagnostics) {
-    check_typed(node, AWS_KEYS, &["steps", "fsx"], "targets.aws", diags);
+/// Parses `targets.aws`; problems go to `diags` (all of them), and what is valid is kept.
+pub fn parse_aws(node: &Node, diags: &mut Diagnostics) -> AwsSettings {
+    let mut out = AwsSettings {
+        span: node.span,
+        ..AwsSettings::default()
+    };
+    let Some(block) = Block::check(node, AWS_KEYS, &["steps", "fsx"], "targets.aws", diags) else {
+        return out;
+    };
+    out.region = block.str("region");
+    out.role_arn = block.str("role_arn");
+    out.image_uri = block.str("image_uri");
+    out.bucket = block.str("bucket");
+    out.subnets = block.list("subnets");
+    out.security_groups = block.list("security_groups");
+    out.state_machine_name = block.str("state_machine_name");
     if let Some(steps) = node.get("steps") {
         match steps.as_map() {
             Some(entries) => {
                 for (k, v) in entries {
-                    check_typed(
-                        v,
-                        AWS_STEP_KEYS,
-                        &[],
-                        &format!("targets.aws.steps.{}", k.name),
-                        diags,
-                    );
+                    let context = format!("targets.aws.steps.{}", k.name);
+                    let Some(b) = Block::check(v, AWS_STEP_KEYS, &[], &context, diags) else {
+                        continue;
+                    };
+                    let resources = StepResources {
+                        instance_type: b.str("instance_type").map(|s| s.value),
+                        instance_count: b.u32("instance_count"),
+                        volume_size_gb: b.u32("volume_size_gb"),
+                        max_runtime_seconds: b.u32("max_runtime_seconds"),
+                    };
+                    let id = Spanned {
+                        value: k.name.clone(),
+                        span: k.span,
+                    };
+                    out.steps.push((id, resources));
                 }
             }
             None => diags.error(
@@ -99,7 +218,60 @@ pub fn check_aws(node: &Node, diags: &mut Diagnostics) {
             ),
         }
     }
-    if let Some(fsx) = node.get("fsx") {
-        check_typed(fsx, AWS_FSX_KEYS, &[], "targets.aws.fsx", diags);
+    if let Some(fsx) = node.get("fsx")
+        && let Some(b) = Block::check(fsx, AWS_FSX_KEYS, &[], "targets.aws.fsx", diags)
+    {
+        out.fsx = Some(FsxBlock {
+            span: fsx.span,
+            file_system_id: b.str("file_system_id").map(|s| s.value),
+            storage_capacity_gb: b.u32("storage_capacity_gb"),
+            deployment_type: b.str("deployment_type"),
+            per_unit_storage_throughput: b.u32("per_unit_storage_throughput"),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (AwsSettings, Vec<String>) {
+        let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));
+        let root = crate::yaml::parse(text, &mut diags).unwrap();
+        let s = parse_aws(root.get("aws").unwrap(), &mut diags);
+        (
+            s,
+            diags.into_sorted().iter().map(|d| d.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn typed_with_positions() {
+        let (s, errs) = parse(
+            "aws:\n  region: us-east-1\n  subnets: [a, b]\n  bucket: ''\n  steps:\n    train: { instance_count: 2 }\n  fsx: { deployment_type: PERSISTENT_1 }\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(s.region.as_ref().unwrap().value, "us-east-1");
+        assert_eq!(s.region.unwrap().span, Span::new(2, 11));
+        assert_eq!(s.subnets, ["a", "b"]);
+        assert_eq!(s.bucket, None, "an empty string is no setting");
+        assert_eq!(s.steps[0].0.value, "train");
+        assert_eq!(s.steps[0].0.span, Span::new(6, 5));
+        assert_eq!(s.steps[0].1.instance_count, Some(2));
+        let fsx = s.fsx.unwrap();
+        assert_eq!(fsx.deployment_type.unwrap().value, "PERSISTENT_1");
+    }
+
+    #[test]
+    fn wrong_types_and_keys_are_reported_and_dropped() {
+        let (s, errs) =
+            parse("aws:\n  region: 3\n  regoin: x\n  steps:\n    train: { instance_count: 0 }\n");
+        assert_eq!(s.region, None);
+        assert_eq!(s.steps[0].1.instance_count, None);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("t.yaml:2:11: targets.aws: `region` expects"));
+        assert!(errs[1].contains("3:3") && errs[1].contains("regoin"));
+        assert!(errs[2].contains("instance_count"));
     }
 }

@@ -47,8 +47,8 @@ pub struct Workflow {
     pub cache: Option<(String, Span)>,
     /// Steps in a deterministic topological order (file order among independent steps).
     pub steps: Vec<StepDef>,
-    /// `targets:` as JSON, each target validated by its own module.
-    pub targets: BTreeMap<String, (serde_json::Value, Node)>,
+    /// `targets:`, typed at load (`targets.rs`).
+    pub targets: crate::targets::Targets,
     graph: DiGraph<usize, String>,
 }
 
@@ -244,7 +244,7 @@ fn validate(
             None
         }
     });
-    let mut targets = BTreeMap::new();
+    let mut targets = crate::targets::Targets::default();
     if let Some(t) = root.get("targets") {
         match t.as_map() {
             Some(entries) => {
@@ -257,9 +257,8 @@ fn validate(
                             ["aws"],
                         );
                     } else {
-                        crate::targets::check_aws(v, diags);
+                        targets.aws = Some(crate::targets::parse_aws(v, diags));
                     }
-                    targets.insert(k.name.clone(), (params::to_json(v), v.clone()));
                 }
             }
             None => diags.error(

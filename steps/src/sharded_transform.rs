@@ -22,13 +22,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wf_engine::params::{ParamType, to_json};
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, FileDigest, ParamSpec, Params, RemoteTask, RunContext,
-    Slots, Step, StepError,
+    ArtifactType, CheckContext, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params, Part,
+    RemoteTask, RunContext, Sharded, Slots, Step, StepError,
 };
 use wf_imaging::sample::{
     PREFIX_COPY, Sample, SampleDtype, SampleFile, write_sample, write_sample_as,
 };
-use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, LabelConvention, TransformSpec};
+use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, TransformSpec};
 use wf_imaging::{Rng, sample_seed};
 
 pub struct ShardedTransform;
@@ -89,32 +89,7 @@ struct TransformParams {
 /// name its own convention.
 fn chain(params: &Params) -> Result<Chain, String> {
     let p: TransformParams = params.decode().map_err(|e| e.to_string())?;
-    build_chain(&p.transforms, &p.labels)
-}
-
-/// A chain from the YAML list of transforms (as JSON) and a label convention name (`wf transform`
-/// uses this too, so the command line and the step build chains the same way).
-pub fn build_chain(transforms: &Json, labels: &str) -> Result<Chain, String> {
-    let convention: LabelConvention = serde_json::from_value(Json::String(labels.to_string()))
-        .map_err(|e| format!("labels: {e}"))?;
-    let items = transforms.as_array().ok_or("`transforms` must be a list")?;
-    let mut specs = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let mut spec: TransformSpec =
-            serde_json::from_value(item.clone()).map_err(|e| format!("transforms[{i}]: {e}"))?;
-        let explicit = item
-            .get("convert-labels")
-            .and_then(|v| v.get("labels"))
-            .is_some();
-        if let (TransformSpec::ConvertLabels(c), false) = (&mut spec, explicit) {
-            c.labels = convention;
-        }
-        specs.push(spec);
-    }
-    if !matches!(specs.first(), Some(TransformSpec::Load(_))) {
-        return Err("the chain must start with `load`".into());
-    }
-    Chain::new(specs).map_err(|e| e.to_string())
+    Chain::build(&p.transforms, &p.labels)
 }
 
 impl Step for ShardedTransform {
@@ -168,10 +143,14 @@ impl Step for ShardedTransform {
     }
 
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
-        let (cases, skipped) = process_cases(cx, None)?;
-        let index = index_json(cx.params, cx.seed, cases, skipped)?;
+        let part = process_cases(cx, None)?;
+        let index = index_json(cx.params, cx.seed, part)?;
         std::fs::write(cx.out_dir.join("index.json"), index)?;
         Ok(())
+    }
+
+    fn sharded(&self) -> Option<&dyn Sharded> {
+        Some(self)
     }
 
     fn remote(&self, params: &Params) -> RemoteTask {
@@ -187,18 +166,63 @@ impl Step for ShardedTransform {
     }
 }
 
-/// One output case of `index.json`: `{"id", "files"}` (processed) or `{"id", "error"}` (skipped).
-pub type CaseRecord = Json;
+/// In the cloud, each instance of a sharded job processes the cases whose image it was given, and
+/// the commit job writes `index.json` from every instance's records (docs/cloud.md §6): the same
+/// artifact as a local run.
+impl Sharded for ShardedTransform {
+    fn item_name(&self) -> &'static str {
+        "case"
+    }
+
+    fn run_part(&self, cx: &RunContext<'_>) -> Result<Part, StepError> {
+        let input = cx
+            .inputs
+            .get("dataset")
+            .ok_or_else(|| StepError::new("missing input `dataset`"))?;
+        let have = |image: &str| input.path.join(image).is_file();
+        process_cases(cx, Some(&have))
+    }
+
+    fn items(
+        &self,
+        _params: &Params,
+        read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Vec<String>, StepError> {
+        let text = read("dataset.json").map_err(StepError::new)?;
+        Ok(parse_cases(&String::from_utf8_lossy(&text), Path::new(""))?
+            .into_iter()
+            .map(|(src, _, _)| src.id)
+            .collect())
+    }
+
+    fn merge(&self, params: &Params, seed: u64, part: Part) -> Result<Merged, StepError> {
+        let warnings = part
+            .skipped
+            .iter()
+            .map(|c| {
+                format!(
+                    "skipped case {}: {}",
+                    c.id,
+                    c.error.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        let index = index_json(params, seed, part)?;
+        Ok(Merged {
+            files: vec![("index.json".to_string(), index.into_bytes())],
+            warnings,
+        })
+    }
+}
 
 /// Processes the data set's cases into `cx.out_dir` (sample files only; no `index.json`): every case,
 /// or those whose image path (relative to the data set, e.g. `imagesTr/x.nii.gz`) `only` admits (a
-/// shard of a sharded job, docs/cloud.md §6). Returns the processed and the skipped cases, each in
-/// `dataset.json` order.
-#[allow(clippy::type_complexity)]
-pub fn process_cases(
+/// shard of a sharded job). Returns the processed and the skipped cases, each in `dataset.json`
+/// order.
+fn process_cases(
     cx: &RunContext<'_>,
     only: Option<&(dyn Fn(&str) -> bool + Sync)>,
-) -> Result<(Vec<CaseRecord>, Vec<CaseRecord>), StepError> {
+) -> Result<Part, StepError> {
     let p: TransformParams = cx
         .params
         .decode()
@@ -278,18 +302,25 @@ pub fn process_cases(
         return Err(StepError::new("interrupted"));
     }
 
-    let mut index_cases = Vec::new();
-    let mut skipped = Vec::new();
+    let mut part = Part::default();
     for ((src, _, _), r) in cases.iter().zip(results) {
         match r
             .into_inner()
             .expect("no panics")
             .expect("every case processed")
         {
-            Ok(files) => index_cases.push(json!({ "id": src.id, "files": files })),
+            Ok(files) => part.done.push(Item {
+                id: src.id.clone(),
+                files,
+                error: None,
+            }),
             Err(e) if skip => {
                 cx.progress.warn(&format!("skipped case {}: {e}", src.id));
-                skipped.push(json!({ "id": src.id, "error": e }));
+                part.skipped.push(Item {
+                    id: src.id.clone(),
+                    files: Vec::new(),
+                    error: Some(e),
+                });
             }
             Err(e) => {
                 return Err(StepError::new(format!("case {}: {e}", src.id))
@@ -297,17 +328,16 @@ pub fn process_cases(
             }
         }
     }
-    Ok((index_cases, skipped))
+    Ok(part)
 }
 
 /// The text of `index.json` for the processed and skipped cases (in `dataset.json` order): what a
 /// local run writes, and what the commit job of a sharded run writes from the shards' records.
-pub fn index_json(
-    params: &Params,
-    seed: u64,
-    cases: Vec<CaseRecord>,
-    skipped: Vec<CaseRecord>,
-) -> Result<String, StepError> {
+fn index_json(params: &Params, seed: u64, part: Part) -> Result<String, StepError> {
+    let Part {
+        done: cases,
+        skipped,
+    } = part;
     let p: TransformParams = params
         .decode()
         .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
@@ -327,15 +357,6 @@ pub fn index_json(
         "skipped": skipped,
     });
     Ok(serde_json::to_string_pretty(&index).expect("json"))
-}
-
-/// The training cases of a `dataset.json` as (case id, image path relative to the data set), in
-/// order: the ids `index.json` uses.
-pub fn dataset_cases(dataset_json: &str) -> Result<Vec<(String, String)>, StepError> {
-    Ok(parse_cases(dataset_json, Path::new(""))?
-        .into_iter()
-        .map(|(src, image, _)| (src.id, image))
-        .collect())
 }
 
 trait WithHint {

@@ -520,6 +520,33 @@ impl Chain {
         Chain::new(specs)
     }
 
+    /// A chain as a workflow writes it (a `sharded-transform` step, `wf transform`): the list of
+    /// transforms (as JSON) and the step's label convention, which applies to every
+    /// `convert-labels` that does not name its own. The chain must start with `load`.
+    pub fn build(transforms: &serde_json::Value, labels: &str) -> Result<Self, String> {
+        let convention: LabelConvention =
+            serde_json::from_value(serde_json::Value::String(labels.to_string()))
+                .map_err(|e| format!("labels: {e}"))?;
+        let items = transforms.as_array().ok_or("`transforms` must be a list")?;
+        let mut specs = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let mut spec: TransformSpec = serde_json::from_value(item.clone())
+                .map_err(|e| format!("transforms[{i}]: {e}"))?;
+            let explicit = item
+                .get("convert-labels")
+                .and_then(|v| v.get("labels"))
+                .is_some();
+            if let (TransformSpec::ConvertLabels(c), false) = (&mut spec, explicit) {
+                c.labels = convention;
+            }
+            specs.push(spec);
+        }
+        if !matches!(specs.first(), Some(TransformSpec::Load(_))) {
+            return Err("the chain must start with `load`".into());
+        }
+        Chain::new(specs).map_err(|e| e.to_string())
+    }
+
     pub fn specs(&self) -> &[TransformSpec] {
         &self.specs
     }
