@@ -15,5 +15,8 @@ pub mod sample;
 pub mod synth;
 pub mod transforms;
 
+#[cfg(test)]
+pub(crate) mod testdata;
+
 pub use error::ImagingError;
 pub use rng::{Rng, sample_seed};

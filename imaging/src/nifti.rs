@@ -953,26 +953,16 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImagingError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::{monai_file, monai_manifest};
 
-    fn reference() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
-    }
-
-    fn manifest() -> serde_json::Value {
-        let p = reference().join("golden/manifest.json");
-        serde_json::from_slice(&std::fs::read(p).expect("manifest")).expect("json")
-    }
-
-    /// Every input of the reference set loads with nibabel's shape, dtype and affine.
+    /// Every input of the MONAI reference data loads with nibabel's shape, dtype and affine.
     #[test]
     fn reference_inputs_match_manifest() {
-        let m = manifest();
+        let m = monai_manifest();
         let mut seen = 0;
         for case in m["cases"].as_array().unwrap() {
             let inp = &case["inputs"]["image"];
-            let path = reference()
-                .join("inputs")
-                .join(inp["path"].as_str().unwrap());
+            let path = monai_file(Path::new("inputs").join(inp["path"].as_str().unwrap()));
             let img = read_nifti(&path).unwrap_or_else(|e| panic!("{e}"));
             let shape: Vec<usize> = inp["nib_shape"]
                 .as_array()

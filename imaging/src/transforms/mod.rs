@@ -815,12 +815,11 @@ mod tests {
     /// replaying the recorded draws reproduces it; the loader path (prefix → sample file → suffix) agrees.
     #[test]
     fn suffix_is_deterministic_and_replayable() {
-        let inputs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/inputs/synth_tiny");
+        use crate::testdata::monai_file;
         let src = CaseSource {
             id: "BRATS_001".into(),
-            image: inputs.join("imagesTr/BRATS_001.nii.gz"),
-            label: Some(inputs.join("labelsTr/BRATS_001.nii.gz")),
+            image: monai_file("inputs/synth_tiny/imagesTr/BRATS_001.nii.gz"),
+            label: Some(monai_file("inputs/synth_tiny/labelsTr/BRATS_001.nii.gz")),
         };
         let chain = seed_chain();
         let prefix = chain.run_prefix(&src).unwrap();

@@ -1,21 +1,14 @@
-//! MONAI 1.6.1 parity: every golden case of `shared/reference` through the native chain, compared stage
-//! by stage (shapes, affines, images relative to the golden value range, labels voxel for voxel).
+//! MONAI 1.6.1 parity: every golden case of the reference data (`tests/data/monai-1.6.1`) through the
+//! native chain, compared stage by stage (shapes, affines, images relative to the golden value range,
+//! labels voxel for voxel). Which intermediate stages a case has comes from its `files` in the manifest.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
 use super::npy;
 use super::*;
-
-fn reference() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
-}
-
-fn manifest() -> Value {
-    serde_json::from_slice(&std::fs::read(reference().join("golden/manifest.json")).unwrap())
-        .unwrap()
-}
+use crate::testdata::{golden_array, monai_file, monai_manifest};
 
 fn affine_of(v: &Value) -> Affine {
     let mut a = [[0.0; 4]; 4];
@@ -92,10 +85,52 @@ struct Report {
     worst: f64,
 }
 
-fn check_stage(rep: &mut Report, name: &str, dir: &Path, stage: &str, case: &Case, meta: &Value) {
-    let img_path = dir.join(format!("{stage}_image.npy"));
-    if img_path.exists() {
-        let g = npy::read(&img_path).unwrap();
+/// The golden arrays one case lists (`files`), by path relative to the data root.
+struct Golden<'a> {
+    dir: String,
+    files: Vec<&'a str>,
+}
+
+impl<'a> Golden<'a> {
+    fn of(c: &'a Value) -> Self {
+        Golden {
+            dir: format!(
+                "golden/{}/{}",
+                c["group"].as_str().unwrap(),
+                c["case"].as_str().unwrap()
+            ),
+            files: c["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect(),
+        }
+    }
+
+    /// `<stem>.npy.gz` of this case, if the manifest lists it.
+    fn array(&self, stem: &str) -> Option<npy::Npy> {
+        let rel = format!("{}/{stem}.npy.gz", self.dir);
+        self.files
+            .contains(&rel.as_str())
+            .then(|| golden_array(&rel))
+    }
+}
+
+fn check_stage(
+    rep: &mut Report,
+    name: &str,
+    golden: &Golden,
+    stage: &str,
+    case: &Case,
+    meta: &Value,
+) {
+    let image = golden.array(&format!("{stage}_image"));
+    assert!(
+        image.is_some() || stage != "final",
+        "{name}: the manifest lists no final image"
+    );
+    if let Some(g) = image {
         let shape = case.image.shape.to_vec();
         assert_eq!(g.shape, shape, "{name} {stage} image shape");
         let (err, n) = image_error(&case.image.data, &g.data, &|_| false);
@@ -108,9 +143,11 @@ fn check_stage(rep: &mut Report, name: &str, dir: &Path, stage: &str, case: &Cas
             "{name} {stage}: image error {err:e} over {TOL:e}"
         );
     }
-    let lab_path = dir.join(format!("{stage}_label.npy"));
-    if lab_path.exists() && case.label.is_some() {
-        let g = npy::read(&lab_path).unwrap();
+    if let Some(g) = golden.array(&format!("{stage}_label")) {
+        assert!(
+            case.label.is_some(),
+            "{name} {stage}: golden labels but no label"
+        );
         let n = label_mismatches(regions(case), &g);
         rep.lines
             .push(format!("{name} {stage}: label mismatches {n}"));
@@ -131,11 +168,9 @@ fn check_stage(rep: &mut Report, name: &str, dir: &Path, stage: &str, case: &Cas
 }
 
 fn run_prefix(c: &Value) -> (Case, Spacing) {
-    let inputs = reference().join("inputs");
-    let img = inputs.join(c["inputs"]["image"]["path"].as_str().unwrap());
-    let lab = c["inputs"]
-        .get("label")
-        .map(|l| inputs.join(l["path"].as_str().unwrap()));
+    let input = |v: &Value| monai_file(Path::new("inputs").join(v["path"].as_str().unwrap()));
+    let img = input(&c["inputs"]["image"]);
+    let lab = c["inputs"].get("label").map(input);
     let pixdim = c["transforms"]
         .as_array()
         .unwrap()
@@ -174,7 +209,7 @@ fn run_prefix(c: &Value) -> (Case, Spacing) {
 
 #[test]
 fn golden_cases_match_monai() {
-    let m = manifest();
+    let m = monai_manifest();
     let mut rep = Report {
         lines: vec![],
         worst: 0.0,
@@ -183,16 +218,11 @@ fn golden_cases_match_monai() {
     for c in m["cases"].as_array().unwrap() {
         let group = c["group"].as_str().unwrap();
         let name = format!("{group}/{}", c["case"].as_str().unwrap());
-        let dir = reference()
-            .join("golden")
-            .join(group)
-            .join(c["case"].as_str().unwrap());
+        let golden = Golden::of(c);
         let before = rep.worst;
         rep.worst = 0.0;
         let (case, spacing) = run_prefix(c);
-        let conv = dir.join("label_converted_uint8.npy");
-        if conv.exists() {
-            let g = npy::read(&conv).unwrap();
+        if let Some(g) = golden.array("label_converted_uint8") {
             let mut c_order = case.clone();
             c_order.to_c_order();
             assert_eq!(
@@ -205,7 +235,7 @@ fn golden_cases_match_monai() {
         check_stage(
             &mut rep,
             &name,
-            &dir,
+            &golden,
             "after_spacing",
             &case,
             &c["after_spacing"],
@@ -214,7 +244,7 @@ fn golden_cases_match_monai() {
         check_stage(
             &mut rep,
             &name,
-            &dir,
+            &golden,
             "after_orientation",
             &case,
             &c["after_orientation"],
@@ -225,7 +255,7 @@ fn golden_cases_match_monai() {
         }
         .apply(case)
         .unwrap();
-        check_stage(&mut rep, &name, &dir, "final", &case, &c["final"]);
+        check_stage(&mut rep, &name, &golden, "final", &case, &c["final"]);
         assert_affine(
             &format!("{name} final"),
             &case.affine,
@@ -243,7 +273,7 @@ fn golden_cases_match_monai() {
 
 #[test]
 fn random_chain_replays_match_monai() {
-    let m = manifest();
+    let m = monai_manifest();
     let by_case: std::collections::HashMap<&str, &Value> = m["cases"]
         .as_array()
         .unwrap()
@@ -303,14 +333,13 @@ fn random_chain_replays_match_monai() {
             ],
         };
         let out = chain.replay_suffix(case, &drawn).unwrap();
-        let dir = reference().join("golden/random_chain").join(id);
-        let g = npy::read(&dir.join("random_chain_image.npy")).unwrap();
+        let g = golden_array(rc["outputs"]["image"]["file"].as_str().unwrap());
         assert_eq!(g.shape, out.image.shape.to_vec());
         let (err, n) = image_error(&out.image.data, &g.data, &|_| false);
         eprintln!("random_chain/{id}: image max rel err {err:.3e} ({n} voxels not bit-identical)");
         worst = worst.max(err);
         assert!(err < TOL, "random_chain/{id}: {err:e}");
-        let gl = npy::read(&dir.join("random_chain_label.npy")).unwrap();
+        let gl = golden_array(rc["outputs"]["label"]["file"].as_str().unwrap());
         assert_eq!(
             label_mismatches(regions(&out), &gl),
             0,

@@ -719,13 +719,14 @@ mod tests {
     /// Orientation then resampling back onto the original grid restores the labels exactly.
     #[test]
     fn resample_back_inverts_orientation() {
+        use crate::testdata::monai_file;
         use crate::transforms::{CaseSource, ConvertLabels, EnsureChannelFirst, Load, Orientation};
-        let inputs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/inputs/synth_tiny_lps");
         let src = CaseSource {
             id: "BRATS_101".into(),
-            image: inputs.join("imagesTr/BRATS_101.nii.gz"),
-            label: Some(inputs.join("labelsTr/BRATS_101.nii.gz")),
+            image: monai_file("inputs/synth_tiny_lps/imagesTr/BRATS_101.nii.gz"),
+            label: Some(monai_file(
+                "inputs/synth_tiny_lps/labelsTr/BRATS_101.nii.gz",
+            )),
         };
         let mut case = ConvertLabels::default()
             .apply(
