@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Builds, on this (GPU-less) machine, everything one visit to a GPU machine runs, into gpu-bundle/
-# (git-ignored; pass it to the device tool's `carry`). Then, on the GPU machine:
-#   scripts/gpu-check.sh "$OUT"
-# Contents (stripped, gzipped: the device tool carries at most 64 MiB):
+# Builds everything one run of scripts/gpu-check.sh on a GPU machine needs, into gpu-bundle/
+# (git-ignored). It builds on a machine without a GPU or a CUDA toolkit, with the toolchain of
+# scripts/cuda-toolchain.sh (set up on first use). Copy the repository checkout with gpu-bundle/ to the
+# GPU machine, which needs no Rust, CUDA toolkit or network, then run there:
+#   scripts/gpu-check.sh OUT
+# Contents (stripped and gzipped, about 35 MB):
 #   wf         the CLI with --features gpu (CUDA, cuDNN convolutions, NCCL data parallel)
 #   gpu_check  wf-trainer's GPU checks (trainer/examples/gpu_check.rs)
 #   loader     the loader benchmark (benches/loader.rs; CPU code, it runs `wf` through WF_BIN)
-#   run-on-gpu.sh  ../shared/cuda/run-on-gpu.sh (CUDA libraries from the machine's PyTorch wheels)
+#   run-on-gpu.sh  scripts/run-on-gpu.sh (CUDA libraries from the machine's PyTorch wheels)
 # First build ~15 min on 2 cores (candle's kernels through nvcc), later ones minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-# shellcheck source=/dev/null
-source ../shared/cuda/setup-toolchain.sh >/dev/null
+# shellcheck source=scripts/cuda-toolchain.sh
+source scripts/cuda-toolchain.sh "${WF_CUDA_DIR:-}" >/dev/null
 cuda_target=${WF_CUDA_TARGET_DIR:-$root/target-cuda}
 CARGO_TARGET_DIR=$cuda_target cargo build --release --locked --features gpu --bin wf
 CARGO_TARGET_DIR=$cuda_target cargo build --release --locked -p wf-trainer --features cudnn,nccl --example gpu_check
@@ -29,7 +31,7 @@ for pair in "wf:$cuda_target/release/wf" "gpu_check:$cuda_target/release/example
   strip -o "gpu-bundle/$name" "$path"
   gzip -9 "gpu-bundle/$name"
 done
-cp ../shared/cuda/run-on-gpu.sh gpu-bundle/
+cp scripts/run-on-gpu.sh gpu-bundle/
 git rev-parse HEAD > gpu-bundle/REVISION
 git status --porcelain | grep -q . && echo "(uncommitted changes)" >> gpu-bundle/REVISION
 du -sh gpu-bundle

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One visit to a GPU machine (H100/H200, CUDA driver, PyTorch's CUDA 13 wheels, no Rust, no
-# network): runs what scripts/gpu-bundle.sh built, writes every log to OUT (default $OUT or
-# /tmp/wf-gpu-out) and exits 1 when a correctness check failed. Budget: about 10 minutes.
+# The GPU checks, in one run on a GPU machine (H100/H200, NVIDIA driver, PyTorch's CUDA 13 wheels;
+# no Rust, CUDA toolkit or network needed): runs what scripts/gpu-bundle.sh built, through
+# scripts/run-on-gpu.sh, writes every log to OUT (default $OUT or /tmp/wf-gpu-out) and exits 1 when a
+# correctness check failed. Each part has its own timeout: about 11 minutes at most in all.
 #   1. gpu_check: cuDNN convolutions vs CPU (f32/TF32 and bf16, values and both gradients), the
 #      GPU paths of instance norm / PReLU / sigmoid, the UNet forward and gradients vs CPU,
 #      NCCL all-reduce over every visible GPU, a short training, training samples/s at

@@ -1,6 +1,7 @@
-//! The trainer's GPU checks, in one binary for one visit to a GPU machine (see scripts/gpu-check.sh).
+//! The trainer's GPU checks, in one binary for one run on a GPU machine (see scripts/gpu-check.sh).
 //!
-//! Built here with the CUDA toolchain (`source ../shared/cuda/setup-toolchain.sh`), run there:
+//! Built on any Linux machine with the CUDA toolchain (`source scripts/cuda-toolchain.sh`), run on
+//! the GPU machine through `scripts/run-on-gpu.sh`:
 //! `gpu_check [STEPS]`. In order, each printed as one line (`PASS`/`FAIL`/`INFO`), exit status 1
 //! when any check fails:
 //! 1. conv3d / conv_transpose3d (cuDNN) against the CPU path: outputs and both gradients, f32 (TF32
