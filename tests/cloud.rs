@@ -1,6 +1,9 @@
-//! End-to-end tests of wf's AWS side against the emulator (moto on loopback; .ci/run starts it and
-//! exports MOTO_ENDPOINT) and against loopback servers that misbehave on purpose. Tests that need the
-//! emulator print SKIP and pass when MOTO_ENDPOINT is unset, so `cargo test` passes anywhere.
+//! End-to-end tests of wf's AWS side against the emulator (tests/cloud/emulator.py: moto on
+//! loopback, completed with Step Functions runs of SageMaker jobs that run `wf worker`) and against
+//! loopback servers that misbehave on purpose. The first test that needs the emulator starts it
+//! (tests/cloud/emulator.sh serve) unless MOTO_ENDPOINT names one already running; when it cannot
+//! be started (no python3, no network for its packages, WF_NO_EMULATOR=1) those tests print SKIP
+//! with the reason and pass, so `cargo test` passes anywhere.
 
 #[path = "cloud/support.rs"]
 mod support;
@@ -557,19 +560,17 @@ fn a_worker_runs_a_step_from_sagemaker_paths_and_publishes_it() {
     );
 }
 
-/// The emulator with Step Functions and SageMaker jobs that run `wf worker` (tests/cloud/moto_jobs.py;
-/// .ci/run starts it and exports MOTO_LAUNCHER), or `None` with the reason printed.
+/// The emulator with Step Functions and SageMaker jobs that run `wf worker` (tests/cloud/emulator.py),
+/// or `None` with the reason printed.
 fn moto_with_jobs(test: &str) -> Option<Moto> {
     let moto = moto(test)?;
-    match std::env::var("MOTO_LAUNCHER") {
-        Ok(l) if l.ends_with("moto_jobs.py") => Some(moto),
-        _ => {
-            eprintln!(
-                "SKIP {test}: the emulator was not started with MOTO_LAUNCHER=tests/cloud/moto_jobs.py (Step Functions and jobs that run their container)"
-            );
-            None
-        }
+    if moto.jobs {
+        return Some(moto);
     }
+    eprintln!(
+        "SKIP {test}: the emulator at MOTO_ENDPOINT is not tests/cloud/emulator.py (WF_EMULATOR=jobs is not set), which runs Step Functions jobs' containers"
+    );
+    None
 }
 
 fn cloud_workflow(dir: &Path, bucket: &str, machine: &str, steps: &str) {

@@ -1,19 +1,39 @@
-//! Helpers for tests against the AWS emulator (moto on loopback, started by .ci/run) and against tiny
-//! loopback HTTP servers. Nothing here may reach beyond 127.0.0.1.
+//! Helpers for tests against the AWS emulator (tests/cloud/emulator.py: moto on loopback) and
+//! against tiny loopback HTTP servers. Nothing here may reach beyond 127.0.0.1.
+//!
+//! The emulator is the one at MOTO_ENDPOINT when that is set (`.ci/run` starts one for the whole
+//! run with `tests/cloud/emulator.sh`); otherwise the first test that needs it starts one for this
+//! test process with `tests/cloud/emulator.sh serve`. Tests print `SKIP <test>: <reason>` and pass
+//! when there is none (WF_NO_EMULATOR=1, or what is missing to start one).
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// Tests that switch moto's IAM enforcement on take this exclusively; every other emulator test
 /// holds it shared, so none of them runs while requests are being denied.
 static AUTH: RwLock<()> = RwLock::new(());
+
+/// The emulator this test process started, or why it could not.
+static STARTED: OnceLock<Result<Started, String>> = OnceLock::new();
+
+/// How long installing (the first time: about a minute) and starting the emulator may take.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+
+struct Started {
+    endpoint: String,
+    /// The emulator runs until the other end of this pipe closes, i.e. until this process ends,
+    /// however it ends; it is never written to.
+    _stdin: Mutex<ChildStdin>,
+    _child: Mutex<Child>,
+}
 
 fn is_loopback(url: &str) -> bool {
     let rest = url
@@ -28,6 +48,79 @@ fn is_loopback(url: &str) -> bool {
     host == "localhost" || host == "[::1]" || host.starts_with("127.")
 }
 
+/// Runs `tests/cloud/emulator.sh serve` and waits for its `MOTO_ENDPOINT=...` line; the reason
+/// when there is none (the script names what is missing on its last `emulator: ` line).
+fn start_emulator() -> Result<Started, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("tests/cloud/emulator.sh"))
+        .arg("serve")
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Its own process group: a timeout can stop the script with everything it started.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run bash for tests/cloud/emulator.sh: {e}"))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (ready_tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut out = BufReader::new(stdout);
+        if out.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = ready_tx.send(line.trim().to_string());
+        }
+        // Keep reading until the script ends, so that it never writes into a closed pipe.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    let said = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| l.strip_prefix("emulator: ").map(str::to_string))
+            .collect::<Vec<_>>()
+    });
+    match ready.recv_timeout(START_TIMEOUT) {
+        Ok(line) if line.starts_with("MOTO_ENDPOINT=") => {
+            let endpoint = line["MOTO_ENDPOINT=".len()..].to_string();
+            assert!(
+                is_loopback(&endpoint),
+                "tests/cloud/emulator.sh answered {endpoint}, not a loopback address"
+            );
+            Ok(Started {
+                endpoint,
+                _stdin: Mutex::new(stdin),
+                _child: Mutex::new(child),
+            })
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            #[cfg(unix)]
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "tests/cloud/emulator.sh serve did not start the emulator within {} s",
+                START_TIMEOUT.as_secs()
+            ))
+        }
+        Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            drop(stdin);
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let said = said.join().unwrap_or_default();
+            Err(said.last().cloned().unwrap_or_else(|| {
+                format!("tests/cloud/emulator.sh serve ended ({status}) without starting it")
+            }))
+        }
+    }
+}
+
 /// The emulator, or `None` (after printing why the test is skipped). Refuses to go on when any
 /// endpoint setting points away from loopback: these tests must never reach AWS.
 pub fn moto(test: &str) -> Option<Moto> {
@@ -39,12 +132,24 @@ pub fn moto(test: &str) -> Option<Moto> {
             );
         }
     }
-    match std::env::var("MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(Moto { endpoint }),
-        _ => {
-            eprintln!(
-                "SKIP {test}: MOTO_ENDPOINT is not set (start the emulator: source ../shared/aws/moto.sh; moto_start — .ci/run does)"
-            );
+    if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT")
+        && !endpoint.is_empty()
+    {
+        // Started outside (e.g. by .ci/run); WF_EMULATOR=jobs says it is tests/cloud/emulator.py.
+        let jobs = std::env::var("WF_EMULATOR").is_ok_and(|v| v == "jobs");
+        return Some(Moto { endpoint, jobs });
+    }
+    if std::env::var("WF_NO_EMULATOR").is_ok_and(|v| !v.is_empty() && v != "0") {
+        eprintln!("SKIP {test}: WF_NO_EMULATOR is set, so no AWS emulator is started");
+        return None;
+    }
+    match STARTED.get_or_init(start_emulator) {
+        Ok(started) => Some(Moto {
+            endpoint: started.endpoint.clone(),
+            jobs: true,
+        }),
+        Err(why) => {
+            eprintln!("SKIP {test}: no AWS emulator: {why}");
             None
         }
     }
@@ -52,6 +157,9 @@ pub fn moto(test: &str) -> Option<Moto> {
 
 pub struct Moto {
     pub endpoint: String,
+    /// Step Functions executions whose SageMaker jobs run `local:` images (tests/cloud/emulator.py),
+    /// not only stock moto.
+    pub jobs: bool,
 }
 
 impl Moto {
@@ -202,6 +310,7 @@ impl Moto {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE")
             .env_remove("WF_LOG");
