@@ -1095,7 +1095,7 @@ fn a_sharded_step_on_three_instances_equals_a_local_run() {
     for (i, cases) in [(0, &ids[..2]), (1, &ids[2..3])] {
         let record = serde_json::json!({
             "shard": i,
-            "cases": cases.iter().map(|id| serde_json::json!({ "id": id, "files": [] })).collect::<Vec<_>>(),
+            "done": cases.iter().map(|id| serde_json::json!({ "id": id, "files": [] })).collect::<Vec<_>>(),
             "skipped": [],
         });
         moto.put(
