@@ -79,6 +79,9 @@ pub enum ImagingError {
     Sample { path: PathBuf, reason: String },
     #[error("{path}: synthetic data generation failed: {reason}")]
     Synth { path: PathBuf, reason: String },
+    /// A format file (`index.json`, `staged.json`, ...) that cannot be read as its format.
+    #[error("{path}: {detail}")]
+    Format { path: PathBuf, detail: String },
 }
 
 impl ImagingError {

@@ -12,6 +12,7 @@ pub mod nifti;
 pub mod resample;
 pub mod rng;
 pub mod sample;
+pub mod samples;
 pub mod synth;
 pub mod transforms;
 

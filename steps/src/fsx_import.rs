@@ -5,18 +5,16 @@
 //! Lustre file system linked to the samples' S3 prefix (see the Step Functions compiler).
 
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use wf_engine::manifest::{self, Manifest};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
     Step, StepError,
 };
+use wf_imaging::samples::{STAGED_FILE, Staged};
 
 pub struct FsxImport;
-
-/// Name of the file a staged Samples artifact carries next to the samples.
-pub const STAGED_FILE: &str = "staged.json";
 
 const PARAMS: &[ParamSpec] = &[ParamSpec::optional(
     "stage_dir",
@@ -28,15 +26,6 @@ const PARAMS: &[ParamSpec] = &[ParamSpec::optional(
 #[derive(Debug, Deserialize)]
 struct FsxParams {
     stage_dir: String,
-}
-
-/// Where a staged copy lives, as written into `staged.json`.
-#[derive(Debug, serde::Serialize, Deserialize, PartialEq)]
-pub struct Staged {
-    /// Absolute directory holding a verified copy of the samples.
-    pub path: PathBuf,
-    /// The artifact digest of the samples that were copied.
-    pub artifact: String,
 }
 
 impl Step for FsxImport {
@@ -104,14 +93,8 @@ impl Step for FsxImport {
             manifest::verify_tree(&target, &manifest, cx.threads),
             "the staged copy",
         )?;
-        let staged = Staged {
-            path: target,
-            artifact: input.digest.to_hex(),
-        };
-        std::fs::write(
-            cx.out_dir.join(STAGED_FILE),
-            serde_json::to_string_pretty(&staged).expect("serializes"),
-        )?;
+        let staged = Staged::new(target, input.digest.to_hex());
+        std::fs::write(cx.out_dir.join(STAGED_FILE), staged.to_json())?;
         Ok(())
     }
 
@@ -227,7 +210,11 @@ mod tests {
         store: &Store,
         input: InputArtifact,
         stage_dir: &str,
-    ) -> (Result<(), StepError>, PathBuf, wf_engine::store::Staging) {
+    ) -> (
+        Result<(), StepError>,
+        std::path::PathBuf,
+        wf_engine::store::Staging,
+    ) {
         let params =
             Params::from_values([("stage_dir".to_string(), serde_json::json!(stage_dir))].into());
         let inputs: BTreeMap<String, InputArtifact> = [("samples".to_string(), input)].into();
@@ -272,8 +259,7 @@ mod tests {
         let input = samples(&store);
         let (r, out, _st) = run(&store, input.clone(), fast.path().to_str().unwrap());
         r.unwrap();
-        let staged: Staged =
-            serde_json::from_str(&std::fs::read_to_string(out.join(STAGED_FILE)).unwrap()).unwrap();
+        let staged = Staged::read_in(&out).unwrap().unwrap();
         assert_eq!(staged.path, fast.path().join(input.digest.to_hex()));
         assert_eq!(
             std::fs::read(staged.path.join("BRATS_001/0.wfs")).unwrap(),

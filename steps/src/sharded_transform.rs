@@ -16,7 +16,7 @@
 //! the cached prefix stays exact f32, and f32 sample keys are unchanged by the option's existence.
 
 use serde::Deserialize;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,12 +28,12 @@ use wf_engine::{
 use wf_imaging::sample::{
     PREFIX_COPY, Sample, SampleDtype, SampleFile, write_sample, write_sample_as,
 };
+use wf_imaging::samples::{CaseFiles, INDEX_FILE, SamplesIndex, SkippedCase};
 use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, TransformSpec};
 use wf_imaging::{Rng, sample_seed};
 
 pub struct ShardedTransform;
 
-pub const SAMPLES_FORMAT: &str = "wf-samples-v1";
 const VERSION: u32 = 1;
 
 const PARAMS: &[ParamSpec] = &[
@@ -145,7 +145,7 @@ impl Step for ShardedTransform {
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
         let part = process_cases(cx, None)?;
         let index = index_json(cx.params, cx.seed, part)?;
-        std::fs::write(cx.out_dir.join("index.json"), index)?;
+        std::fs::write(cx.out_dir.join(INDEX_FILE), index)?;
         Ok(())
     }
 
@@ -209,7 +209,7 @@ impl Sharded for ShardedTransform {
             .collect();
         let index = index_json(params, seed, part)?;
         Ok(Merged {
-            files: vec![("index.json".to_string(), index.into_bytes())],
+            files: vec![(INDEX_FILE.to_string(), index.into_bytes())],
             warnings,
         })
     }
@@ -334,29 +334,39 @@ fn process_cases(
 /// The text of `index.json` for the processed and skipped cases (in `dataset.json` order): what a
 /// local run writes, and what the commit job of a sharded run writes from the shards' records.
 fn index_json(params: &Params, seed: u64, part: Part) -> Result<String, StepError> {
-    let Part {
-        done: cases,
-        skipped,
-    } = part;
     let p: TransformParams = params
         .decode()
         .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
     let chain = chain(params).map_err(StepError::new)?;
-    if cases.is_empty() {
+    if part.done.is_empty() {
         return Err(StepError::new("no case could be processed"));
     }
-    let index = json!({
-        "format": SAMPLES_FORMAT,
-        "transforms": serde_json::to_value(chain.specs()).expect("specs serialize"),
-        "prefix_len": chain.prefix().len(),
-        "labels": p.labels,
-        "seed": seed,
-        "copies_per_case": p.copies_per_case,
-        "sample_dtype": p.sample_dtype,
-        "cases": cases,
-        "skipped": skipped,
-    });
-    Ok(serde_json::to_string_pretty(&index).expect("json"))
+    let cases = part
+        .done
+        .into_iter()
+        .map(|i| CaseFiles {
+            id: i.id,
+            files: i.files,
+        })
+        .collect();
+    let skipped = part
+        .skipped
+        .into_iter()
+        .map(|i| SkippedCase {
+            id: i.id,
+            error: i.error.unwrap_or_default(),
+        })
+        .collect();
+    let index = SamplesIndex::new(
+        &chain,
+        &p.labels,
+        seed,
+        p.copies_per_case,
+        &p.sample_dtype,
+        cases,
+        skipped,
+    );
+    Ok(index.to_json())
 }
 
 trait WithHint {

@@ -55,17 +55,18 @@ fn artifact(data: &Path, dir: &Path, cases: usize, copies: u32, dtype: SampleDty
             write_sample_as(&case_dir.join(format!("{copy}.wfs")), &s, dtype).unwrap();
             files.push(format!("cases/{id}/{copy}.wfs"));
         }
-        index_cases.push(serde_json::json!({ "id": id, "files": files }));
+        index_cases.push(wf_imaging::samples::CaseFiles { id, files });
     }
-    let index = serde_json::json!({
-        "format": "wf-samples-v1",
-        "transforms": transforms,
-        "prefix_len": chain.prefix().len(),
-        "seed": 0,
-        "copies_per_case": copies,
-        "cases": index_cases,
-    });
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    let index = wf_imaging::samples::SamplesIndex::new(
+        &chain,
+        "msd",
+        0,
+        copies,
+        dtype.as_str(),
+        index_cases,
+        vec![],
+    );
+    std::fs::write(dir.join("index.json"), index.to_json()).unwrap();
     dir.to_path_buf()
 }
 

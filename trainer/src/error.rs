@@ -37,6 +37,10 @@ pub enum TrainerError {
         detail: String,
     },
 
+    /// A record file (`train.json`, ...) that cannot be read as its format.
+    #[error("{path}: {detail}")]
+    Format { path: PathBuf, detail: String },
+
     #[error("samples {path}: {detail}")]
     Samples { path: PathBuf, detail: String },
 

@@ -17,7 +17,9 @@ pub mod loss;
 pub mod nccl;
 pub mod ops;
 pub mod optim;
+pub mod placement;
 pub mod plot;
+pub mod record;
 pub mod train;
 pub mod unet;
 

@@ -26,6 +26,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, OnceLock};
 use wf_imaging::Rng;
 use wf_imaging::sample::{ImageData, SampleFile};
+use wf_imaging::samples::{INDEX_FILE, SamplesIndex, Staged};
 use wf_imaging::transforms::{Chain, LabelData};
 
 /// Batches kept ready ahead of the model.
@@ -125,58 +126,26 @@ pub fn open_samples(
             detail: format!("{val_fraction} is not in [0, 1)"),
         });
     }
-    let mut root = dir.to_path_buf();
-    if let Ok(text) = std::fs::read_to_string(dir.join("staged.json")) {
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| bad(&dir.join("staged.json"), e.to_string()))?;
-        if let Some(p) = v["path"]
-            .as_str()
-            .map(PathBuf::from)
-            .filter(|p| p.join("index.json").is_file())
-        {
-            root = p;
-        }
-    }
-    let index_path = root.join("index.json");
-    let text = std::fs::read_to_string(&index_path).map_err(|e| bad(&index_path, e.to_string()))?;
-    let index: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(&index_path, e.to_string()))?;
-    if index["format"] != "wf-samples-v1" {
-        return Err(bad(
-            &index_path,
-            format!("not a wf-samples-v1 index (format {})", index["format"]),
-        ));
-    }
-    let online = if index["copies_per_case"].as_u64() == Some(0) {
-        let chain =
-            Chain::from_json(&index["transforms"]).map_err(|e| bad(&index_path, e.to_string()))?;
+    let samples_err = |e: wf_imaging::ImagingError| match e {
+        wf_imaging::ImagingError::Format { path, detail } => bad(&path, detail),
+        other => bad(dir, other.to_string()),
+    };
+    // A staged copy (fsx-import's `stage_dir`) is read instead when it is there.
+    let root = match Staged::read_in(dir).map_err(samples_err)? {
+        Some(s) if s.path.join(INDEX_FILE).is_file() => s.path,
+        _ => dir.to_path_buf(),
+    };
+    let index_path = root.join(INDEX_FILE);
+    let index = SamplesIndex::read(&index_path).map_err(samples_err)?;
+    let online = if index.copies_per_case == 0 {
+        let chain = index.chain().map_err(|e| bad(&index_path, e.to_string()))?;
         let fused = FusedSuffix::new(&chain);
         Some(Arc::new(Online { chain, fused }))
     } else {
         None
     };
-    let mut cases: Vec<(String, Vec<String>)> = Vec::new();
-    for c in index["cases"]
-        .as_array()
-        .ok_or_else(|| bad(&index_path, "no `cases` list"))?
-    {
-        let id = c["id"]
-            .as_str()
-            .ok_or_else(|| bad(&index_path, "a case without `id`"))?
-            .to_string();
-        let files = c["files"]
-            .as_array()
-            .map(|f| {
-                f.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        cases.push((id, files));
-    }
-    if cases.is_empty() {
-        return Err(bad(&index_path, "no cases"));
-    }
+    let cases: Vec<(String, Vec<String>)> =
+        index.cases.into_iter().map(|c| (c.id, c.files)).collect();
     // Validation cases: the smallest hashes of (seed, case id); at least one when a fraction is asked for,
     // and never all of them.
     let mut ranked: Vec<(u64, usize)> = cases
@@ -551,11 +520,10 @@ mod tests {
                 write_sample_as(&dir.join(format!("{i}-{copy}.wfs")), &s, dtype).unwrap();
                 files.push(format!("{i}-{copy}.wfs"));
             }
-            cases.push(serde_json::json!({"id": c.id, "files": files}));
+            cases.push(wf_imaging::samples::CaseFiles { id: c.id, files });
         }
-        let index = serde_json::json!({"format": "wf-samples-v1", "transforms": transforms,
-            "copies_per_case": copies, "cases": cases});
-        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        let index = SamplesIndex::new(&chain, "msd", 1, copies, dtype.as_str(), cases, vec![]);
+        std::fs::write(dir.join(INDEX_FILE), index.to_json()).unwrap();
     }
 
     fn epoch(l: &mut SamplesLoader, e: usize) -> Vec<(Vec<u32>, Vec<f32>, Vec<usize>)> {
