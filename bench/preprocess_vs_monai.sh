@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of the seed's preprocessing chain: MONAI 1.6.1 (../shared/bench/monai_chain.py)
-# and wf's sharded-transform, on the same full-size 240x240x155x4 volumes, back to back in one run.
+# Side-by-side benchmark of the seed's preprocessing chain: MONAI 1.6.1 (bench/monai_chain.py, single
+# process, 1 torch thread) and wf's sharded-transform, on the same full-size 240x240x155x4 volumes, back
+# to back in one run.
 #   bench/preprocess_vs_monai.sh [N_CASES] [RUNS]      (defaults 4, 3)     writes bench-out/
+# The MONAI venv comes from bench/setup-monai.sh (WF_MONAI_VENV picks its folder; created on first use).
 # wf is timed through `wf run --json` (the step's own seconds), with the per-case cache wiped between
 # runs, on 1 worker (shards: 1) and on all cores. Prints per-volume medians and the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-4}; runs=${2:-3}
-shared=$(cd ../shared && pwd)
-py=$("$shared/bench/setup-monai.sh")
+py=$(bench/setup-monai.sh)
 out=bench-out; mkdir -p "$out"
 cargo build --release -q
 wf=$PWD/target/release/wf
 [ -f "$out/full/dataset.json" ] || "$wf" synth --out "$out/full" --cases "$n" --shape 240,240,155 --seed 0 2>/dev/null
-"$py" "$shared/bench/monai_chain.py" --data "$out/full" --runs "$runs" --out "$out/monai_pt" --json "$out/monai.json" --skip-pool > "$out/monai.log" 2>&1
+"$py" bench/monai_chain.py --data "$out/full" --runs "$runs" --out "$out/monai_pt" --json "$out/monai.json" \
+  --threads 1 --skip-pool > "$out/monai.log" 2>&1 || { echo "MONAI run failed: see $out/monai.log" >&2; exit 1; }
 chain='        - load
         - ensure-channel-first
         - convert-labels
@@ -51,13 +53,14 @@ import json, statistics, sys, os
 out, n = sys.argv[1], int(sys.argv[2])
 m = json.load(open(f"{out}/monai.json"))
 sp = m["single_process"]
-per = [r["total"] for r in sp["per_volume"]] if "per_volume" in sp else None
-med_monai = statistics.median(per) if per else sp["grouped"]["total"]["median"]
+med_monai = statistics.median(r["total"] for r in sp["per_volume"])
+cpu_monai = statistics.median(r["cpu_s"] for r in sp["per_volume"])
 def t(name): return [float(x)/n for x in open(f"{out}/wf-{name}.times")]
 one, allc = t("1"), t("0")
 cores = os.cpu_count()
 prefix = int(open(f"{out}/prefix.bytes").read())
-print(f"MONAI single process, per volume: median {med_monai:.3f} s")
+threads = m["env"]["torch_threads"]
+print(f"MONAI single process ({threads} torch thread{'s' if threads != 1 else ''}), per volume: median {med_monai:.3f} s (CPU {cpu_monai:.3f} s)")
 print(f"wf 1 worker, per volume:          median {statistics.median(one):.3f} s (min {min(one):.3f})  -> {med_monai/statistics.median(one):.1f}x MONAI")
 print(f"wf {cores} workers, per volume:   median {statistics.median(allc):.3f} s  -> scaling {statistics.median(one)/statistics.median(allc):.2f} on {cores} cores ({statistics.median(one)/statistics.median(allc)/cores:.2f} x cores)")
 print(f"deterministic prefix: {prefix/n/1e6:.1f} MB per case -> {prefix/n*484/1e9:.1f} GB for 484 cases")
