@@ -8,8 +8,9 @@
 //! affine.
 
 use crate::error::{CliError, CliResult, Exit};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
+use wf_imaging::samples::{PREPROCESSING_FILE, Preprocessing};
 use wf_imaging::transforms::{CaseSource, ET, TC, WT};
 
 #[derive(clap::Args)]
@@ -87,11 +88,6 @@ fn deterministic_chain(
     Ok((serde_json::Value::Array(keep), crop))
 }
 
-fn read_json(path: &Path) -> CliResult<serde_json::Value> {
-    let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{}: {e}", path.display())))
-}
-
 fn predict(args: &PredictArgs) -> CliResult<()> {
     if !(0.0..1.0).contains(&args.overlap) {
         return Err(invalid(format!(
@@ -105,17 +101,15 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
     let t0 = Instant::now();
     let predictor = wf_trainer::infer::Predictor::from_export(&args.model)
         .map_err(|e| invalid(format!("model {}: {e}", args.model.display())))?;
-    let pre_path = args.model.join("preprocessing.json");
-    let pre = read_json(&pre_path).map_err(|e| CliError {
-        message: format!(
-            "{} (an export written by the export-checkpoint step has it)",
-            e.message
-        ),
-        ..e
+    let pre_path = args.model.join(PREPROCESSING_FILE);
+    let pre = Preprocessing::read(&pre_path).map_err(|e| {
+        invalid(format!(
+            "{e} (an export written by the export-checkpoint step has it)"
+        ))
     })?;
-    let labels = pre["labels"].as_str().unwrap_or("msd").to_string();
-    let (chain_json, crop) = deterministic_chain(&pre["transforms"])
+    let (chain_json, crop) = deterministic_chain(&pre.transforms)
         .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
+    let labels = pre.labels;
     let chain = wf_imaging::transforms::Chain::build(&chain_json, &labels)
         .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
     let div = predictor.config().size_divisor();

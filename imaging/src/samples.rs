@@ -194,7 +194,13 @@ impl Staged {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
     pub transforms: serde_json::Value,
+    /// The label convention; `msd` when absent.
+    #[serde(default = "msd")]
     pub labels: String,
+}
+
+fn msd() -> String {
+    "msd".to_string()
 }
 
 impl Preprocessing {

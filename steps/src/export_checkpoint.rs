@@ -7,6 +7,7 @@
 
 use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
 use wf_engine::{ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError};
+use wf_trainer::record::TrainRecord;
 
 pub struct ExportCheckpoint;
 
@@ -35,23 +36,17 @@ impl Step for ExportCheckpoint {
             .inputs
             .get("model")
             .ok_or_else(|| StepError::new("missing input `model`"))?;
-        let train: serde_json::Value = std::fs::read(input.path.join(TRAIN_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let split = &train["split"];
-        let data = match (
-            split["train_cases"].as_array(),
-            split["val_cases"].as_array(),
-        ) {
-            (Some(t), Some(v)) => format!(
+        let record =
+            TrainRecord::read_in(&input.path).map_err(|e| StepError::new(e.to_string()))?;
+        let data = match record {
+            Some(r) => format!(
                 "{} training cases ({} samples), {} validation cases, samples artifact {}",
-                t.len(),
-                split["train_samples"],
-                v.len(),
-                train["samples"].as_str().unwrap_or("?")
+                r.split.train_cases.len(),
+                r.split.train_samples,
+                r.split.val_cases.len(),
+                r.samples
             ),
-            _ => "unknown (no train.json in the model)".to_string(),
+            None => format!("unknown (no {TRAIN_FILE} in the model)"),
         };
         let exported = wf_trainer::export::export(&input.path, cx.out_dir, &data)
             .map_err(|e| StepError::new(e.to_string()))?;
