@@ -518,6 +518,54 @@ mod tests {
     use super::*;
     use crate::nifti::read_nifti;
 
+    /// dataset.json's bytes are pinned: they are part of every synthetic data set's digest, so a
+    /// change of writer or key order would silently invalidate cached work downstream.
+    #[test]
+    fn dataset_json_bytes_are_pinned() {
+        let pinned = |name: &str| {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/msd")
+                .join(name);
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let cases = [
+            (
+                "synth-3-cases-1-test.json",
+                SynthOptions {
+                    cases: 3,
+                    test: 1,
+                    shape: [8, 8, 6],
+                    seed: 7,
+                    threads: 2,
+                    ..SynthOptions::default()
+                },
+            ),
+            (
+                "synth-2-cases-lps.json",
+                SynthOptions {
+                    cases: 2,
+                    test: 0,
+                    shape: [6, 5, 4],
+                    seed: 0,
+                    channels: 2,
+                    affine: SynthAffine::Lps,
+                    compress_level: 1,
+                    threads: 1,
+                },
+            ),
+        ];
+        for (name, opts) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let s = generate_with(dir.path(), &opts).unwrap();
+            let written = std::fs::read(&s.dataset_json).unwrap();
+            assert!(
+                written == pinned(name),
+                "{name}: dataset.json differs from the pinned bytes:\n{}",
+                String::from_utf8_lossy(&written)
+            );
+        }
+    }
+
     #[test]
     fn generates_msd_layout_deterministically() {
         let a = tempfile::tempdir().unwrap();
