@@ -44,6 +44,8 @@ use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
     Step, StepError,
 };
+use wf_imaging::ImagingError;
+use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 
 pub struct FetchDataset;
 
@@ -1207,83 +1209,35 @@ fn place(
 // ---------------------------------------------------------------------------------------------
 // MSD layout
 
-#[derive(Debug, Deserialize)]
-struct DatasetJson {
-    #[serde(rename = "numTraining")]
-    num_training: Option<u64>,
-    #[serde(default)]
-    training: Vec<TrainingCase>,
-    #[serde(default)]
-    test: Vec<TestCase>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TrainingCase {
-    image: String,
-    label: String,
-}
-
-/// MSD lists test images as paths; some derived sets use `{image: ...}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum TestCase {
-    Path(String),
-    Case { image: String },
-}
-
-/// Checks `root` against its dataset.json; returns (training, test) case counts.
+/// Checks `root` against its dataset.json (`wf_imaging::msd`); returns (training, test) case counts.
 fn validate_layout(root: &Path) -> Result<(usize, usize), StepError> {
-    let path = root.join("dataset.json");
-    let text = match fs::read(&path) {
+    let path = root.join(DATASET_JSON);
+    let bytes = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(no_dataset_json("the fetched data"));
         }
         Err(e) => return Err(io_step(&path, e)),
     };
-    let ds: DatasetJson =
-        serde_json::from_slice(&text).map_err(|e| StepError::new(format!("dataset.json: {e}")))?;
-    if let Some(n) = ds.num_training
-        && n != ds.training.len() as u64
-    {
-        return Err(StepError::new(format!(
-            "dataset.json: numTraining is {n}, but `training` lists {} cases",
-            ds.training.len()
-        )));
-    }
-    let mut listed: Vec<(String, &str)> = Vec::new();
-    for (i, c) in ds.training.iter().enumerate() {
-        listed.push((format!("training[{i}].image"), &c.image));
-        listed.push((format!("training[{i}].label"), &c.label));
-    }
-    for (i, c) in ds.test.iter().enumerate() {
-        match c {
-            TestCase::Path(p) => listed.push((format!("test[{i}]"), p)),
-            TestCase::Case { image } => listed.push((format!("test[{i}].image"), image)),
-        }
-    }
-    let mut missing = Vec::new();
-    for (entry, rel) in &listed {
-        if let Some(why) = member_path_problem(Path::new(rel)) {
-            return Err(StepError::new(format!(
-                "dataset.json {entry} `{rel}` points outside the data set: {why}"
-            )));
-        }
-        if !root.join(rel).is_file() {
-            missing.push(format!("{entry}: {rel}"));
-        }
-    }
-    if let Some(first) = missing.first() {
-        let more = match missing.len() {
-            1 => String::new(),
-            n => format!(" (and {} more)", n - 1),
-        };
-        return Err(StepError::with_detail(
-            format!("dataset.json lists a file that does not exist: {first}{more}"),
-            missing.join("\n"),
-        ));
-    }
+    // Named by its file name: the staging path it lies in means nothing to the user.
+    let ds = MsdDataset::from_slice(&bytes, DATASET_JSON).map_err(layout_error)?;
+    ds.check_layout(root).map_err(layout_error)?;
     Ok((ds.training.len(), ds.test.len()))
+}
+
+/// The message; for missing files, every one of them in the detail.
+fn layout_error(e: ImagingError) -> StepError {
+    match &e {
+        ImagingError::MsdMissing { missing, .. } => StepError::with_detail(
+            e.to_string(),
+            missing
+                .iter()
+                .map(|(entry, path)| format!("{entry}: {path}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        _ => StepError::new(e.to_string()),
+    }
 }
 
 #[cfg(test)]
