@@ -161,6 +161,12 @@ fn run(req: &WorkerRequest) -> CliResult<String> {
     let params_text = match &req.params {
         ParamsArg::Inline(text) => text.clone(),
         ParamsArg::Url(url) => {
+            if !req.cache.contains(url) {
+                return Err(invalid(format!(
+                    "--params {url} is not inside the cache {}",
+                    req.cache
+                )));
+            }
             let bytes = cache
                 .block_on(cache.bucket().get(&url.prefix))
                 .map_err(|e| failed(e.to_string()))?
@@ -503,10 +509,11 @@ fn sharded_input(
     manifest: &Manifest,
     out: &Path,
 ) -> Result<(), String> {
+    let sharded = format!("{}/", paths::SHARDED_DIR);
     let images = manifest
         .entries
         .iter()
-        .filter(|e| e.path.starts_with("imagesTr/"));
+        .filter(|e| e.path.starts_with(&sharded));
     let total = images.clone().count();
     let seen = images.filter(|e| mount.join(&e.path).is_file()).count();
     if seen < total {

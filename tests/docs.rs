@@ -22,7 +22,11 @@ fn every_step_kind_and_param_is_documented() {
     let mut missing = Vec::new();
     for step in wf_steps::registry().iter() {
         let Some(text) = section(&doc, step.kind()) else {
-            missing.push(format!("step kind `{}` (a `### {}` section)", step.kind(), step.kind()));
+            missing.push(format!(
+                "step kind `{}` (a `### {}` section)",
+                step.kind(),
+                step.kind()
+            ));
             continue;
         };
         for p in step.params() {
@@ -31,7 +35,11 @@ fn every_step_kind_and_param_is_documented() {
             }
         }
     }
-    assert!(missing.is_empty(), "docs/workflow.md lacks: {}", missing.join(", "));
+    assert!(
+        missing.is_empty(),
+        "docs/workflow.md lacks: {}",
+        missing.join(", ")
+    );
 }
 
 #[test]
@@ -42,5 +50,8 @@ fn every_transform_is_documented() {
         .filter(|t| !doc.contains(&format!("| `{t}` |")))
         .copied()
         .collect();
-    assert!(missing.is_empty(), "docs/workflow.md lacks transforms: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/workflow.md lacks transforms: {missing:?}"
+    );
 }

@@ -11,16 +11,13 @@ use aws_sdk_sagemaker::types as sm;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use wf_engine::cloud::job::{
-    ChannelSource, FsxCreate, JobForm, JobSpec, ProcessingInput, StepJobs, Values,
+    ChannelSource, FSX_MAX_POLLS, FsxCreate, JobForm, JobSpec, ProcessingInput, StepJobs, Values,
 };
 use wf_engine::cloud::{AwsTarget, plan_step};
 use wf_engine::key::KeyComponents;
 use wf_engine::{
     InputArtifact, Progress, RemoteExecutor, RemoteTask, StepError, StepKey, Workflow,
 };
-
-/// Polls of a new file system before giving up on it becoming AVAILABLE.
-const FSX_MAX_POLLS: u32 = 120;
 
 pub struct SageMakerExecutor {
     target: AwsTarget,

@@ -9,7 +9,10 @@
 
 pub mod intrinsic;
 
-use crate::cloud::job::{self, ChannelSource, FsxCreate, JobForm, JobSpec, StepJobs, Upload};
+use crate::cloud::job::{
+    self, ChannelSource, FSX_MAX_POLLS, FSX_POLL_SECONDS, FsxCreate, JobForm, JobSpec, StepJobs,
+    Upload,
+};
 use crate::cloud::states::{self, Fsx, State};
 use crate::cloud::text::{Piece as TextPiece, Text, Var};
 use crate::cloud::{AwsTarget, layout};
@@ -34,9 +37,6 @@ pub const MAX_DEFINITION: usize = 1024 * 1024;
 const MAX_STATE_NAME: usize = 80;
 /// Payload budget (docs/cloud.md §4): execution input, one entry JSON, one error, one FSx description.
 const PAYLOAD_FIXED: usize = 1024 + 32 * 1024 + 32 * 1024 + 16 * 1024;
-/// FSx polls (30 s apart) before giving up on a file system becoming AVAILABLE.
-const FSX_MAX_POLLS: u32 = 120;
-const FSX_POLL_SECONDS: u32 = 30;
 /// Added to a job's own limit for the Task's `TimeoutSeconds` (queueing, image pull, upload).
 const JOB_TIMEOUT_SLACK: u32 = 1_800;
 
@@ -136,6 +136,42 @@ pub fn compile_stepfunctions(
                 );
                 keys.push(None);
             }
+        }
+        match def.step.remote(&def.params) {
+            // A step kind that asks for a sharded input must be able to run as parts.
+            RemoteTask::Processing {
+                sharded_input: true,
+                ..
+            } if def.step.sharded().is_none() => diags.error(
+                def.span,
+                format!(
+                    "step `{}` ({}) asks for a sharded input but its kind cannot run sharded",
+                    def.id,
+                    def.kind()
+                ),
+            ),
+            // One FSx file system per training job: it imports one artifact.
+            RemoteTask::Training { .. } => {
+                let fsx_inputs = def
+                    .inputs
+                    .values()
+                    .filter(|&&p| {
+                        let p = &wf.steps[p];
+                        matches!(p.step.remote(&p.params), RemoteTask::FsxImport)
+                    })
+                    .count();
+                if fsx_inputs > 1 {
+                    diags.error(
+                        def.span,
+                        format!(
+                            "step `{}` ({}) reads {fsx_inputs} inputs from fsx-import steps; a training job reads at most one through FSx for Lustre",
+                            def.id,
+                            def.kind()
+                        ),
+                    );
+                }
+            }
+            _ => {}
         }
         if matches!(def.step.remote(&def.params), RemoteTask::FsxImport) && def.inputs.len() != 1 {
             diags.error(
@@ -917,6 +953,38 @@ mod tests {
         fn remote(&self, _: &Params) -> RemoteTask {
             self.3.clone()
         }
+        fn sharded(&self) -> Option<&dyn crate::step::Sharded> {
+            let sharded = matches!(
+                self.3,
+                RemoteTask::Processing {
+                    sharded_input: true,
+                    ..
+                }
+            );
+            sharded.then_some(self as &dyn crate::step::Sharded)
+        }
+    }
+
+    /// Compiling never runs parts; a kind with a sharded input only has to be able to.
+    impl crate::step::Sharded for Fake {
+        fn run_part(&self, _: &RunContext<'_>) -> Result<crate::step::Part, StepError> {
+            Err(StepError::new("the compiler tests run no parts"))
+        }
+        fn items(
+            &self,
+            _: &Params,
+            _: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+        ) -> Result<Vec<String>, StepError> {
+            Err(StepError::new("the compiler tests run no parts"))
+        }
+        fn merge(
+            &self,
+            _: &Params,
+            _: u64,
+            _: crate::step::Part,
+        ) -> Result<crate::step::Merged, StepError> {
+            Err(StepError::new("the compiler tests run no parts"))
+        }
     }
 
     fn registry() -> Registry {
@@ -1021,6 +1089,71 @@ mod tests {
         assert_eq!(c.steps.len(), 4);
         assert_eq!(c.steps[1].states[0], "prep.Key");
         assert!(c.uploads.is_empty());
+    }
+
+    /// A kind whose remote form asks for a sharded input but cannot run as parts, and a training
+    /// step reading two fsx-import outputs, are refused at compile time (not by a worker later).
+    #[test]
+    fn inconsistent_remote_forms_are_refused() {
+        struct Unshardable;
+        impl Step for Unshardable {
+            fn kind(&self) -> &'static str {
+                "unshardable"
+            }
+            fn version(&self) -> u32 {
+                1
+            }
+            fn summary(&self) -> &'static str {
+                "x"
+            }
+            fn params(&self) -> &'static [ParamSpec] {
+                PARAMS
+            }
+            fn inputs(&self) -> Slots {
+                Slots::Fixed(&[("dataset", ArtifactType::Dataset)])
+            }
+            fn output(&self, _: &Params) -> ArtifactType {
+                ArtifactType::Samples
+            }
+            fn run(&self, _: &RunContext<'_>) -> Result<(), StepError> {
+                Ok(())
+            }
+            fn remote(&self, _: &Params) -> RemoteTask {
+                RemoteTask::Processing {
+                    instances: 2,
+                    sharded_input: true,
+                }
+            }
+        }
+        let mut r = registry();
+        r.register(Unshardable);
+        r.register(Fake(
+            "fit2",
+            Slots::Fixed(&[("a", ArtifactType::Samples), ("b", ArtifactType::Samples)]),
+            ArtifactType::Model,
+            RemoteTask::Training { instances: 1 },
+        ));
+        let text = format!(
+            "name: t\nsteps:\n  get: {{ uses: get }}\n  u: {{ uses: unshardable, inputs: {{ dataset: get }} }}\n  \
+             p: {{ uses: prep, inputs: {{ dataset: get }} }}\n  s1: {{ uses: stage, inputs: {{ samples: p }} }}\n  \
+             s2: {{ uses: stage, inputs: {{ samples: p }} }}\n  fit: {{ uses: fit2, inputs: {{ a: s1, b: s2 }} }}\n{AWS}"
+        );
+        let wf = crate::workflow::load_str(&text, Path::new("t.yaml"), Path::new("."), &r).unwrap();
+        let errs: Vec<String> = compile_stepfunctions(&wf, &CompileOptions::default())
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].contains("`u` (unshardable) asks for a sharded input"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("`fit` (fit2) reads 2 inputs from fsx-import steps"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Item {
 /// The items a part (or, merged, all parts) processed and skipped.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Part {
+    /// (`cases` in parts written before the contract named it `done`.)
+    #[serde(alias = "cases")]
     pub done: Vec<Item>,
     pub skipped: Vec<Item>,
 }

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::rng::Rng;
 use wf_imaging::sample::{Sample, write_sample};
 use wf_imaging::transforms::{CaseSource, Chain};
@@ -27,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let runs: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
-    let ds: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("dataset.json"))?)?;
+    let ds = MsdDataset::read(&data.join(DATASET_JSON))?;
     let chain = Chain::from_json(&serde_json::json!([
         "load", "ensure-channel-first", "convert-labels",
         {"spacing": {"pixdim": [1.5, 1.5, 2.0], "mode": ["bilinear", "nearest"]}},
@@ -41,27 +42,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = tempfile_dir()?;
     println!("case,run,load_ms,convert_ms,spacing_ms,orientation_ms,suffix_ms,write_ms,total_ms");
     let mut totals = vec![];
-    for entry in ds["training"].as_array().unwrap_or(&vec![]) {
-        let rel = |k: &str| {
-            data.join(
-                entry[k]
-                    .as_str()
-                    .unwrap_or_default()
-                    .trim_start_matches("./"),
-            )
-        };
-        let id = entry["image"]
-            .as_str()
-            .unwrap_or_default()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .trim_end_matches(".nii.gz")
-            .to_string();
+    for case in ds.cases()? {
+        let id = case.id;
         let src = CaseSource {
             id: id.clone(),
-            image: rel("image"),
-            label: Some(rel("label")),
+            image: data.join(&case.image),
+            label: case.label.map(|l| data.join(l)),
         };
         for run in 0..runs {
             let t0 = Instant::now();

@@ -82,6 +82,26 @@ pub enum ImagingError {
     /// A format file (`index.json`, `staged.json`, ...) that cannot be read as its format.
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },
+    /// A dataset.json that is not a usable MSD data set description (`file` as the caller named it).
+    #[error("{file}: {reason}")]
+    Msd { file: String, reason: String },
+    /// A dataset.json entry (`training[3].image`) whose path leaves the data set's root.
+    #[error("{file} {entry} `{path}` points outside the data set: {why}")]
+    MsdOutside {
+        file: String,
+        entry: String,
+        path: String,
+        why: &'static str,
+    },
+    /// Files a dataset.json lists that are not there: (entry, path as listed), in file order.
+    #[error(
+        "{file} lists a file that does not exist: {}",
+        crate::msd::missing_summary(missing)
+    )]
+    MsdMissing {
+        file: String,
+        missing: Vec<(String, String)>,
+    },
 }
 
 impl ImagingError {

@@ -1,4 +1,5 @@
-//! wf-imaging: NIfTI I/O, MONAI-parity transforms, synthetic BraTS-like data and the rkyv sample format.
+//! wf-imaging: NIfTI I/O, MONAI-parity transforms, the MSD dataset.json, synthetic BraTS-like data and
+//! the rkyv sample format.
 //!
 //! Sits below the trainer and the steps and knows nothing of the engine. Array convention everywhere
 //! past loading: channel-first, C order `(C, X, Y, Z)` with Z fastest, exactly MONAI's / numpy's
@@ -8,6 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod error;
+pub mod msd;
 pub mod nifti;
 pub mod resample;
 pub mod rng;
@@ -20,4 +22,5 @@ pub mod transforms;
 pub(crate) mod testdata;
 
 pub use error::ImagingError;
+pub use msd::MsdDataset;
 pub use rng::{Rng, sample_seed};

@@ -68,11 +68,17 @@ pub struct SamplesIndex {
     pub seed: u64,
     /// Random copies stored per case; 0: only the prefix, the loader applies the suffix online.
     pub copies_per_case: u32,
-    /// Image precision of the sample files (`f32`, `bf16`).
+    /// Image precision of the sample files (`f32`, `bf16`); indices written before bf16 samples
+    /// existed have none and hold f32.
+    #[serde(default = "f32_dtype")]
     pub sample_dtype: String,
     pub cases: Vec<CaseFiles>,
     #[serde(default)]
     pub skipped: Vec<SkippedCase>,
+}
+
+fn f32_dtype() -> String {
+    "f32".to_string()
 }
 
 impl SamplesIndex {
@@ -101,12 +107,10 @@ impl SamplesIndex {
 
     /// Reads and checks `path` (an `index.json`): its format, and at least one case.
     pub fn read(path: &Path) -> Result<SamplesIndex, ImagingError> {
-        #[derive(Deserialize)]
-        struct Format {
-            format: Option<String>,
-        }
-        let Format { format } = read_json(path)?;
-        if format.as_deref() != Some(SAMPLES_FORMAT) {
+        let value: serde_json::Value = read_json(path)?;
+        // The format first: another version's index may not parse as this one.
+        let format = value.get("format").and_then(|f| f.as_str());
+        if format != Some(SAMPLES_FORMAT) {
             return Err(format_error(
                 path,
                 format!(
@@ -115,7 +119,8 @@ impl SamplesIndex {
                 ),
             ));
         }
-        let index: SamplesIndex = read_json(path)?;
+        let index: SamplesIndex =
+            serde_json::from_value(value).map_err(|e| format_error(path, e.to_string()))?;
         if index.cases.is_empty() {
             return Err(format_error(path, "no cases"));
         }
@@ -142,10 +147,12 @@ impl SamplesIndex {
 }
 
 /// `staged.json`: the samples also lie, verified, in `path` (fast storage); readers go there.
+/// Version 1 is written without its `format` field (and in field order), exactly as before formats
+/// were named, so a staged artifact's digest does not move; a later version writes its name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Staged {
-    /// `wf-staged-v1`; files written before formats were named have none and are read as v1.
-    #[serde(default = "staged_format")]
+    /// `wf-staged-v1` when absent.
+    #[serde(default = "staged_format", skip_serializing_if = "is_staged_v1")]
     pub format: String,
     /// Absolute directory holding a verified copy of the samples.
     pub path: PathBuf,
@@ -155,6 +162,10 @@ pub struct Staged {
 
 fn staged_format() -> String {
     STAGED_FORMAT.to_string()
+}
+
+fn is_staged_v1(f: &str) -> bool {
+    f == STAGED_FORMAT
 }
 
 impl Staged {
@@ -186,7 +197,7 @@ impl Staged {
     }
 
     pub fn to_json(&self) -> String {
-        sorted_json(self)
+        serde_json::to_string_pretty(self).expect("formats serialize")
     }
 }
 

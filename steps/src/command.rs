@@ -154,7 +154,7 @@ impl Step for Command {
             .env("WF_OUT", cx.out_dir)
             .env("WF_SCRATCH", cx.scratch_dir)
             .env("WF_SEED", cx.seed.to_string())
-            .env("WF_STEP", cx.step_id)
+            .env(wf_engine::cloud::job::STEP_ENV, cx.step_id)
             .env("WF_THREADS", cx.threads.to_string())
             .envs(&p.env)
             // Own process group, so stopping the step stops everything it started.

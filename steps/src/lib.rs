@@ -1,5 +1,6 @@
 //! `wf-steps`: the typed steps of wf and the one registry that lists them. Each step is one file:
-//! its params, its output artifact, the `Step` impl, and its tests.
+//! its params, its output artifact, the `Step` impl, and its tests; one that outgrows a file is a
+//! directory split by concern, the `Step` impl in its `mod.rs`.
 
 pub mod command;
 pub mod export_checkpoint;

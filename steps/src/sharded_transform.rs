@@ -25,6 +25,7 @@ use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params, Part,
     RemoteTask, RunContext, Sharded, Slots, Step, StepError,
 };
+use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::sample::{
     PREFIX_COPY, Sample, SampleDtype, SampleFile, write_sample, write_sample_as,
 };
@@ -188,10 +189,13 @@ impl Sharded for ShardedTransform {
         _params: &Params,
         read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
     ) -> Result<Vec<String>, StepError> {
-        let text = read("dataset.json").map_err(StepError::new)?;
-        Ok(parse_cases(&String::from_utf8_lossy(&text), Path::new(""))?
+        let text = read(DATASET_JSON).map_err(StepError::new)?;
+        let ds = MsdDataset::from_slice(&text, DATASET_JSON).map_err(imaging_error)?;
+        Ok(ds
+            .cases()
+            .map_err(imaging_error)?
             .into_iter()
-            .map(|(src, _, _)| src.id)
+            .map(|c| c.id)
             .collect())
     }
 
@@ -510,44 +514,49 @@ impl CaseJob<'_> {
 
 /// The training cases of an MSD data set: (source, image path, label path) relative to the root.
 fn read_cases(root: &Path) -> Result<Vec<(CaseSource, String, Option<String>)>, StepError> {
-    let path = root.join("dataset.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| StepError::new(format!("{}: {e}", path.display())))?;
-    parse_cases(&text, root)
+    let ds = MsdDataset::read(&root.join(DATASET_JSON)).map_err(imaging_error)?;
+    Ok(ds
+        .cases()
+        .map_err(imaging_error)?
+        .into_iter()
+        .map(|c| {
+            let src = CaseSource {
+                id: c.id,
+                image: root.join(&c.image),
+                label: c.label.as_ref().map(|l| root.join(l)),
+            };
+            (src, c.image, c.label)
+        })
+        .collect())
 }
 
-/// `read_cases` on the text of `dataset.json`, case paths joined to `root`.
-fn parse_cases(
-    text: &str,
-    root: &Path,
-) -> Result<Vec<(CaseSource, String, Option<String>)>, StepError> {
-    let v: Json =
-        serde_json::from_str(text).map_err(|e| StepError::new(format!("dataset.json: {e}")))?;
-    let items = v["training"]
-        .as_array()
-        .ok_or_else(|| StepError::new("dataset.json has no `training` list"))?;
-    let clean = |s: &str| s.trim_start_matches("./").to_string();
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let image = item["image"]
-            .as_str()
-            .ok_or_else(|| StepError::new(format!("dataset.json: training[{i}] has no `image`")))?;
-        let image = clean(image);
-        let label = item["label"].as_str().map(clean);
-        let name = Path::new(&image)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(&image);
-        let id = name
-            .trim_end_matches(".gz")
-            .trim_end_matches(".nii")
-            .to_string();
-        let src = CaseSource {
-            id,
-            image: root.join(&image),
-            label: label.as_ref().map(|l| root.join(l)),
+fn imaging_error(e: wf_imaging::ImagingError) -> StepError {
+    StepError::new(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(dataset_json: &str) -> Result<Vec<String>, String> {
+        let read = |path: &str| {
+            assert_eq!(path, "dataset.json");
+            Ok(dataset_json.as_bytes().to_vec())
         };
-        out.push((src, image, label));
+        ShardedTransform
+            .items(&Params::default(), &read)
+            .map_err(|e| e.message)
     }
-    Ok(out)
+
+    #[test]
+    fn items_are_the_case_ids_of_dataset_json() {
+        let ds = r#"{"training": [{"image": "./imagesTr/B_2.nii.gz", "label": "./labelsTr/B_2.nii.gz"},
+                                  {"image": "imagesTr/B_1.nii"}]}"#;
+        assert_eq!(items(ds).unwrap(), ["B_2", "B_1"]);
+        let e = items(r#"{"training": [{"label": "x"}]}"#).unwrap_err();
+        assert_eq!(e, r#"dataset.json: training[0] has no "image""#);
+        let e =
+            items(r#"{"training": [{"image": "a/X.nii"}, {"image": "b/X.nii.gz"}]}"#).unwrap_err();
+        assert!(e.contains("both have case id `X`"), "{e}");
+    }
 }

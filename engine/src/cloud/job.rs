@@ -42,8 +42,13 @@ pub const COMMIT: JobDefaults = JobDefaults {
 
 /// Longest execution name the job-name scheme allows (docs/cloud.md §5); `wf start` respects it.
 pub const MAX_EXECUTION_NAME: usize = 32;
-/// Longest static job-name prefix: 63 = prefix + `-` + execution name + `-c9`.
-pub const MAX_JOB_PREFIX: usize = 63 - MAX_EXECUTION_NAME - 4;
+/// Longest static job-name prefix: 63 = prefix + `-` + execution name + `-c99` (attempts below 100:
+/// throttling retries plus failed-job retries).
+pub const MAX_JOB_PREFIX: usize = 63 - MAX_EXECUTION_NAME - 5;
+/// Polls of a new FSx file system (`FSX_POLL_SECONDS` apart) before giving up on it becoming
+/// AVAILABLE.
+pub const FSX_MAX_POLLS: u32 = 120;
+pub const FSX_POLL_SECONDS: u32 = 30;
 /// SageMaker's limit on one container argument.
 pub const MAX_ARG: usize = 256;
 /// Where SageMaker puts a Training job's checkpoints on the instance (`CheckpointConfig.LocalPath`).
@@ -68,6 +73,12 @@ pub mod paths {
     pub fn training_channel(slot: &str) -> String {
         format!("input/data/{slot}")
     }
+
+    /// The part of a Dataset that a sharded job deals to its instances (ShardedByS3Key); the rest
+    /// (labels, `dataset.json`) goes to every instance.
+    pub const SHARDED_DIR: &str = "imagesTr";
+    /// Replicated to every instance of a sharded job beside the images.
+    pub const REPLICATED_DIR: &str = "labelsTr";
 
     /// The hosts of the job: Training, then Processing.
     pub const RESOURCE_CONFIGS: [&str; 2] = [
@@ -317,14 +328,14 @@ pub fn plan_step(
                     // every one (docs/cloud.md §5).
                     inputs.push(input(
                         format!("{slot}-images"),
-                        tree.clone().then_lit("imagesTr/"),
-                        format!("{base}/imagesTr"),
+                        tree.clone().then_lit(format!("{}/", paths::SHARDED_DIR)),
+                        format!("{base}/{}", paths::SHARDED_DIR),
                         true,
                     ));
                     inputs.push(input(
                         format!("{slot}-labels"),
-                        tree.clone().then_lit("labelsTr/"),
-                        format!("{base}/labelsTr"),
+                        tree.clone().then_lit(format!("{}/", paths::REPLICATED_DIR)),
+                        format!("{base}/{}", paths::REPLICATED_DIR),
                         false,
                     ));
                     inputs.push(input(
@@ -489,9 +500,9 @@ mod tests {
         assert_eq!(job_prefix("fail_train"), "fail-train");
         let long = job_prefix("a_very_long_step_identifier_beyond_limits");
         assert_eq!(long.len(), MAX_JOB_PREFIX);
-        assert!(long.starts_with("a-very-long-step-ident-"), "{long}");
-        // The longest job name: prefix, execution name, `-c9`.
-        assert!(long.len() + 1 + MAX_EXECUTION_NAME + 3 <= 63);
+        assert!(long.starts_with("a-very-long-step-iden-"), "{long}");
+        // The longest job name: prefix, execution name, `-c99`.
+        assert!(long.len() + 1 + MAX_EXECUTION_NAME + 4 <= 63);
     }
 
     #[test]

@@ -1,0 +1,481 @@
+//! The `fetch-dataset` step: brings a data set in the MSD layout (dataset.json, imagesTr/, labelsTr/)
+//! into the cache, from a local path or URL, or generates one.
+//!
+//! ```yaml
+//! fetch: { uses: fetch-dataset,
+//!          with: { source: https://msd-for-monai.s3-us-west-2.amazonaws.com/Task01_BrainTumour.tar,
+//!                  md5: 240a19d752f0d9e9101544901065d872 } }
+//! ```
+//! `source` is one of:
+//! - a plain path (relative to the workflow file) or a `file://` URL: a directory in the MSD layout, a
+//!   `.tar` / `.tar.gz` / `.tgz` archive, or a single file. Its *content* is part of the cache key
+//!   (declared through `local_files`), so replacing the data reruns the step.
+//! - an `https://` or `http://` URL: streamed to disk with resume (the partial download survives a
+//!   failed attempt, and the next one asks for the rest with `Range`), retried on connection errors
+//!   and 5xx. The URL and the checksums are the step's identity in the key — nothing else is known
+//!   before downloading — so give `md5` or `sha256` to be sure the bytes are what you think.
+//! - `s3://bucket/key`: with the `aws` feature (on in the `wf` binary), through the SDK (`wf-aws`):
+//!   signed with the default credential chain when it has credentials, anonymous otherwise (public
+//!   buckets); `AWS_ENDPOINT_URL` or `WF_S3_ENDPOINT` selects another endpoint (path style). Without
+//!   the feature, public buckets only, fetched anonymously as `https://bucket.s3.amazonaws.com/key`
+//!   (path style, `https://s3.amazonaws.com/bucket/key`, for bucket names with dots, which the
+//!   wildcard certificate does not cover), `WF_S3_ENDPOINT` replacing the endpoint.
+//! - `synthetic`: BraTS-like data from `wf_imaging::synth` (`cases`, `shape`, `seed`, `test`), the
+//!   same generator as `wf synth`.
+//!
+//! `md5` / `sha256` are checked before the file is used; a mismatch fails the step. Archives are
+//! extracted safely: absolute member paths, `..` components, links pointing out of the archive and
+//! device or fifo members are refused, each naming the member. The data set's root is the directory
+//! holding dataset.json (the MSD tar nests it in `Task01_BrainTumour/`); macOS `._*` files are
+//! dropped. dataset.json is then checked by `wf_imaging::msd`, the same type the steps reading the
+//! data set use: a `training` list whose every entry has an image and a label, `numTraining` (when
+//! given) agreeing with it, and every file listed under `training` and `test` present inside the root.
+//!
+//! The step is here; the rest by concern: `source` (parsing `source`, fetching each kind, checksums),
+//! `http` (download with resume and retries), `archive` (tar / tar.gz, safely), `tree` (placing the
+//! data set's tree into the output).
+
+mod archive;
+mod http;
+mod source;
+#[cfg(test)]
+mod testutil;
+mod tree;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+use std::fmt::Display;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use wf_engine::params::ParamType;
+use wf_engine::{
+    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
+    Step, StepError,
+};
+use wf_imaging::ImagingError;
+use wf_imaging::msd::{DATASET_JSON, MsdDataset};
+
+use source::{Expected, SOURCE_HELP, Source, hex_problem, parse_source};
+
+pub struct FetchDataset;
+
+static SHAPE: ParamType = ParamType::List(&ParamType::Int { min: 4, max: 4096 });
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required(
+        "source",
+        ParamType::Str,
+        "a path (relative to the workflow file), file://, https://, http:// or s3://bucket/key URL, or `synthetic`",
+    ),
+    ParamSpec::optional(
+        "md5",
+        ParamType::Str,
+        "\"\"",
+        "expected MD5 of the downloaded or local file, 32 hex digits",
+    ),
+    ParamSpec::optional(
+        "sha256",
+        ParamType::Str,
+        "\"\"",
+        "expected SHA-256 of the downloaded or local file, 64 hex digits",
+    ),
+    ParamSpec::optional(
+        "cases",
+        ParamType::int_min(1),
+        "8",
+        "synthetic only: number of training cases",
+    ),
+    ParamSpec::optional(
+        "shape",
+        SHAPE,
+        "[96,96,64]",
+        "synthetic only: volume size [x, y, z]",
+    ),
+    ParamSpec::optional(
+        "seed",
+        ParamType::int_min(0),
+        "0",
+        "synthetic only: generator seed",
+    ),
+    ParamSpec::optional(
+        "test",
+        ParamType::int_min(0),
+        "0",
+        "synthetic only: number of unlabelled test cases (imagesTs/)",
+    ),
+];
+
+/// Params that only mean something for `source: synthetic`.
+const SYNTHETIC_ONLY: &[&str] = &["cases", "shape", "seed", "test"];
+
+#[derive(Debug, Deserialize)]
+struct FetchParams {
+    source: String,
+    md5: String,
+    sha256: String,
+    cases: usize,
+    shape: Vec<usize>,
+    seed: u64,
+    test: usize,
+}
+
+fn decode(params: &Params) -> Result<FetchParams, StepError> {
+    params
+        .decode()
+        .map_err(|e| StepError::new(format!("invalid params: {e}")))
+}
+
+/// `check`'s findings for one step: each names the step and points at the param it is about.
+struct Findings<'a> {
+    step: &'a str,
+    params: &'a Params,
+    diags: &'a mut Diagnostics,
+}
+
+impl Findings<'_> {
+    fn fail(&mut self, param: &str, message: impl Display) {
+        let span = self.params.span_of(param);
+        self.diags
+            .error(span, format!("step `{}`: {message}", self.step));
+    }
+
+    fn fail_with_help(&mut self, param: &str, message: impl Display, help: &str) {
+        let span = self.params.span_of(param);
+        self.diags
+            .error_with_help(span, format!("step `{}`: {message}", self.step), help);
+    }
+
+    /// A string param; `""` when absent or not a string (its type is reported elsewhere).
+    fn str(&self, param: &str) -> &str {
+        self.params.get(param).and_then(Json::as_str).unwrap_or("")
+    }
+}
+
+impl Step for FetchDataset {
+    fn kind(&self) -> &'static str {
+        "fetch-dataset"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "bring an MSD-layout data set in from a path, URL or s3:// (checksummed, safely extracted), or generate one"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> Slots {
+        Slots::Fixed(&[])
+    }
+    fn output(&self, _params: &Params) -> ArtifactType {
+        ArtifactType::Dataset
+    }
+
+    fn check(&self, params: &Params, cx: &CheckContext<'_>, diags: &mut Diagnostics) {
+        let mut f = Findings {
+            step: cx.step_id,
+            params,
+            diags,
+        };
+        for (name, len) in [("md5", 32), ("sha256", 64)] {
+            if let Some(why) = hex_problem(f.str(name), len) {
+                f.fail(name, format!("`{name}` {why}"));
+            }
+        }
+        let Some(src) = params.get("source").and_then(Json::as_str) else {
+            return;
+        };
+        let source = match parse_source(src) {
+            Ok(s) => s,
+            Err(why) => {
+                f.fail_with_help("source", format!("source `{src}` {why}"), SOURCE_HELP);
+                return;
+            }
+        };
+        if source != Source::Synthetic {
+            for name in SYNTHETIC_ONLY {
+                if params.node(name).is_some() {
+                    f.fail(
+                        name,
+                        format!("`{name}` applies only to `source: synthetic`"),
+                    );
+                }
+            }
+        }
+        let checksummed: Vec<&str> = ["md5", "sha256"]
+            .into_iter()
+            .filter(|n| !f.str(n).is_empty())
+            .collect();
+        match source {
+            Source::Synthetic => {
+                for name in checksummed {
+                    f.fail(
+                        name,
+                        format!("`{name}` checks a downloaded or local file; `source: synthetic` has none"),
+                    );
+                }
+                if let Some(n) = params.get("shape").and_then(Json::as_array).map(Vec::len)
+                    && n != 3
+                {
+                    f.fail(
+                        "shape",
+                        format!("`shape` must list 3 sizes [x, y, z], found {n}"),
+                    );
+                }
+            }
+            Source::Local(path) => {
+                let full = cx.workflow_dir.join(&path);
+                if !full.exists() {
+                    f.fail(
+                        "source",
+                        format!(
+                            "source `{path}` does not exist (paths are relative to the workflow file)"
+                        ),
+                    );
+                } else if full.is_dir() {
+                    for name in checksummed {
+                        f.fail(
+                            name,
+                            format!("`{name}` checks a file, but source `{path}` is a directory"),
+                        );
+                    }
+                }
+            }
+            Source::Http(_) | Source::S3 { .. } => {}
+        }
+    }
+
+    /// A local source's content is part of the key: the engine hashes the file or directory (with
+    /// its memo), so replacing the data under the same path is a miss. Absolute paths are declared
+    /// too — the engine resolves them as they are — since a key blind to them would serve stale data.
+    fn local_files(&self, params: &Params) -> Vec<String> {
+        let source = params.get("source").and_then(Json::as_str).unwrap_or("");
+        match parse_source(source) {
+            Ok(Source::Local(path)) => vec![path],
+            _ => Vec::new(),
+        }
+    }
+
+    fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
+        let p = decode(cx.params)?;
+        let source = parse_source(&p.source)
+            .map_err(|why| StepError::new(format!("source `{}` {why}", p.source)))?;
+        let expected = Expected::from(&p)?;
+        source.fetch(cx, &p, &expected)?;
+        let (training, test) = validate_layout(cx.out_dir)?;
+        cx.progress
+            .message(&format!("{training} training cases, {test} test cases"));
+        Ok(())
+    }
+
+    fn remote(&self, _params: &Params) -> RemoteTask {
+        RemoteTask::Processing {
+            instances: 1,
+            sharded_input: false,
+        }
+    }
+}
+
+fn io_step(path: &Path, e: io::Error) -> StepError {
+    StepError::new(format!("{}: {e}", path.display()))
+}
+
+/// Rate-limits progress events: the reporter needs a few per second, not one per buffer.
+struct Ticker(Instant);
+impl Ticker {
+    fn new() -> Self {
+        Ticker(Instant::now())
+    }
+    fn due(&mut self) -> bool {
+        if self.0.elapsed() >= Duration::from_millis(250) {
+            self.0 = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn no_dataset_json(what: &str) -> StepError {
+    StepError::new(format!(
+        "{what}: no dataset.json found, so this is not a data set in the MSD layout (dataset.json, imagesTr/, labelsTr/)"
+    ))
+}
+
+/// Checks `root` against its dataset.json (`wf_imaging::msd`); returns (training, test) case counts.
+fn validate_layout(root: &Path) -> Result<(usize, usize), StepError> {
+    let path = root.join(DATASET_JSON);
+    let bytes = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(no_dataset_json("the fetched data"));
+        }
+        Err(e) => return Err(io_step(&path, e)),
+    };
+    // Named by its file name: the staging path it lies in means nothing to the user.
+    let ds = MsdDataset::from_slice(&bytes, DATASET_JSON).map_err(layout_error)?;
+    ds.check_layout(root).map_err(layout_error)?;
+    Ok((ds.training.len(), ds.test.len()))
+}
+
+/// The message; for missing files, every one of them in the detail.
+fn layout_error(e: ImagingError) -> StepError {
+    match &e {
+        ImagingError::MsdMissing { missing, .. } => StepError::with_detail(
+            e.to_string(),
+            missing
+                .iter()
+                .map(|(entry, path)| format!("{entry}: {path}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        _ => StepError::new(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testutil::*;
+    use wf_engine::LoadError;
+
+    #[test]
+    fn a_missing_listed_file_is_named() {
+        let wf = tempfile::tempdir().unwrap();
+        msd_tree(wf.path());
+        fs::remove_file(wf.path().join("labelsTr/BRATS_002.nii.gz")).unwrap();
+        let r = run(wf.path(), &[("source", ".".into())]);
+        let e = err(&r);
+        assert!(
+            e.contains("training[1].label: ./labelsTr/BRATS_002.nii.gz"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn num_training_must_match() {
+        let wf = tempfile::tempdir().unwrap();
+        msd_tree(wf.path());
+        let ds = fs::read_to_string(wf.path().join("dataset.json")).unwrap();
+        fs::write(
+            wf.path().join("dataset.json"),
+            ds.replace("\"numTraining\":2", "\"numTraining\":3"),
+        )
+        .unwrap();
+        let e = err(&run(wf.path(), &[("source", ".".into())]));
+        assert!(e.contains("numTraining is 3"), "{e}");
+    }
+
+    #[test]
+    fn data_without_dataset_json_is_not_a_dataset() {
+        let wf = tempfile::tempdir().unwrap();
+        fs::write(wf.path().join("x.nii.gz"), "x").unwrap();
+        let e = err(&run(wf.path(), &[("source", "x.nii.gz".into())]));
+        assert!(e.contains("no dataset.json"), "{e}");
+    }
+
+    #[test]
+    fn synthetic_generates_an_msd_dataset() {
+        let wf = tempfile::tempdir().unwrap();
+        let r = run(
+            wf.path(),
+            &[
+                ("source", "synthetic".into()),
+                ("cases", 2.into()),
+                ("test", 1.into()),
+                ("shape", serde_json::json!([8, 8, 6])),
+            ],
+        );
+        r.result.as_ref().unwrap();
+        let (training, test) = validate_layout(&r.staging.out).unwrap();
+        assert_eq!((training, test), (2, 1));
+    }
+
+    #[test]
+    fn local_sources_are_part_of_the_key() {
+        let f = |s: &str| FetchDataset.local_files(&params(&[("source", s.into())]));
+        assert_eq!(f("data/x.tar"), vec!["data/x.tar"]);
+        assert_eq!(f("file:///d/x.tar"), vec!["/d/x.tar"]);
+        assert!(f("https://h/x.tar").is_empty());
+        assert!(f("synthetic").is_empty());
+    }
+
+    fn diagnostics(with: &str, dir: &Path) -> Vec<(usize, String)> {
+        let yaml = format!("name: t\nsteps:\n  fetch:\n    uses: fetch-dataset\n    with:\n{with}");
+        match wf_engine::load_str(&yaml, Path::new("wf.yaml"), dir, &crate::registry()) {
+            Ok(_) => Vec::new(),
+            Err(LoadError::Invalid(list)) => list
+                .0
+                .into_iter()
+                .map(|d| (d.span.line, d.message))
+                .collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn check_reports_every_problem_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("data")).unwrap();
+        let d = diagnostics(
+            "      source: ftp://h/x.tar\n      md5: abc\n      sha256: zz\n",
+            dir.path(),
+        );
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(
+            d[0].0 == 6 && d[0].1.contains("unknown URL scheme `ftp://`"),
+            "{d:?}"
+        );
+        assert!(
+            d[1].0 == 7 && d[1].1.contains("`md5` must be 32 hex digits, found 3"),
+            "{d:?}"
+        );
+        assert!(d[2].0 == 8 && d[2].1.contains("not hex"), "{d:?}");
+
+        let d = diagnostics(
+            "      source: https://h/x.tar\n      cases: 3\n      shape: [8, 8, 8]\n",
+            dir.path(),
+        );
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].0 == 7
+                && d[0]
+                    .1
+                    .contains("`cases` applies only to `source: synthetic`"),
+            "{d:?}"
+        );
+        assert_eq!(d[1].0, 8);
+
+        let d = diagnostics("      source: nowhere/x.tar\n", dir.path());
+        assert!(
+            d.len() == 1 && d[0].0 == 6 && d[0].1.contains("`nowhere/x.tar` does not exist"),
+            "{d:?}"
+        );
+
+        let d = diagnostics(
+            "      source: data\n      md5: 0123456789abcdef0123456789abcdef\n",
+            dir.path(),
+        );
+        assert!(
+            d.len() == 1 && d[0].0 == 7 && d[0].1.contains("is a directory"),
+            "{d:?}"
+        );
+
+        let d = diagnostics(
+            "      source: synthetic\n      shape: [8, 8]\n      cases: 2\n",
+            dir.path(),
+        );
+        assert!(
+            d.len() == 1 && d[0].0 == 7 && d[0].1.contains("3 sizes"),
+            "{d:?}"
+        );
+
+        let ok = diagnostics(
+            "      source: s3://bucket/Task01.tar\n      sha256: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789ABCDEF\n",
+            dir.path(),
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+}
