@@ -36,4 +36,4 @@ pub use step::{
     Sharded, Step, StepError,
 };
 pub use store::Store;
-pub use workflow::{LoadError, StepDef, Workflow, load, load_str};
+pub use workflow::{LoadError, StepDef, Workflow, load, load_bytes, load_str};

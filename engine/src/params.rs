@@ -120,8 +120,11 @@ impl ParamSpec {
 /// Validated, canonical parameters of one step, with the source nodes kept for positioned checks.
 #[derive(Debug, Clone, Default)]
 pub struct Params {
-    values: BTreeMap<String, Json>,
-    nodes: BTreeMap<String, Node>,
+    /// Sorted by name. A list rather than a map: a step has a few params, and a map's first node
+    /// would cost more than the whole step when a workflow holds 100,000 of them.
+    values: Vec<(String, Json)>,
+    /// In file order; a few per step, so a list (a map's node would cost more than the step).
+    nodes: Vec<(String, Node)>,
     /// Params that do not affect the output (see `ParamSpec::in_key`).
     not_in_key: Vec<String>,
     /// Where the `with:` block (or the step, when there is none) starts.
@@ -132,7 +135,7 @@ impl Params {
     /// Builds params from values directly (tests, workers): no positions.
     pub fn from_values(values: BTreeMap<String, Json>) -> Self {
         Params {
-            values,
+            values: values.into_iter().collect(),
             ..Params::default()
         }
     }
@@ -150,7 +153,7 @@ impl Params {
             .collect();
         all.extend(values);
         Params {
-            values: all,
+            values: all.into_iter().collect(),
             not_in_key: specs
                 .iter()
                 .filter(|s| !s.in_key)
@@ -161,25 +164,32 @@ impl Params {
     }
 
     pub fn get(&self, name: &str) -> Option<&Json> {
-        self.values.get(name)
+        self.values
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.values[i].1)
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(name)
+        self.nodes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, node)| node)
     }
 
     /// Position of a param's value, or of the `with:` block when it was defaulted.
     pub fn span_of(&self, name: &str) -> Span {
-        self.nodes.get(name).map_or(self.span, |n| n.span)
+        self.node(name).map_or(self.span, |n| n.span)
     }
 
-    pub fn values(&self) -> &BTreeMap<String, Json> {
+    /// Every param, sorted by name.
+    pub fn values(&self) -> &[(String, Json)] {
         &self.values
     }
 
     /// Canonical JSON: keys sorted, no whitespace, defaults filled in. Part of the cache key.
     pub fn canonical_json(&self) -> String {
-        serde_json::to_string(&self.values).expect("JSON values always serialize")
+        serde_json::to_string(&SortedMap(&self.values)).expect("JSON values always serialize")
     }
 
     /// The params that are part of the cache key, as a JSON object.
@@ -187,7 +197,7 @@ impl Params {
         Json::Object(
             self.values
                 .iter()
-                .filter(|(k, _)| !self.not_in_key.iter().any(|n| n == *k))
+                .filter(|(k, _)| !self.not_in_key.iter().any(|n| n == k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         )
@@ -197,37 +207,57 @@ impl Params {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_value(Json::Object(self.values.clone().into_iter().collect()))
     }
+
+    fn insert(&mut self, name: &str, value: Json) {
+        match self.values.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            Ok(i) => self.values[i].1 = value,
+            Err(i) => self.values.insert(i, (name.to_string(), value)),
+        }
+    }
 }
 
-/// Checks `with:` against the schema. `context` names the step in messages (`step "train"`).
+/// Serializes sorted pairs as a JSON object, exactly as a `BTreeMap` of them would.
+struct SortedMap<'a>(&'a [(String, Json)]);
+
+impl serde::Serialize for SortedMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// Checks `with:` against the schema. `context` names the step in messages (`step "train"`). The
+/// params keep their nodes (for positioned checks), moved out of `with` rather than copied.
 pub fn validate(
     specs: &[ParamSpec],
-    with: Option<&Node>,
+    with: Option<Node>,
     step_span: Span,
     context: &str,
     diags: &mut Diagnostics,
 ) -> Params {
     let mut params = Params {
-        span: with.map_or(step_span, |w| w.span),
+        span: with.as_ref().map_or(step_span, |w| w.span),
         ..Params::default()
     };
-    let entries: &[(crate::yaml::Key, Node)] = match with {
-        None => &[],
-        Some(node) if node.is_null() => &[],
-        Some(node) => match node.as_map() {
-            Some(m) => m,
-            None => {
-                diags.error(
-                    node.span,
-                    format!(
-                        "{context}: `with` must be a mapping of params, found {}",
-                        node.describe()
-                    ),
-                );
-                &[]
-            }
-        },
+    let entries: Vec<(crate::yaml::Key, Node)> = match with {
+        None => Vec::new(),
+        Some(node) if node.is_null() => Vec::new(),
+        Some(Node {
+            value: Value::Map(m),
+            ..
+        }) => m,
+        Some(node) => {
+            diags.error(
+                node.span,
+                format!(
+                    "{context}: `with` must be a mapping of params, found {}",
+                    node.describe()
+                ),
+            );
+            Vec::new()
+        }
     };
+    // Params written, valid or not: neither defaulted nor reported missing.
+    let mut given: Vec<&str> = Vec::new();
     for (key, node) in entries {
         let Some(spec) = specs.iter().find(|s| s.name == key.name) else {
             let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
@@ -247,14 +277,15 @@ pub fn validate(
             }
             continue;
         };
+        given.push(spec.name);
         if let Some(value) = convert(
             &spec.ty,
-            node,
+            &node,
             &format!("{context}: param `{}`", spec.name),
             diags,
         ) {
-            params.values.insert(spec.name.to_string(), value);
-            params.nodes.insert(spec.name.to_string(), node.clone());
+            params.insert(spec.name, value);
+            params.nodes.push((spec.name.to_string(), node));
         }
     }
     params.not_in_key = specs
@@ -263,14 +294,13 @@ pub fn validate(
         .map(|s| s.name.to_string())
         .collect();
     for spec in specs {
-        if params.values.contains_key(spec.name) || entries.iter().any(|(k, _)| k.name == spec.name)
-        {
+        if given.contains(&spec.name) {
             continue;
         }
         match spec.default {
             Some(default) => {
                 let v: Json = serde_json::from_str(default).expect("param defaults are valid JSON");
-                params.values.insert(spec.name.to_string(), v);
+                params.insert(spec.name, v);
             }
             None => diags.error_with_help(
                 params.span,
@@ -279,6 +309,8 @@ pub fn validate(
             ),
         }
     }
+    params.values.shrink_to_fit();
+    params.nodes.shrink_to_fit();
     params
 }
 

@@ -3,18 +3,24 @@
 //! fully valid file becomes a `Workflow`, and only a `Workflow` can be planned or run.
 
 use crate::artifact::{ArtifactType, Slots};
-use crate::diag::{DiagnosticList, Diagnostics, Span, did_you_mean};
+use crate::diag::{DiagnosticList, Diagnostics, Span, did_you_mean, did_you_mean_within};
 use crate::params::{self, Params};
 use crate::registry::Registry;
 use crate::step::{CheckContext, Step};
-use crate::yaml::{self, Node, Plain};
+use crate::yaml::{self, Node, Plain, Value};
 use petgraph::graph::{DiGraph, NodeIndex};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const TOP_KEYS: &[&str] = &["name", "description", "seed", "cache", "steps", "targets"];
 const STEP_KEYS: &[&str] = &["uses", "inputs", "with", "description"];
+/// The most steps a workflow holds. A step costs one to two kilobytes to validate; with the YAML
+/// limits (`yaml::LIMITS`) this keeps any file's validation under 200 MB (BENCHMARKS.md).
+pub const MAX_STEPS: usize = 200_000;
+/// Edit-distance work (characters compared) spent on did-you-mean for unknown step ids: about a
+/// tenth of a second, enough for every suggestion in a workflow of thousands of steps.
+const SUGGEST_BUDGET: usize = 20_000_000;
 
 /// One validated step.
 #[derive(Clone)]
@@ -97,7 +103,7 @@ pub enum LoadError {
 }
 
 pub fn load(path: &Path, registry: &Registry) -> Result<Workflow, LoadError> {
-    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let bytes = yaml::read_limited(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -105,7 +111,22 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Workflow, LoadError> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
-    load_str(&source, path, &dir, registry)
+    load_bytes(&bytes, path, &dir, registry)
+}
+
+/// Validates a workflow file's bytes: text past the size limit or not UTF-8 is refused with a
+/// position, the rest goes to `load_str`.
+pub fn load_bytes(
+    bytes: &[u8],
+    path: &Path,
+    dir: &Path,
+    registry: &Registry,
+) -> Result<Workflow, LoadError> {
+    let mut diags = Diagnostics::new(path);
+    match yaml::decode(bytes, &mut diags) {
+        Some(text) => load_str(text, path, dir, registry),
+        None => Err(LoadError::Invalid(DiagnosticList(diags.into_sorted()))),
+    }
 }
 
 /// Validates workflow text; `path` is used in messages, `dir` to resolve relative paths.
@@ -117,7 +138,7 @@ pub fn load_str(
 ) -> Result<Workflow, LoadError> {
     let mut diags = Diagnostics::new(path);
     let root = yaml::parse(source, &mut diags);
-    let wf = root.and_then(|root| validate(&root, path, dir, registry, &mut diags));
+    let wf = root.and_then(|root| validate(root, path, dir, registry, &mut diags));
     match wf {
         Some(wf) if diags.is_empty() => Ok(wf),
         _ => Err(LoadError::Invalid(DiagnosticList(diags.into_sorted()))),
@@ -128,6 +149,10 @@ pub fn load_str(
 pub fn check_keys(map: &Node, allowed: &[&str], context: &str, diags: &mut Diagnostics) {
     for (k, _) in map.as_map().unwrap_or(&[]) {
         if !allowed.contains(&k.name.as_str()) {
+            if !diags.would_list(k.span) {
+                diags.error(k.span, "");
+                continue;
+            }
             let msg = format!("unknown key `{}` in {context}", k.name);
             match did_you_mean(&k.name, allowed.iter().copied()) {
                 Some(best) => diags.error_with_help(k.span, msg, format!("did you mean `{best}`?")),
@@ -167,8 +192,10 @@ struct RawStep {
     description: Option<String>,
 }
 
+/// Takes the tree by value: each step's params move out of it rather than being copied, and each
+/// step's subtree is freed once checked (a file may be millions of values).
 fn validate(
-    root: &Node,
+    mut root: Node,
     path: &Path,
     dir: &Path,
     registry: &Registry,
@@ -184,7 +211,7 @@ fn validate(
         );
         return None;
     }
-    check_keys(root, TOP_KEYS, "the workflow", diags);
+    check_keys(&root, TOP_KEYS, "the workflow", diags);
 
     let default_name = path
         .file_stem()
@@ -268,15 +295,36 @@ fn validate(
         }
     }
 
-    let steps_node = match root.get("steps") {
+    let steps_node = match root.take("steps") {
         Some(s) => s,
         None => {
             diags.error(root.span, "the workflow has no `steps:`");
             return None;
         }
     };
-    let entries = match steps_node.as_map() {
-        Some(e) if !e.is_empty() => e,
+    let entries = match steps_node.value {
+        Value::Map(e) if e.is_empty() => {
+            diags.error_with_help(
+                steps_node.span,
+                "`steps` is empty; a workflow needs at least one step",
+                format!(
+                    "a step reads `ID: {{ uses: KIND, with: {{ ... }} }}`; known kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return None;
+        }
+        Value::Map(e) if e.len() > MAX_STEPS => {
+            diags.error(
+                steps_node.span,
+                format!(
+                    "`steps` holds {} steps, more than the {MAX_STEPS} a workflow may hold",
+                    e.len()
+                ),
+            );
+            return None;
+        }
+        Value::Map(e) => e,
         _ => {
             diags.error(
                 steps_node.span,
@@ -289,9 +337,11 @@ fn validate(
         }
     };
 
-    let mut raw: Vec<RawStep> = Vec::new();
+    // Steps are looked up by id through maps, never by scanning: a workflow may hold 100,000 steps.
+    let mut raw: Vec<RawStep> = Vec::with_capacity(entries.len());
+    let mut seen: HashSet<String> = HashSet::with_capacity(entries.len());
     for (key, node) in entries {
-        if raw.iter().any(|r| r.id == key.name) {
+        if !seen.insert(key.name.clone()) {
             continue; // duplicate key: already reported by the YAML phase
         }
         if !valid_id(&key.name) {
@@ -299,30 +349,36 @@ fn validate(
         }
         raw.push(check_step(&key.name, key.span, node, registry, dir, diags));
     }
+    drop(seen);
 
     // Edges: every input names an existing step with a matching slot and artifact type.
     let ids: Vec<&str> = raw.iter().map(|r| r.id.as_str()).collect();
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    // Suggestions compare a name with every id; past this much work, unknown ids get none.
+    let mut suggest_budget = SUGGEST_BUDGET;
     let outputs: Vec<Option<ArtifactType>> = raw
         .iter()
         .map(|r| r.step.as_ref().map(|s| s.output(&r.params)))
         .collect();
-    let mut resolved: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); raw.len()];
+    // slot → producer per step; a list, as steps have a slot or two.
+    let mut resolved: Vec<Vec<(String, usize)>> = vec![Vec::new(); raw.len()];
     for (i, r) in raw.iter().enumerate() {
         for (slot, producer, span) in &r.inputs {
-            let Some(p) = ids.iter().position(|id| id == producer) else {
+            let Some(&p) = index.get(producer.as_str()) else {
                 let msg = format!(
                     "step `{}`: input `{slot}` names step `{producer}`, which does not exist",
                     r.id
                 );
-                diags.error_suggest(
-                    *span,
-                    msg,
-                    producer,
-                    ids.iter().copied().filter(|id| *id != r.id),
-                );
+                let others = ids.iter().copied().filter(|id| *id != r.id);
+                match did_you_mean_within(producer, others, &mut suggest_budget) {
+                    Some(best) => {
+                        diags.error_with_help(*span, msg, format!("did you mean `{best}`?"))
+                    }
+                    None => diags.error(*span, msg),
+                }
                 continue;
             };
-            resolved[i].insert(slot.clone(), p);
+            resolved[i].push((slot.clone(), p));
             let (Some(step), Some(produced)) = (&r.step, outputs[p]) else {
                 continue;
             };
@@ -342,25 +398,38 @@ fn validate(
     let mut graph: DiGraph<usize, String> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..raw.len()).map(|i| graph.add_node(i)).collect();
     for (i, inputs) in resolved.iter().enumerate() {
-        for (slot, &p) in inputs {
-            graph.add_edge(nodes[p], nodes[i], slot.clone());
+        for (slot, p) in inputs {
+            graph.add_edge(nodes[*p], nodes[i], slot.clone());
         }
     }
     let order = match topo_order(&graph) {
         Ok(order) => order,
         Err(cycle) => {
-            let path: Vec<&str> = cycle.iter().map(|&i| raw[i].id.as_str()).collect();
             let first = *cycle
                 .iter()
                 .min_by_key(|&&i| raw[i].span)
                 .expect("cycle is non-empty");
+            let id = |i: usize| raw[i].id.as_str();
+            // A long cycle is shown by its ends: the message stays one readable line.
+            let path = if cycle.len() > 12 {
+                let head: Vec<&str> = cycle[..8].iter().map(|&i| id(i)).collect();
+                let tail: Vec<&str> = cycle[cycle.len() - 2..].iter().map(|&i| id(i)).collect();
+                format!(
+                    "{} -> … ({} more) -> {}",
+                    head.join(" -> "),
+                    cycle.len() - 10,
+                    tail.join(" -> ")
+                )
+            } else {
+                cycle
+                    .iter()
+                    .map(|&i| id(i))
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            };
             diags.error(
                 raw[first].span,
-                format!(
-                    "the steps form a cycle: {} -> {}",
-                    path.join(" -> "),
-                    path[0]
-                ),
+                format!("the steps form a cycle: {path} -> {}", id(cycle[0])),
             );
             return None;
         }
@@ -378,9 +447,9 @@ fn validate(
     let sealed_nodes: Vec<NodeIndex> = (0..raw.len()).map(|i| sealed_graph.add_node(i)).collect();
     let mut slots: Vec<Option<StepDef>> = (0..raw.len()).map(|_| None).collect();
     for (old, r) in raw.into_iter().enumerate() {
-        let inputs: BTreeMap<String, usize> = resolved[old]
-            .iter()
-            .map(|(slot, &p)| (slot.clone(), new_index[p]))
+        let inputs: BTreeMap<String, usize> = std::mem::take(&mut resolved[old])
+            .into_iter()
+            .map(|(slot, p)| (slot, new_index[p]))
             .collect();
         for (slot, &p) in &inputs {
             sealed_graph.add_edge(sealed_nodes[p], sealed_nodes[new_index[old]], slot.clone());
@@ -415,7 +484,7 @@ fn validate(
 fn check_step(
     id: &str,
     span: Span,
-    node: &Node,
+    mut node: Node,
     registry: &Registry,
     dir: &Path,
     diags: &mut Diagnostics,
@@ -438,7 +507,7 @@ fn check_step(
         );
         return raw;
     }
-    check_keys(node, STEP_KEYS, &format!("step `{id}`"), diags);
+    check_keys(&node, STEP_KEYS, &format!("step `{id}`"), diags);
     raw.description = node
         .get("description")
         .and_then(|d| d.as_str())
@@ -514,7 +583,7 @@ fn check_step(
         return raw;
     };
     let context = format!("step `{id}`");
-    raw.params = params::validate(step.params(), node.get("with"), span, &context, diags);
+    raw.params = params::validate(step.params(), node.take("with"), span, &context, diags);
 
     let input_keys: Vec<(&str, Span)> = node
         .get("inputs")
@@ -601,6 +670,9 @@ fn topo_order(graph: &DiGraph<usize, String>) -> Result<Vec<usize>, Vec<usize>> 
         .find(|&i| indegree[i] > 0)
         .expect("an unfinished node exists");
     let mut path = vec![start];
+    // Where each node sits on `path`, so a repeat is found without scanning it.
+    let mut on_path: Vec<Option<usize>> = vec![None; n];
+    on_path[start] = Some(0);
     let mut cur = start;
     loop {
         let pred = graph
@@ -609,7 +681,7 @@ fn topo_order(graph: &DiGraph<usize, String>) -> Result<Vec<usize>, Vec<usize>> 
             .filter(|&p| indegree[p] > 0)
             .min()
             .expect("a node on or behind a cycle has an unfinished predecessor");
-        if let Some(pos) = path.iter().position(|&x| x == pred) {
+        if let Some(pos) = on_path[pred] {
             let mut cycle: Vec<usize> = path[pos..].to_vec();
             cycle.reverse(); // producer → consumer direction
             let first = cycle
@@ -621,6 +693,7 @@ fn topo_order(graph: &DiGraph<usize, String>) -> Result<Vec<usize>, Vec<usize>> 
             cycle.rotate_left(first);
             return Err(cycle);
         }
+        on_path[pred] = Some(path.len());
         path.push(pred);
         cur = pred;
     }

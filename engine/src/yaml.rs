@@ -6,6 +6,35 @@
 
 use crate::diag::{Diagnostics, Span};
 use saphyr_parser::{Event, Parser, ScalarStyle};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+/// What one YAML file may hold. A workflow is a few kilobytes and nests about 8 levels; a generated
+/// one with 100,000 steps is about 10 MiB and 1.2 million values. Past these bounds the file is refused
+/// with a positioned message rather than parsed into unbounded memory or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of source text.
+    pub max_bytes: usize,
+    /// Lists and mappings inside each other, the outermost counting as 1.
+    pub max_depth: usize,
+    /// Uses of aliases (`*name`).
+    pub max_aliases: usize,
+    /// Values (scalars, lists, mappings, mapping keys) built, aliases expanded.
+    pub max_nodes: usize,
+    /// Bytes of scalar and key text built, aliases expanded.
+    pub max_text: usize,
+}
+
+/// The limits `parse` applies.
+pub const LIMITS: Limits = Limits {
+    max_bytes: 16 << 20,
+    max_depth: 64,
+    max_aliases: 100_000,
+    max_nodes: 1_500_000,
+    max_text: 32 << 20,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -104,6 +133,15 @@ impl Node {
         }
     }
 
+    /// Removes a mapping's first entry named `key` and returns its value.
+    pub fn take(&mut self, key: &str) -> Option<Node> {
+        let Value::Map(entries) = &mut self.value else {
+            return None;
+        };
+        let i = entries.iter().position(|(k, _)| k.name == key)?;
+        Some(entries.remove(i).1)
+    }
+
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.as_map()?
             .iter()
@@ -164,20 +202,90 @@ fn classify(text: &str) -> Plain<'_> {
     Plain::Str(text)
 }
 
-/// Parses one YAML document. Syntax errors, duplicate keys and non-string keys go to `diags`;
-/// `None` only when the document could not be parsed at all.
+/// Reads a YAML file, at most one byte past `LIMITS.max_bytes`: a larger file (or a device that never
+/// ends) is then refused by `decode` without being read whole.
+pub fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let limit = LIMITS.max_bytes as u64 + 1;
+    // Sized from the file's length, so a big file is not copied as its buffer doubles.
+    let size = file.metadata().map_or(0, |m| m.len().min(limit));
+    let mut bytes = Vec::with_capacity(size as usize + 1);
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A file's bytes as text. Past `LIMITS.max_bytes`, or not UTF-8, it is refused with a position.
+pub fn decode<'b>(bytes: &'b [u8], diags: &mut Diagnostics) -> Option<&'b str> {
+    if bytes.len() > LIMITS.max_bytes {
+        too_large(&LIMITS, diags);
+        return None;
+    }
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        diags.error(Span::new(1, 1), "the file is UTF-16 text; save it as UTF-8");
+        return None;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            let line = good.matches('\n').count() + 1;
+            let col = good.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            diags.error(
+                Span::new(line, col),
+                format!(
+                    "the file is not UTF-8 text (byte 0x{:02X} here); save it as UTF-8",
+                    bytes[e.valid_up_to()]
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn too_large(limits: &Limits, diags: &mut Diagnostics) {
+    diags.error(
+        Span::new(1, 1),
+        format!(
+            "the file is larger than {}, the most wf reads",
+            mib(limits.max_bytes)
+        ),
+    );
+}
+
+fn mib(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Parses one YAML document within `LIMITS`. Syntax errors, duplicate keys, non-string keys and
+/// limits exceeded go to `diags`; `None` when no tree could be built.
 pub fn parse(source: &str, diags: &mut Diagnostics) -> Option<Node> {
+    parse_with(source, &LIMITS, diags)
+}
+
+/// `parse` within other limits.
+fn parse_with(source: &str, limits: &Limits, diags: &mut Diagnostics) -> Option<Node> {
+    if source.len() > limits.max_bytes {
+        too_large(limits, diags);
+        return None;
+    }
     let mut builder = Builder {
+        source,
+        limits,
         stack: Vec::new(),
-        anchors: Vec::new(),
+        anchors: HashMap::new(),
         root: None,
         docs: 0,
+        aliases: 0,
+        built: Stats::default(),
     };
     for item in Parser::new_from_str(source) {
         match item {
             Ok((event, span)) => {
-                let at = Span::new(span.start.line(), span.start.col() + 1);
-                if let Err((at, msg)) = builder.event(event, at) {
+                if let Err((at, msg)) = builder.event(event, span) {
                     diags.error(at, msg);
                     return None;
                 }
@@ -192,7 +300,15 @@ pub fn parse(source: &str, diags: &mut Diagnostics) -> Option<Node> {
             }
         }
     }
-    let root = builder.root?;
+    let Some(root) = builder.root else {
+        let msg = if source.trim().is_empty() {
+            "the file is empty: it holds no YAML document"
+        } else {
+            "the file holds only comments: it has no YAML document"
+        };
+        diags.error(Span::new(1, 1), msg);
+        return None;
+    };
     check_keys(&root, diags);
     Some(root)
 }
@@ -201,15 +317,30 @@ pub fn parse(source: &str, diags: &mut Diagnostics) -> Option<Node> {
 fn check_keys(node: &Node, diags: &mut Diagnostics) {
     match &node.value {
         Value::Map(entries) => {
+            // A workflow's `steps:` may hold 100,000 keys: a big mapping looks earlier keys up by
+            // name; the many small ones scan.
+            let mut first: HashMap<&str, Span> = HashMap::new();
             for (i, (k, v)) in entries.iter().enumerate() {
-                if let Some((first, _)) = entries[..i].iter().find(|(p, _)| p.name == k.name) {
-                    diags.error(
+                let earlier = if entries.len() > 8 {
+                    first.get(k.name.as_str()).copied()
+                } else {
+                    entries[..i]
+                        .iter()
+                        .find(|(p, _)| p.name == k.name)
+                        .map(|(p, _)| p.span)
+                };
+                match earlier {
+                    Some(at) => diags.error(
                         k.span,
                         format!(
                             "duplicate key `{}` (first defined at {}:{})",
-                            k.name, first.span.line, first.span.col
+                            k.name, at.line, at.col
                         ),
-                    );
+                    ),
+                    None if entries.len() > 8 => {
+                        first.insert(&k.name, k.span);
+                    }
+                    None => {}
                 }
                 check_keys(v, diags);
             }
@@ -219,29 +350,57 @@ fn check_keys(node: &Node, diags: &mut Diagnostics) {
     }
 }
 
+/// What a subtree costs: its values (keys included), their text, and how deep its collections nest
+/// (0 for a scalar). An alias copies its anchor's subtree, so it costs the same again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stats {
+    nodes: usize,
+    text: usize,
+    height: usize,
+}
+
+impl Stats {
+    fn add(&mut self, child: Stats) {
+        self.nodes = self.nodes.saturating_add(child.nodes);
+        self.text = self.text.saturating_add(child.text);
+        self.height = self.height.max(child.height + 1);
+    }
+}
+
 enum Frame {
     Seq {
         span: Span,
         anchor: usize,
         items: Vec<Node>,
+        stats: Stats,
     },
     Map {
         span: Span,
         anchor: usize,
         entries: Vec<(Key, Node)>,
         pending: Option<Key>,
+        stats: Stats,
     },
 }
 
-struct Builder {
+struct Builder<'s> {
+    source: &'s str,
+    limits: &'s Limits,
     stack: Vec<Frame>,
-    anchors: Vec<(usize, Node)>,
+    /// Anchor id → the anchored subtree and its cost.
+    anchors: HashMap<usize, (Node, Stats)>,
     root: Option<Node>,
     docs: usize,
+    aliases: usize,
+    /// Everything built so far, anchors' copies and expanded aliases included.
+    built: Stats,
 }
 
-impl Builder {
-    fn event(&mut self, event: Event<'_>, at: Span) -> Result<(), (Span, String)> {
+type Refusal = (Span, String);
+
+impl Builder<'_> {
+    fn event(&mut self, event: Event<'_>, span: saphyr_parser::Span) -> Result<(), Refusal> {
+        let at = Span::new(span.start.line(), span.start.col() + 1);
         match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => Ok(()),
             Event::DocumentStart(_) => {
@@ -255,112 +414,223 @@ impl Builder {
                 Ok(())
             }
             Event::Alias(id) => {
-                let node = self
+                self.aliases += 1;
+                if self.aliases > self.limits.max_aliases {
+                    return Err((
+                        at,
+                        format!(
+                            "more than {} aliases (`*name`), the most wf expands",
+                            self.limits.max_aliases
+                        ),
+                    ));
+                }
+                let stats = self
                     .anchors
-                    .iter()
-                    .rev()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, n)| Node {
-                        span: at,
-                        value: n.value.clone(),
-                    })
+                    .get(&id)
+                    .map(|(_, stats)| *stats)
                     .ok_or((at, "alias refers to an unknown anchor".to_string()))?;
-                self.push(node, 0)
-            }
-            Event::Scalar(text, style, anchor, _tag) => {
-                let quoted = !matches!(style, ScalarStyle::Plain);
+                if self.stack.len() + stats.height > self.limits.max_depth {
+                    return Err((
+                        at,
+                        format!(
+                            "alias `{}` nests lists and mappings more than {} levels deep, the most wf accepts",
+                            self.alias_name(span),
+                            self.limits.max_depth
+                        ),
+                    ));
+                }
+                // Checked before the copy is made: the copy is what a billion-laughs file multiplies.
+                self.charge(stats, at, Some(span))?;
                 let node = Node {
                     span: at,
-                    value: Value::Scalar {
-                        text: text.into_owned(),
-                        quoted,
-                    },
+                    value: self.anchors[&id].0.value.clone(),
                 };
-                self.push(node, anchor)
+                self.push(node, 0, stats)
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push(Frame::Seq {
+            Event::Scalar(text, style, anchor, _tag) => {
+                let stats = Stats {
+                    nodes: 1,
+                    text: text.len(),
+                    height: 0,
+                };
+                self.charge(stats, at, None)?;
+                let quoted = !matches!(style, ScalarStyle::Plain);
+                // A copy of exact size: the scanner leaves room to grow in each string, and a big
+                // file keeps millions of them.
+                let text = String::from(&*text);
+                let node = Node {
                     span: at,
-                    anchor,
-                    items: Vec::new(),
-                });
-                Ok(())
+                    value: Value::Scalar { text, quoted },
+                };
+                self.push(node, anchor, stats)
             }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map {
-                    span: at,
-                    anchor,
-                    entries: Vec::new(),
-                    pending: None,
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if self.stack.len() >= self.limits.max_depth {
+                    return Err((
+                        at,
+                        format!(
+                            "lists and mappings are nested more than {} levels deep, the most wf accepts",
+                            self.limits.max_depth
+                        ),
+                    ));
+                }
+                let stats = Stats {
+                    nodes: 1,
+                    text: 0,
+                    height: 1,
+                };
+                self.charge(stats, at, None)?;
+                self.stack.push(match event {
+                    Event::SequenceStart(..) => Frame::Seq {
+                        span: at,
+                        anchor,
+                        items: Vec::new(),
+                        stats,
+                    },
+                    _ => Frame::Map {
+                        span: at,
+                        anchor,
+                        entries: Vec::new(),
+                        pending: None,
+                        stats,
+                    },
                 });
                 Ok(())
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
+                // Exact sizes: a big file holds millions of small collections.
+                let (node, anchor, stats) = match self.stack.pop() {
                     Some(Frame::Seq {
                         span,
                         anchor,
-                        items,
-                    }) => (
-                        Node {
-                            span,
-                            value: Value::Seq(items),
-                        },
-                        anchor,
-                    ),
+                        mut items,
+                        stats,
+                    }) => {
+                        items.shrink_to_fit();
+                        let value = Value::Seq(items);
+                        (Node { span, value }, anchor, stats)
+                    }
                     Some(Frame::Map {
                         span,
                         anchor,
-                        entries,
+                        mut entries,
+                        stats,
                         ..
-                    }) => (
-                        Node {
-                            span,
-                            value: Value::Map(entries),
-                        },
-                        anchor,
-                    ),
+                    }) => {
+                        entries.shrink_to_fit();
+                        let value = Value::Map(entries);
+                        (Node { span, value }, anchor, stats)
+                    }
                     None => return Err((at, "unbalanced YAML structure".into())),
                 };
-                self.push(node, anchor)
+                self.push(node, anchor, stats)
             }
         }
     }
 
-    fn push(&mut self, node: Node, anchor: usize) -> Result<(), (Span, String)> {
+    /// Counts `stats` more built, refusing past the limits; `alias` names the alias being expanded.
+    fn charge(
+        &mut self,
+        stats: Stats,
+        at: Span,
+        alias: Option<saphyr_parser::Span>,
+    ) -> Result<(), Refusal> {
+        self.built.nodes = self.built.nodes.saturating_add(stats.nodes);
+        self.built.text = self.built.text.saturating_add(stats.text);
+        // Named only on failure: finding the name walks the source.
+        let what = |span| format!("alias `{}` expands ", self.alias_name(span));
+        if self.built.nodes > self.limits.max_nodes {
+            let msg = match alias {
+                Some(span) => format!(
+                    "{}the file past {} values",
+                    what(span),
+                    self.limits.max_nodes
+                ),
+                None => format!("the file holds more than {} values", self.limits.max_nodes),
+            };
+            return Err((
+                at,
+                format!("{msg} (scalars, lists, mappings), the most wf builds"),
+            ));
+        }
+        if self.built.text > self.limits.max_text {
+            let msg = match alias {
+                Some(span) => format!(
+                    "{}the text of the file past {}",
+                    what(span),
+                    mib(self.limits.max_text)
+                ),
+                None => format!(
+                    "the file holds more than {} of text",
+                    mib(self.limits.max_text)
+                ),
+            };
+            return Err((at, format!("{msg}, the most wf builds")));
+        }
+        Ok(())
+    }
+
+    /// `*name` as written at an alias event (for messages only).
+    fn alias_name(&self, span: saphyr_parser::Span) -> String {
+        let (start, end) = (span.start.index(), span.end.index());
+        let text: String = self
+            .source
+            .chars()
+            .skip(start)
+            .take(end.saturating_sub(start).min(200))
+            .collect();
+        if text.starts_with('*') {
+            text
+        } else {
+            "*".to_string()
+        }
+    }
+
+    fn push(&mut self, node: Node, anchor: usize, stats: Stats) -> Result<(), Refusal> {
         if anchor != 0 {
-            self.anchors.push((anchor, node.clone()));
+            // The anchor keeps its own copy, so that copy counts too.
+            self.charge(stats, node.span, None)?;
+            self.anchors.insert(anchor, (node.clone(), stats));
         }
         match self.stack.last_mut() {
             None => {
                 self.root = Some(node);
                 Ok(())
             }
-            Some(Frame::Seq { items, .. }) => {
+            Some(Frame::Seq {
+                items, stats: s, ..
+            }) => {
+                s.add(stats);
                 items.push(node);
                 Ok(())
             }
             Some(Frame::Map {
-                entries, pending, ..
-            }) => match pending.take() {
-                Some(key) => {
-                    entries.push((key, node));
-                    Ok(())
-                }
-                None => match node.value {
-                    Value::Scalar { text, .. } => {
-                        *pending = Some(Key {
-                            name: text,
-                            span: node.span,
-                        });
+                entries,
+                pending,
+                stats: s,
+                ..
+            }) => {
+                s.add(stats);
+                match pending.take() {
+                    Some(key) => {
+                        entries.push((key, node));
                         Ok(())
                     }
-                    _ => Err((
-                        node.span,
-                        "mapping keys must be plain names, not lists or mappings".into(),
-                    )),
-                },
-            },
+                    None => match node.value {
+                        Value::Scalar { text, .. } => {
+                            *pending = Some(Key {
+                                name: text,
+                                span: node.span,
+                            });
+                            Ok(())
+                        }
+                        _ => Err((
+                            node.span,
+                            "mapping keys must be plain names, not lists or mappings".into(),
+                        )),
+                    },
+                }
+            }
         }
     }
 }
@@ -417,6 +687,83 @@ mod tests {
         assert!(n.is_none());
         assert_eq!(errs.len(), 1);
         assert!(errs[0].starts_with("t.yaml:"), "{errs:?}");
+    }
+
+    fn parse_within(src: &str, limits: Limits) -> Vec<String> {
+        let mut d = Diagnostics::new(Path::new("t.yaml"));
+        parse_with(src, &limits, &mut d);
+        d.into_sorted().iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn limits_count_expanded_aliases_and_anchored_copies() {
+        let small = Limits {
+            max_nodes: 21,
+            ..LIMITS
+        };
+        // The root, keys a to c, the list and its 3 values, the anchor's copy of the list (4) and
+        // two aliases of it (4 each): 20 values; key `d` makes 21 and its alias 25.
+        let src = "a: &x [1, 2, 3]\nb: *x\nc: *x\n";
+        assert_eq!(parse_within(src, small), Vec::<String>::new());
+        assert_eq!(
+            parse_within(&format!("{src}d: *x\n"), small),
+            [
+                "t.yaml:4:4: alias `*x` expands the file past 21 values (scalars, lists, mappings), the most wf builds"
+            ]
+        );
+        let text = Limits {
+            max_text: 10,
+            ..LIMITS
+        };
+        assert_eq!(
+            parse_within("a: &x abcd\nb: *x\n", text),
+            [
+                "t.yaml:2:4: alias `*x` expands the text of the file past 10 bytes, the most wf builds"
+            ]
+        );
+        let shallow = Limits {
+            max_depth: 2,
+            ..LIMITS
+        };
+        assert_eq!(parse_within("a: [1]\n", shallow), Vec::<String>::new());
+        assert_eq!(
+            parse_within("a: [[1]]\n", shallow),
+            [
+                "t.yaml:1:5: lists and mappings are nested more than 2 levels deep, the most wf accepts"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_say_so() {
+        assert_eq!(
+            parse_ok("").1,
+            ["t.yaml:1:1: the file is empty: it holds no YAML document"]
+        );
+        assert_eq!(
+            parse_ok("  \n\n").1,
+            ["t.yaml:1:1: the file is empty: it holds no YAML document"]
+        );
+        assert_eq!(
+            parse_ok("# nothing\n").1,
+            ["t.yaml:1:1: the file holds only comments: it has no YAML document"]
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_placed() {
+        let mut d = Diagnostics::new(Path::new("t.yaml"));
+        assert_eq!(decode(b"a: 1\nb: \xc3\xa9\xff\n", &mut d), None);
+        assert_eq!(
+            d.into_sorted()[0].to_string(),
+            "t.yaml:2:5: the file is not UTF-8 text (byte 0xFF here); save it as UTF-8"
+        );
+        let mut d = Diagnostics::new(Path::new("t.yaml"));
+        assert_eq!(decode(b"\xff\xfea\x00", &mut d), None);
+        assert_eq!(
+            d.into_sorted()[0].to_string(),
+            "t.yaml:1:1: the file is UTF-16 text; save it as UTF-8"
+        );
     }
 
     #[test]

@@ -41,6 +41,12 @@ fixture!(
     bad_step_shapes,
     targets,
     everything,
+    empty,
+    comment_only,
+    not_utf8,
+    empty_steps,
+    alias_bomb,
+    too_deep,
 );
 
 #[test]
