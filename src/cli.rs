@@ -73,8 +73,8 @@ enum Command {
         /// Training cases.
         #[arg(long)]
         cases: usize,
-        /// Volume shape X,Y,Z.
-        #[arg(long, default_value = "240,240,155", value_parser = parse_shape)]
+        /// Volume shape X,Y,Z (each 4 to 4096).
+        #[arg(long, default_value = "240,240,155", value_parser = parse_synth_shape)]
         shape: [usize; 3],
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -310,9 +310,16 @@ fn load(file: &Path) -> CliResult<Workflow> {
         ))),
         Err(LoadError::Invalid(list)) => {
             let n = list.0.len();
-            let plural = if n == 1 { "" } else { "s" };
+            // Past the cap, the last line counts the problems not listed.
+            let count = match n {
+                1 => "1 problem".to_string(),
+                n if n > wf_engine::diag::MAX_DIAGNOSTICS => {
+                    format!("more than {} problems", wf_engine::diag::MAX_DIAGNOSTICS)
+                }
+                n => format!("{n} problems"),
+            };
             Err(CliError::invalid(format!(
-                "{list}\nerror: {} is invalid ({n} problem{plural})",
+                "{list}\nerror: {} is invalid ({count})",
                 file.display()
             )))
         }
@@ -504,6 +511,20 @@ pub(crate) fn parse_shape(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
+/// `synth --shape`: a shape whose every axis `wf_imaging::synth` can write.
+fn parse_synth_shape(s: &str) -> Result<[usize; 3], String> {
+    let shape = parse_shape(s)?;
+    let axis = wf_imaging::synth::AXIS;
+    if shape.iter().any(|n| !axis.contains(n)) {
+        return Err(format!(
+            "`{s}`: every axis must be in {}..={}",
+            axis.start(),
+            axis.end()
+        ));
+    }
+    Ok(shape)
+}
+
 /// `wf transform`: the chain of a T.yaml over one case.
 fn transform_one(
     spec: &Path,
@@ -513,10 +534,17 @@ fn transform_one(
     out: &Path,
 ) -> CliResult {
     use wf_engine::yaml;
-    let text = std::fs::read_to_string(spec)
+    // `--out` is the directory written; refused before any work when a file holds its place.
+    if out.exists() && !out.is_dir() {
+        return Err(CliError::invalid(format!(
+            "error: --out {}: is a file; `wf transform` writes a directory (image.nii.gz, label.nii.gz)",
+            out.display()
+        )));
+    }
+    let bytes = yaml::read_limited(spec)
         .map_err(|e| CliError::invalid(format!("error: cannot read {}: {e}", spec.display())))?;
     let mut diags = wf_engine::Diagnostics::new(spec);
-    let root = yaml::parse(&text, &mut diags);
+    let root = yaml::decode(&bytes, &mut diags).and_then(|text| yaml::parse(text, &mut diags));
     let invalid = |diags: wf_engine::Diagnostics| {
         CliError::invalid(format!(
             "{}\nerror: {} is invalid",

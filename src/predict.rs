@@ -89,6 +89,14 @@ fn deterministic_chain(
 }
 
 fn predict(args: &PredictArgs) -> CliResult<()> {
+    // Checked first: inference may take minutes, and its result has to have somewhere to go.
+    if args.out.is_dir() {
+        return Err(invalid(format!(
+            "--out {}: is a directory; name the file to write, e.g. {}",
+            args.out.display(),
+            args.out.join("seg.nii.gz").display()
+        )));
+    }
     if !(0.0..1.0).contains(&args.overlap) {
         return Err(invalid(format!(
             "--overlap {} is not in [0, 1)",

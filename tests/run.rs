@@ -450,3 +450,66 @@ fn cache_dir_option_and_workflow_key() {
         "same content, same keys, same cache: {v}"
     );
 }
+
+#[test]
+fn invalid_arguments_exit_2_before_any_work() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    // `synth --shape` below the smallest volume it writes.
+    let out = wf(
+        dir,
+        &["synth", "--out", "data", "--cases", "1", "--shape", "1,1,1"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--shape"), "{}", stderr(&out));
+    assert!(!dir.join("data").exists(), "nothing is written");
+
+    let out = wf(
+        dir,
+        &["synth", "--out", "data", "--cases", "1", "--shape", "8,8,8"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let image = "data/imagesTr/BRATS_001.nii.gz";
+    std::fs::write(
+        dir.join("t.yaml"),
+        "transforms: [load, ensure-channel-first]\n",
+    )
+    .unwrap();
+
+    // `transform --out` names the directory it writes; an existing regular file is refused, untouched.
+    std::fs::write(dir.join("taken"), "mine").unwrap();
+    let out = wf(
+        dir,
+        &[
+            "transform",
+            "--transforms",
+            "t.yaml",
+            "--image",
+            image,
+            "--out",
+            "taken",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--out taken: is a file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(read(dir.join("taken")), "mine");
+
+    // `predict --out` names the file it writes; a directory is refused before the model is read.
+    std::fs::create_dir(dir.join("segs")).unwrap();
+    let out = wf(
+        dir,
+        &[
+            "predict", "--model", "no-model", "--image", image, "--out", "segs",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--out segs: is a directory"),
+        "{}",
+        stderr(&out)
+    );
+}

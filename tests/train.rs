@@ -146,6 +146,22 @@ fn train_export_and_predict_end_to_end() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("channel"), "{}", stderr(&out));
+
+    // Bad arguments: `--out` naming a directory is refused with exit 2.
+    let out = wf(
+        dir,
+        &[
+            "predict",
+            "--model",
+            export.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--out",
+            "out",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
 }
 
 /// The epoch directories of in-progress training under the cache's resume area.

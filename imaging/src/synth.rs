@@ -85,6 +85,9 @@ pub struct SynthSummary {
     pub dataset_json: PathBuf,
 }
 
+/// The voxels along each axis of a synthetic volume.
+pub const AXIS: std::ops::RangeInclusive<usize> = 4..=4096;
+
 /// `generate(out, cases, shape, seed, test)` with 4 channels, identity affine, gzip level 6.
 pub fn generate(
     out: &Path,
@@ -110,10 +113,12 @@ pub fn generate_with(out: &Path, o: &SynthOptions) -> Result<SynthSummary, Imagi
         path: out.to_path_buf(),
         reason,
     };
-    if o.shape.iter().any(|&n| !(4..=4096).contains(&n)) {
+    if o.shape.iter().any(|n| !AXIS.contains(n)) {
         return Err(serr(format!(
-            "shape {:?}: every axis must be in 4..=4096",
-            o.shape
+            "shape {:?}: every axis must be in {}..={}",
+            o.shape,
+            AXIS.start(),
+            AXIS.end()
         )));
     }
     if o.channels == 0 || o.channels > 64 {
