@@ -262,6 +262,10 @@ pub fn validate(
         let Some(spec) = specs.iter().find(|s| s.name == key.name) else {
             let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
             let msg = format!("{context}: unknown param `{}`", key.name);
+            if key.name == "<<" {
+                diags.error_with_help(key.span, msg, crate::yaml::MERGE_KEY_HELP);
+                continue;
+            }
             match crate::diag::did_you_mean(&key.name, known.iter().copied()) {
                 Some(best) => {
                     diags.error_with_help(key.span, msg, format!("did you mean `{best}`?"))

@@ -154,6 +154,10 @@ pub fn check_keys(map: &Node, allowed: &[&str], context: &str, diags: &mut Diagn
                 continue;
             }
             let msg = format!("unknown key `{}` in {context}", k.name);
+            if k.name == "<<" {
+                diags.error_with_help(k.span, msg, yaml::MERGE_KEY_HELP);
+                continue;
+            }
             match did_you_mean(&k.name, allowed.iter().copied()) {
                 Some(best) => diags.error_with_help(k.span, msg, format!("did you mean `{best}`?")),
                 None => diags.error_with_help(

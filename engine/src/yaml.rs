@@ -36,6 +36,10 @@ pub const LIMITS: Limits = Limits {
     max_text: 32 << 20,
 };
 
+/// Help for a `<<` key: YAML 1.1 merge keys are not part of YAML 1.2, which this parser reads, so
+/// `<<` is an ordinary (and unknown) key.
+pub const MERGE_KEY_HELP: &str = "merge keys (`<<`) are not supported: write the keys out, or alias a whole value (`with: *common`)";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub span: Span,

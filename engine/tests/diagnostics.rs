@@ -47,6 +47,7 @@ fixture!(
     empty_steps,
     alias_bomb,
     too_deep,
+    merge_key,
 );
 
 #[test]
