@@ -718,7 +718,7 @@ fn run_one(
                     id,
                     kind,
                     Some(key),
-                    format!("committing the output: {e}"),
+                    format!("committing the output of step `{id}`: {e}"),
                     None,
                     log,
                 ),
