@@ -1,4 +1,5 @@
-//! End-to-end tests of cache integrity under mishaps: names that cannot round-trip are refused.
+//! End-to-end tests of cache integrity under mishaps: names that cannot round-trip are refused, and
+//! a declared directory holding the cache does not hash it.
 
 mod common;
 
@@ -27,4 +28,24 @@ fn an_output_name_with_a_carriage_return_is_refused_at_commit() {
     assert!(error.contains("`out.txt\\r`"), "{error}");
     let verify = wf(dir, &["cache", "verify", "--workflow", "wf.yaml"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
+fn declaring_the_workflow_directory_does_not_hash_the_cache_inside_it() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    std::fs::write(dir.join("data.txt"), "1\n").unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        "steps:\n  a: { uses: command, with: { run: \"cat data.txt > $WF_OUT/x\", files: [\".\"] } }\n",
+    )
+    .unwrap();
+    let first = json(&wf(dir, &["run", "wf.yaml", "--json"]));
+    assert_eq!(status_of(&first, "a"), "ran", "{first}");
+    let second = json(&wf(dir, &["run", "wf.yaml", "--json"]));
+    assert_eq!(status_of(&second, "a"), "cached", "{second}");
+    // A file of the workflow directory still counts.
+    std::fs::write(dir.join("data.txt"), "2\n").unwrap();
+    let third = json(&wf(dir, &["run", "wf.yaml", "--json"]));
+    assert_eq!(status_of(&third, "a"), "ran", "{third}");
 }

@@ -144,7 +144,8 @@ pub fn key_components(
 }
 
 /// Adds the digests of a declared file, or of every file under a declared directory (symbolic links
-/// followed), keyed by their path relative to the workflow directory.
+/// followed; directories tagged as caches, `CACHEDIR.TAG`, skipped), keyed by their path relative to
+/// the workflow directory.
 fn hash_local(
     dir: &Path,
     rel: &str,
@@ -174,6 +175,11 @@ fn hash_local_at(
             .map_err(|e| StepError::new(format!("reading `{rel}`: {e}")))?;
         out.insert(rel.to_string(), d);
     } else if meta.is_dir() {
+        // A cache inside a declared directory (the default `.wf/cache` under `files: ["."]`) is
+        // never an input: it changes with every run, and hashing it would make every run a miss.
+        if depth > 0 && crate::store::is_cache_dir(&path) {
+            return Ok(());
+        }
         if depth >= MAX_DEPTH {
             return Err(StepError::new(format!(
                 "declared directory `{rel}` nests deeper than {MAX_DEPTH} levels (a symbolic link cycle?)"
@@ -781,5 +787,16 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_cache_inside_a_declared_directory_is_not_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("make.py"), "print(1)").unwrap();
+        Store::open(&t.path().join(".wf/cache")).unwrap();
+        let memo = Memo::load(&t.path().join("memo"));
+        let mut out = BTreeMap::new();
+        hash_local(t.path(), ".", &memo, &mut out).unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["./make.py"]);
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <cache>/
+//!   CACHEDIR.TAG                 marks a cache (backup tools and declared `files:` directories skip it)
 //!   objects/ab/<blake3>[.x]      file contents, read-only, named by digest (`.x`: executable)
 //!   manifests/ab/<artifact>.txt  canonical manifests (see manifest.rs)
 //!   artifacts/<artifact>/        the artifact as a read-only tree of hard links to objects
@@ -33,6 +34,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const ENTRY_SCHEMA: u32 = 1;
+
+/// The Cache Directory Tagging convention (<https://bford.info/cachedir/>): backup tools skip a
+/// directory holding this file, and so does hashing a declared directory (`files: ["."]` must not
+/// hash the cache that sits inside it).
+pub const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
+const CACHEDIR_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
+const CACHEDIR_TAG_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by wf (a workflow cache).\n\
+# For information about cache directory tags, see https://bford.info/cachedir/\n";
+
+/// Whether `dir` is tagged as a cache directory (by wf or any other tool).
+pub fn is_cache_dir(dir: &Path) -> bool {
+    let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+    File::open(dir.join(CACHEDIR_TAG))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head == CACHEDIR_SIGNATURE.as_bytes())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -160,6 +178,11 @@ impl Store {
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
         let root = fs::canonicalize(root).map_err(io_err(root))?;
+        // Best effort: a read-only cache can still be read.
+        let tag = root.join(CACHEDIR_TAG);
+        if !tag.exists() {
+            let _ = write_atomic(&tag, CACHEDIR_TAG_TEXT.as_bytes(), false);
+        }
         Ok(Store {
             root,
             _gc_guard: None,
