@@ -463,7 +463,10 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 report.files_checked,
                 report.problems.len(),
                 if repair {
-                    format!(", {} entries removed", report.removed)
+                    format!(
+                        ", {} entries and {} damaged objects removed",
+                        report.removed, report.objects_removed
+                    )
                 } else {
                     String::new()
                 }

@@ -804,6 +804,7 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
             .unwrap_or(0),
         producer: job.producer(&["PROCESSING_JOB_NAME"], "wf worker commit"),
         warnings: extra.warnings,
+        inputs: Some(job.components.inputs.clone()),
     };
     let bucket = cache.bucket();
     cache

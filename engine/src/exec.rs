@@ -648,6 +648,24 @@ fn run_one(
             Err(e) => failed_outcome(id, kind, Some(key), e.message, e.detail, None),
         };
     }
+    // The inputs are read from the cache: confirm they hold what was committed (a `stat` per file
+    // while nothing changed), so a damaged artifact is never computed from.
+    for (slot, input) in inputs {
+        if let Err(e) = store.check_artifact(&input.digest, opts.threads) {
+            let from = def
+                .inputs
+                .get(slot)
+                .map_or("?", |&p| wf.steps[p].id.as_str());
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                format!("input `{slot}` (the output of step `{from}`): {e}"),
+                None,
+                None,
+            );
+        }
+    }
     let staging = match store.stage(id) {
         Ok(s) => s,
         Err(e) => return store_err(e),

@@ -1,5 +1,6 @@
 //! Executor tests with typed test steps: warnings survive caching; params outside the key do not
-//! invalidate it; failures, plans and keys behave across the fetch → preprocess → train chain.
+//! invalidate it; failures, plans and keys behave across the fetch → preprocess → train chain; a
+//! damaged input is never read.
 
 mod common;
 
@@ -19,19 +20,16 @@ fn load(src: &str) -> Workflow {
 }
 
 fn run(wf: Workflow, store: &Path) -> RunSummary {
+    run_with(wf, store, RunOptions::default())
+}
+
+fn run_with(wf: Workflow, store: &Path, opts: RunOptions) -> RunSummary {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = Arc::new(Store::open(store).unwrap());
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let s = exec::run(
-            Arc::new(wf),
-            store,
-            RunOptions::default(),
-            CancelToken::default(),
-            tx,
-        )
-        .await;
+        let s = exec::run(Arc::new(wf), store, opts, CancelToken::default(), tx).await;
         drain.await.unwrap();
         s
     })
@@ -104,4 +102,32 @@ fn plan_reports_param_changes_by_name() {
     assert!(plan[2].key.is_none());
     let forced = exec::plan(&pipeline(2, "msd"), &store, &["fetch".to_string()].into()).unwrap();
     assert_eq!(forced[0].reason, "forced (--force)");
+}
+
+#[test]
+fn a_step_does_not_read_an_input_that_changed_in_the_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let first = run(pipeline(2, "msd"), t.path());
+    let out = first.steps[0].output.as_ref().unwrap().path.join("out.txt");
+    // Rewritten in place, as root can despite the read-only mode.
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::write(&out, text.replace("synthetic", "synthetiC")).unwrap();
+
+    let opts = RunOptions {
+        force: ["prep".to_string()].into(),
+        ..RunOptions::default()
+    };
+    let s = run_with(pipeline(2, "msd"), t.path(), opts);
+    assert_eq!(
+        statuses(&s),
+        [Status::Cached, Status::Failed, Status::Skipped]
+    );
+    let error = s.steps[1].error.as_deref().unwrap();
+    assert!(
+        error.contains("input `dataset` (the output of step `fetch`)")
+            && error.contains("`out.txt`"),
+        "{error}"
+    );
 }
