@@ -1,5 +1,6 @@
-//! End-to-end tests of cache integrity under mishaps: a damaged object is refused and healed, names
-//! that cannot round-trip are refused, and a declared directory holding the cache does not hash it.
+//! End-to-end tests of cache integrity under mishaps: a damaged object is refused and healed, user
+//! files linked into an output are not adopted, names that cannot round-trip are refused, and a
+//! declared directory holding the cache does not hash it.
 
 mod common;
 
@@ -135,6 +136,42 @@ fn repair_removes_entries_computed_from_silently_damaged_data() {
         [("a".into(), "ran".into()), ("c".into(), "ran".into())]
     );
     assert_eq!(read(output_path(&rerun, "c").join("out.txt")), "two\none\n");
+    let verify = wf(dir, &["cache", "verify", "--workflow", "wf.yaml"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
+fn an_output_hard_linked_to_a_user_file_is_copied_not_adopted() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "mine\n").unwrap();
+    std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!(
+            "steps:\n  a: {{ uses: command, with: {{ run: \"ln {} $WF_OUT/v\" }} }}\n",
+            notes.display()
+        ),
+    )
+    .unwrap();
+    let v = json(&wf(dir, &["run", "wf.yaml", "--json"]));
+    assert_eq!(status_of(&v, "a"), "ran", "{v}");
+    let meta = std::fs::metadata(&notes).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o644,
+        "the user's file keeps its mode"
+    );
+    assert_eq!(
+        meta.nlink(),
+        1,
+        "the store holds no link to the user's file"
+    );
+
+    // Editing the user's file leaves the cached artifact as it was.
+    std::fs::write(&notes, "mine, edited\n").unwrap();
+    assert_eq!(read(output_path(&v, "a").join("v")), "mine\n");
     let verify = wf(dir, &["cache", "verify", "--workflow", "wf.yaml"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
 }

@@ -165,6 +165,25 @@ pub fn hash_file(path: &Path) -> std::io::Result<FileDigest> {
     Ok(FileDigest::from_bytes(*hasher.finalize().as_bytes()))
 }
 
+/// Copies `src` to a new file `dst` and returns the BLAKE3 of the bytes written, read once: what is
+/// stored is exactly what was hashed, even if `src` changes meanwhile.
+pub fn copy_hashing(src: &Path, dst: &Path) -> std::io::Result<FileDigest> {
+    use std::io::Write;
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::File::create_new(dst)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+    Ok(FileDigest::from_bytes(*hasher.finalize().as_bytes()))
+}
+
 pub fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.permissions().mode() & 0o111 != 0
 }

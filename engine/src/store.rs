@@ -24,6 +24,11 @@
 //! the same entry (each step is computed under its key's lock, and rechecked after taking it).
 //!
 //! ## What the store guarantees about the bytes it serves
+//! - **Commit stores only bytes it owns.** An output file with more than one link (`ln ~/notes.txt
+//!   $WF_OUT/`) is copied into `objects/`, never adopted, so editing that file later cannot change a
+//!   cached artifact, and its mode is left alone. (A file of `derived/` that a step linked in through
+//!   [`Store::link_derived`] is the store's own and is adopted; so is a link to the very object.)
+//!   Names that cannot round-trip through a manifest line (line breaks, not UTF-8) are refused.
 //! - **No link to a damaged object.** An object already stored under the digest being committed is
 //!   confirmed (hashed, unless it is the very file just hashed) before anything links to it; a
 //!   damaged one is replaced, and an artifact tree that does not hold the confirmed bytes is rebuilt.
@@ -55,6 +60,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +111,11 @@ pub enum StoreError {
         /// The first problem, naming the file (and how many more there are).
         problem: String,
     },
+    /// An output file linked from outside the output changed while commit copied it.
+    #[error(
+        "output file `{file}` changed while it was being committed (it is a link to a file outside the output); write a copy instead"
+    )]
+    OutputChanged { file: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -173,6 +184,9 @@ pub struct Store {
     root: PathBuf,
     /// Shared lock on gc.lock for the life of the store (a gc takes it exclusively).
     _gc_guard: Option<File>,
+    /// (device, inode) of the `derived/` files that steps of this process linked into an output
+    /// (`link_derived`): commit adopts these instead of copying them.
+    derived_links: Mutex<HashSet<(u64, u64)>>,
 }
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -224,6 +238,7 @@ impl Store {
         Ok(Store {
             root,
             _gc_guard: None,
+            derived_links: Mutex::new(HashSet::new()),
         })
     }
 
@@ -368,6 +383,24 @@ impl Store {
         self.root.join("derived").join(namespace)
     }
 
+    /// Hard-links a file of a [`Store::derived_dir`] into a step's output (copies where a link is
+    /// impossible). Commit then adopts that file as its object rather than copying it, because it
+    /// is the store's own; any other output file with more than one link is copied (see `commit`).
+    pub fn link_derived(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        if fs::hard_link(from, to).is_err() {
+            fs::copy(from, to)?;
+            return Ok(());
+        }
+        if from.starts_with(self.root.join("derived")) {
+            let meta = fs::symlink_metadata(to)?;
+            self.derived_links
+                .lock()
+                .expect("derived links lock")
+                .insert((meta.dev(), meta.ino()));
+        }
+        Ok(())
+    }
+
     pub fn log_path(&self, workflow: &str, step: &str) -> PathBuf {
         self.root
             .join("logs")
@@ -453,7 +486,8 @@ impl Store {
     }
 
     /// Moves a successful step's output into the store and commits `key` → artifact. Stored objects
-    /// are confirmed before they are linked (see the header).
+    /// are confirmed before they are linked, and a file linked from outside the output is copied
+    /// (see the header).
     pub fn commit(
         &self,
         staging: &Staging,
@@ -501,7 +535,25 @@ impl Store {
         for (rel, path, meta, digest, executable) in staged {
             let dst = self.object_path(&digest, executable);
             if known.get(&dst) != Some(&true) {
-                self.put_object(path, &digest, executable, Some(meta))?;
+                let adopt = meta.nlink() <= 1
+                    || self
+                        .derived_links
+                        .lock()
+                        .expect("derived links lock")
+                        .contains(&(meta.dev(), meta.ino()));
+                if adopt {
+                    self.put_object(path, &digest, executable, Some(meta))?;
+                } else {
+                    // Linked from elsewhere (a user's file): store a copy, never the file itself.
+                    let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+                    let copy = staging.dir.join(format!("copy-{n}"));
+                    let copied = manifest::copy_hashing(path, &copy).map_err(io_err(path))?;
+                    if copied != digest {
+                        return Err(StoreError::OutputChanged { file: rel.clone() });
+                    }
+                    let copy_meta = fs::symlink_metadata(&copy).map_err(io_err(&copy))?;
+                    self.put_object(&copy, &digest, executable, Some(&copy_meta))?;
+                }
                 known.insert(dst, true);
             }
             entries.push(ManifestEntry {
@@ -1355,6 +1407,54 @@ mod tests {
         let report = store.verify(false, 1).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         store.check_artifact(&a.artifact, 1).unwrap();
+    }
+
+    #[test]
+    fn an_output_linked_to_an_outside_file_is_copied() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("cache")).unwrap();
+        let mine = t.path().join("notes.txt");
+        fs::write(&mine, "mine\n").unwrap();
+        fs::set_permissions(&mine, fs::Permissions::from_mode(0o640)).unwrap();
+        let st = store.stage("t").unwrap();
+        fs::hard_link(&mine, st.out.join("v")).unwrap();
+        let c = components("link", &[]);
+        let producer = Producer {
+            workflow: "w".into(),
+            step: "s".into(),
+        };
+        let e = store
+            .commit(&st, &c.key(), &c, ArtifactType::Files, producer, vec![], 1)
+            .unwrap();
+        let meta = fs::metadata(&mine).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        let object = fs::metadata(object_of(&store, &e, "v")).unwrap();
+        assert_ne!(object.ino(), meta.ino());
+        fs::write(&mine, "edited\n").unwrap();
+        assert!(store.verify(false, 1).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_derived_file_linked_in_is_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let derived = store.derived_dir("t");
+        fs::create_dir_all(&derived).unwrap();
+        fs::write(derived.join("x"), "sample").unwrap();
+        let st = store.stage("t").unwrap();
+        store
+            .link_derived(&derived.join("x"), &st.out.join("x"))
+            .unwrap();
+        let c = components("derived", &[]);
+        let producer = Producer {
+            workflow: "w".into(),
+            step: "s".into(),
+        };
+        let e = store
+            .commit(&st, &c.key(), &c, ArtifactType::Files, producer, vec![], 1)
+            .unwrap();
+        let object = fs::metadata(object_of(&store, &e, "x")).unwrap();
+        assert_eq!(object.ino(), fs::metadata(derived.join("x")).unwrap().ino());
     }
 
     #[test]
