@@ -123,9 +123,14 @@ impl KeyComponents {
                 self.kind, prev.version, self.version
             ));
         }
-        if prev.params != self.params {
-            let a: BTreeMap<String, Json> = serde_json::from_str(&prev.params).unwrap_or_default();
-            let b: BTreeMap<String, Json> = serde_json::from_str(&self.params).unwrap_or_default();
+        // Run records keep params with URL credentials redacted: compare what both sides show.
+        let (prev_params, params) = (
+            crate::redact::params_text(&prev.params),
+            crate::redact::params_text(&self.params),
+        );
+        if prev_params != params {
+            let a: BTreeMap<String, Json> = serde_json::from_str(&prev_params).unwrap_or_default();
+            let b: BTreeMap<String, Json> = serde_json::from_str(&params).unwrap_or_default();
             let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
             names.sort();
             names.dedup();

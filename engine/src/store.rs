@@ -6,7 +6,8 @@
 //!   manifests/ab/<artifact>.txt  canonical manifests (see manifest.rs)
 //!   artifacts/<artifact>/        the artifact as a read-only tree of hard links to objects
 //!   entries/ab/<key>.json        step key → artifact: THE commit point, written last, atomically
-//!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons)
+//!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons;
+//!                                URL credentials in params redacted, `redact.rs`)
 //!   logs/<workflow>/<step>.log   the last log of each step
 //!   memo/files-v1                local file digest memo (memo.rs)
 //!   derived/<namespace>/         finer-grained caches managed by steps (e.g. one preprocessed case)
@@ -535,7 +536,10 @@ impl Store {
         step: &str,
         record: &RunRecord,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string_pretty(record).expect("run records serialize");
+        // The record is for people (`wf plan` reasons): credentials in URL params stay out of it.
+        let mut record = record.clone();
+        record.components.params = crate::redact::params_text(&record.components.params);
+        let text = serde_json::to_string_pretty(&record).expect("run records serialize");
         write_atomic(&self.run_path(workflow, step), text.as_bytes(), false)
     }
 
