@@ -224,6 +224,8 @@ fn run(req: &WorkerRequest) -> CliResult<String> {
         seed: step.seeded().then_some(req.seed),
         inputs: req.inputs.clone(),
         files,
+        // Steps with external state are not compiled (their keys are known only locally).
+        external: None,
     };
     if components.key() != req.key {
         return Err(invalid(format!(
@@ -370,6 +372,7 @@ fn run_step(
         seed: req.seed,
         threads: job.threads,
         local_files: &job.components.files,
+        external: None,
         cancel: &cancel,
         progress: &progress,
         store: &store,

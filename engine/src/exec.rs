@@ -120,18 +120,24 @@ impl Default for RunOptions {
     }
 }
 
-/// Computes the key components of step `i` given its inputs' digests; hashes declared local files.
+/// Computes the key components of step `i` given its inputs' digests; hashes declared local files
+/// and reads the state of an external source (`Step::external_state`, polling `cancel`).
 pub fn key_components(
     wf: &Workflow,
     i: usize,
     inputs: &BTreeMap<String, ArtifactDigest>,
     memo: &Memo,
+    cancel: &CancelToken,
 ) -> Result<KeyComponents, StepError> {
     let def = &wf.steps[i];
     let mut files = BTreeMap::new();
     for rel in def.step.local_files(&def.params) {
         hash_local(&wf.dir, &rel, memo, &mut files)?;
     }
+    let external = match def.step.external_source(&def.params) {
+        Some(_) => Some(def.step.external_state(&def.params, cancel)?),
+        None => None,
+    };
     Ok(KeyComponents {
         schema: KEY_SCHEMA,
         kind: def.kind().to_string(),
@@ -140,6 +146,7 @@ pub fn key_components(
         seed: def.step.seeded().then_some(wf.seed),
         inputs: inputs.clone(),
         files,
+        external,
     })
 }
 
@@ -269,7 +276,7 @@ pub fn plan_with(
             });
             continue;
         }
-        let components = match key_components(wf, i, &inputs, &memo) {
+        let components = match key_components(wf, i, &inputs, &memo, &CancelToken::default()) {
             Ok(c) => c,
             Err(e) => {
                 out.push(PlanStep {
@@ -541,7 +548,7 @@ fn run_one(
     let (id, kind) = (def.id.as_str(), def.kind());
     let digests: BTreeMap<String, ArtifactDigest> =
         inputs.iter().map(|(s, a)| (s.clone(), a.digest)).collect();
-    let components = match key_components(wf, i, &digests, memo) {
+    let components = match key_components(wf, i, &digests, memo, cancel) {
         Ok(c) => c,
         Err(e) => return failed_outcome(id, kind, None, e.message, e.detail, None),
     };
@@ -668,6 +675,7 @@ fn run_one(
         seed: wf.seed,
         threads: opts.threads.max(1),
         local_files: &components.files,
+        external: components.external.as_deref(),
         cancel,
         progress: &progress,
         store,
@@ -741,6 +749,14 @@ fn run_remotely(
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Result<Option<Entry>, StepError> {
     let def = &wf.steps[i];
+    // A worker computes the key from its arguments alone; it cannot arrive at one holding the
+    // state read here, so it would refuse to publish after the job ran.
+    if let Some(what) = def.step.external_source(&def.params) {
+        return Err(StepError::new(format!(
+            "{} cannot run this step: its key holds the current state of {what}, which a worker cannot recompute; pin the source (e.g. `sha256`) or run the step locally",
+            executor.name()
+        )));
+    }
     let remote = remote.ok_or_else(|| {
         StepError::new(format!(
             "{} needs an S3 cache (cache: s3://... or --cache s3://...) for its outputs",

@@ -220,6 +220,7 @@ fn run(store: &Store, values: &[(&str, Json)]) -> Result<(), StepError> {
         seed: 0,
         threads: 2,
         local_files: &BTreeMap::new(),
+        external: None,
         cancel: &cancel,
         progress: &NoProgress,
         store,

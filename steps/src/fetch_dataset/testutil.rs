@@ -45,6 +45,7 @@ pub(super) fn run(wf_dir: &Path, values: &[(&str, Json)]) -> Ran {
         seed: 0,
         threads: 2,
         local_files: &BTreeMap::new(),
+        external: None,
         cancel: &cancel,
         progress: &NoProgress,
         store: &store,
