@@ -105,7 +105,25 @@ const PARAMS: &[ParamSpec] = &[
         "0",
         "synthetic only: number of unlabelled test cases (imagesTs/)",
     ),
+    // Limits refuse, they never change what a successful extraction yields: not in the key.
+    ParamSpec::optional(
+        "max_extract_bytes",
+        ParamType::int_min(1),
+        "68719476736",
+        "archives: most bytes extraction may write (default 64 GiB); links copied out count too",
+    )
+    .not_in_key(),
+    ParamSpec::optional(
+        "max_extract_files",
+        ParamType::int_min(1),
+        "100000",
+        "archives: most members extraction may write",
+    )
+    .not_in_key(),
 ];
+
+/// Params that only mean something for an archive.
+const ARCHIVE_ONLY: &[&str] = &["max_extract_bytes", "max_extract_files"];
 
 /// Params that only mean something for `source: synthetic`.
 const SYNTHETIC_ONLY: &[&str] = &["cases", "shape", "seed", "test"];
@@ -119,6 +137,8 @@ struct FetchParams {
     shape: Vec<usize>,
     seed: u64,
     test: usize,
+    max_extract_bytes: u64,
+    max_extract_files: u64,
 }
 
 fn decode(params: &Params) -> Result<FetchParams, StepError> {
@@ -210,6 +230,16 @@ impl Step for FetchDataset {
             .collect();
         match source {
             Source::Synthetic => {
+                for name in ARCHIVE_ONLY {
+                    if params.node(name).is_some() {
+                        f.fail(
+                            name,
+                            format!(
+                                "`{name}` bounds archive extraction; `source: synthetic` has none"
+                            ),
+                        );
+                    }
+                }
                 for name in checksummed {
                     f.fail(
                         name,
@@ -317,6 +347,9 @@ fn validate_layout(root: &Path) -> Result<(usize, usize), StepError> {
     // Named by its file name: the staging path it lies in means nothing to the user.
     let ds = MsdDataset::from_slice(&bytes, DATASET_JSON).map_err(layout_error)?;
     ds.check_layout(root).map_err(layout_error)?;
+    // Two entries of one case would overwrite each other's samples downstream: refused here, where
+    // the data set comes in, with the same rule the readers apply.
+    ds.cases().map_err(layout_error)?;
     Ok((ds.training.len(), ds.test.len()))
 }
 
@@ -366,6 +399,20 @@ mod tests {
         .unwrap();
         let e = err(&run(wf.path(), &[("source", ".".into())]));
         assert!(e.contains("numTraining is 3"), "{e}");
+    }
+
+    #[test]
+    fn two_training_entries_of_one_case_are_refused() {
+        let wf = tempfile::tempdir().unwrap();
+        msd_tree(wf.path());
+        let ds = fs::read_to_string(wf.path().join("dataset.json")).unwrap();
+        fs::write(
+            wf.path().join("dataset.json"),
+            ds.replace("imagesTr/BRATS_002.nii.gz", "imagesTr/BRATS_001.nii.gz"),
+        )
+        .unwrap();
+        let e = err(&run(wf.path(), &[("source", ".".into())]));
+        assert!(e.contains("both have case id `BRATS_001`"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use wf_engine::{RunContext, StepError};
 
-use super::archive::unpack;
+use super::archive::{Limits, unpack};
 use super::http::download;
 use super::tree::{Mode, find_msd_root, place};
 use super::{FetchParams, Ticker, io_step, no_dataset_json};
@@ -126,6 +126,10 @@ impl Source {
         p: &FetchParams,
         expected: &Expected,
     ) -> Result<(), StepError> {
+        let limits = &Limits {
+            bytes: p.max_extract_bytes,
+            files: p.max_extract_files,
+        };
         match self {
             Source::Synthetic => synthesize(cx, p)?,
             Source::Local(path) => {
@@ -145,12 +149,12 @@ impl Source {
                 } else {
                     expected.verify(&full, &format!("source `{path}`"), cx)?;
                     let name = file_name(&path);
-                    unpack(cx, &full, &name, Mode::Copy, &path)?;
+                    unpack(cx, &full, &name, Mode::Copy, &path, limits)?;
                 }
             }
             Source::Http(url) => {
                 let file = download(cx, &url, expected)?;
-                unpack(cx, &file, &url_file_name(&url), Mode::Move, &url)?;
+                unpack(cx, &file, &url_file_name(&url), Mode::Move, &url, limits)?;
             }
             #[cfg(feature = "aws")]
             Source::S3 { bucket, key } => {
@@ -166,7 +170,7 @@ impl Source {
                     )
                 })?;
                 expected.verify(&dst, &what, cx)?;
-                unpack(cx, &dst, &url_file_name(&key), Mode::Move, &what)?;
+                unpack(cx, &dst, &url_file_name(&key), Mode::Move, &what, limits)?;
             }
             #[cfg(not(feature = "aws"))]
             Source::S3 { bucket, key } => {
@@ -190,6 +194,7 @@ impl Source {
                     &url_file_name(&url),
                     Mode::Move,
                     &format!("s3://{bucket}/{key}"),
+                    limits,
                 )?;
             }
         }
