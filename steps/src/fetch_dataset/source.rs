@@ -137,6 +137,13 @@ impl Source {
                 let meta = fs::metadata(&full).map_err(|e| {
                     StepError::new(format!("source `{path}` ({}): {e}", full.display()))
                 })?;
+                if !meta.is_dir() && !meta.is_file() {
+                    // A fifo would block the step until someone writes to it, a device may never
+                    // end (`/dev/zero`): neither is a data set.
+                    return Err(StepError::new(format!(
+                        "source `{path}` is not a regular file or directory (a fifo, socket or device)"
+                    )));
+                }
                 if meta.is_dir() {
                     if expected.any() {
                         return Err(StepError::new(format!(
@@ -154,7 +161,8 @@ impl Source {
             }
             Source::Http(url) => {
                 let file = download(cx, &url, expected)?;
-                unpack(cx, &file, &url_file_name(&url), Mode::Move, &url, limits)?;
+                let shown = wf_engine::redact::url(&url).into_owned();
+                unpack(cx, &file, &url_file_name(&url), Mode::Move, &shown, limits)?;
             }
             #[cfg(feature = "aws")]
             Source::S3 { bucket, key } => {
