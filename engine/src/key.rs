@@ -11,17 +11,17 @@
 //! external:<JSON string>                    only for a step with external state (below)
 //! ```
 //! Lines are joined with `\n` (no trailing newline). Never wall-clock time, absolute paths or mtimes.
+//! SHA-256 over a plain string so Step Functions (`States.Hash(States.Format(...), 'SHA-256')`) can
+//! derive the same key. Changing anything here changes every key: bump `KEY_SCHEMA` and the tag.
+//! `tests::golden_key` pins the encoding.
 //!
 //! `external:` is the state of a source outside the workflow that the params name but do not pin
 //! (`Step::external_source` / `Step::external_state`): the server's validators of a URL fetched
 //! without a checksum, read when the key is computed. It is written as a JSON string (one line,
 //! whatever the text holds) and the line exists only when a step reports such state, so the keys of
-//! every other step are those of the encoding without it. A compiled state machine cannot know such
-//! state when it runs, so `wf compile` refuses these steps (`asl.rs`); the worker, which computes
-//! keys from its arguments, never sees one.
-//! SHA-256 over a plain string so Step Functions (`States.Hash(States.Format(...), 'SHA-256')`) can
-//! derive the same key. Changing anything here changes every key: bump `KEY_SCHEMA` and the tag.
-//! `tests::golden_key` pins the encoding.
+//! every other step are those of the encoding without it (`tests::golden_key_with_external_state`).
+//! A compiled state machine cannot know such state when it runs, so `wf compile` refuses these steps
+//! (`asl.rs`); the worker, which computes keys from its arguments, never sees one.
 
 use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use serde::{Deserialize, Serialize};
