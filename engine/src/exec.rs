@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -603,8 +603,26 @@ fn run_one(
         }
     }
     // One computation per key across processes; whoever waited finds the other's result.
-    let _lock = match store.lock_key(&key) {
-        Ok(l) => l,
+    let waiting = || {
+        let _ = tx.send(Event::Progress {
+            step: id.to_string(),
+            message: Some("waiting for another wf process that is computing this step".into()),
+            done: 0,
+            total: 0,
+        });
+    };
+    let _lock = match lock_key(store, &key, cancel, waiting) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                "the run was interrupted".into(),
+                None,
+                None,
+            );
+        }
         Err(e) => return store_err(e),
     };
     if !forced {
@@ -632,7 +650,19 @@ fn run_one(
         );
     }
     if let Some(executor) = opts.executor.as_deref().filter(|x| x.takes(wf, i)) {
-        return match run_remotely(wf, i, key, &components, inputs, executor, remote, store, tx) {
+        let run = run_remotely(
+            wf,
+            i,
+            key,
+            &components,
+            inputs,
+            executor,
+            remote,
+            store,
+            tx,
+            cancel,
+        );
+        return match run {
             Ok(Some(entry)) => done(entry, Status::Ran),
             Ok(None) => failed_outcome(
                 id,
@@ -735,6 +765,32 @@ fn run_one(
     }
 }
 
+/// Takes `key`'s lock, waiting while another process holds it (`waiting` is called once then);
+/// `None` if the run is stopped first.
+fn lock_key(
+    store: &Store,
+    key: &StepKey,
+    cancel: &CancelToken,
+    waiting: impl FnOnce(),
+) -> Result<Option<crate::store::KeyLock>, StoreError> {
+    let lock = store.key_lock(key)?;
+    let mut waiting = Some(waiting);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if lock.try_take()? {
+            return Ok(Some(lock));
+        }
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
 /// Runs step `i` through `executor` and fetches what it published into the local store.
 #[allow(clippy::too_many_arguments)]
 fn run_remotely(
@@ -747,6 +803,7 @@ fn run_remotely(
     remote: Option<&dyn RemoteCache>,
     store: &Store,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+    cancel: &CancelToken,
 ) -> Result<Option<Entry>, StepError> {
     let def = &wf.steps[i];
     // A worker computes the key from its arguments alone; it cannot arrive at one holding the
@@ -773,7 +830,7 @@ fn run_remotely(
         tx: tx.clone(),
         warnings: Default::default(),
     };
-    executor.execute(wf, i, &key, components, inputs, &progress)?;
+    executor.execute(wf, i, &key, components, inputs, &progress, cancel)?;
     remote
         .fetch(&key, store)
         .map_err(|e| StepError::new(e.message))

@@ -110,9 +110,23 @@ impl Drop for Staging {
     }
 }
 
-/// Holds a key's lock until dropped.
+/// A key's lock file ([`Store::key_lock`]); once taken, the lock is held until this is dropped.
 #[derive(Debug)]
-pub struct KeyLock(#[allow(dead_code)] File);
+pub struct KeyLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl KeyLock {
+    /// Takes the lock unless another process holds it.
+    pub fn try_take(&self) -> Result<bool, StoreError> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&self.path)(e)),
+        }
+    }
+}
 
 pub struct Store {
     root: PathBuf,
@@ -332,20 +346,20 @@ impl Store {
         Ok(Some(entry))
     }
 
-    /// Blocks until this process is the only one computing `key`.
-    pub fn lock_key(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
+    /// The lock file of `key`, not yet taken: one computation per key across processes. The caller
+    /// waits by retrying [`KeyLock::try_take`], so that it can give up when its run is stopped.
+    pub fn key_lock(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
         let path = self
             .root
             .join("locks")
             .join(format!("{}.lock", key.to_hex()));
-        let f = File::options()
+        let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        f.lock().map_err(io_err(&path))?;
-        Ok(KeyLock(f))
+        Ok(KeyLock { file, path })
     }
 
     /// A fresh staging area: an empty `out/`, a `scratch/`, and a log file.
