@@ -236,13 +236,15 @@ mod imp {
             .remove(&pid);
     }
 
-    /// Ends group `group` and this process's children that are not guards (orphans it adopted as a
-    /// subreaper), reaping them. False if some were still there after [`KILL_WAIT`].
+    /// Ends group `group` and, in a subreaper ([`adopt_orphans`]), this process's children that are
+    /// not guards (orphans it adopted), reaping them. False if some were still there after
+    /// [`KILL_WAIT`].
     fn end_strays(group: libc::pid_t) -> bool {
+        let adopted = is_subreaper();
         let t0 = Instant::now();
         loop {
             let mut left = unsafe { libc::killpg(group, libc::SIGKILL) } == 0;
-            {
+            if adopted {
                 let guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
                 for pid in own_children() {
                     if guards.contains(&(pid as u32)) {
@@ -264,6 +266,12 @@ mod imp {
             }
             std::thread::sleep(TICK);
         }
+    }
+
+    fn is_subreaper() -> bool {
+        let mut on: libc::c_int = 0;
+        let got = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut on as *mut libc::c_int) };
+        got == 0 && on != 0
     }
 
     /// Children of every thread of this process (orphans are given to one of them).
