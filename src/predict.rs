@@ -160,6 +160,15 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
             case.image.channels()
         )));
     }
+    // Refused here, as an invalid argument, before anything is allocated for it.
+    predictor
+        .check_memory(case.image.shape, roi, args.overlap, args.sw_batch_size)
+        .map_err(|e| {
+            invalid(format!(
+                "--roi {}: {e}",
+                roi.map(|r| r.to_string()).join(",")
+            ))
+        })?;
     let regions = predictor
         .regions_of(
             &case.image.data,

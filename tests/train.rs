@@ -146,6 +146,30 @@ fn train_export_and_predict_end_to_end() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("channel"), "{}", stderr(&out));
+
+    // A window far larger than memory is an invalid argument, refused before allocating (not an
+    // allocator abort, exit 134).
+    let out = wf(
+        dir,
+        &[
+            "predict",
+            "--model",
+            export.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--out",
+            "x.nii.gz",
+            "--roi",
+            "100000,100000,100000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--roi 100000,100000,100000: ")
+            && stderr(&out).contains("of memory, more than the"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The epoch directories of in-progress training under the cache's resume area.

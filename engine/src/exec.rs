@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,18 +120,24 @@ impl Default for RunOptions {
     }
 }
 
-/// Computes the key components of step `i` given its inputs' digests; hashes declared local files.
+/// Computes the key components of step `i` given its inputs' digests; hashes declared local files
+/// and reads the state of an external source (`Step::external_state`, polling `cancel`).
 pub fn key_components(
     wf: &Workflow,
     i: usize,
     inputs: &BTreeMap<String, ArtifactDigest>,
     memo: &Memo,
+    cancel: &CancelToken,
 ) -> Result<KeyComponents, StepError> {
     let def = &wf.steps[i];
     let mut files = BTreeMap::new();
     for rel in def.step.local_files(&def.params) {
         hash_local(&wf.dir, &rel, memo, &mut files)?;
     }
+    let external = match def.step.external_source(&def.params) {
+        Some(_) => Some(def.step.external_state(&def.params, cancel)?),
+        None => None,
+    };
     Ok(KeyComponents {
         schema: KEY_SCHEMA,
         kind: def.kind().to_string(),
@@ -140,6 +146,7 @@ pub fn key_components(
         seed: def.step.seeded().then_some(wf.seed),
         inputs: inputs.clone(),
         files,
+        external,
     })
 }
 
@@ -275,7 +282,7 @@ pub fn plan_with(
             });
             continue;
         }
-        let components = match key_components(wf, i, &inputs, &memo) {
+        let components = match key_components(wf, i, &inputs, &memo, &CancelToken::default()) {
             Ok(c) => c,
             Err(e) => {
                 out.push(PlanStep {
@@ -547,7 +554,7 @@ fn run_one(
     let (id, kind) = (def.id.as_str(), def.kind());
     let digests: BTreeMap<String, ArtifactDigest> =
         inputs.iter().map(|(s, a)| (s.clone(), a.digest)).collect();
-    let components = match key_components(wf, i, &digests, memo) {
+    let components = match key_components(wf, i, &digests, memo, cancel) {
         Ok(c) => c,
         Err(e) => return failed_outcome(id, kind, None, e.message, e.detail, None),
     };
@@ -602,8 +609,26 @@ fn run_one(
         }
     }
     // One computation per key across processes; whoever waited finds the other's result.
-    let _lock = match store.lock_key(&key) {
-        Ok(l) => l,
+    let waiting = || {
+        let _ = tx.send(Event::Progress {
+            step: id.to_string(),
+            message: Some("waiting for another wf process that is computing this step".into()),
+            done: 0,
+            total: 0,
+        });
+    };
+    let _lock = match lock_key(store, &key, cancel, waiting) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                "the run was interrupted".into(),
+                None,
+                None,
+            );
+        }
         Err(e) => return store_err(e),
     };
     if !forced {
@@ -631,7 +656,19 @@ fn run_one(
         );
     }
     if let Some(executor) = opts.executor.as_deref().filter(|x| x.takes(wf, i)) {
-        return match run_remotely(wf, i, key, &components, inputs, executor, remote, store, tx) {
+        let run = run_remotely(
+            wf,
+            i,
+            key,
+            &components,
+            inputs,
+            executor,
+            remote,
+            store,
+            tx,
+            cancel,
+        );
+        return match run {
             Ok(Some(entry)) => done(entry, Status::Ran),
             Ok(None) => failed_outcome(
                 id,
@@ -692,6 +729,7 @@ fn run_one(
         seed: wf.seed,
         threads: opts.threads.max(1),
         local_files: &components.files,
+        external: components.external.as_deref(),
         cancel,
         progress: &progress,
         store,
@@ -751,6 +789,32 @@ fn run_one(
     }
 }
 
+/// Takes `key`'s lock, waiting while another process holds it (`waiting` is called once then);
+/// `None` if the run is stopped first.
+fn lock_key(
+    store: &Store,
+    key: &StepKey,
+    cancel: &CancelToken,
+    waiting: impl FnOnce(),
+) -> Result<Option<crate::store::KeyLock>, StoreError> {
+    let lock = store.key_lock(key)?;
+    let mut waiting = Some(waiting);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if lock.try_take()? {
+            return Ok(Some(lock));
+        }
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
 /// Runs step `i` through `executor` and fetches what it published into the local store.
 #[allow(clippy::too_many_arguments)]
 fn run_remotely(
@@ -763,8 +827,17 @@ fn run_remotely(
     remote: Option<&dyn RemoteCache>,
     store: &Store,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+    cancel: &CancelToken,
 ) -> Result<Option<Entry>, StepError> {
     let def = &wf.steps[i];
+    // A worker computes the key from its arguments alone; it cannot arrive at one holding the
+    // state read here, so it would refuse to publish after the job ran.
+    if let Some(what) = def.step.external_source(&def.params) {
+        return Err(StepError::new(format!(
+            "{} cannot run this step: its key holds the current state of {what}, which a worker cannot recompute; pin the source (e.g. `sha256`) or run the step locally",
+            executor.name()
+        )));
+    }
     let remote = remote.ok_or_else(|| {
         StepError::new(format!(
             "{} needs an S3 cache (cache: s3://... or --cache s3://...) for its outputs",
@@ -781,7 +854,7 @@ fn run_remotely(
         tx: tx.clone(),
         warnings: Default::default(),
     };
-    executor.execute(wf, i, &key, components, inputs, &progress)?;
+    executor.execute(wf, i, &key, components, inputs, &progress, cancel)?;
     remote
         .fetch(&key, store)
         .map_err(|e| StepError::new(e.message))

@@ -16,6 +16,7 @@ pub mod key;
 pub mod manifest;
 pub mod memo;
 pub mod params;
+pub mod redact;
 pub mod registry;
 pub mod remote;
 pub mod step;

@@ -40,6 +40,26 @@ pub trait Step: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// A source outside the workflow that the output depends on and that the params name without
+    /// pinning it (a URL fetched without a checksum). `Some(what)` (`what` names it in messages,
+    /// credentials redacted) makes the engine read [`Step::external_state`] whenever it computes the
+    /// key, so a change of the source is a cache miss (`wf plan`: "source changed"). Such a key is
+    /// known only when it is computed, never beforehand: `wf compile` refuses these steps.
+    fn external_source(&self, _params: &Params) -> Option<String> {
+        None
+    }
+
+    /// The current state of the source named by [`Step::external_source`] (e.g. the server's
+    /// validators), added to the key as its `external:` line (key.rs). Called only when
+    /// `external_source` is `Some`; a wait inside must poll `cancel`. An error fails the step (and
+    /// is the reason `wf plan` shows).
+    fn external_state(&self, _params: &Params, _cancel: &CancelToken) -> Result<String, StepError> {
+        Err(StepError::new(format!(
+            "`{}` names no external source",
+            self.kind()
+        )))
+    }
+
     /// Runs the step: read inputs from `cx.inputs`, write the output into the empty `cx.out_dir`.
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError>;
 
@@ -140,6 +160,9 @@ pub struct RunContext<'a> {
     pub threads: usize,
     /// Digests of the declared local files, as used in the key.
     pub local_files: &'a BTreeMap<String, FileDigest>,
+    /// The external source's state as used in the key (`Step::external_state`), so the step can
+    /// refuse bytes of another state; `None` when the step has no external source.
+    pub external: Option<&'a str>,
     pub cancel: &'a CancelToken,
     pub progress: &'a dyn Progress,
     /// The store, for steps that keep finer-grained caches of their own (per-case preprocessing).

@@ -9,7 +9,8 @@
 //!   artifacts/<artifact>/        the artifact as a read-only tree of hard links to objects
 //!   entries/ab/<key>.json        step key → artifact (and the input artifacts it was computed from):
 //!                                THE commit point, written last, atomically
-//!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons)
+//!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons;
+//!                                URL credentials in params redacted, `redact.rs`)
 //!   logs/<workflow>/<step>.log   the last log of each step
 //!   memo/files-v1                local file digest memo (memo.rs)
 //!   derived/<namespace>/         finer-grained caches managed by steps (e.g. one preprocessed case)
@@ -176,9 +177,23 @@ impl Drop for Staging {
     }
 }
 
-/// Holds a key's lock until dropped.
+/// A key's lock file ([`Store::key_lock`]); once taken, the lock is held until this is dropped.
 #[derive(Debug)]
-pub struct KeyLock(#[allow(dead_code)] File);
+pub struct KeyLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl KeyLock {
+    /// Takes the lock unless another process holds it.
+    pub fn try_take(&self) -> Result<bool, StoreError> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&self.path)(e)),
+        }
+    }
+}
 
 pub struct Store {
     root: PathBuf,
@@ -434,20 +449,20 @@ impl Store {
         Ok(Some(entry))
     }
 
-    /// Blocks until this process is the only one computing `key`.
-    pub fn lock_key(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
+    /// The lock file of `key`, not yet taken: one computation per key across processes. The caller
+    /// waits by retrying [`KeyLock::try_take`], so that it can give up when its run is stopped.
+    pub fn key_lock(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
         let path = self
             .root
             .join("locks")
             .join(format!("{}.lock", key.to_hex()));
-        let f = File::options()
+        let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        f.lock().map_err(io_err(&path))?;
-        Ok(KeyLock(f))
+        Ok(KeyLock { file, path })
     }
 
     /// A fresh staging area: an empty `out/`, a `scratch/`, and a log file.
@@ -850,7 +865,10 @@ impl Store {
         step: &str,
         record: &RunRecord,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string_pretty(record).expect("run records serialize");
+        // The record is for people (`wf plan` reasons): credentials in URL params stay out of it.
+        let mut record = record.clone();
+        record.components.params = crate::redact::params_text(&record.components.params);
+        let text = serde_json::to_string_pretty(&record).expect("run records serialize");
         write_atomic(&self.run_path(workflow, step), text.as_bytes(), false)
     }
 
@@ -1338,6 +1356,7 @@ mod tests {
             seed: None,
             inputs: inputs.iter().map(|(s, d)| (s.to_string(), *d)).collect(),
             files: BTreeMap::new(),
+            external: None,
         }
     }
 

@@ -183,6 +183,7 @@ mod tests {
             seed: None,
             inputs: BTreeMap::new(),
             files: BTreeMap::new(),
+            external: None,
         };
         let producer = Producer {
             workflow: "w".into(),
@@ -231,6 +232,7 @@ mod tests {
             seed: 0,
             threads: 2,
             local_files: &BTreeMap::new(),
+            external: None,
             cancel: &cancel,
             progress: &NoProgress,
             store,
