@@ -41,14 +41,14 @@
 //!   added or removed file. A change that keeps size and mtime (a failing disk, `touch -r`) is
 //!   invisible to a `stat`; `wf cache verify` finds it.
 //! - **Repair heals.** `wf cache verify` re-hashes every object and tree an entry reaches. With
-//!   `--repair` it removes damaged objects, trees and manifests, each entry whose artifact is
-//!   damaged, and each entry whose recorded inputs include a damaged artifact (its output may have
-//!   been computed from the damaged bytes). Entries further downstream stay: their keys name the
-//!   digest of bytes that are intact, so they are right for their keys. An entry written before
-//!   inputs were recorded takes them from the run record of its key (`runs/`) when there is one;
-//!   otherwise, once damage has been found, it is removed as well, since nothing says what it read.
-//!   Repair takes the store exclusively (no run may be using it). The next run recomputes what
-//!   was removed.
+//!   `--repair` it removes damaged objects (and the `derived/` files that are the same file), trees
+//!   and manifests, each entry whose artifact is damaged, and each entry whose recorded inputs
+//!   include a damaged artifact (its output may have been computed from the damaged bytes). Entries
+//!   further downstream stay: their keys name the digest of bytes that are intact, so they are
+//!   right for their keys. An entry written before inputs were recorded takes them from the run
+//!   record of its key (`runs/`) when there is one; otherwise, once damage has been found, it is
+//!   removed as well, since nothing says what it read. Repair takes the store exclusively (no run
+//!   may be using it). The next run recomputes what was removed.
 
 use crate::artifact::ArtifactType;
 use crate::digest::{ArtifactDigest, FileDigest, StepKey};
@@ -999,8 +999,16 @@ impl Store {
             }
         }
         if repair {
+            // A damaged object adopted from `derived/` is that derived file too: it goes as well,
+            // or the step would link the damaged bytes into its next output.
+            let mut linked = HashSet::new();
             for (artifact, check) in checks.iter().filter(|(_, c)| !c.problems.is_empty()) {
                 for object in &check.damaged_objects {
+                    if let Ok(m) = fs::symlink_metadata(object)
+                        && m.nlink() > 1
+                    {
+                        linked.insert((m.dev(), m.ino()));
+                    }
                     if fs::remove_file(object).is_ok() {
                         report.objects_removed += 1;
                     }
@@ -1010,6 +1018,9 @@ impl Store {
                 if check.manifest_damaged {
                     let _ = fs::remove_file(self.manifest_path(artifact));
                 }
+            }
+            if !linked.is_empty() {
+                remove_inodes(&self.root.join("derived"), &linked);
             }
         }
         Ok(report)
@@ -1203,6 +1214,19 @@ pub struct GcReport {
     pub staging_removed: usize,
     pub derived_removed: usize,
     pub bytes_freed: u64,
+}
+
+/// Removes the files under `dir` that are one of `inodes` (device, inode).
+fn remove_inodes(dir: &Path, inodes: &HashSet<(u64, u64)>) {
+    for path in read_dir_sorted(dir) {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => remove_inodes(&path, inodes),
+            Ok(m) if inodes.contains(&(m.dev(), m.ino())) => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Removes files under `dir` whose modification time is older than `limit`; returns how many.
@@ -1454,7 +1478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_derived_file_linked_in_is_adopted() {
+    fn a_derived_file_linked_in_is_adopted_and_repaired_with_its_object() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path()).unwrap();
         let derived = store.derived_dir("t");
@@ -1472,8 +1496,15 @@ mod tests {
         let e = store
             .commit(&st, &c.key(), &c, ArtifactType::Files, producer, vec![], 1)
             .unwrap();
-        let object = fs::metadata(object_of(&store, &e, "x")).unwrap();
-        assert_eq!(object.ino(), fs::metadata(derived.join("x")).unwrap().ino());
+        let object = object_of(&store, &e, "x");
+        let ino = fs::metadata(&object).unwrap().ino();
+        assert_eq!(ino, fs::metadata(derived.join("x")).unwrap().ino());
+
+        // Damaged, the object and the derived file are one: repair removes both.
+        flip_first_byte(&object, true);
+        let report = store.verify(true, 1).unwrap();
+        assert_eq!(report.objects_removed, 1);
+        assert!(!derived.join("x").exists());
     }
 
     #[test]
