@@ -800,15 +800,16 @@ impl Store {
         let mut problems = Vec::new();
         let checked: Vec<&ManifestEntry> = match only {
             Some(files) => {
-                for f in files {
-                    if !manifest.entries.iter().any(|e| e.path == *f) {
-                        problems.push(format!("`{f}` is not part of the artifact"));
-                    }
+                let listed: HashSet<&str> =
+                    manifest.entries.iter().map(|e| e.path.as_str()).collect();
+                for f in files.iter().filter(|f| !listed.contains(*f)) {
+                    problems.push(format!("`{f}` is not part of the artifact"));
                 }
+                let files: HashSet<&str> = files.iter().copied().collect();
                 manifest
                     .entries
                     .iter()
-                    .filter(|e| files.contains(&e.path.as_str()))
+                    .filter(|e| files.contains(e.path.as_str()))
                     .collect()
             }
             None => manifest.entries.iter().collect(),
