@@ -22,7 +22,7 @@ use wf_engine::manifest::{Manifest, ManifestEntry};
 use wf_engine::store::{Entry, Producer};
 use wf_engine::{
     ArtifactDigest, ArtifactType, CancelToken, FileDigest, InputArtifact, Params, Progress,
-    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store,
+    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store, plural,
 };
 
 #[derive(clap::Args, Debug)]
@@ -337,8 +337,8 @@ fn run_step(
             })?;
             if hosts.len() != n as usize {
                 return Err(invalid(format!(
-                    "--shards {n}, but the job has {} hosts",
-                    hosts.len()
+                    "--shards {n}, but the job has {}",
+                    plural(hosts.len(), "host")
                 )));
             }
             Some(i)
@@ -435,10 +435,10 @@ fn run_step(
         .publish_entry(&store, &entry)
         .map_err(|e| failed(format!("publishing the output: {e}")))?;
     Ok(format!(
-        "published {} -> {} ({} files) to {}",
+        "published {} -> {} ({}) to {}",
         req.key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         job.cache.location()
     ))
 }
@@ -651,10 +651,9 @@ fn publish_part(
         })
         .map_err(|e| failed(format!("publishing part {i}: {e}")))?;
     Ok(format!(
-        "shard {i}: {} {}s ({skipped} skipped), {} files in {txt}",
-        done + skipped,
-        sharded.item_name(),
-        manifest.entries.len()
+        "shard {i}: {} ({skipped} skipped), {} in {txt}",
+        plural(done + skipped, sharded.item_name()),
+        plural(manifest.entries.len(), "file")
     ))
 }
 
@@ -734,9 +733,9 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         .collect();
     if !missing.is_empty() {
         problems.push(format!(
-            "{} of {} {noun}s are in no part: {}",
+            "{} of {} are in no part: {}",
             missing.len(),
-            items.len(),
+            plural(items.len(), noun),
             missing.join(", ")
         ));
     }
@@ -838,10 +837,11 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         Ok::<(), wf_aws::AwsError>(())
     });
     Ok(format!(
-        "committed {n} parts: {} -> {} ({} files) to {}",
+        "committed {}: {} -> {} ({}) to {}",
+        plural(n, "part"),
         key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         cache.location()
     ))
 }

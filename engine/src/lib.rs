@@ -22,6 +22,7 @@ pub mod remote;
 pub mod step;
 pub mod store;
 pub mod targets;
+pub mod words;
 pub mod workflow;
 pub mod yaml;
 
@@ -37,4 +38,5 @@ pub use step::{
     Sharded, Step, StepError,
 };
 pub use store::Store;
+pub use words::plural;
 pub use workflow::{LoadError, StepDef, Workflow, load, load_str};

@@ -78,7 +78,7 @@ pub trait Step: Send + Sync + 'static {
 /// that the parts cover every item exactly once and adds what spans them all (`merge`). The output
 /// is the same artifact a local `run` makes.
 pub trait Sharded: Send + Sync {
-    /// What an item is called in messages (`case`); the plural adds an `s`.
+    /// What an item is called in messages (`case`; `words::plural` makes the plural).
     fn item_name(&self) -> &'static str {
         "item"
     }
