@@ -21,7 +21,7 @@ use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use wf_engine::manifest::{Manifest, ManifestEntry};
 use wf_engine::store::{Entry, Producer};
 use wf_engine::{
-    ArtifactDigest, ArtifactType, CancelToken, FileDigest, InputArtifact, Params, Progress,
+    ArtifactDigest, ArtifactType, CancelToken, Count, FileDigest, InputArtifact, Params, Progress,
     RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store, plural,
 };
 
@@ -123,7 +123,7 @@ impl Progress for StderrProgress {
             .expect("warnings lock")
             .push(msg.to_string());
     }
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: Count) {}
 }
 
 fn failed(msg: impl Into<String>) -> CliError {

@@ -62,7 +62,7 @@ impl Step for ExportCheckpoint {
             |d| format!("val mean Dice {d:.4}"),
         );
         cx.progress
-            .message(&format!("exported epoch {} ({dice})", exported.epoch));
+            .note(&format!("exported epoch {} ({dice})", exported.epoch));
         if exported.val_mean_dice.is_none() {
             cx.progress.warn(
                 "the model has no validation metrics (val_fraction 0?): exported the latest epoch",

@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
-use wf_engine::{CancelToken, RunContext, StepError, plural, redact};
+use wf_engine::{CancelToken, Count, RunContext, StepError, Unit, plural, redact};
 
 use super::source::{Expected, url_file_name};
 use super::{Ticker, io_step};
@@ -502,12 +502,13 @@ fn attempt(
             .map_err(|e| Failure::Fatal(io_step(&part.data, e)))?;
         done += chunk.len() as u64;
         if ticker.due() {
-            cx.progress.advance(done, total);
+            cx.progress.advance(Count::new(done, total, Unit::Byte));
         }
     }
     file.flush()
         .map_err(|e| Failure::Fatal(io_step(&part.data, e)))?;
-    cx.progress.advance(done, total.max(done));
+    cx.progress
+        .advance(Count::new(done, total.max(done), Unit::Byte));
     if total > 0 && done != total {
         return Err(Failure::Retry {
             reason: format!(

@@ -357,7 +357,7 @@ impl FetchDataset {
         let expected = Expected::from(&p)?;
         source.fetch(cx, &p, &expected)?;
         let (training, test) = validate_layout(cx.out_dir)?;
-        cx.progress.message(&format!(
+        cx.progress.note(&format!(
             "{}, {}",
             plural(training, "training case"),
             plural(test, "test case")

@@ -5,7 +5,7 @@ use sha2::Digest;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::Path;
-use wf_engine::{RunContext, StepError, plural};
+use wf_engine::{Count, RunContext, StepError, Unit, plural};
 
 use super::archive::{Limits, unpack};
 use super::http::download;
@@ -292,7 +292,7 @@ impl Expected {
             }
             done += n as u64;
             if ticker.due() {
-                cx.progress.advance(done, total);
+                cx.progress.advance(Count::new(done, total, Unit::Byte));
             }
         }
         let checks = [
