@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use wf_engine::exec::{self, RunOptions};
-use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow};
+use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow, plural};
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +122,14 @@ enum Command {
     Worker(crate::worker::WorkerArgs),
     /// Print the workflow as an AWS Step Functions definition (ASL JSON).
     Compile(crate::compile::CompileArgs),
+    /// List the step kinds; with KIND, its inputs, output and params (type, default, description).
+    Steps {
+        /// A step kind (`uses:`), e.g. train-unet.
+        kind: Option<String>,
+    },
+    /// Print the JSON Schema of the workflow format, for editors (yaml-language-server):
+    /// `wf schema > wf.schema.json`.
+    Schema,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,7 +204,11 @@ fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Validate { file } => {
             let wf = load(&file)?;
-            println!("{}: ok ({} steps)", file.display(), wf.steps.len());
+            println!(
+                "{}: ok ({})",
+                file.display(),
+                plural(wf.steps.len(), "step")
+            );
             Ok(Exit::Ok)
         }
         Command::Plan {
@@ -287,7 +299,11 @@ fn dispatch(cli: Cli) -> CliResult {
             }
             let summary = wf_imaging::synth::generate(&out, cases, shape, seed, test)
                 .map_err(|e| CliError::failed(format!("error: {e}")))?;
-            eprintln!("wrote {} cases to {}", summary.cases.len(), out.display());
+            eprintln!(
+                "wrote {} to {}",
+                plural(summary.cases.len(), "case"),
+                out.display()
+            );
             Ok(Exit::Ok)
         }
         Command::Transform {
@@ -297,6 +313,42 @@ fn dispatch(cli: Cli) -> CliResult {
             seed,
             out,
         } => transform_one(&transforms, &image, label.as_deref(), seed, &out),
+        Command::Steps { kind } => steps(kind.as_deref()),
+        Command::Schema => {
+            let schema = wf_engine::schema::workflow_schema(&wf_steps::registry());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("the schema serializes")
+            );
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// `wf steps [KIND]`.
+fn steps(kind: Option<&str>) -> CliResult {
+    let registry = wf_steps::registry();
+    let Some(kind) = kind else {
+        print!("{}", wf_engine::reference::kinds_text(&registry));
+        return Ok(Exit::Ok);
+    };
+    match registry.get(kind) {
+        Some(step) => {
+            print!("{}", wf_engine::reference::kind_text(step.as_ref()));
+            Ok(Exit::Ok)
+        }
+        None => {
+            let hint = match wf_engine::diag::did_you_mean(kind, registry.kinds()) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => format!(
+                    "known kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            Err(CliError::invalid(format!(
+                "error: unknown step kind `{kind}`\n  help: {hint}"
+            )))
+        }
     }
 }
 
@@ -309,14 +361,12 @@ fn load(file: &Path) -> CliResult<Workflow> {
             path.display()
         ))),
         Err(LoadError::Invalid(list)) => {
-            let n = list.0.len();
             // Past the cap, the last line counts the problems not listed.
-            let count = match n {
-                1 => "1 problem".to_string(),
+            let count = match list.0.len() {
                 n if n > wf_engine::diag::MAX_DIAGNOSTICS => {
                     format!("more than {} problems", wf_engine::diag::MAX_DIAGNOSTICS)
                 }
-                n => format!("{n} problems"),
+                n => plural(n, "problem"),
             };
             Err(CliError::invalid(format!(
                 "{list}\nerror: {} is invalid ({count})",
@@ -371,40 +421,40 @@ fn open_store(
 }
 
 fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> CliResult {
+    // Orphaned processes of command steps come here, not to init, so a step can still end them.
+    wf_steps::command::supervise::adopt_orphans();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("error: cannot start the runtime: {e}")))?;
     let wf = Arc::new(wf);
     let store = Arc::new(store);
+    let cancel = CancelToken::default();
+    let stop = crate::signals::watch(cancel.clone());
     let summary = rt.block_on(async {
-        let cancel = CancelToken::default();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reporter = Reporter::new(&wf);
         let printer = tokio::task::spawn_blocking(move || reporter.consume(rx));
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping running steps");
-                c.cancel();
-            }
-        });
         let summary = exec::run(wf.clone(), store, opts, cancel, tx).await;
         let _ = printer.await;
         summary
     });
     if json {
+        let mut doc = serde_json::to_value(&summary).expect("summary serializes");
+        if let Some(name) = stop.name() {
+            doc["interrupted"] = name.into();
+        }
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&summary).expect("summary serializes")
+            serde_json::to_string_pretty(&doc).expect("summary serializes")
         );
     }
-    Ok(if summary.failed() {
-        Exit::Failed
-    } else {
-        Exit::Ok
+    Ok(match stop.exit() {
+        Some(exit) => exit,
+        None if summary.failed() => Exit::Failed,
+        None => Exit::Ok,
     })
 }
 
@@ -435,11 +485,11 @@ fn cache_command(command: CacheCommand) -> CliResult {
                     Ok(e) => {
                         total += e.bytes;
                         println!(
-                            "{}  {:<18} {:<8} {:>6} files {:>10}  {}/{}",
+                            "{}  {:<18} {:<8} {:>12} {:>10}  {}/{}",
                             e.key.short(),
                             e.kind,
                             e.output_type,
-                            e.files,
+                            plural(e.files, "file"),
                             human_bytes(e.bytes),
                             e.producer.workflow,
                             e.producer.step
@@ -449,8 +499,8 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 }
             }
             eprintln!(
-                "{} entries, {} in {}",
-                entries.len(),
+                "{}, {} in {}",
+                plural(entries.len(), "entry"),
                 human_bytes(total),
                 store.root().display()
             );
@@ -465,12 +515,16 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 println!("{p}");
             }
             eprintln!(
-                "{} entries, {} files checked, {} problems{}",
-                report.entries,
-                report.files_checked,
-                report.problems.len(),
+                "{}, {} checked, {}{}",
+                plural(report.entries, "entry"),
+                plural(report.files_checked, "file"),
+                plural(report.problems.len(), "problem"),
                 if repair {
-                    format!(", {} entries removed", report.removed)
+                    format!(
+                        ", {} and {} removed",
+                        plural(report.removed, "entry"),
+                        plural(report.objects_removed, "damaged object")
+                    )
                 } else {
                     String::new()
                 }
@@ -486,13 +540,13 @@ fn cache_command(command: CacheCommand) -> CliResult {
             let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
                 .map_err(|e| CliError::failed(format!("error: {e}")))?;
             eprintln!(
-                "removed {} entries, {} artifacts, {} objects ({}), {} staging directories, {} derived files",
-                report.entries_removed,
-                report.artifacts_removed,
-                report.objects_removed,
+                "removed {}, {}, {} ({}), {}, {}",
+                plural(report.entries_removed, "entry"),
+                plural(report.artifacts_removed, "artifact"),
+                plural(report.objects_removed, "object"),
                 human_bytes(report.bytes_freed),
-                report.staging_removed,
-                report.derived_removed
+                plural(report.staging_removed, "staging directory"),
+                plural(report.derived_removed, "derived file")
             );
             Ok(Exit::Ok)
         }
@@ -591,13 +645,7 @@ fn transform_one(
             return Err(invalid(diags));
         }
     };
-    for item in list.as_seq().unwrap_or(&[]) {
-        if let Err(e) = serde_json::from_value::<wf_imaging::transforms::TransformSpec>(
-            wf_engine::params::to_json(item),
-        ) {
-            diags.error(item.span, e.to_string());
-        }
-    }
+    wf_steps::sharded_transform::check_transforms(list.as_seq().unwrap_or(&[]), None, &mut diags);
     if !diags.is_empty() {
         return Err(invalid(diags));
     }

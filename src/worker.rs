@@ -5,7 +5,8 @@
 //! through the same `Step::run` as a local run, and publishes the output to the S3 cache with the
 //! entry last. For a step that runs sharded (`Step::sharded`) on N > 1 instances, each instance
 //! publishes only its part, and `wf worker commit` merges the parts (docs/cloud.md §6). Exit codes:
-//! 0 published (or already there), 1 the step failed, 2 invalid arguments.
+//! 0 published (or already there), 1 the step failed, 2 invalid arguments, 128 + the signal's number
+//! when a signal (SageMaker's stop: SIGTERM) stopped it.
 //!
 //! SageMaker's paths are under `/opt/ml`, or `$WF_SM_ROOT` (tests run a worker on any machine).
 
@@ -20,8 +21,8 @@ use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use wf_engine::manifest::{Manifest, ManifestEntry};
 use wf_engine::store::{Entry, Producer};
 use wf_engine::{
-    ArtifactDigest, ArtifactType, CancelToken, FileDigest, InputArtifact, Params, Progress,
-    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store,
+    ArtifactDigest, ArtifactType, CancelToken, Count, FileDigest, InputArtifact, Params, Progress,
+    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store, plural,
 };
 
 #[derive(clap::Args, Debug)]
@@ -46,12 +47,26 @@ pub fn main(args: WorkerArgs) -> Exit {
             return Exit::Invalid;
         }
     };
-    match run(&req) {
-        Ok(msg) => {
+    // SageMaker stops a job with SIGTERM (SIGKILL follows): the step's processes end first.
+    wf_steps::command::supervise::adopt_orphans();
+    let cancel = CancelToken::default();
+    let stop = crate::signals::watch(cancel.clone());
+    let result = run(&req, &cancel);
+    match (result, stop.exit()) {
+        (Ok(msg), _) => {
             eprintln!("wf worker {} `{}`: {msg}", args.kind, req.step);
             Exit::Ok
         }
-        Err(e) => {
+        (Err(_), Some(exit)) => {
+            eprintln!(
+                "wf worker {} `{}`: interrupted ({}); nothing was published",
+                args.kind,
+                req.step,
+                stop.name().unwrap_or("a signal")
+            );
+            exit
+        }
+        (Err(e), None) => {
             eprintln!(
                 "wf worker {} `{}`: error: {}",
                 args.kind, req.step, e.message
@@ -108,7 +123,7 @@ impl Progress for StderrProgress {
             .expect("warnings lock")
             .push(msg.to_string());
     }
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: Count) {}
 }
 
 fn failed(msg: impl Into<String>) -> CliError {
@@ -122,6 +137,8 @@ fn invalid(msg: impl Into<String>) -> CliError {
 /// What every part of a worker run needs.
 struct Job<'a> {
     req: &'a WorkerRequest,
+    /// Set when a signal stops the worker.
+    cancel: &'a CancelToken,
     step: &'a dyn Step,
     cache: S3Cache,
     params: Params,
@@ -146,7 +163,7 @@ impl Job<'_> {
     }
 }
 
-fn run(req: &WorkerRequest) -> CliResult<String> {
+fn run(req: &WorkerRequest, cancel: &CancelToken) -> CliResult<String> {
     let registry = wf_steps::registry();
     let step = registry.get(&req.kind).ok_or_else(|| {
         invalid(format!(
@@ -224,6 +241,8 @@ fn run(req: &WorkerRequest) -> CliResult<String> {
         seed: step.seeded().then_some(req.seed),
         inputs: req.inputs.clone(),
         files,
+        // Steps with external state are not compiled (their keys are known only locally).
+        external: None,
     };
     if components.key() != req.key {
         return Err(invalid(format!(
@@ -246,6 +265,7 @@ fn run(req: &WorkerRequest) -> CliResult<String> {
     }
     let job = Job {
         req,
+        cancel,
         step: step.as_ref(),
         cache,
         params,
@@ -317,8 +337,8 @@ fn run_step(
             })?;
             if hosts.len() != n as usize {
                 return Err(invalid(format!(
-                    "--shards {n}, but the job has {} hosts",
-                    hosts.len()
+                    "--shards {n}, but the job has {}",
+                    plural(hosts.len(), "host")
                 )));
             }
             Some(i)
@@ -358,7 +378,6 @@ fn run_step(
     let progress = StderrProgress {
         warnings: Default::default(),
     };
-    let cancel = CancelToken::default();
     let cx = RunContext {
         step_id: &req.step,
         workflow_dir: &workflow_dir,
@@ -370,7 +389,8 @@ fn run_step(
         seed: req.seed,
         threads: job.threads,
         local_files: &job.components.files,
-        cancel: &cancel,
+        external: None,
+        cancel: job.cancel,
         progress: &progress,
         store: &store,
     };
@@ -379,7 +399,7 @@ fn run_step(
         return publish_part(job, s, &cx, &staging, i);
     }
     if let Err(e) = job.step.run(&cx) {
-        let log = std::fs::read_to_string(&staging.log).unwrap_or_default();
+        let log = log_tail(&staging.log);
         let mut msg = e.message;
         if let Some(d) = e.detail {
             msg.push('\n');
@@ -415,10 +435,10 @@ fn run_step(
         .publish_entry(&store, &entry)
         .map_err(|e| failed(format!("publishing the output: {e}")))?;
     Ok(format!(
-        "published {} -> {} ({} files) to {}",
+        "published {} -> {} ({}) to {}",
         req.key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         job.cache.location()
     ))
 }
@@ -631,10 +651,9 @@ fn publish_part(
         })
         .map_err(|e| failed(format!("publishing part {i}: {e}")))?;
     Ok(format!(
-        "shard {i}: {} {}s ({skipped} skipped), {} files in {txt}",
-        done + skipped,
-        sharded.item_name(),
-        manifest.entries.len()
+        "shard {i}: {} ({skipped} skipped), {} in {txt}",
+        plural(done + skipped, sharded.item_name()),
+        plural(manifest.entries.len(), "file")
     ))
 }
 
@@ -714,9 +733,9 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         .collect();
     if !missing.is_empty() {
         problems.push(format!(
-            "{} of {} {noun}s are in no part: {}",
+            "{} of {} are in no part: {}",
             missing.len(),
-            items.len(),
+            plural(items.len(), noun),
             missing.join(", ")
         ));
     }
@@ -804,6 +823,7 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
             .unwrap_or(0),
         producer: job.producer(&["PROCESSING_JOB_NAME"], "wf worker commit"),
         warnings: extra.warnings,
+        inputs: Some(job.components.inputs.clone()),
     };
     let bucket = cache.bucket();
     cache
@@ -817,10 +837,34 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         Ok::<(), wf_aws::AwsError>(())
     });
     Ok(format!(
-        "committed {n} parts: {} -> {} ({} files) to {}",
+        "committed {}: {} -> {} ({}) to {}",
+        plural(n, "part"),
         key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         cache.location()
     ))
 }
+
+/// The end of a step's log, for the job's output (CloudWatch): at most [`LOG_TAIL`] bytes.
+fn log_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let skip = len.saturating_sub(LOG_TAIL);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(skip)).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if skip > 0 {
+        format!("[first {skip} bytes of the log not shown]\n…{text}")
+    } else {
+        text.into_owned()
+    }
+}
+
+/// The most of a failed step's log a worker prints.
+const LOG_TAIL: u64 = 64 << 10;

@@ -199,6 +199,41 @@ fn state_machine_keys_equal_local_keys() {
     assert_eq!(payload["steps"].as_object().unwrap().len(), 4);
 }
 
+/// A URL without a checksum is keyed by the server's validators, read when a run starts: a state
+/// machine compiled beforehand cannot compute that key, so compile refuses the step (with a
+/// checksum it compiles, and its key is the local one, as `state_machine_keys_equal_local_keys`
+/// checks for every other step).
+#[test]
+fn a_url_without_a_checksum_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let targets = "targets:\n  aws:\n    region: eu-west-1\n    role_arn: arn:aws:iam::123456789012:role/wf\n    \
+                   image_uri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/wf:test\n    bucket: s3://wf-test-bucket/ci\n";
+    let fetch = |with: &str| {
+        format!(
+            "name: url\nsteps:\n  fetch:\n    uses: fetch-dataset\n    with: {{ {with} }}\n{targets}"
+        )
+    };
+    let url = "source: \"https://u:secret@example.org/Task01.tar?X-Amz-Signature=abc\"";
+    std::fs::write(dir.join("wf.yaml"), fetch(url)).unwrap();
+    let out = wf(dir, &["compile", "wf.yaml", "--target", "stepfunctions"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("wf.yaml:")
+            && err.contains("step `fetch`: its cache key holds the current state of `https://***@example.org/Task01.tar?X-Amz-Signature=***`")
+            && err.contains("sha256"),
+        "{err}"
+    );
+    assert!(!err.contains("secret") && !err.contains("=abc"), "{err}");
+    std::fs::write(
+        dir.join("wf.yaml"),
+        fetch(&format!("{url}, sha256: {}", "ab".repeat(32))),
+    )
+    .unwrap();
+    compile(dir, "wf.yaml");
+}
+
 #[test]
 fn missing_cloud_settings_are_positioned_errors() {
     let t = tempfile::tempdir().unwrap();

@@ -301,7 +301,7 @@ steps:
     let gc = wf(dir, &["cache", "gc", "--workflow", "wf.yaml"]);
     assert!(gc.status.success(), "{}", stderr(&gc));
     assert!(
-        stderr(&gc).contains("1 staging directories"),
+        stderr(&gc).contains("1 staging directory"),
         "{}",
         stderr(&gc)
     );
@@ -498,17 +498,24 @@ fn invalid_arguments_exit_2_before_any_work() {
     );
     assert_eq!(read(dir.join("taken")), "mine");
 
-    // `predict --out` names the file it writes; a directory is refused before the model is read.
-    std::fs::create_dir(dir.join("segs")).unwrap();
+    // `predict --out` names the file it writes; a directory (even one named like NIfTI) is refused
+    // before the model is read.
+    std::fs::create_dir(dir.join("segs.nii.gz")).unwrap();
     let out = wf(
         dir,
         &[
-            "predict", "--model", "no-model", "--image", image, "--out", "segs",
+            "predict",
+            "--model",
+            "no-model",
+            "--image",
+            image,
+            "--out",
+            "segs.nii.gz",
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("--out segs: is a directory"),
+        stderr(&out).contains("--out segs.nii.gz: is a directory"),
         "{}",
         stderr(&out)
     );

@@ -20,7 +20,7 @@ use crate::diag::{DiagnosticList, Diagnostics, Span};
 use crate::digest::ArtifactDigest;
 use crate::exec::key_components;
 use crate::memo::Memo;
-use crate::step::RemoteTask;
+use crate::step::{CancelToken, RemoteTask};
 use crate::workflow::{StepDef, Workflow};
 use intrinsic::{KeyTemplate, Piece, format_n, quote};
 use serde_json::{Map, Value as Json, json};
@@ -112,29 +112,41 @@ pub fn compile_stepfunctions(
             .keys()
             .map(|slot| (slot.clone(), ArtifactDigest::from_bytes([0; 32])))
             .collect();
-        match key_components(wf, i, &placeholders, memo) {
-            Ok(kc) => {
-                let t = KeyTemplate::new(&kc);
-                if t.formatted_len() >= MAX_HASH_INPUT {
-                    diags.error_with_help(
-                        def.params.span,
-                        format!(
-                            "step `{}`: its cache key string is {} characters; Step Functions hashes at most {} (States.Hash)",
-                            def.id,
-                            t.formatted_len(),
-                            MAX_HASH_INPUT - 1
-                        ),
-                        "shorten its params (e.g. move a long list into a declared file)",
-                    );
+        if let Some(what) = def.step.external_source(&def.params) {
+            diags.error_with_help(
+                def.span,
+                format!(
+                    "step `{}`: its cache key holds the current state of {what}, read when a run starts; a state machine compiled beforehand cannot know it",
+                    def.id
+                ),
+                "pin the source by its content (a checksum param such as `sha256`), so that its key is known when compiling",
+            );
+            keys.push(None);
+        } else {
+            match key_components(wf, i, &placeholders, memo, &CancelToken::default()) {
+                Ok(kc) => {
+                    let t = KeyTemplate::new(&kc);
+                    if t.formatted_len() >= MAX_HASH_INPUT {
+                        diags.error_with_help(
+                            def.params.span,
+                            format!(
+                                "step `{}`: its cache key string is {} characters; Step Functions hashes at most {} (States.Hash)",
+                                def.id,
+                                t.formatted_len(),
+                                MAX_HASH_INPUT - 1
+                            ),
+                            "shorten its params (e.g. move a long list into a declared file)",
+                        );
+                    }
+                    keys.push(Some((kc, t)));
                 }
-                keys.push(Some((kc, t)));
-            }
-            Err(e) => {
-                diags.error(
-                    def.span,
-                    format!("step `{}`: cannot compute its key: {}", def.id, e.message),
-                );
-                keys.push(None);
+                Err(e) => {
+                    diags.error(
+                        def.span,
+                        format!("step `{}`: cannot compute its key: {}", def.id, e.message),
+                    );
+                    keys.push(None);
+                }
             }
         }
         match def.step.remote(&def.params) {
@@ -287,9 +299,9 @@ fn check_payload(wf: &Workflow, fields: &[String], diags: &mut Diagnostics) {
             diags.error_with_help(
                 def.span,
                 format!(
-                    "the Step Functions payload could reach {total} bytes at step `{}`, over the {MAX_PAYLOAD}-byte limit ({} steps)",
+                    "the Step Functions payload could reach {total} bytes at step `{}`, over the {MAX_PAYLOAD}-byte limit ({})",
                     def.id,
-                    wf.steps.len()
+                    crate::plural(wf.steps.len(), "step")
                 ),
                 "split the workflow into smaller ones",
             );

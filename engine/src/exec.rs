@@ -11,14 +11,14 @@ use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use crate::memo::Memo;
 use crate::remote::{RemoteCache, RemoteExecutor};
-use crate::step::{CancelToken, InputArtifact, Progress, RunContext, StepError};
+use crate::step::{CancelToken, Count, InputArtifact, Progress, RunContext, StepError};
 use crate::store::{Entry, Producer, RunRecord, Store, StoreError};
 use crate::workflow::Workflow;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,17 +37,37 @@ pub enum Event {
         kind: &'static str,
         key: StepKey,
     },
+    /// What the step is doing now; the next status replaces it.
+    Status {
+        step: String,
+        message: String,
+    },
+    /// A line worth keeping (an epoch's metrics).
+    Note {
+        step: String,
+        message: String,
+    },
+    /// How far the step's work is (`Level::Whole`), or the current unit of it (`Level::Within`).
     Progress {
         step: String,
-        message: Option<String>,
-        done: u64,
-        total: u64,
+        level: Level,
+        count: Count,
     },
     Warning {
         step: String,
         message: String,
     },
     Finished(StepOutcome),
+}
+
+/// Which count of a step a progress event moves ([`Progress::advance`] or
+/// [`Progress::advance_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The step's work as a whole (its cases, epochs, bytes).
+    Whole,
+    /// The current unit of the whole (the steps of the current epoch).
+    Within,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,18 +140,24 @@ impl Default for RunOptions {
     }
 }
 
-/// Computes the key components of step `i` given its inputs' digests; hashes declared local files.
+/// Computes the key components of step `i` given its inputs' digests; hashes declared local files
+/// and reads the state of an external source (`Step::external_state`, polling `cancel`).
 pub fn key_components(
     wf: &Workflow,
     i: usize,
     inputs: &BTreeMap<String, ArtifactDigest>,
     memo: &Memo,
+    cancel: &CancelToken,
 ) -> Result<KeyComponents, StepError> {
     let def = &wf.steps[i];
     let mut files = BTreeMap::new();
     for rel in def.step.local_files(&def.params) {
         hash_local(&wf.dir, &rel, memo, &mut files)?;
     }
+    let external = match def.step.external_source(&def.params) {
+        Some(_) => Some(def.step.external_state(&def.params, cancel)?),
+        None => None,
+    };
     Ok(KeyComponents {
         schema: KEY_SCHEMA,
         kind: def.kind().to_string(),
@@ -140,11 +166,13 @@ pub fn key_components(
         seed: def.step.seeded().then_some(wf.seed),
         inputs: inputs.clone(),
         files,
+        external,
     })
 }
 
 /// Adds the digests of a declared file, or of every file under a declared directory (symbolic links
-/// followed), keyed by their path relative to the workflow directory.
+/// followed; directories tagged as caches, `CACHEDIR.TAG`, skipped), keyed by their path relative to
+/// the workflow directory.
 fn hash_local(
     dir: &Path,
     rel: &str,
@@ -174,6 +202,11 @@ fn hash_local_at(
             .map_err(|e| StepError::new(format!("reading `{rel}`: {e}")))?;
         out.insert(rel.to_string(), d);
     } else if meta.is_dir() {
+        // A cache inside a declared directory (the default `.wf/cache` under `files: ["."]`) is
+        // never an input: it changes with every run, and hashing it would make every run a miss.
+        if depth > 0 && crate::store::is_cache_dir(&path) {
+            return Ok(());
+        }
         if depth >= MAX_DEPTH {
             return Err(StepError::new(format!(
                 "declared directory `{rel}` nests deeper than {MAX_DEPTH} levels (a symbolic link cycle?)"
@@ -269,7 +302,7 @@ pub fn plan_with(
             });
             continue;
         }
-        let components = match key_components(wf, i, &inputs, &memo) {
+        let components = match key_components(wf, i, &inputs, &memo, &CancelToken::default()) {
             Ok(c) => c,
             Err(e) => {
                 out.push(PlanStep {
@@ -342,19 +375,29 @@ impl Progress for ChannelProgress {
         });
     }
     fn message(&self, msg: &str) {
-        let _ = self.tx.send(Event::Progress {
+        let _ = self.tx.send(Event::Status {
             step: self.step.clone(),
-            message: Some(msg.to_string()),
-            done: 0,
-            total: 0,
+            message: msg.to_string(),
         });
     }
-    fn advance(&self, done: u64, total: u64) {
+    fn note(&self, msg: &str) {
+        let _ = self.tx.send(Event::Note {
+            step: self.step.clone(),
+            message: msg.to_string(),
+        });
+    }
+    fn advance(&self, count: Count) {
         let _ = self.tx.send(Event::Progress {
             step: self.step.clone(),
-            message: None,
-            done,
-            total,
+            level: Level::Whole,
+            count,
+        });
+    }
+    fn advance_within(&self, count: Count) {
+        let _ = self.tx.send(Event::Progress {
+            step: self.step.clone(),
+            level: Level::Within,
+            count,
         });
     }
 }
@@ -541,7 +584,7 @@ fn run_one(
     let (id, kind) = (def.id.as_str(), def.kind());
     let digests: BTreeMap<String, ArtifactDigest> =
         inputs.iter().map(|(s, a)| (s.clone(), a.digest)).collect();
-    let components = match key_components(wf, i, &digests, memo) {
+    let components = match key_components(wf, i, &digests, memo, cancel) {
         Ok(c) => c,
         Err(e) => return failed_outcome(id, kind, None, e.message, e.detail, None),
     };
@@ -596,8 +639,24 @@ fn run_one(
         }
     }
     // One computation per key across processes; whoever waited finds the other's result.
-    let _lock = match store.lock_key(&key) {
-        Ok(l) => l,
+    let waiting = || {
+        let _ = tx.send(Event::Status {
+            step: id.to_string(),
+            message: "waiting for another wf process that is computing this step".into(),
+        });
+    };
+    let _lock = match lock_key(store, &key, cancel, waiting) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                "the run was interrupted".into(),
+                None,
+                None,
+            );
+        }
         Err(e) => return store_err(e),
     };
     if !forced {
@@ -625,7 +684,19 @@ fn run_one(
         );
     }
     if let Some(executor) = opts.executor.as_deref().filter(|x| x.takes(wf, i)) {
-        return match run_remotely(wf, i, key, &components, inputs, executor, remote, store, tx) {
+        let run = run_remotely(
+            wf,
+            i,
+            key,
+            &components,
+            inputs,
+            executor,
+            remote,
+            store,
+            tx,
+            cancel,
+        );
+        return match run {
             Ok(Some(entry)) => done(entry, Status::Ran),
             Ok(None) => failed_outcome(
                 id,
@@ -641,6 +712,24 @@ fn run_one(
             ),
             Err(e) => failed_outcome(id, kind, Some(key), e.message, e.detail, None),
         };
+    }
+    // The inputs are read from the cache: confirm they hold what was committed (a `stat` per file
+    // while nothing changed), so a damaged artifact is never computed from.
+    for (slot, input) in inputs {
+        if let Err(e) = store.check_artifact(&input.digest, opts.threads) {
+            let from = def
+                .inputs
+                .get(slot)
+                .map_or("?", |&p| wf.steps[p].id.as_str());
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                format!("input `{slot}` (the output of step `{from}`): {e}"),
+                None,
+                None,
+            );
+        }
     }
     let staging = match store.stage(id) {
         Ok(s) => s,
@@ -668,6 +757,7 @@ fn run_one(
         seed: wf.seed,
         threads: opts.threads.max(1),
         local_files: &components.files,
+        external: components.external.as_deref(),
         cancel,
         progress: &progress,
         store,
@@ -718,12 +808,38 @@ fn run_one(
                     id,
                     kind,
                     Some(key),
-                    format!("committing the output: {e}"),
+                    format!("committing the output of step `{id}`: {e}"),
                     None,
                     log,
                 ),
             }
         }
+    }
+}
+
+/// Takes `key`'s lock, waiting while another process holds it (`waiting` is called once then);
+/// `None` if the run is stopped first.
+fn lock_key(
+    store: &Store,
+    key: &StepKey,
+    cancel: &CancelToken,
+    waiting: impl FnOnce(),
+) -> Result<Option<crate::store::KeyLock>, StoreError> {
+    let lock = store.key_lock(key)?;
+    let mut waiting = Some(waiting);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if lock.try_take()? {
+            return Ok(Some(lock));
+        }
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
@@ -739,8 +855,17 @@ fn run_remotely(
     remote: Option<&dyn RemoteCache>,
     store: &Store,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+    cancel: &CancelToken,
 ) -> Result<Option<Entry>, StepError> {
     let def = &wf.steps[i];
+    // A worker computes the key from its arguments alone; it cannot arrive at one holding the
+    // state read here, so it would refuse to publish after the job ran.
+    if let Some(what) = def.step.external_source(&def.params) {
+        return Err(StepError::new(format!(
+            "{} cannot run this step: its key holds the current state of {what}, which a worker cannot recompute; pin the source (e.g. `sha256`) or run the step locally",
+            executor.name()
+        )));
+    }
     let remote = remote.ok_or_else(|| {
         StepError::new(format!(
             "{} needs an S3 cache (cache: s3://... or --cache s3://...) for its outputs",
@@ -757,7 +882,7 @@ fn run_remotely(
         tx: tx.clone(),
         warnings: Default::default(),
     };
-    executor.execute(wf, i, &key, components, inputs, &progress)?;
+    executor.execute(wf, i, &key, components, inputs, &progress, cancel)?;
     remote
         .fetch(&key, store)
         .map_err(|e| StepError::new(e.message))
@@ -781,5 +906,16 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_cache_inside_a_declared_directory_is_not_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("make.py"), "print(1)").unwrap();
+        Store::open(&t.path().join(".wf/cache")).unwrap();
+        let memo = Memo::load(&t.path().join("memo"));
+        let mut out = BTreeMap::new();
+        hash_local(t.path(), ".", &memo, &mut out).unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["./make.py"]);
     }
 }

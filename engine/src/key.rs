@@ -8,11 +8,20 @@
 //! seed:<workflow seed, or - for steps without randomness>
 //! input:<slot>:<artifact digest hex>        one line per input slot, sorted by slot
 //! files:<files digest hex, or ->            BLAKE3 of "<path>\t<file digest>\n" lines, sorted by path
+//! external:<JSON string>                    only for a step with external state (below)
 //! ```
 //! Lines are joined with `\n` (no trailing newline). Never wall-clock time, absolute paths or mtimes.
 //! SHA-256 over a plain string so Step Functions (`States.Hash(States.Format(...), 'SHA-256')`) can
 //! derive the same key. Changing anything here changes every key: bump `KEY_SCHEMA` and the tag.
 //! `tests::golden_key` pins the encoding.
+//!
+//! `external:` is the state of a source outside the workflow that the params name but do not pin
+//! (`Step::external_source` / `Step::external_state`): the server's validators of a URL fetched
+//! without a checksum, read when the key is computed. It is written as a JSON string (one line,
+//! whatever the text holds) and the line exists only when a step reports such state, so the keys of
+//! every other step are those of the encoding without it (`tests::golden_key_with_external_state`).
+//! A compiled state machine cannot know such state when it runs, so `wf compile` refuses these steps
+//! (`asl.rs`); the worker, which computes keys from its arguments, never sees one.
 
 use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use serde::{Deserialize, Serialize};
@@ -34,6 +43,10 @@ pub struct KeyComponents {
     pub inputs: BTreeMap<String, ArtifactDigest>,
     /// Declared local files (relative path → digest).
     pub files: BTreeMap<String, FileDigest>,
+    /// The state of the step's external source when the key was computed (`Step::external_state`);
+    /// `None` for every step without one, whose keys and records are then as they always were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
 }
 
 impl KeyComponents {
@@ -53,6 +66,10 @@ impl KeyComponents {
         match self.files_digest() {
             Some(d) => s.push_str(&format!("\nfiles:{d}")),
             None => s.push_str("\nfiles:-"),
+        }
+        if let Some(state) = &self.external {
+            s.push_str("\nexternal:");
+            s.push_str(&Json::String(state.clone()).to_string());
         }
         s
     }
@@ -123,9 +140,14 @@ impl KeyComponents {
                 self.kind, prev.version, self.version
             ));
         }
-        if prev.params != self.params {
-            let a: BTreeMap<String, Json> = serde_json::from_str(&prev.params).unwrap_or_default();
-            let b: BTreeMap<String, Json> = serde_json::from_str(&self.params).unwrap_or_default();
+        // Run records keep params with URL credentials redacted: compare what both sides show.
+        let (prev_params, params) = (
+            crate::redact::params_text(&prev.params),
+            crate::redact::params_text(&self.params),
+        );
+        if prev_params != params {
+            let a: BTreeMap<String, Json> = serde_json::from_str(&prev_params).unwrap_or_default();
+            let b: BTreeMap<String, Json> = serde_json::from_str(&params).unwrap_or_default();
             let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
             names.sort();
             names.dedup();
@@ -158,6 +180,12 @@ impl KeyComponents {
         }
         for path in prev.files.keys().filter(|p| !self.files.contains_key(*p)) {
             reasons.push(format!("file `{path}` removed"));
+        }
+        match (&prev.external, &self.external) {
+            (Some(a), Some(b)) if a != b => reasons.push(format!("source changed ({a} -> {b})")),
+            (None, Some(b)) => reasons.push(format!("source state now part of the key ({b})")),
+            (Some(_), None) => reasons.push("source state no longer part of the key".to_string()),
+            _ => {}
         }
         reasons
     }
@@ -216,6 +244,7 @@ mod tests {
             seed: None,
             inputs: [("src".to_string(), ArtifactDigest::from_bytes([7; 32]))].into(),
             files: [("make.py".to_string(), FileDigest::from_bytes([9; 32]))].into(),
+            external: None,
         }
     }
 
@@ -234,6 +263,47 @@ mod tests {
         files:8f74f5fea47ad67706305f80551b2b9b664b0d4235cc0754c327902a5959cc4b
         "#);
         insta::assert_snapshot!(c.key().to_hex(), @"965c00ebf0dbc25f455a871c468b8272b042a23c717d4615cbc43fc8b6f546e9");
+    }
+
+    /// The `external:` line: present only with external state, so `golden_key` above (and every key
+    /// of a step without such state) is unchanged.
+    #[test]
+    fn golden_key_with_external_state() {
+        let mut c = sample();
+        c.external = Some("etag \"5d41\"\nsecond line".into());
+        insta::assert_snapshot!(c.canonical_string(), @r#"
+        wf-key-v1
+        kind:command
+        version:1
+        params:{"files":[],"lr":0.0001,"produces":"Files","run":"sort $WF_IN_src/a > $WF_OUT/b"}
+        seed:-
+        input:src:0707070707070707070707070707070707070707070707070707070707070707
+        files:8f74f5fea47ad67706305f80551b2b9b664b0d4235cc0754c327902a5959cc4b
+        external:"etag \"5d41\"\nsecond line"
+        "#);
+        assert_ne!(c.key(), sample().key());
+        // Records without the field read back as `None`, and `None` is not written.
+        let json = serde_json::to_string(&sample()).unwrap();
+        assert!(!json.contains("external"), "{json}");
+        let back: KeyComponents = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn a_changed_source_is_named() {
+        let mut a = sample();
+        a.external = Some("etag \"1\"".into());
+        let mut b = a.clone();
+        b.external = Some("etag \"2\"".into());
+        assert_eq!(
+            b.changes_since(&a),
+            vec![r#"source changed (etag "1" -> etag "2")"#]
+        );
+        // Redacted credentials in a recorded URL are not a change.
+        a.params = canonical_json(&serde_json::json!({"source": "https://***@h/x"}));
+        b.params = canonical_json(&serde_json::json!({"source": "https://u:p@h/x"}));
+        b.external = a.external.clone();
+        assert!(b.changes_since(&a).is_empty());
     }
 
     #[test]

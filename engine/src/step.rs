@@ -40,6 +40,26 @@ pub trait Step: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// A source outside the workflow that the output depends on and that the params name without
+    /// pinning it (a URL fetched without a checksum). `Some(what)` (`what` names it in messages,
+    /// credentials redacted) makes the engine read [`Step::external_state`] whenever it computes the
+    /// key, so a change of the source is a cache miss (`wf plan`: "source changed"). Such a key is
+    /// known only when it is computed, never beforehand: `wf compile` refuses these steps.
+    fn external_source(&self, _params: &Params) -> Option<String> {
+        None
+    }
+
+    /// The current state of the source named by [`Step::external_source`] (e.g. the server's
+    /// validators), added to the key as its `external:` line (key.rs). Called only when
+    /// `external_source` is `Some`; a wait inside must poll `cancel`. An error fails the step (and
+    /// is the reason `wf plan` shows).
+    fn external_state(&self, _params: &Params, _cancel: &CancelToken) -> Result<String, StepError> {
+        Err(StepError::new(format!(
+            "`{}` names no external source",
+            self.kind()
+        )))
+    }
+
     /// Runs the step: read inputs from `cx.inputs`, write the output into the empty `cx.out_dir`.
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError>;
 
@@ -58,7 +78,7 @@ pub trait Step: Send + Sync + 'static {
 /// that the parts cover every item exactly once and adds what spans them all (`merge`). The output
 /// is the same artifact a local `run` makes.
 pub trait Sharded: Send + Sync {
-    /// What an item is called in messages (`case`); the plural adds an `s`.
+    /// What an item is called in messages (`case`; `words::plural` makes the plural).
     fn item_name(&self) -> &'static str {
         "item"
     }
@@ -140,6 +160,9 @@ pub struct RunContext<'a> {
     pub threads: usize,
     /// Digests of the declared local files, as used in the key.
     pub local_files: &'a BTreeMap<String, FileDigest>,
+    /// The external source's state as used in the key (`Step::external_state`), so the step can
+    /// refuse bytes of another state; `None` when the step has no external source.
+    pub external: Option<&'a str>,
     pub cancel: &'a CancelToken,
     pub progress: &'a dyn Progress,
     /// The store, for steps that keep finer-grained caches of their own (per-case preprocessing).
@@ -147,13 +170,65 @@ pub struct RunContext<'a> {
 }
 
 /// Progress reporting from inside a step (the reporter decides how to show it).
+///
+/// A step says what it is doing (`message`), which lines are worth keeping (`note`: an epoch's loss
+/// and Dice), what the user should know (`warn`), and how far its work is in counted units
+/// (`advance`), with an optional second level inside the current unit (`advance_within`: the steps
+/// of an epoch). A live view shows counts as bars with a rate and an ETA, keeps notes and warnings
+/// above them, and replaces a message by the next; plain output prints messages, notes and warnings
+/// as lines.
 pub trait Progress: Send + Sync {
+    /// What the step is doing now (`downloading X`); the next message replaces it.
     fn message(&self, msg: &str);
+    /// A line worth keeping in the run's output (an epoch's metrics). Sinks that keep every line
+    /// anyway treat it as a message.
+    fn note(&self, msg: &str) {
+        self.message(msg)
+    }
     /// Something the user should know about a successful step (e.g. a skipped bad case). Warnings are
     /// stored with the output, so a cached run reports them again.
     fn warn(&self, msg: &str);
-    /// `done` of `total` units (cases, epochs, ...).
-    fn advance(&self, done: u64, total: u64);
+    /// How far the step's work is: `done` of `total` (`total` 0: not known).
+    fn advance(&self, count: Count);
+    /// How far the current unit of [`Progress::advance`] is (the steps of the current epoch).
+    fn advance_within(&self, _count: Count) {}
+}
+
+/// What a step's progress counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Case,
+    /// An optimizer step (a batch).
+    Step,
+    Epoch,
+    Byte,
+}
+
+impl Unit {
+    /// The unit's name for `n` of it: `case` or `cases`.
+    pub fn name(self, n: u64) -> &'static str {
+        let (one, many) = match self {
+            Unit::Case => ("case", "cases"),
+            Unit::Step => ("step", "steps"),
+            Unit::Epoch => ("epoch", "epochs"),
+            Unit::Byte => ("byte", "bytes"),
+        };
+        if n == 1 { one } else { many }
+    }
+}
+
+/// `done` of `total` units (`total` 0: not known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub done: u64,
+    pub total: u64,
+    pub unit: Unit,
+}
+
+impl Count {
+    pub fn new(done: u64, total: u64, unit: Unit) -> Count {
+        Count { done, total, unit }
+    }
 }
 
 /// A progress sink that drops everything.
@@ -161,7 +236,7 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn message(&self, _msg: &str) {}
     fn warn(&self, _msg: &str) {}
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: Count) {}
 }
 
 /// Set when the run is being stopped; long steps should poll it.

@@ -9,6 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod error;
+pub mod memory;
 pub mod msd;
 pub mod nifti;
 pub mod resample;

@@ -139,6 +139,20 @@ pub fn generate_with(out: &Path, o: &SynthOptions) -> Result<SynthSummary, Imagi
     } else {
         o.threads
     };
+    // Each case in flight holds its image (f32 per channel), label and brain mask: at least this
+    // many bytes. Refused when one does not fit; fewer cases at once when several do not.
+    let voxels: u128 = o.shape.iter().map(|&n| n as u128).product();
+    let per_case = voxels * (4 * o.channels as u128 + 2);
+    crate::memory::check(per_case).map_err(|why| {
+        serr(format!(
+            "shape {:?} with {} channels: one case {why}",
+            o.shape, o.channels
+        ))
+    })?;
+    let fit = crate::memory::limit()
+        .map(|l| (l.bytes as u128 / per_case.max(1)).max(1))
+        .unwrap_or(1);
+    let threads = threads.min(usize::try_from(fit).unwrap_or(usize::MAX));
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Result<SynthCase, ImagingError>>> =
         (0..total).map(|_| None).collect();
@@ -518,6 +532,20 @@ pub fn make_case(seed: u64, shape: [usize; 3], channels: usize) -> (Vec<f32>, Ve
 
 #[cfg(test)]
 mod tests {
+    /// A volume whose buffers exceed the memory there is (4096³ voxels of 4 channels: over a
+    /// terabyte) is refused before anything is allocated.
+    #[test]
+    fn a_volume_larger_than_memory_is_refused() {
+        let out = tempfile::tempdir().unwrap();
+        let e = super::generate(out.path(), 1, [4096, 4096, 4096], 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shape [4096, 4096, 4096]") && e.contains("of memory, more than the"),
+            "{e}"
+        );
+    }
+
     use super::*;
     use crate::nifti::read_nifti;
 

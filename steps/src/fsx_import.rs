@@ -10,7 +10,7 @@ use wf_engine::manifest::{self, Manifest};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    Step, StepError, plural,
 };
 use wf_imaging::samples::{STAGED_FILE, Staged};
 
@@ -21,6 +21,10 @@ const PARAMS: &[ParamSpec] = &[ParamSpec::optional(
     ParamType::Str,
     "\"\"",
     "a directory on a fast local disk to copy the samples to; empty: pass through",
+)
+.shape(
+    "absolute path, or empty",
+    || serde_json::json!({ "type": "string", "pattern": "^(/.*)?$" }),
 )];
 
 #[derive(Debug, Deserialize)]
@@ -73,8 +77,10 @@ impl Step for FsxImport {
             .store
             .manifest(&input.digest)
             .map_err(|e| StepError::new(format!("cannot read the samples' manifest: {e}")))?;
-        cx.progress
-            .message(&format!("verifying {} files", manifest.entries.len()));
+        cx.progress.message(&format!(
+            "verifying {}",
+            plural(manifest.entries.len(), "file")
+        ));
         fail_on(
             manifest::verify_tree(&input.path, &manifest, cx.threads),
             "the samples in the cache",
@@ -183,6 +189,7 @@ mod tests {
             seed: None,
             inputs: BTreeMap::new(),
             files: BTreeMap::new(),
+            external: None,
         };
         let producer = Producer {
             workflow: "w".into(),
@@ -231,6 +238,7 @@ mod tests {
             seed: 0,
             threads: 2,
             local_files: &BTreeMap::new(),
+            external: None,
             cancel: &cancel,
             progress: &NoProgress,
             store,

@@ -14,12 +14,14 @@
 //! label convention of the samples, for `wf predict`).
 
 use serde::Deserialize;
+use serde_json::json;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    ArtifactType, CheckContext, Count, Diagnostics, ParamSpec, Params, RemoteTask, RunContext,
+    Slots, Step, StepError, Unit, plural,
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
@@ -53,39 +55,45 @@ const PARAMS: &[ParamSpec] = &[
         "batch_size",
         ParamType::Int { min: 1, max: 4096 },
         "2",
-        "samples per step (over all replicas)",
+        "samples per step, over all replicas",
     ),
-    ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate"),
+    ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate")
+        .shape("number > 0", || json!({ "type": "number", "exclusiveMinimum": 0 })),
     ParamSpec::optional(
         "weight_decay",
         ParamType::Float,
         "0.0",
-        "Adam L2 penalty (torch.optim.Adam's weight_decay)",
-    ),
+        "Adam L2 penalty (`torch.optim.Adam`'s `weight_decay`)",
+    )
+    .shape("number ≥ 0", || json!({ "type": "number", "minimum": 0 })),
     ParamSpec::optional(
         "val_fraction",
         ParamType::Float,
         "0.01",
         "fraction of cases held out for validation (whole cases; at least one when > 0)",
-    ),
+    )
+    .shape("number in [0, 1)", fraction_schema),
     ParamSpec::optional(
         "loss",
         ParamType::Enum(&["dice", "dice-bce"]),
         "\"dice\"",
-        "soft Dice on sigmoid outputs (MONAI DiceLoss, squared_pred), optionally + BCE",
+        "MONAI `DiceLoss(sigmoid=True, squared_pred=True)`, optionally + BCE",
     ),
     ParamSpec::optional(
         "precision",
         ParamType::Enum(&["fp32", "bf16"]),
         "\"fp32\"",
-        "fp32, or bf16 mixed precision (CUDA builds only)",
+        "fp32, or bf16 mixed precision (convolutions in bf16, f32 weights): CUDA builds only",
     ),
     ParamSpec::optional(
         "gpus",
         ParamType::Any,
         "\"all\"",
-        "GPUs to train on, one replica each: a number, or `all` (0 or no GPU: CPU)",
-    ),
+        "GPUs to train on, one replica each; `all` on a machine without GPUs trains on the CPU; N > 0 needs a CUDA build",
+    )
+    .shape("integer ≥ 0 or `all`", || {
+        json!({ "anyOf": [{ "type": "integer", "minimum": 0 }, { "const": "all" }] })
+    }),
     ParamSpec::optional(
         "channels",
         INT_LIST,
@@ -96,7 +104,7 @@ const PARAMS: &[ParamSpec] = &[
         "strides",
         INT_LIST,
         "[2, 2, 2, 2]",
-        "UNet strides per down-sampling (MONAI `strides`)",
+        "UNet strides per down-sampling (MONAI `strides`; one fewer than `channels`)",
     ),
     ParamSpec::optional(
         "num_res_units",
@@ -104,8 +112,14 @@ const PARAMS: &[ParamSpec] = &[
         "2",
         "residual units per block",
     ),
-    ParamSpec::optional("dropout", ParamType::Float, "0.0", "dropout probability"),
+    ParamSpec::optional("dropout", ParamType::Float, "0.0", "dropout probability")
+        .shape("number in [0, 1)", fraction_schema),
 ];
+
+/// What `check` accepts for `val_fraction` and `dropout`.
+fn fraction_schema() -> serde_json::Value {
+    json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1 })
+}
 
 #[derive(Debug, Deserialize)]
 struct TrainParams {
@@ -264,28 +278,37 @@ impl Step for TrainUnet {
             .map_err(|e| StepError::new(format!("{}: {e}", cx.log_path.display())))?;
 
         let on = match placement {
-            Placement::Cpu => format!("CPU ({} threads)", cx.threads),
+            Placement::Cpu => format!("CPU ({})", plural(cx.threads, "thread")),
             #[allow(unreachable_patterns)]
             _ => placement.describe(),
         };
         let epochs = cfg.epochs as u64;
         let mut split = None;
         let log_line = std::sync::Mutex::new(&mut log);
+        // Optimizer steps per epoch: batches of `batch_size` over all replicas (a replica's share
+        // of the last one may be padded, so a count past it raises the total).
+        let steps_per_epoch = AtomicU64::new(0);
         let mut on_split = |s: &Split| {
             let msg = format!(
-                "{} training samples ({} cases), {} validation samples ({} cases), {} epochs on {on}, {}",
-                s.train_samples,
-                s.train_cases.len(),
-                s.val_samples,
-                s.val_cases.len(),
-                cfg.epochs,
+                "{} ({}), {} ({}), {} on {on}, {}",
+                plural(s.train_samples, "training sample"),
+                plural(s.train_cases.len(), "case"),
+                plural(s.val_samples, "validation sample"),
+                plural(s.val_cases.len(), "case"),
+                plural(cfg.epochs, "epoch"),
                 p.precision
             );
-            cx.progress.message(&msg);
+            cx.progress.note(&msg);
             let _ = writeln!(log_line.lock().expect("log lock"), "{msg}");
+            steps_per_epoch.store(
+                s.train_samples.div_ceil(p.batch_size.max(1)) as u64,
+                Ordering::Relaxed,
+            );
             split = Some(s.clone());
         };
         let mut last_message = std::time::Instant::now();
+        // The epoch count starts at the first step, or at the epoch training resumes after.
+        let mut counting = false;
         let mut on_event = |e: &TrainEvent| {
             let mut log = log_line.lock().expect("log lock");
             match e {
@@ -298,10 +321,23 @@ impl Step for TrainUnet {
                     cx.progress.warn(&format!(
                         "resumed after an interruption from the checkpoint of epoch {epoch}"
                     ));
-                    cx.progress.advance(*epoch as u64, epochs);
+                    cx.progress
+                        .advance(Count::new(*epoch as u64, epochs, Unit::Epoch));
+                    counting = true;
                 }
                 TrainEvent::Step { epoch, step, loss } => {
                     let _ = writeln!(log, "epoch {epoch} step {step}: loss {loss:.5}");
+                    if !counting {
+                        cx.progress
+                            .advance(Count::new(*epoch as u64 - 1, epochs, Unit::Epoch));
+                        counting = true;
+                    }
+                    let step = *step as u64;
+                    cx.progress.advance_within(Count::new(
+                        step,
+                        steps_per_epoch.load(Ordering::Relaxed).max(step),
+                        Unit::Step,
+                    ));
                     // Every step goes to the log; the console hears of one every few seconds.
                     if last_message.elapsed() >= std::time::Duration::from_secs(5) {
                         last_message = std::time::Instant::now();
@@ -324,8 +360,16 @@ impl Step for TrainUnet {
                         m.train_samples_per_second
                     );
                     let _ = writeln!(log, "{line}");
-                    cx.progress.message(&line);
-                    cx.progress.advance(m.epoch as u64, epochs);
+                    cx.progress.note(&line);
+                    cx.progress
+                        .advance(Count::new(m.epoch as u64, epochs, Unit::Epoch));
+                    if (m.epoch as u64) < epochs {
+                        cx.progress.advance_within(Count::new(
+                            0,
+                            steps_per_epoch.load(Ordering::Relaxed),
+                            Unit::Step,
+                        ));
+                    }
                 }
             }
         };

@@ -13,37 +13,75 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wf_engine::step::{CancelToken, NoProgress};
-use wf_engine::{Params, RunContext, Status, Step, StepError, Store};
+use wf_engine::store::Staging;
+use wf_engine::{Params, Progress, RunContext, Status, Step, StepError, Store};
 use wf_steps::fetch_dataset::FetchDataset;
+
+/// Which validators the server sends with a file.
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Validators {
+    /// `ETag` and `Last-Modified`.
+    #[default]
+    Both,
+    LastModified,
+    None,
+}
 
 /// What the server does for one path.
 #[derive(Default)]
 struct Route {
-    body: Vec<u8>,
+    /// The file, and how many times it changed (its validators follow it).
+    body: Mutex<(Vec<u8>, u32)>,
     /// Answer with this status and no data.
     status: Option<u16>,
+    /// Answer a HEAD with this status (e.g. 405: HEAD not allowed, as for a presigned GET URL).
+    head_status: Option<u16>,
     /// Answer 500 this many times first.
     fail: AtomicUsize,
     /// Cut the connection when the body reaches this offset, this many times.
     drop_at: usize,
     drops: AtomicUsize,
+    /// After the first cut, the file becomes this one.
+    changes_to: Mutex<Option<Vec<u8>>>,
     /// Answer 200 with the whole body even when asked for a range.
     ignore_range: bool,
+    validators: Validators,
+    /// Send the body up to this offset, then nothing more until the server stops.
+    stall_at: Option<usize>,
 }
 
 impl Route {
     fn body(body: Vec<u8>) -> Route {
         Route {
-            body,
+            body: Mutex::new((body, 0)),
             ..Route::default()
         }
+    }
+
+    /// The validators of the current file: (ETag, Last-Modified).
+    fn validators(&self) -> (Option<String>, Option<String>) {
+        let (body, version) = &*self.body.lock().unwrap();
+        let etag = format!("\"{}\"", &sha256(body)[..16]);
+        let date = format!("Mon, 01 Jan 2024 00:00:{:02} GMT", version % 60);
+        match self.validators {
+            Validators::Both => (Some(etag), Some(date)),
+            Validators::LastModified => (None, Some(date)),
+            Validators::None => (None, None),
+        }
+    }
+
+    fn replace(&self, body: Vec<u8>) {
+        let mut b = self.body.lock().unwrap();
+        b.0 = body;
+        b.1 += 1;
     }
 }
 
 /// A one-connection-at-a-time HTTP/1.1 server on loopback; stops when dropped.
 struct Server {
     addr: SocketAddr,
-    /// `PATH RANGE` of every request, in order.
+    routes: Arc<HashMap<String, Route>>,
+    /// `PATH RANGE` of every GET (with ` if-range=V` when asked), `HEAD PATH` of every HEAD, in order.
     log: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -51,21 +89,23 @@ struct Server {
 
 impl Server {
     fn start(routes: Vec<(&str, Route)>) -> Server {
-        let routes: HashMap<String, Route> = routes
-            .into_iter()
-            .map(|(p, r)| (p.to_string(), r))
-            .collect();
+        let routes: Arc<HashMap<String, Route>> = Arc::new(
+            routes
+                .into_iter()
+                .map(|(p, r)| (p.to_string(), r))
+                .collect(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (log2, stop2) = (log.clone(), stop.clone());
+        let (routes2, log2, stop2) = (routes.clone(), log.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let _ = handle(s, &routes, &log2);
+                        let _ = handle(s, &routes2, &log2, &stop2);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))
@@ -76,6 +116,7 @@ impl Server {
         });
         Server {
             addr,
+            routes,
             log,
             stop,
             thread: Some(thread),
@@ -88,6 +129,11 @@ impl Server {
 
     fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The file at `path` changes.
+    fn replace(&self, path: &str, body: Vec<u8>) {
+        self.routes[path].replace(body);
     }
 }
 
@@ -104,6 +150,7 @@ fn handle(
     mut s: TcpStream,
     routes: &HashMap<String, Route>,
     log: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -116,29 +163,42 @@ fn handle(
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
+    let method = head.split_whitespace().next().unwrap_or("").to_string();
     // The query is not part of the route (the S3 SDK adds `?x-id=GetObject`).
     let target = head.split_whitespace().nth(1).unwrap_or("");
     let path = target.split('?').next().unwrap_or("").to_string();
-    let range = head
-        .lines()
-        .find_map(|l| {
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("range")
-                .then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
-        .unwrap_or_default();
-    log.lock()
-        .unwrap()
-        .push(format!("{path} {range}").trim().to_string());
+    };
+    let range = header("range").unwrap_or_default();
+    let if_range = header("if-range");
+    let entry = if method == "HEAD" {
+        format!("HEAD {path}")
+    } else {
+        let mut e = format!("{path} {range}").trim().to_string();
+        if let Some(v) = &if_range {
+            e.push_str(&format!(" if-range={v}"));
+        }
+        e
+    };
+    log.lock().unwrap().push(entry);
     let reply = |s: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
         write!(s, "HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n")?;
-        s.write_all(body)?;
+        if method != "HEAD" {
+            s.write_all(body)?;
+        }
         s.flush()
     };
     let Some(route) = routes.get(&path) else {
         return reply(&mut s, "404 Not Found", "Content-Length: 4\r\n", b"nope");
     };
-    if let Some(code) = route.status {
+    if let Some(code) = route
+        .status
+        .or(route.head_status.filter(|_| method == "HEAD"))
+    {
         return reply(
             &mut s,
             &format!("{code} Status"),
@@ -155,12 +215,25 @@ fn handle(
             b"oops",
         );
     }
-    let len = route.body.len();
+    let body = route.body.lock().unwrap().0.clone();
+    let (etag, modified) = route.validators();
+    let mut validators = String::new();
+    if let Some(e) = &etag {
+        validators.push_str(&format!("ETag: {e}\r\n"));
+    }
+    if let Some(m) = &modified {
+        validators.push_str(&format!("Last-Modified: {m}\r\n"));
+    }
+    let len = body.len();
+    // RFC 9110 If-Range: the range only while the file is the one the validator names.
+    let current = if_range
+        .as_ref()
+        .is_none_or(|v| Some(v) == etag.as_ref() || Some(v) == modified.as_ref());
     let start = match range
         .strip_prefix("bytes=")
         .and_then(|r| r.strip_suffix('-'))
     {
-        Some(n) if !route.ignore_range => n.parse::<usize>().ok(),
+        Some(n) if !route.ignore_range && current => n.parse::<usize>().ok(),
         _ => None,
     };
     if let Some(start) = start
@@ -181,15 +254,29 @@ fn handle(
         ),
         None => ("200 OK", 0, String::new()),
     };
-    let headers = format!("Content-Length: {}\r\n{extra}", len - from);
+    let headers = format!("Content-Length: {}\r\n{validators}{extra}", len - from);
+    if method == "HEAD" {
+        return reply(&mut s, status, &headers, b"");
+    }
+    if let Some(at) = route.stall_at {
+        reply(&mut s, status, &headers, &body[from..at.max(from)])?;
+        // Keep the connection open, sending nothing, until the server stops.
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Ok(());
+    }
     if route.drops.load(Ordering::SeqCst) > 0 {
         route.drops.fetch_sub(1, Ordering::SeqCst);
         // Promise the whole body, send part of it, hang up.
         let cut = route.drop_at.max(from);
-        reply(&mut s, status, &headers, &route.body[from..cut])?;
+        reply(&mut s, status, &headers, &body[from..cut])?;
+        if let Some(next) = route.changes_to.lock().unwrap().take() {
+            route.replace(next);
+        }
         return s.shutdown(std::net::Shutdown::Both);
     }
-    reply(&mut s, status, &headers, &route.body[from..])
+    reply(&mut s, status, &headers, &body[from..])
 }
 
 /// Params as the engine makes them: defaults filled in.
@@ -205,26 +292,7 @@ fn params(values: &[(&str, Json)]) -> Params {
 
 /// Runs the step once against `store`; checks the output on success.
 fn run(store: &Store, values: &[(&str, Json)]) -> Result<(), StepError> {
-    let wf_dir = tempfile::tempdir().unwrap();
-    let staging = store.stage("fetch").unwrap();
-    let params = params(values);
-    let cancel = CancelToken::default();
-    let cx = RunContext {
-        step_id: "fetch",
-        workflow_dir: wf_dir.path(),
-        params: &params,
-        inputs: &BTreeMap::new(),
-        out_dir: &staging.out,
-        scratch_dir: &staging.scratch,
-        log_path: &staging.log,
-        seed: 0,
-        threads: 2,
-        local_files: &BTreeMap::new(),
-        cancel: &cancel,
-        progress: &NoProgress,
-        store,
-    };
-    FetchDataset.run(&cx)?;
+    let staging = fetch(store, values, &CancelToken::default(), &NoProgress)?;
     let out = &staging.out;
     assert!(out.join("dataset.json").is_file());
     assert_eq!(
@@ -236,6 +304,49 @@ fn run(store: &Store, values: &[(&str, Json)]) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Runs the step once; the staging area holds its output.
+fn fetch(
+    store: &Store,
+    values: &[(&str, Json)],
+    cancel: &CancelToken,
+    progress: &dyn Progress,
+) -> Result<Staging, StepError> {
+    let wf_dir = tempfile::tempdir().unwrap();
+    let staging = store.stage("fetch").unwrap();
+    let params = params(values);
+    let cx = RunContext {
+        step_id: "fetch",
+        workflow_dir: wf_dir.path(),
+        params: &params,
+        inputs: &BTreeMap::new(),
+        out_dir: &staging.out,
+        scratch_dir: &staging.scratch,
+        log_path: &staging.log,
+        seed: 0,
+        threads: 2,
+        local_files: &BTreeMap::new(),
+        external: None,
+        cancel,
+        progress,
+        store,
+    };
+    FetchDataset.run(&cx)?;
+    Ok(staging)
+}
+
+/// Every progress line and warning, for checking what a user would see.
+#[derive(Default)]
+struct Lines(Mutex<Vec<String>>);
+impl Progress for Lines {
+    fn message(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+    fn warn(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+    fn advance(&self, _count: wf_engine::Count) {}
+}
+
 /// Fake image bytes, large enough that a cut lands mid-body.
 fn image(i: u8) -> Vec<u8> {
     (0..40_000u32)
@@ -245,13 +356,22 @@ fn image(i: u8) -> Vec<u8> {
 
 /// `Task01_BrainTumour/` with 2 training cases and macOS junk, as a tar.gz.
 fn msd_tar_gz() -> Vec<u8> {
+    msd_tar_gz_of(0)
+}
+
+/// [`msd_tar_gz`] whose images are `image(i + salt)`: another version of the same file.
+fn msd_tar_gz_of(salt: u8) -> Vec<u8> {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("Task01_BrainTumour");
     for sub in ["imagesTr", "labelsTr"] {
         fs::create_dir_all(root.join(sub)).unwrap();
     }
     for i in 1..=2u8 {
-        fs::write(root.join(format!("imagesTr/BRATS_00{i}.nii.gz")), image(i)).unwrap();
+        fs::write(
+            root.join(format!("imagesTr/BRATS_00{i}.nii.gz")),
+            image(i + salt),
+        )
+        .unwrap();
         fs::write(root.join(format!("labelsTr/BRATS_00{i}.nii.gz")), [i; 100]).unwrap();
     }
     fs::write(root.join("imagesTr/._BRATS_001.nii.gz"), "mac").unwrap();
@@ -304,12 +424,13 @@ fn a_dropped_download_resumes_with_a_range_request() {
         ],
     )
     .unwrap();
-    assert_eq!(
-        server.requests(),
-        vec![
-            "/Task01.tar.gz".to_string(),
-            format!("/Task01.tar.gz bytes={half}-")
-        ]
+    let log = server.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0], "/Task01.tar.gz");
+    // Resumed only while the file is the one the first response named.
+    assert!(
+        log[1].starts_with(&format!("/Task01.tar.gz bytes={half}- if-range=\"")),
+        "{log:?}"
     );
 }
 
@@ -342,7 +463,7 @@ fn a_partial_download_survives_a_failed_attempt_of_the_step() {
     assert!(
         log[1..]
             .iter()
-            .all(|r| *r == format!("/t.tar.gz bytes={half}-")),
+            .all(|r| r.starts_with(&format!("/t.tar.gz bytes={half}- if-range="))),
         "{log:?}"
     );
 }
@@ -591,4 +712,366 @@ fn a_local_source_is_keyed_by_its_content() {
     gz.write_all(&tar).unwrap();
     fs::write(&tgz, gz.finish().unwrap()).unwrap();
     assert_eq!(run_once(), Status::Ran);
+}
+
+/// A cut download of a file without `ETag` or `Last-Modified` starts over: nothing tells the bytes
+/// already here from another version's.
+#[test]
+fn without_a_validator_a_cut_download_starts_over() {
+    let body = msd_tar_gz();
+    let server = Server::start(vec![(
+        "/t.tar.gz",
+        Route {
+            drop_at: body.len() / 2,
+            drops: AtomicUsize::new(1),
+            validators: Validators::None,
+            ..Route::body(body)
+        },
+    )]);
+    let (_t, store) = store();
+    run(&store, &[("source", server.url("/t.tar.gz").into())]).unwrap();
+    assert_eq!(server.requests(), vec!["/t.tar.gz", "/t.tar.gz"]);
+}
+
+/// The file changes on the server while the download is cut: the resume asks with `If-Range`, the
+/// server answers with the whole new file, and the output is the new file (never half of each).
+#[test]
+fn a_file_changed_between_attempts_is_fetched_whole() {
+    for (validators, want) in [
+        (Validators::Both, "if-range=\""),
+        (
+            Validators::LastModified,
+            "if-range=Mon, 01 Jan 2024 00:00:00 GMT",
+        ),
+    ] {
+        let old = msd_tar_gz();
+        let new = msd_tar_gz_of(7);
+        let half = old.len() / 2;
+        let server = Server::start(vec![(
+            "/t.tar.gz",
+            Route {
+                drop_at: half,
+                drops: AtomicUsize::new(1),
+                changes_to: Mutex::new(Some(new.clone())),
+                validators,
+                ..Route::body(old)
+            },
+        )]);
+        let (_t, store) = store();
+        let out = fetch(
+            &store,
+            &[("source", server.url("/t.tar.gz").into())],
+            &CancelToken::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(out.out.join("imagesTr/BRATS_002.nii.gz")).unwrap(),
+            image(9)
+        );
+        let log = server.requests();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert!(
+            log[1].starts_with(&format!("/t.tar.gz bytes={half}- {want}")),
+            "{log:?}"
+        );
+    }
+}
+
+/// Credentials in a URL (userinfo, a presigned signature) appear in no message.
+#[test]
+fn credentials_in_urls_are_never_shown() {
+    let server = Server::start(vec![(
+        "/gone.tar.gz",
+        Route {
+            status: Some(404),
+            ..Route::default()
+        },
+    )]);
+    let (_t, store) = store();
+    let url = format!(
+        "http://alice:hunter2@{}/gone.tar.gz?X-Amz-Credential=AKIAXXX&X-Amz-Signature=deadbeef&v=1",
+        server.addr
+    );
+    let lines = Lines::default();
+    let e = fetch(
+        &store,
+        &[("source", url.into())],
+        &CancelToken::default(),
+        &lines,
+    )
+    .unwrap_err();
+    let shown = format!(
+        "{}\n{}\n{}",
+        e.message,
+        e.detail.unwrap_or_default(),
+        lines.0.lock().unwrap().join("\n")
+    );
+    for secret in ["hunter2", "alice", "AKIAXXX", "deadbeef"] {
+        assert!(!shown.contains(secret), "{secret} shown in: {shown}");
+    }
+    assert!(
+        shown.contains("/gone.tar.gz?X-Amz-Credential=***&X-Amz-Signature=***&v=1: HTTP 404"),
+        "{shown}"
+    );
+}
+
+/// A body that stops arriving (the connection stays open) ends on Ctrl-C within a second or two,
+/// not after the read timeout.
+#[test]
+fn a_stalled_download_stops_when_cancelled() {
+    let body = msd_tar_gz();
+    let server = Server::start(vec![(
+        "/slow.tar.gz",
+        Route {
+            stall_at: Some(body.len() / 3),
+            ..Route::body(body)
+        },
+    )]);
+    let url = server.url("/slow.tar.gz");
+    let cancel = CancelToken::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c2 = cancel.clone();
+    std::thread::spawn(move || {
+        let (_t, store) = store();
+        let r = fetch(&store, &[("source", url.into())], &c2, &NoProgress).map(|_| ());
+        let _ = tx.send(r);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    cancel.cancel();
+    let r = rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the step ends within 3 s of the cancel");
+    let e = r.unwrap_err();
+    assert!(e.message.contains("interrupted"), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}
+
+/// A workflow fetching a URL without a checksum: the key holds the server's validators (read with
+/// a HEAD), so a cached run asks only for them, and a changed file is a miss that `wf plan` names.
+#[test]
+fn a_changed_file_on_the_server_is_a_miss() {
+    let server = Server::start(vec![("/Task01.tar.gz", Route::body(msd_tar_gz()))]);
+    let dir = tempfile::tempdir().unwrap();
+    // Credentials in the URL: kept out of the run record.
+    let url = format!(
+        "http://bob:s3cret@{}/Task01.tar.gz?X-Amz-Signature=feedface",
+        server.addr
+    );
+    let yaml = format!(
+        "name: fetch-head\nsteps:\n  fetch:\n    uses: fetch-dataset\n    with: {{ source: \"{url}\" }}\n"
+    );
+    let path = dir.path().join("wf.yaml");
+    fs::write(&path, yaml).unwrap();
+    let registry = wf_steps::registry();
+    let wf = Arc::new(wf_engine::load(&path, &registry).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run_once = || {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let summary = rt.block_on(wf_engine::exec::run(
+            wf.clone(),
+            store.clone(),
+            wf_engine::RunOptions {
+                jobs: 1,
+                threads: 2,
+                ..Default::default()
+            },
+            CancelToken::default(),
+            tx,
+        ));
+        let s = summary.steps[0].clone();
+        assert!(s.error.is_none(), "{:?} {:?}", s.error, s.detail);
+        s
+    };
+    let first = run_once();
+    assert_eq!(first.status, Status::Ran);
+    assert_eq!(
+        server.requests(),
+        vec!["HEAD /Task01.tar.gz", "/Task01.tar.gz"]
+    );
+    assert_eq!(run_once().status, Status::Cached);
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "a hit asks only for the validators"
+    );
+
+    server.replace("/Task01.tar.gz", msd_tar_gz_of(5));
+    let plan = wf_engine::exec::plan(&wf, &store, &Default::default()).unwrap();
+    assert_eq!(plan[0].cache, "miss");
+    assert!(
+        plan[0].reason.starts_with("source changed ("),
+        "{}",
+        plan[0].reason
+    );
+    let second = run_once();
+    assert_eq!(second.status, Status::Ran);
+    assert_ne!(second.key, first.key);
+    let out = second.output.unwrap().path;
+    assert_eq!(
+        fs::read(out.join("imagesTr/BRATS_001.nii.gz")).unwrap(),
+        image(6)
+    );
+
+    let record = fs::read_to_string(dir.path().join("cache/runs/fetch-head/fetch.json")).unwrap();
+    for secret in ["s3cret", "feedface"] {
+        assert!(!record.contains(secret), "{record}");
+    }
+    assert!(record.contains("\"external\""), "{record}");
+}
+
+/// What a HEAD tells, by server: the ETag; else Last-Modified and the length; a server that does
+/// not allow HEAD (a presigned GET URL) is asked with a one-byte GET; no validator at all, or no
+/// answer, is an error naming the URL.
+#[test]
+fn validators_are_read_with_a_head() {
+    let body = msd_tar_gz();
+    let len = body.len();
+    let server = Server::start(vec![
+        ("/both", Route::body(body.clone())),
+        (
+            "/modified",
+            Route {
+                validators: Validators::LastModified,
+                ..Route::body(body.clone())
+            },
+        ),
+        (
+            "/presigned",
+            Route {
+                head_status: Some(403),
+                ..Route::body(body.clone())
+            },
+        ),
+        (
+            "/none",
+            Route {
+                validators: Validators::None,
+                ..Route::body(body.clone())
+            },
+        ),
+        (
+            "/gone",
+            Route {
+                status: Some(404),
+                ..Route::default()
+            },
+        ),
+    ]);
+    let state = |path: &str, extra: &[(&str, Json)]| {
+        let mut values = vec![("source", Json::from(server.url(path)))];
+        values.extend(extra.iter().cloned());
+        let p = params(&values);
+        FetchDataset
+            .external_source(&p)
+            .map(|_| FetchDataset.external_state(&p, &CancelToken::default()))
+    };
+    let etag = format!("\"{}\"", &sha256(&body)[..16]);
+    assert_eq!(
+        state("/both", &[]).unwrap().unwrap(),
+        format!("etag {etag}")
+    );
+    assert_eq!(
+        state("/modified", &[]).unwrap().unwrap(),
+        format!("last-modified Mon, 01 Jan 2024 00:00:00 GMT, length {len}")
+    );
+    assert_eq!(
+        state("/presigned", &[]).unwrap().unwrap(),
+        format!("etag {etag}")
+    );
+    let e = state("/none", &[]).unwrap().unwrap_err();
+    assert!(
+        e.message.contains("neither an ETag nor a Last-Modified"),
+        "{e:?}"
+    );
+    let e = state("/gone", &[]).unwrap().unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("{}: HTTP 404", server.url("/gone"))),
+        "{e:?}"
+    );
+    // A checksum pins the file: no external state, no request.
+    let n = server.requests().len();
+    assert!(state("/both", &[("sha256", sha256(&body).into())]).is_none());
+    assert_eq!(server.requests().len(), n);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("/presigned bytes=0-0")),
+        "{:?}",
+        server.requests()
+    );
+}
+
+/// `wf run --executor sagemaker` would submit a job whose worker cannot recompute a key holding the
+/// server's validators: the step fails before anything is submitted.
+#[test]
+fn a_remote_executor_is_not_given_a_step_keyed_by_a_server() {
+    struct Refusing;
+    impl wf_engine::RemoteExecutor for Refusing {
+        fn name(&self) -> String {
+            "the test executor".into()
+        }
+        fn takes(&self, _wf: &wf_engine::Workflow, _i: usize) -> bool {
+            true
+        }
+        fn execute(
+            &self,
+            _wf: &wf_engine::Workflow,
+            _i: usize,
+            _key: &wf_engine::StepKey,
+            _components: &wf_engine::key::KeyComponents,
+            _inputs: &BTreeMap<String, wf_engine::InputArtifact>,
+            _progress: &dyn Progress,
+            _cancel: &wf_engine::CancelToken,
+        ) -> Result<(), StepError> {
+            panic!("nothing may be submitted")
+        }
+    }
+    let server = Server::start(vec![("/t.tar.gz", Route::body(msd_tar_gz()))]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wf.yaml");
+    fs::write(
+        &path,
+        format!(
+            "name: remote\nsteps:\n  fetch: {{ uses: fetch-dataset, with: {{ source: \"{}\" }} }}\n",
+            server.url("/t.tar.gz")
+        ),
+    )
+    .unwrap();
+    let registry = wf_steps::registry();
+    let wf = Arc::new(wf_engine::load(&path, &registry).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let summary = rt.block_on(wf_engine::exec::run(
+        wf,
+        store,
+        wf_engine::RunOptions {
+            jobs: 1,
+            threads: 1,
+            executor: Some(Arc::new(Refusing)),
+            ..Default::default()
+        },
+        CancelToken::default(),
+        tx,
+    ));
+    let s = &summary.steps[0];
+    assert_eq!(s.status, Status::Failed);
+    let e = s.error.clone().unwrap_or_default();
+    assert!(
+        e.starts_with(
+            "the test executor cannot run this step: its key holds the current state of `http://"
+        ),
+        "{e}"
+    );
 }

@@ -14,6 +14,32 @@ pub struct Exported {
     pub files: Vec<PathBuf>,
 }
 
+/// The export's `metrics.json`: the exported (best) epoch's metrics and the whole history. Fields in
+/// the file's order (by name).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExportMetrics {
+    /// The exported epoch.
+    pub epoch: usize,
+    pub history: Vec<EpochMetrics>,
+    pub train_loss: Option<f32>,
+    pub val_dice_et: Option<f32>,
+    pub val_dice_tc: Option<f32>,
+    pub val_dice_wt: Option<f32>,
+    /// Validation mean Dice of the exported epoch; `None` when training did not validate.
+    pub val_mean_dice: Option<f32>,
+}
+
+impl ExportMetrics {
+    pub const FILE: &'static str = "metrics.json";
+
+    /// Reads `metrics.json` of the export directory `dir`.
+    pub fn read_in(dir: &Path) -> Result<ExportMetrics> {
+        let path = dir.join(Self::FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| TrainerError::Json { path, source })
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
     move |source| TrainerError::Io {
         path: path.to_path_buf(),
@@ -91,18 +117,19 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
     write_json(&config, &cfg)?;
 
     let all = read_metrics(train_dir)?;
-    let metrics = out_dir.join("metrics.json");
+    let metrics = out_dir.join(ExportMetrics::FILE);
+    let record = ExportMetrics {
+        epoch: meta.epoch,
+        history: all,
+        train_loss: best.as_ref().map(|m| m.train_loss),
+        val_dice_et: best.as_ref().and_then(|m| m.val_dice_et),
+        val_dice_tc: best.as_ref().and_then(|m| m.val_dice_tc),
+        val_dice_wt: best.as_ref().and_then(|m| m.val_dice_wt),
+        val_mean_dice: best.as_ref().and_then(|m| m.val_mean_dice),
+    };
     write_json(
         &metrics,
-        &serde_json::json!({
-            "epoch": meta.epoch,
-            "val_mean_dice": best.as_ref().and_then(|m| m.val_mean_dice),
-            "val_dice_tc": best.as_ref().and_then(|m| m.val_dice_tc),
-            "val_dice_wt": best.as_ref().and_then(|m| m.val_dice_wt),
-            "val_dice_et": best.as_ref().and_then(|m| m.val_dice_et),
-            "train_loss": best.as_ref().map(|m| m.train_loss),
-            "history": all,
-        }),
+        &serde_json::to_value(&record).expect("metrics serialize"),
     )?;
 
     let card = out_dir.join("README.md");
@@ -152,6 +179,10 @@ mod tests {
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
         assert!(m["val_mean_dice"].is_number());
+        let read = ExportMetrics::read_in(&out).unwrap();
+        assert_eq!(read.epoch, e.epoch);
+        assert_eq!(read.val_mean_dice, e.val_mean_dice);
+        assert_eq!(read.history.len(), 2);
         let w =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert!(w.contains_key("model.0.conv.unit0.conv.weight"));

@@ -20,6 +20,42 @@ fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
     (0..count).map(|i| (i * interval).min(size - roi)).collect()
 }
 
+/// New bytes a [`Predictor::logits`] pass allocates at least, for a `(C, X, Y, Z)` image: the
+/// zero-padded image (when an axis is shorter than the window), the window list, the accumulated
+/// output and its counts, and one batch of windows with the network's input, first-level features
+/// and output. A lower bound: deeper levels and the convolutions' scratch add to it.
+pub fn inference_bytes(
+    cfg: &UNetConfig,
+    shape: [usize; 4],
+    roi: [usize; 3],
+    overlap: f64,
+    sw_batch_size: usize,
+) -> u128 {
+    let spatial = [shape[1], shape[2], shape[3]];
+    let size: [usize; 3] = std::array::from_fn(|a| spatial[a].max(roi[a]));
+    let vol: u128 = size.iter().map(|&n| n as u128).product();
+    let roi_vol: u128 = roi.iter().map(|&n| n as u128).product();
+    let padded = if size == spatial {
+        0
+    } else {
+        shape[0] as u128 * vol * 4
+    };
+    // Window starts per axis are at most one per voxel: counting them is cheap.
+    let windows: u128 = (0..3)
+        .map(|a| {
+            if roi[a] == 0 || overlap.is_nan() || !(0.0..1.0).contains(&overlap) {
+                1
+            } else {
+                starts(size[a], roi[a], overlap).len() as u128
+            }
+        })
+        .product();
+    let batch = windows.min(sw_batch_size.max(1) as u128);
+    let first = cfg.channels.first().copied().unwrap_or(0) as u128;
+    let per_window = roi_vol * 4 * (cfg.in_channels as u128 + first + cfg.out_channels as u128);
+    padded + windows * 24 + (cfg.out_channels as u128 + 1) * vol * 4 + batch * per_window
+}
+
 /// Runs `predict` over windows of `roi` voxels covering `x` (N, C, D, H, W) with the given
 /// fractional `overlap`, `sw_batch_size` windows per call, and averages overlapping predictions.
 /// Axes shorter than the window are zero-padded symmetrically, then cropped back, as in MONAI.
@@ -206,11 +242,33 @@ impl Predictor {
                 detail: format!("{roi:?} must be multiples of {div}"),
             });
         }
+        if let [c, x, y, z] = image.dims()[..] {
+            self.check_memory([c, x, y, z], roi, overlap, sw_batch_size)?;
+        }
         let x = image.unsqueeze(0)?;
         let y = sliding_window_inference(&x, roi, sw_batch_size, overlap, &mut |w| {
             self.net.forward_t(w, false)
         })?;
         Ok(y.squeeze(0)?)
+    }
+
+    /// Refuses a sliding-window pass over a `(C, X, Y, Z)` image whose buffers
+    /// ([`inference_bytes`]) exceed the memory limit (`wf_imaging::memory`), before allocating.
+    pub fn check_memory(
+        &self,
+        shape: [usize; 4],
+        roi: [usize; 3],
+        overlap: f64,
+        sw_batch_size: usize,
+    ) -> Result<()> {
+        let need = inference_bytes(self.net.config(), shape, roi, overlap, sw_batch_size);
+        wf_imaging::memory::check(need).map_err(|why| TrainerError::Config {
+            field: "roi",
+            detail: format!(
+                "sliding-window inference of a {:?} image with roi {roi:?} and {sw_batch_size} window(s) per pass {why}",
+                &shape[1..]
+            ),
+        })
     }
 
     /// [`Predictor::regions`] for a C-order `(C, X, Y, Z)` f32 image held as a plain slice

@@ -383,6 +383,7 @@ mod tests {
             ]
             .into(),
             files: [("x.py".to_string(), FileDigest::from_bytes([1; 32]))].into(),
+            external: None,
         }
     }
 

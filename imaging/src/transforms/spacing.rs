@@ -10,7 +10,9 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{self, Mat4};
-use super::{Affine, Case, Image, Label, LabelData, Layout, require_channel_first};
+use super::{
+    Affine, Case, Field, Image, InvalidField, Label, LabelData, Layout, require_channel_first,
+};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,14 +100,34 @@ pub struct SpacingPlan {
 impl Spacing {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "spacing";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "resample to the voxel size (`Spacingd`)";
+    pub const FIELDS: &'static [Field] = &[
+        Field::required(
+            "pixdim",
+            "3 numbers > 0",
+            "the voxel size in mm per spatial axis",
+            r#"{"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3, "maxItems": 3}"#,
+        ),
+        Field::optional(
+            "mode",
+            "`bilinear` or `nearest`, or `[image, label]`",
+            "`[bilinear, nearest]`",
+            "the interpolation: one mode for image and label, or one each",
+            r#"{"anyOf": [{"enum": ["bilinear", "nearest"]}, {"type": "array", "items": {"enum": ["bilinear", "nearest"]}, "minItems": 1, "maxItems": 2}], "default": ["bilinear", "nearest"]}"#,
+        ),
+    ];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         if self.pixdim.iter().any(|p| !p.is_finite() || *p <= 0.0) {
-            return Err(format!("pixdim {:?} must be finite and > 0", self.pixdim));
+            return Err(InvalidField::new(
+                "pixdim",
+                format!("pixdim {:?} must be finite and > 0", self.pixdim),
+            ));
         }
         Ok(())
     }
@@ -131,8 +153,24 @@ impl Spacing {
             case.to_c_order();
             return Ok(case);
         }
-        let grid = Grid::new(&p.theta, in_shape, p.out_shape);
         let c = case.image.channels();
+        // The new image (f32 per channel) and label, before any of it is allocated.
+        let voxels: u128 = p.out_shape.iter().map(|&n| n as u128).product();
+        let label_bytes = match case.label.as_ref().map(|l| &l.data) {
+            Some(LabelData::Regions(_)) => 1,
+            Some(LabelData::Raw(_)) => 4,
+            None => 0,
+        };
+        crate::memory::check(voxels * (4 * c as u128 + label_bytes)).map_err(|why| {
+            err(
+                &case,
+                format!(
+                    "the output grid {:?} for pixdim {:?} {why}",
+                    p.out_shape, self.pixdim
+                ),
+            )
+        })?;
+        let grid = Grid::new(&p.theta, in_shape, p.out_shape);
         let out_img_shape = [c, p.out_shape[0], p.out_shape[1], p.out_shape[2]];
         let layout = case.image.layout;
         case.image = match self.mode.image {
@@ -714,6 +752,35 @@ mod tests {
                 .unwrap_err()
                 .contains("exceeds")
         );
+    }
+
+    /// An output grid within the voxel cap whose buffers exceed the memory there is (a thousand
+    /// channels resampled at 0.002 mm: terabytes) is refused, naming the case and the transform,
+    /// before anything is allocated.
+    #[test]
+    fn an_output_larger_than_memory_is_refused() {
+        let c = 1000;
+        let case = Case {
+            id: "BRATS_007".into(),
+            image: Image::new([c, 3, 3, 3], vec![1.0; c * 27]),
+            label: Some(Label::new([3, 3, 3], LabelData::Regions(vec![0; 27]))),
+            affine: linalg::IDENTITY,
+            channel_first: true,
+        };
+        let s = Spacing {
+            pixdim: [0.002, 0.002, 0.002],
+            mode: SpacingModes::default(),
+        };
+        let p = s.plan(&case.affine, [3, 3, 3]).unwrap();
+        assert_eq!(p.out_shape, [1001, 1001, 1001]);
+        let e = s.apply(case).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "case BRATS_007: transform `spacing`: the output grid [1001, 1001, 1001]"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("TiB of memory, more than the"), "{e}");
     }
 
     /// Orientation then resampling back onto the original grid restores the labels exactly.

@@ -2,18 +2,106 @@
 //! them safely. Absolute member paths, `..` components, links out of the archive (by their text, and
 //! again by canonical path once extracted) and device or fifo members are refused, each naming the
 //! member; links inside the archive become copies of what they point to.
+//!
+//! Extraction is bounded ([`Limits`], the `max_extract_bytes` / `max_extract_files` params): each
+//! member's size is charged before it is written, hard links by their target's size, and links
+//! replaced by copies by the copy's size, so a small archive cannot fill the disk. A gzip stream is
+//! read to its end, past the tar's end-of-archive blocks, so its trailer (CRC-32 and length) is
+//! always checked; a single `.gz` file that is not a tar is checked the same way. I/O errors keep
+//! their cause (`No space left on device`), not only the member they happened on.
 
 use flate2::read::MultiGzDecoder;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use wf_engine::{RunContext, StepError};
+use wf_engine::{Count, RunContext, StepError, Unit};
 
 use super::source::file_name;
 use super::tree::{Mode, find_msd_root, place, read_dir_sorted, transfer};
 use super::{Ticker, io_step, no_dataset_json};
+
+/// Most an archive may expand to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Limits {
+    /// Bytes of files written (`max_extract_bytes`).
+    pub(super) bytes: u64,
+    /// Members extracted (`max_extract_files`).
+    pub(super) files: u64,
+}
+
+/// What an extraction has written so far, against its [`Limits`].
+struct Budget<'a> {
+    limits: Limits,
+    what: &'a str,
+    bytes: u64,
+    files: u64,
+    /// Sizes of the regular members, by normalized path: what a hard link to one adds.
+    sizes: HashMap<PathBuf, u64>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(limits: Limits, what: &'a str) -> Self {
+        Budget {
+            limits,
+            what,
+            bytes: 0,
+            files: 0,
+            sizes: HashMap::new(),
+        }
+    }
+
+    /// Counts `files` more members and `bytes` more bytes for `member`, refusing to pass a limit.
+    fn charge(&mut self, member: &str, files: u64, bytes: u64) -> Result<(), StepError> {
+        self.files += files;
+        self.bytes = self.bytes.saturating_add(bytes);
+        let over = |param: &str, limit: String| {
+            StepError::new(format!(
+                "{}: archive member `{member}` takes the extracted data to more than `{param}` ({limit}); raise `{param}` if the archive is what you expect",
+                self.what
+            ))
+        };
+        if self.files > self.limits.files {
+            return Err(over("max_extract_files", self.limits.files.to_string()));
+        }
+        if self.bytes > self.limits.bytes {
+            return Err(over(
+                "max_extract_bytes",
+                format!("{} bytes", self.limits.bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn bytes_left(&self) -> u64 {
+        self.limits.bytes.saturating_sub(self.bytes)
+    }
+}
+
+/// A member path without `.` components, as a link names its target.
+fn normalized(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+/// An error and its causes, `: `-joined: tar reports "failed to unpack `x`" and keeps the reason
+/// (`No space left on device`) only as the error's source.
+pub(super) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -74,20 +162,23 @@ pub(super) fn unpack(
     name: &str,
     mode: Mode,
     what: &str,
+    limits: &Limits,
 ) -> Result<(), StepError> {
     let kind = archive_kind(name, file).map_err(|e| io_step(file, e))?;
     if kind == Kind::Single {
+        check_gzip(cx, file, what, limits)?;
         let dest = cx.out_dir.join(file_name(name));
         return transfer(file, &dest, mode);
     }
     let scratch = cx.scratch_dir.join("extract");
     fs::create_dir_all(&scratch).map_err(|e| io_step(&scratch, e))?;
     cx.progress.message(&format!("extracting {what}"));
-    extract(cx, file, kind == Kind::TarGz, &scratch, what)?;
+    let mut budget = Budget::new(*limits, what);
+    extract(cx, file, kind == Kind::TarGz, &scratch, &mut budget)?;
     let confine = fs::canonicalize(&scratch).map_err(|e| io_step(&scratch, e))?;
     // Links first, while every target is still where the archive put it, and before anything
     // (dataset.json included) is read through one.
-    resolve_links(&scratch, &scratch, &confine)?;
+    resolve_links(&scratch, &scratch, &confine, &mut budget)?;
     let root = find_msd_root(&scratch)?.ok_or_else(|| no_dataset_json(what))?;
     place(&root, cx.out_dir, Mode::Move, Some(&confine), 0)
 }
@@ -96,12 +187,17 @@ pub(super) fn unpack(
 /// resolve outside `confine` (the canonical extraction directory) — including those that only
 /// escape through another link, which the check on the link's text cannot see — and links to
 /// directories.
-fn resolve_links(dir: &Path, base: &Path, confine: &Path) -> Result<(), StepError> {
+fn resolve_links(
+    dir: &Path,
+    base: &Path,
+    confine: &Path,
+    budget: &mut Budget<'_>,
+) -> Result<(), StepError> {
     for e in read_dir_sorted(dir)? {
         let p = e.path();
         let ft = e.file_type().map_err(|err| io_step(&p, err))?;
         if ft.is_dir() {
-            resolve_links(&p, base, confine)?;
+            resolve_links(&p, base, confine, budget)?;
             continue;
         }
         if !ft.is_symlink() {
@@ -124,6 +220,8 @@ fn resolve_links(dir: &Path, base: &Path, confine: &Path) -> Result<(), StepErro
                 "refusing archive member `{member}`: a link to a directory or special file"
             )));
         }
+        // The copy is new data: a thousand links to one big member would be a thousand copies.
+        budget.charge(&member, 0, meta.len())?;
         fs::remove_file(&p).map_err(|err| io_step(&p, err))?;
         fs::copy(&target, &p).map_err(|err| io_step(&target, err))?;
     }
@@ -182,13 +280,66 @@ fn link_escapes(member: &Path, target: &Path) -> bool {
     false
 }
 
+/// Reads a gzip file to its end, so a damaged one fails here (CRC-32 or length), bounded by the
+/// byte limit. Anything else passes as it is.
+fn check_gzip(
+    cx: &RunContext<'_>,
+    file: &Path,
+    what: &str,
+    limits: &Limits,
+) -> Result<(), StepError> {
+    let mut head = [0u8; 2];
+    let n = read_full(
+        &mut File::open(file).map_err(|e| io_step(file, e))?,
+        &mut head,
+    )
+    .map_err(|e| io_step(file, e))?;
+    if head[..n] != [0x1f, 0x8b] {
+        return Ok(());
+    }
+    let gz = MultiGzDecoder::new(BufReader::new(
+        File::open(file).map_err(|e| io_step(file, e))?,
+    ));
+    let mut budget = Budget::new(*limits, what);
+    drain(cx, gz, &mut budget, &file_name(what))
+}
+
+/// Reads `r` to its end (checking what a decoder checks there), charging the bytes to `budget`.
+fn drain(
+    cx: &RunContext<'_>,
+    mut r: impl Read,
+    budget: &mut Budget<'_>,
+    member: &str,
+) -> Result<(), StepError> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if cx.cancel.is_cancelled() {
+            return Err(StepError::new("interrupted"));
+        }
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(StepError::new(format!(
+                    "{}: {}",
+                    budget.what,
+                    with_causes(&e)
+                )));
+            }
+        };
+        budget.charge(member, 0, n as u64)?;
+    }
+}
+
 fn extract(
     cx: &RunContext<'_>,
     archive: &Path,
     gz: bool,
     dest: &Path,
-    what: &str,
+    budget: &mut Budget<'_>,
 ) -> Result<(), StepError> {
+    let what = budget.what;
     let file = File::open(archive).map_err(|e| io_step(archive, e))?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
     let read = Arc::new(AtomicU64::new(0));
@@ -204,7 +355,12 @@ fn extract(
     let mut ar = tar::Archive::new(reader);
     ar.set_preserve_permissions(false);
     ar.set_unpack_xattrs(false);
-    let corrupt = |e: io::Error| StepError::new(format!("{what}: not a readable tar archive: {e}"));
+    let corrupt = |e: io::Error| {
+        StepError::new(format!(
+            "{what}: not a readable tar archive: {}",
+            with_causes(&e)
+        ))
+    };
     let mut ticker = Ticker::new();
     for entry in ar.entries().map_err(corrupt)? {
         if cx.cancel.is_cancelled() {
@@ -256,17 +412,51 @@ fn extract(
         if path.components().all(|c| c == Component::CurDir) {
             continue;
         }
+        // Charged before anything is written. A sparse member's size is what it expands to.
+        let header = entry.header();
+        let bytes = match header.entry_type() {
+            T::Regular | T::Continuous => entry.size(),
+            T::GNUSparse => header
+                .as_gnu()
+                .and_then(|g| g.real_size().ok())
+                .unwrap_or(0)
+                .max(entry.size()),
+            T::Link => entry
+                .link_name()
+                .ok()
+                .flatten()
+                .and_then(|t| budget.sizes.get(&normalized(&t)).copied())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        budget.charge(&shown, 1, bytes)?;
+        if bytes > 0 && header.entry_type() != T::Link {
+            budget.sizes.insert(normalized(&path), bytes);
+        }
         // unpack_in re-checks, by canonical path, that nothing is written through a link out of `dest`.
         match entry.unpack_in(dest) {
             Ok(true) => {}
             Ok(false) => return Err(refuse("its path leaves the archive".into())),
-            Err(e) => return Err(refuse(e.to_string())),
+            Err(e) => {
+                return Err(StepError::new(format!(
+                    "{what}: extracting archive member `{shown}`: {}",
+                    with_causes(&e)
+                )));
+            }
         }
         if ticker.due() {
-            cx.progress.advance(read.load(Ordering::Relaxed), total);
+            cx.progress
+                .advance(Count::new(read.load(Ordering::Relaxed), total, Unit::Byte));
         }
     }
-    cx.progress.advance(total, total);
+    if gz {
+        // The tar ends before the gzip stream does: read on to its trailer, which checks the
+        // CRC-32 and length of everything decompressed.
+        let left = budget.bytes_left();
+        let rest = ar.into_inner().take(left.saturating_add(1));
+        drain(cx, rest, budget, "(after the end of the tar)")?;
+    }
+    cx.progress.advance(Count::new(total, total, Unit::Byte));
     Ok(())
 }
 
@@ -362,6 +552,142 @@ mod tests {
             e.contains("refusing archive member `a/l`")
                 || e.contains("refusing archive member `m`"),
             "{e}"
+        );
+    }
+
+    /// The gzip trailer (CRC-32 and length) is checked, also past the tar's end-of-archive blocks.
+    #[test]
+    fn a_gzip_trailer_that_does_not_match_is_refused() {
+        for at in [8, 4] {
+            let wf = tempfile::tempdir().unwrap();
+            let tgz = wf.path().join("Task01.tar.gz");
+            msd_tar_gz(&tgz);
+            let mut bytes = fs::read(&tgz).unwrap();
+            let n = bytes.len();
+            bytes[n - at] ^= 0x55;
+            fs::write(&tgz, &bytes).unwrap();
+            let e = err(&run(wf.path(), &[("source", "Task01.tar.gz".into())]));
+            assert!(
+                e.contains("Task01.tar.gz: corrupt gzip stream"),
+                "byte {at} from the end: {e}"
+            );
+        }
+    }
+
+    /// A small tar.gz that expands to more than the limits is refused before it fills the disk.
+    #[test]
+    fn extraction_is_bounded_in_bytes_and_files() {
+        let wf = tempfile::tempdir().unwrap();
+        let tgz = wf.path().join("bomb.tar.gz");
+        {
+            let t = tempfile::tempdir().unwrap();
+            msd_tree(t.path());
+            fs::write(t.path().join("zeros"), vec![0u8; 8 << 20]).unwrap();
+            let gz = flate2::write::GzEncoder::new(
+                File::create(&tgz).unwrap(),
+                flate2::Compression::best(),
+            );
+            let mut b = tar::Builder::new(gz);
+            b.append_dir_all(".", t.path()).unwrap();
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        assert!(fs::metadata(&tgz).unwrap().len() < 64 << 10);
+        let e = err(&run(
+            wf.path(),
+            &[
+                ("source", "bomb.tar.gz".into()),
+                ("max_extract_bytes", (1u64 << 20).into()),
+            ],
+        ));
+        assert!(
+            e.contains("bomb.tar.gz: archive member `zeros`")
+                && e.contains("more than `max_extract_bytes` (1048576 bytes)"),
+            "{e}"
+        );
+        let e = err(&run(
+            wf.path(),
+            &[
+                ("source", "bomb.tar.gz".into()),
+                ("max_extract_files", 4.into()),
+            ],
+        ));
+        assert!(e.contains("more than `max_extract_files` (4)"), "{e}");
+        // Within the limits it extracts.
+        run(wf.path(), &[("source", "bomb.tar.gz".into())])
+            .result
+            .unwrap();
+    }
+
+    /// Links copied out of one big member count against the limit too.
+    #[test]
+    fn materialized_links_count_against_the_limit() {
+        use tar::EntryType as T;
+        let wf = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..8).map(|i| format!("imagesTr/l{i}")).collect();
+        let mut members: Vec<(&str, T, Option<&str>)> = names
+            .iter()
+            .map(|n| (n.as_str(), T::Symlink, Some("BRATS_001.nii.gz")))
+            .collect();
+        members.push(("imagesTr/h", T::Link, Some("imagesTr/BRATS_002.nii.gz")));
+        raw_tar_n(&wf.path().join("x.tar"), &members);
+        // The tree's files, plus 20 bytes: less than the 8 copies of `img1` (32 bytes).
+        let tree: u64 = {
+            let t = tempfile::tempdir().unwrap();
+            msd_tree(t.path());
+            let mut n = 0;
+            for sub in ["", "imagesTr", "labelsTr", "imagesTs"] {
+                for e in fs::read_dir(t.path().join(sub)).unwrap().flatten() {
+                    let m = e.metadata().unwrap();
+                    if m.is_file() {
+                        n += m.len();
+                    }
+                }
+            }
+            n
+        };
+        let limit = tree + 20;
+        let e = err(&run(
+            wf.path(),
+            &[
+                ("source", "x.tar".into()),
+                ("max_extract_bytes", limit.into()),
+            ],
+        ));
+        assert!(e.contains("more than `max_extract_bytes`"), "{e}");
+    }
+
+    /// The reason an extraction failed (here "Not a directory"; ENOSPC alike) stays in the message.
+    #[test]
+    fn an_unpack_error_keeps_its_cause() {
+        use tar::EntryType as T;
+        let wf = tempfile::tempdir().unwrap();
+        raw_tar_n(
+            &wf.path().join("x.tar"),
+            &[("f", T::Regular, None), ("f/g", T::Regular, None)],
+        );
+        let e = err(&run(wf.path(), &[("source", "x.tar".into())]));
+        assert!(e.contains("archive member `f/g`"), "{e}");
+        assert!(e.contains("(os error "), "{e}");
+    }
+
+    #[test]
+    fn error_chains_are_spelled_out() {
+        #[derive(Debug)]
+        struct Outer(io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("failed to unpack `x`")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = io::Error::other(Outer(io::Error::from_raw_os_error(28)));
+        assert_eq!(
+            with_causes(&e),
+            "failed to unpack `x`: No space left on device (os error 28)"
         );
     }
 

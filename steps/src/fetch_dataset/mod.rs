@@ -11,9 +11,13 @@
 //!   `.tar` / `.tar.gz` / `.tgz` archive, or a single file. Its *content* is part of the cache key
 //!   (declared through `local_files`), so replacing the data reruns the step.
 //! - an `https://` or `http://` URL: streamed to disk with resume (the partial download survives a
-//!   failed attempt, and the next one asks for the rest with `Range`), retried on connection errors
-//!   and 5xx. The URL and the checksums are the step's identity in the key — nothing else is known
-//!   before downloading — so give `md5` or `sha256` to be sure the bytes are what you think.
+//!   failed attempt, and the next one asks for the rest with `Range` and `If-Range`, so a file that
+//!   changed in between comes whole; without an `ETag` or `Last-Modified` there is no resume),
+//!   retried on connection errors and 5xx. With `md5` or `sha256` the key holds the URL and the
+//!   checksum. Without, it also holds the server's validators (`ETag`, else `Last-Modified` and
+//!   length), read with a HEAD whenever the key is computed (`Step::external_state`), so a changed
+//!   file is a miss; such a step cannot be compiled for the cloud. Credentials in the URL are
+//!   shown as `***` (`wf_engine::redact`).
 //! - `s3://bucket/key`: with the `aws` feature (on in the `wf` binary), through the SDK (`wf-aws`):
 //!   signed with the default credential chain when it has credentials, anonymous otherwise (public
 //!   buckets); `AWS_ENDPOINT_URL` or `WF_S3_ENDPOINT` selects another endpoint (path style). Without
@@ -25,11 +29,15 @@
 //!
 //! `md5` / `sha256` are checked before the file is used; a mismatch fails the step. Archives are
 //! extracted safely: absolute member paths, `..` components, links pointing out of the archive and
-//! device or fifo members are refused, each naming the member. The data set's root is the directory
-//! holding dataset.json (the MSD tar nests it in `Task01_BrainTumour/`); macOS `._*` files are
-//! dropped. dataset.json is then checked by `wf_imaging::msd`, the same type the steps reading the
-//! data set use: a `training` list whose every entry has an image and a label, `numTraining` (when
-//! given) agreeing with it, and every file listed under `training` and `test` present inside the root.
+//! device or fifo members are refused, each naming the member, and extraction stops at
+//! `max_extract_bytes` / `max_extract_files` (defaults sized for the largest MSD tasks with room to
+//! spare). A local source that is neither a regular file nor a directory (a fifo, a device) is
+//! refused, and every wait polls the cancel token. The data set's root is the directory holding
+//! dataset.json (the MSD tar nests it in `Task01_BrainTumour/`); macOS `._*` files are dropped.
+//! dataset.json is then checked by `wf_imaging::msd`, the same type the steps reading the data set
+//! use: a `training` list whose every entry has an image and a label, `numTraining` (when given)
+//! agreeing with it, unique case ids, and every file listed under `training` and `test` present
+//! inside the root.
 //!
 //! The step is here; the rest by concern: `source` (parsing `source`, fetching each kind, checksums),
 //! `http` (download with resume and retries), `archive` (tar / tar.gz, safely), `tree` (placing the
@@ -51,8 +59,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    ArtifactType, CancelToken, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask,
+    RunContext, Slots, Step, StepError, plural, redact,
 };
 use wf_imaging::ImagingError;
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
@@ -67,45 +75,76 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::required(
         "source",
         ParamType::Str,
-        "a path (relative to the workflow file), file://, https://, http:// or s3://bucket/key URL, or `synthetic`",
+        "a path (relative to the workflow file), `file://`, `http(s)://` (streamed, resumable, retried), `s3://bucket/key` (the AWS credential chain, or anonymous for public buckets), or `synthetic`",
     ),
     ParamSpec::optional(
         "md5",
         ParamType::Str,
         "\"\"",
-        "expected MD5 of the downloaded or local file, 32 hex digits",
-    ),
+        "expected MD5 of the downloaded or local file (empty: none)",
+    )
+    .shape("32 hex digits", || hex_schema(32)),
     ParamSpec::optional(
         "sha256",
         ParamType::Str,
         "\"\"",
-        "expected SHA-256 of the downloaded or local file, 64 hex digits",
-    ),
+        "expected SHA-256 of the downloaded or local file (empty: none)",
+    )
+    .shape("64 hex digits", || hex_schema(64)),
     ParamSpec::optional(
         "cases",
         ParamType::int_min(1),
         "8",
-        "synthetic only: number of training cases",
+        "`synthetic` only: training cases",
     ),
     ParamSpec::optional(
         "shape",
         SHAPE,
         "[96,96,64]",
-        "synthetic only: volume size [x, y, z]",
-    ),
+        "`synthetic` only: volume size [x, y, z]",
+    )
+    .shape("list of 3 integers in 4..=4096", || {
+        let mut s = SHAPE.json_schema();
+        s["minItems"] = 3.into();
+        s["maxItems"] = 3.into();
+        s
+    }),
     ParamSpec::optional(
         "seed",
         ParamType::int_min(0),
         "0",
-        "synthetic only: generator seed",
+        "`synthetic` only: generator seed",
     ),
     ParamSpec::optional(
         "test",
         ParamType::int_min(0),
         "0",
-        "synthetic only: number of unlabelled test cases (imagesTs/)",
+        "`synthetic` only: unlabelled test cases (`imagesTs/`)",
     ),
+    // Limits refuse, they never change what a successful extraction yields: not in the key.
+    ParamSpec::optional(
+        "max_extract_bytes",
+        ParamType::int_min(1),
+        "68719476736",
+        "archives: most bytes extraction may write (default 64 GiB), links copied out included",
+    )
+    .not_in_key(),
+    ParamSpec::optional(
+        "max_extract_files",
+        ParamType::int_min(1),
+        "100000",
+        "archives: most members extraction may write",
+    )
+    .not_in_key(),
 ];
+
+/// Params that only mean something for an archive.
+const ARCHIVE_ONLY: &[&str] = &["max_extract_bytes", "max_extract_files"];
+
+/// What `check` accepts for a checksum of `len` hex digits: those, or nothing.
+fn hex_schema(len: usize) -> Json {
+    serde_json::json!({ "type": "string", "pattern": format!("^([0-9a-fA-F]{{{len}}})?$") })
+}
 
 /// Params that only mean something for `source: synthetic`.
 const SYNTHETIC_ONLY: &[&str] = &["cases", "shape", "seed", "test"];
@@ -119,6 +158,8 @@ struct FetchParams {
     shape: Vec<usize>,
     seed: u64,
     test: usize,
+    max_extract_bytes: u64,
+    max_extract_files: u64,
 }
 
 fn decode(params: &Params) -> Result<FetchParams, StepError> {
@@ -190,6 +231,7 @@ impl Step for FetchDataset {
         let source = match parse_source(src) {
             Ok(s) => s,
             Err(why) => {
+                let src = redact::text(src);
                 f.fail_with_help("source", format!("source `{src}` {why}"), SOURCE_HELP);
                 return;
             }
@@ -210,6 +252,16 @@ impl Step for FetchDataset {
             .collect();
         match source {
             Source::Synthetic => {
+                for name in ARCHIVE_ONLY {
+                    if params.node(name).is_some() {
+                        f.fail(
+                            name,
+                            format!(
+                                "`{name}` bounds archive extraction; `source: synthetic` has none"
+                            ),
+                        );
+                    }
+                }
                 for name in checksummed {
                     f.fail(
                         name,
@@ -241,6 +293,13 @@ impl Step for FetchDataset {
                             format!("`{name}` checks a file, but source `{path}` is a directory"),
                         );
                     }
+                } else if !full.is_file() {
+                    f.fail(
+                        "source",
+                        format!(
+                            "source `{path}` is not a regular file or directory (a fifo, socket or device)"
+                        ),
+                    );
                 }
             }
             Source::Http(_) | Source::S3 { .. } => {}
@@ -258,16 +317,41 @@ impl Step for FetchDataset {
         }
     }
 
+    /// An `http(s)` source without `md5` / `sha256`: nothing in the params pins the file, so the
+    /// key holds the server's validators, read with a HEAD whenever the key is computed (as DVC
+    /// does for imported URLs). A checksum pins the content instead: no request at plan time.
+    fn external_source(&self, params: &Params) -> Option<String> {
+        let str_of = |name: &str| params.get(name).and_then(Json::as_str).unwrap_or("");
+        match parse_source(str_of("source")) {
+            Ok(Source::Http(url)) if str_of("md5").is_empty() && str_of("sha256").is_empty() => {
+                Some(format!("`{}`", redact::url(&url)))
+            }
+            _ => None,
+        }
+    }
+
+    /// `etag <ETag>`, else `last-modified <date>, length <n>` (`http::validators`). A server that
+    /// cannot be asked, or that names neither, is an error rather than a key by URL alone: such a
+    /// key could only serve whatever was fetched before the file changed, which is what this
+    /// state is for. A checksum (`sha256`) keys the step without asking the server.
+    fn external_state(&self, params: &Params, cancel: &CancelToken) -> Result<String, StepError> {
+        let source = params.get("source").and_then(Json::as_str).unwrap_or("");
+        match parse_source(source) {
+            Ok(Source::Http(url)) => http::validators(&url, cancel),
+            _ => Err(StepError::new(format!(
+                "source `{}` has no server to ask",
+                redact::text(source)
+            ))),
+        }
+    }
+
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
-        let p = decode(cx.params)?;
-        let source = parse_source(&p.source)
-            .map_err(|why| StepError::new(format!("source `{}` {why}", p.source)))?;
-        let expected = Expected::from(&p)?;
-        source.fetch(cx, &p, &expected)?;
-        let (training, test) = validate_layout(cx.out_dir)?;
-        cx.progress
-            .message(&format!("{training} training cases, {test} test cases"));
-        Ok(())
+        self.fetch(cx).map_err(|e| StepError {
+            // URLs are shown redacted where they are formatted; this catches any that slip through
+            // (a library's message quoting the URL).
+            message: redact::text(&e.message).into_owned(),
+            detail: e.detail.map(|d| redact::text(&d).into_owned()),
+        })
     }
 
     fn remote(&self, _params: &Params) -> RemoteTask {
@@ -275,6 +359,23 @@ impl Step for FetchDataset {
             instances: 1,
             sharded_input: false,
         }
+    }
+}
+
+impl FetchDataset {
+    fn fetch(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
+        let p = decode(cx.params)?;
+        let source = parse_source(&p.source)
+            .map_err(|why| StepError::new(format!("source `{}` {why}", redact::text(&p.source))))?;
+        let expected = Expected::from(&p)?;
+        source.fetch(cx, &p, &expected)?;
+        let (training, test) = validate_layout(cx.out_dir)?;
+        cx.progress.note(&format!(
+            "{}, {}",
+            plural(training, "training case"),
+            plural(test, "test case")
+        ));
+        Ok(())
     }
 }
 
@@ -317,6 +418,9 @@ fn validate_layout(root: &Path) -> Result<(usize, usize), StepError> {
     // Named by its file name: the staging path it lies in means nothing to the user.
     let ds = MsdDataset::from_slice(&bytes, DATASET_JSON).map_err(layout_error)?;
     ds.check_layout(root).map_err(layout_error)?;
+    // Two entries of one case would overwrite each other's samples downstream: refused here, where
+    // the data set comes in, with the same rule the readers apply.
+    ds.cases().map_err(layout_error)?;
     Ok((ds.training.len(), ds.test.len()))
 }
 
@@ -366,6 +470,51 @@ mod tests {
         .unwrap();
         let e = err(&run(wf.path(), &[("source", ".".into())]));
         assert!(e.contains("numTraining is 3"), "{e}");
+    }
+
+    #[test]
+    fn two_training_entries_of_one_case_are_refused() {
+        let wf = tempfile::tempdir().unwrap();
+        msd_tree(wf.path());
+        let ds = fs::read_to_string(wf.path().join("dataset.json")).unwrap();
+        fs::write(
+            wf.path().join("dataset.json"),
+            ds.replace("imagesTr/BRATS_002.nii.gz", "imagesTr/BRATS_001.nii.gz"),
+        )
+        .unwrap();
+        let e = err(&run(wf.path(), &[("source", ".".into())]));
+        assert!(e.contains("both have case id `BRATS_001`"), "{e}");
+    }
+
+    /// A fifo as `source:` never blocks the step: it is refused as it is (and Ctrl-C would end
+    /// any wait).
+    #[test]
+    fn a_fifo_source_does_not_hang() {
+        let wf = tempfile::tempdir().unwrap();
+        let fifo = wf.path().join("pipe.tar");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let cancel = wf_engine::CancelToken::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (dir, c2) = (wf.path().to_path_buf(), cancel.clone());
+        std::thread::spawn(move || {
+            let r = run_cancellable(&dir, &[("source", "pipe.tar".into())], &c2);
+            let _ = tx.send(err(&r));
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cancel.cancel();
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(3))
+            .expect("the step ends within 3 s");
+        assert!(e.contains("pipe.tar"), "{e}");
+        let d = diagnostics("      source: pipe.tar\n", wf.path());
+        assert!(
+            d.len() == 1 && d[0].1.contains("not a regular file or directory"),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@ use sha2::Digest;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::Path;
-use wf_engine::{RunContext, StepError};
+use wf_engine::{Count, RunContext, StepError, Unit, plural};
 
-use super::archive::unpack;
+use super::archive::{Limits, unpack};
 use super::http::download;
 use super::tree::{Mode, find_msd_root, place};
 use super::{FetchParams, Ticker, io_step, no_dataset_json};
@@ -126,6 +126,10 @@ impl Source {
         p: &FetchParams,
         expected: &Expected,
     ) -> Result<(), StepError> {
+        let limits = &Limits {
+            bytes: p.max_extract_bytes,
+            files: p.max_extract_files,
+        };
         match self {
             Source::Synthetic => synthesize(cx, p)?,
             Source::Local(path) => {
@@ -133,6 +137,13 @@ impl Source {
                 let meta = fs::metadata(&full).map_err(|e| {
                     StepError::new(format!("source `{path}` ({}): {e}", full.display()))
                 })?;
+                if !meta.is_dir() && !meta.is_file() {
+                    // A fifo would block the step until someone writes to it, a device may never
+                    // end (`/dev/zero`): neither is a data set.
+                    return Err(StepError::new(format!(
+                        "source `{path}` is not a regular file or directory (a fifo, socket or device)"
+                    )));
+                }
                 if meta.is_dir() {
                     if expected.any() {
                         return Err(StepError::new(format!(
@@ -145,12 +156,13 @@ impl Source {
                 } else {
                     expected.verify(&full, &format!("source `{path}`"), cx)?;
                     let name = file_name(&path);
-                    unpack(cx, &full, &name, Mode::Copy, &path)?;
+                    unpack(cx, &full, &name, Mode::Copy, &path, limits)?;
                 }
             }
             Source::Http(url) => {
                 let file = download(cx, &url, expected)?;
-                unpack(cx, &file, &url_file_name(&url), Mode::Move, &url)?;
+                let shown = wf_engine::redact::url(&url).into_owned();
+                unpack(cx, &file, &url_file_name(&url), Mode::Move, &shown, limits)?;
             }
             #[cfg(feature = "aws")]
             Source::S3 { bucket, key } => {
@@ -166,7 +178,7 @@ impl Source {
                     )
                 })?;
                 expected.verify(&dst, &what, cx)?;
-                unpack(cx, &dst, &url_file_name(&key), Mode::Move, &what)?;
+                unpack(cx, &dst, &url_file_name(&key), Mode::Move, &what, limits)?;
             }
             #[cfg(not(feature = "aws"))]
             Source::S3 { bucket, key } => {
@@ -190,6 +202,7 @@ impl Source {
                     &url_file_name(&url),
                     Mode::Move,
                     &format!("s3://{bucket}/{key}"),
+                    limits,
                 )?;
             }
         }
@@ -205,8 +218,9 @@ fn synthesize(cx: &RunContext<'_>, p: &FetchParams) -> Result<(), StepError> {
         ))
     })?;
     cx.progress.message(&format!(
-        "generating {} synthetic cases of {shape:?} (seed {})",
-        p.cases, p.seed
+        "generating {} of {shape:?} (seed {})",
+        plural(p.cases, "synthetic case"),
+        p.seed
     ));
     let opts = wf_imaging::synth::SynthOptions {
         cases: p.cases,
@@ -278,7 +292,7 @@ impl Expected {
             }
             done += n as u64;
             if ticker.due() {
-                cx.progress.advance(done, total);
+                cx.progress.advance(Count::new(done, total, Unit::Byte));
             }
         }
         let checks = [

@@ -29,11 +29,14 @@ pub(super) struct Ran {
 }
 
 pub(super) fn run(wf_dir: &Path, values: &[(&str, Json)]) -> Ran {
+    run_cancellable(wf_dir, values, &CancelToken::default())
+}
+
+pub(super) fn run_cancellable(wf_dir: &Path, values: &[(&str, Json)], cancel: &CancelToken) -> Ran {
     let cache = tempfile::tempdir().unwrap();
     let store = Store::open(cache.path()).unwrap();
     let staging = store.stage("fetch").unwrap();
     let params = params(values);
-    let cancel = CancelToken::default();
     let cx = RunContext {
         step_id: "fetch",
         workflow_dir: wf_dir,
@@ -45,7 +48,8 @@ pub(super) fn run(wf_dir: &Path, values: &[(&str, Json)]) -> Ran {
         seed: 0,
         threads: 2,
         local_files: &BTreeMap::new(),
-        cancel: &cancel,
+        external: None,
+        cancel,
         progress: &NoProgress,
         store: &store,
     };
