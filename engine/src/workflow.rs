@@ -209,8 +209,20 @@ pub fn load_str(
     dir: &Path,
     registry: &Registry,
 ) -> Result<Workflow, LoadError> {
+    load_str_within(source, path, dir, registry, &yaml::LIMITS)
+}
+
+/// `load_str` within other YAML limits than `yaml::LIMITS`. The fuzzer uses smaller ones: the same
+/// code refuses at the same places, and an input that expands to the limit takes milliseconds.
+pub fn load_str_within(
+    source: &str,
+    path: &Path,
+    dir: &Path,
+    registry: &Registry,
+    limits: &yaml::Limits,
+) -> Result<Workflow, LoadError> {
     let mut diags = Diagnostics::new(path);
-    let root = yaml::parse(source, &mut diags);
+    let root = yaml::parse_with(source, limits, &mut diags);
     let wf = root.and_then(|root| validate(root, path, dir, registry, &mut diags));
     match wf {
         Some(wf) if diags.is_empty() => Ok(wf),

@@ -271,7 +271,7 @@ pub fn parse(source: &str, diags: &mut Diagnostics) -> Option<Node> {
 }
 
 /// `parse` within other limits.
-fn parse_with(source: &str, limits: &Limits, diags: &mut Diagnostics) -> Option<Node> {
+pub fn parse_with(source: &str, limits: &Limits, diags: &mut Diagnostics) -> Option<Node> {
     if source.len() > limits.max_bytes {
         too_large(limits, diags);
         return None;
