@@ -177,6 +177,12 @@ pub trait Progress: Send + Sync {
     fn warn(&self, msg: &str);
     /// `done` of `total` units (cases, epochs, ...).
     fn advance(&self, done: u64, total: u64);
+    /// A fact about this computation that is not part of its output (how long it took, its
+    /// throughput). Facts are stored with the cache entry, beside its warnings (`Entry::facts`), and
+    /// shown by `wf report`; no digest covers them, so a recomputation that writes the same bytes in
+    /// another time is still recognized as unchanged. A later value under a name replaces the
+    /// earlier one. Sinks that keep nothing ignore them.
+    fn fact(&self, _name: &str, _value: serde_json::Value) {}
 }
 
 /// A progress sink that drops everything.

@@ -6,8 +6,9 @@
 //!   manifests/ab/<artifact>.txt  canonical manifests (see manifest.rs)
 //!   artifacts/<artifact>/        the artifact as a read-only tree of hard links to objects
 //!   entries/ab/<key>.json        step key → artifact: THE commit point, written last, atomically
-//!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons;
-//!                                URL credentials in params redacted, `redact.rs`)
+//!   runs/<workflow>/<step>.json  the last run of each step: its key components (for `wf plan`
+//!                                reasons; URL credentials in params redacted, `redact.rs`) and how
+//!                                it went (status, seconds, which `wf run`; for `wf report`)
 //!   logs/<workflow>/<step>.log   the last log of each step
 //!   memo/files-v1                local file digest memo (memo.rs)
 //!   derived/<namespace>/         finer-grained caches managed by steps (e.g. one preprocessed case)
@@ -20,12 +21,18 @@
 //! killed at any moment leaves at most unreferenced objects or staging directories (removed by gc),
 //! never an entry pointing at missing or partial data. Two processes committing the same key produce
 //! the same entry (each step is computed under its key's lock, and rechecked after taking it).
+//!
+//! What is not a function of the inputs stays out of the artifact: an entry records when it was
+//! made, the warnings and the facts (timings) of the computation that made it, and a run record how
+//! the last run of a step went. None of them is hashed, so early cutoff holds for a step whose
+//! output is the same bytes whatever its run took.
 
 use crate::artifact::ArtifactType;
 use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::KeyComponents;
 use crate::manifest::{self, Manifest, ManifestEntry, ManifestError};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -85,14 +92,46 @@ pub struct Entry {
     pub producer: Producer,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the step reported about this computation (`Progress::fact`: timings, throughput).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: Facts,
 }
 
-/// The last run of a step: what its key was made of.
+/// Facts about a computation by name (`Progress::fact`), kept outside its artifact.
+pub type Facts = BTreeMap<String, serde_json::Value>;
+
+/// What a successful step said besides its output, committed with it into its entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepNotes {
+    pub warnings: Vec<String>,
+    pub facts: Facts,
+}
+
+/// The last run of a step: what its key was made of, and how it went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub key: StepKey,
     pub components: KeyComponents,
+    /// The output; `None` when the run failed.
     pub artifact: Option<ArtifactDigest>,
+    /// Absent in records written before outcomes were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RunOutcome>,
+}
+
+/// How the last run of a step went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// The `wf run` it belongs to (`exec::run` names each run), so a report can tell the steps of
+    /// the last run from those an earlier run left.
+    pub run: String,
+    /// `ran`, `cached` or `failed`.
+    pub status: crate::exec::Status,
+    /// Wall time of the step in that run (a cached step: its lookup).
+    pub seconds: f64,
+    pub finished_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A staging area for one step attempt.
@@ -122,7 +161,7 @@ pub struct Store {
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -391,7 +430,7 @@ impl Store {
         components: &KeyComponents,
         output_type: ArtifactType,
         producer: Producer,
-        warnings: Vec<String>,
+        notes: StepNotes,
         threads: usize,
     ) -> Result<Entry, StoreError> {
         let files = manifest::list_files(&staging.out)?;
@@ -424,7 +463,8 @@ impl Store {
             bytes: manifest.total_bytes(),
             created_unix: now_unix(),
             producer,
-            warnings,
+            warnings: notes.warnings,
+            facts: notes.facts,
         };
         let path = self.entry_path(key);
         let text = serde_json::to_string_pretty(&entry).expect("entries serialize");

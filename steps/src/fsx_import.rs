@@ -196,7 +196,7 @@ mod tests {
                 &c,
                 ArtifactType::Samples,
                 producer,
-                Vec::new(),
+                Default::default(),
                 1,
             )
             .unwrap();
