@@ -12,6 +12,11 @@
 //! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`, `plot.png`,
 //! `train.json` (configuration, split, summary) and `preprocessing.json` (the transform chain and
 //! label convention of the samples, for `wf predict`).
+//!
+//! Nothing in the Model depends on the clock, so retraining on the same kind of machine gives the
+//! same Model digest and the steps after it stay cached. Timings are facts of the run instead
+//! (`Progress::fact`, kept in the cache entry): `epochs` (per epoch this computation ran: `epoch`,
+//! `train_seconds`, `train_samples_per_second`) and `train_seconds` (their sum).
 
 use serde::Deserialize;
 use std::io::Write;
@@ -27,7 +32,7 @@ use wf_trainer::loss::DiceLoss;
 use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
 use wf_trainer::record::{TRAIN_FORMAT, TrainRecord};
-use wf_trainer::train::{TrainConfig, TrainEvent};
+use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
@@ -286,6 +291,7 @@ impl Step for TrainUnet {
             split = Some(s.clone());
         };
         let mut last_message = std::time::Instant::now();
+        let mut timings: Vec<EpochTiming> = Vec::new();
         let mut on_event = |e: &TrainEvent| {
             let mut log = log_line.lock().expect("log lock");
             match e {
@@ -310,7 +316,7 @@ impl Step for TrainUnet {
                         ));
                     }
                 }
-                TrainEvent::Epoch(m) => {
+                TrainEvent::Epoch { metrics: m, timing } => {
                     let dice =
                         |d: Option<f32>| d.map_or_else(|| "n/a".to_string(), |d| format!("{d:.4}"));
                     let line = format!(
@@ -321,11 +327,18 @@ impl Step for TrainUnet {
                         dice(m.val_dice_tc),
                         dice(m.val_dice_wt),
                         dice(m.val_dice_et),
-                        m.train_samples_per_second
+                        timing.train_samples_per_second
                     );
                     let _ = writeln!(log, "{line}");
                     cx.progress.message(&line);
                     cx.progress.advance(m.epoch as u64, epochs);
+                    timings.push(*timing);
+                    cx.progress
+                        .fact("epochs", serde_json::to_value(&timings).unwrap_or_default());
+                    cx.progress.fact(
+                        "train_seconds",
+                        timings.iter().map(|t| t.train_seconds).sum::<f64>().into(),
+                    );
                 }
             }
         };

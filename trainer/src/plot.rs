@@ -168,8 +168,6 @@ mod tests {
             train_loss: loss,
             train_steps: 4,
             train_samples: 8,
-            train_seconds: 1.0,
-            train_samples_per_second: 8.0,
             val_dice_per_channel: dice.map(|d| d.to_vec()).unwrap_or_default(),
             val_dice_tc: dice.map(|d| d[0]),
             val_dice_wt: dice.map(|d| d[1]),
