@@ -129,6 +129,17 @@ fn train_export_and_predict_end_to_end() {
     assert_eq!(epochs.len(), 2, "{entry}");
     assert!(epochs[1]["train_samples_per_second"].as_f64().unwrap() > 0.0);
     assert!(entry["facts"]["train_seconds"].as_f64().unwrap() > 0.0);
+    // The machine is recorded in train.json and the model card.
+    assert!(train["machine"]["gemm_kernel"].is_string(), "{train}");
+    assert!(
+        train["machine"]["threads"].as_u64().unwrap() >= 1,
+        "{train}"
+    );
+    let card = read(output_path(&v, "export").join("README.md"));
+    assert!(
+        card.contains("Trained on: `cpu`, fp32;") && card.contains("same kind of machine"),
+        "{card}"
+    );
 
     // Predict on a training image: a segmentation on the input grid, with the input's affine.
     let dataset = output_path(&v, "fetch");

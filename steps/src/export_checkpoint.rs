@@ -2,12 +2,12 @@
 //! Dice as `model.safetensors` (MONAI `state_dict` names and shapes, loadable with
 //! `UNet(...).load_state_dict(safetensors.torch.load_file(p), strict=True)`), with `config.json`
 //! (the MONAI constructor arguments), `metrics.json` (best epoch's Dice as `val_mean_dice`, TC, WT,
-//! ET, and the whole history), a model card `README.md`, and `preprocessing.json` (the chain
-//! `wf predict` replays on new images).
+//! ET, and the whole history), a model card `README.md` (the data, and the machine the training ran
+//! on, from the model's `train.json`), and `preprocessing.json` (the chain `wf predict` replays on
+//! new images).
 
-use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
+use crate::train_unet::PREPROCESSING_FILE;
 use wf_engine::{ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError};
-use wf_trainer::record::TrainRecord;
 
 pub struct ExportCheckpoint;
 
@@ -36,19 +36,7 @@ impl Step for ExportCheckpoint {
             .inputs
             .get("model")
             .ok_or_else(|| StepError::new("missing input `model`"))?;
-        let record =
-            TrainRecord::read_in(&input.path).map_err(|e| StepError::new(e.to_string()))?;
-        let data = match record {
-            Some(r) => format!(
-                "{} training cases ({} samples), {} validation cases, samples artifact {}",
-                r.split.train_cases.len(),
-                r.split.train_samples,
-                r.split.val_cases.len(),
-                r.samples
-            ),
-            None => format!("unknown (no {TRAIN_FILE} in the model)"),
-        };
-        let exported = wf_trainer::export::export(&input.path, cx.out_dir, &data)
+        let exported = wf_trainer::export::export(&input.path, cx.out_dir)
             .map_err(|e| StepError::new(e.to_string()))?;
         let pre = input.path.join(PREPROCESSING_FILE);
         if pre.is_file() {

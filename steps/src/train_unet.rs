@@ -10,7 +10,7 @@
 //!
 //! Output (the Model artifact, a training directory as wf-trainer lays it out):
 //! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`, `plot.png`,
-//! `train.json` (configuration, split, summary) and `preprocessing.json` (the transform chain and
+//! `train.json` (configuration, split, summary, the machine) and `preprocessing.json` (the transform chain and
 //! label convention of the samples, for `wf predict`).
 //!
 //! Nothing in the Model depends on the clock, so retraining on the same kind of machine gives the
@@ -29,6 +29,7 @@ use wf_engine::{
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
 use wf_trainer::loss::DiceLoss;
+use wf_trainer::machine::Machine;
 use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
 use wf_trainer::record::{TRAIN_FORMAT, TrainRecord};
@@ -389,6 +390,7 @@ impl Step for TrainUnet {
             epochs_completed: summary.epochs_completed,
             best_epoch: summary.best_epoch,
             best_val_mean_dice: summary.best_val_mean_dice,
+            machine: Some(Machine::detect(cx.threads.max(1))),
         }
         .write_in(cx.out_dir)
         .map_err(trainer_err)?;
