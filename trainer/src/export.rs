@@ -196,6 +196,33 @@ mod tests {
         );
     }
 
+    /// A Model trained before timings left metrics.jsonl (and before train.json named the machine)
+    /// still exports.
+    #[test]
+    fn a_model_with_timed_metrics_still_exports() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testutil::train_tiny(dir.path(), 2);
+        let path = crate::train::metrics_path(dir.path());
+        let old: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["train_seconds"] = 1.25.into();
+                v["train_samples_per_second"] = 1.6.into();
+                format!("{v}\n")
+            })
+            .collect();
+        std::fs::write(&path, old).unwrap();
+        let out = dir.path().join("export");
+        let e = export(dir.path(), &out).unwrap();
+        assert!(e.val_mean_dice.is_some());
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(m["history"].as_array().unwrap().len(), 2);
+        assert!(m["history"][0].get("train_seconds").is_none());
+    }
+
     #[test]
     fn the_card_names_the_machine_from_train_json() {
         let dir = tempfile::tempdir().unwrap();
