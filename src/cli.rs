@@ -368,40 +368,40 @@ fn open_store(
 }
 
 fn run(wf: Workflow, store: Store, opts: RunOptions, json: bool) -> CliResult {
+    // Orphaned processes of command steps come here, not to init, so a step can still end them.
+    wf_steps::command::supervise::adopt_orphans();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("error: cannot start the runtime: {e}")))?;
     let wf = Arc::new(wf);
     let store = Arc::new(store);
+    let cancel = CancelToken::default();
+    let stop = crate::signals::watch(cancel.clone());
     let summary = rt.block_on(async {
-        let cancel = CancelToken::default();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reporter = Reporter::new(&wf);
         let printer = tokio::task::spawn_blocking(move || reporter.consume(rx));
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping running steps");
-                c.cancel();
-            }
-        });
         let summary = exec::run(wf.clone(), store, opts, cancel, tx).await;
         let _ = printer.await;
         summary
     });
     if json {
+        let mut doc = serde_json::to_value(&summary).expect("summary serializes");
+        if let Some(name) = stop.name() {
+            doc["interrupted"] = name.into();
+        }
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&summary).expect("summary serializes")
+            serde_json::to_string_pretty(&doc).expect("summary serializes")
         );
     }
-    Ok(if summary.failed() {
-        Exit::Failed
-    } else {
-        Exit::Ok
+    Ok(match stop.exit() {
+        Some(exit) => exit,
+        None if summary.failed() => Exit::Failed,
+        None => Exit::Ok,
     })
 }
 
@@ -467,7 +467,10 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 report.files_checked,
                 report.problems.len(),
                 if repair {
-                    format!(", {} entries removed", report.removed)
+                    format!(
+                        ", {} entries and {} damaged objects removed",
+                        report.removed, report.objects_removed
+                    )
                 } else {
                     String::new()
                 }

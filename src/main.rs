@@ -1,5 +1,6 @@
 //! The `wf` command line: parses arguments, loads the workflow, and hands off to the engine; one
-//! reporter turns run events into output. Exit codes: 0 success, 1 a step failed, 2 invalid input.
+//! reporter turns run events into output. Exit codes: 0 success, 1 a step failed, 2 invalid input,
+//! 128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped the work (`error.rs`).
 
 mod cli;
 mod cloud;
@@ -8,6 +9,7 @@ mod error;
 mod html_report;
 mod predict;
 mod report;
+mod signals;
 mod worker;
 
 use std::process::ExitCode;

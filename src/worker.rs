@@ -5,7 +5,8 @@
 //! through the same `Step::run` as a local run, and publishes the output to the S3 cache with the
 //! entry last. For a step that runs sharded (`Step::sharded`) on N > 1 instances, each instance
 //! publishes only its part, and `wf worker commit` merges the parts (docs/cloud.md §6). Exit codes:
-//! 0 published (or already there), 1 the step failed, 2 invalid arguments.
+//! 0 published (or already there), 1 the step failed, 2 invalid arguments, 128 + the signal's number
+//! when a signal (SageMaker's stop: SIGTERM) stopped it.
 //!
 //! SageMaker's paths are under `/opt/ml`, or `$WF_SM_ROOT` (tests run a worker on any machine).
 
@@ -46,12 +47,26 @@ pub fn main(args: WorkerArgs) -> Exit {
             return Exit::Invalid;
         }
     };
-    match run(&req) {
-        Ok(msg) => {
+    // SageMaker stops a job with SIGTERM (SIGKILL follows): the step's processes end first.
+    wf_steps::command::supervise::adopt_orphans();
+    let cancel = CancelToken::default();
+    let stop = crate::signals::watch(cancel.clone());
+    let result = run(&req, &cancel);
+    match (result, stop.exit()) {
+        (Ok(msg), _) => {
             eprintln!("wf worker {} `{}`: {msg}", args.kind, req.step);
             Exit::Ok
         }
-        Err(e) => {
+        (Err(_), Some(exit)) => {
+            eprintln!(
+                "wf worker {} `{}`: interrupted ({}); nothing was published",
+                args.kind,
+                req.step,
+                stop.name().unwrap_or("a signal")
+            );
+            exit
+        }
+        (Err(e), None) => {
             eprintln!(
                 "wf worker {} `{}`: error: {}",
                 args.kind, req.step, e.message
@@ -130,6 +145,8 @@ fn invalid(msg: impl Into<String>) -> CliError {
 /// What every part of a worker run needs.
 struct Job<'a> {
     req: &'a WorkerRequest,
+    /// Set when a signal stops the worker.
+    cancel: &'a CancelToken,
     step: &'a dyn Step,
     cache: S3Cache,
     params: Params,
@@ -154,7 +171,7 @@ impl Job<'_> {
     }
 }
 
-fn run(req: &WorkerRequest) -> CliResult<String> {
+fn run(req: &WorkerRequest, cancel: &CancelToken) -> CliResult<String> {
     let registry = wf_steps::registry();
     let step = registry.get(&req.kind).ok_or_else(|| {
         invalid(format!(
@@ -256,6 +273,7 @@ fn run(req: &WorkerRequest) -> CliResult<String> {
     }
     let job = Job {
         req,
+        cancel,
         step: step.as_ref(),
         cache,
         params,
@@ -368,7 +386,6 @@ fn run_step(
     let progress = StderrProgress {
         notes: Default::default(),
     };
-    let cancel = CancelToken::default();
     let cx = RunContext {
         step_id: &req.step,
         workflow_dir: &workflow_dir,
@@ -381,7 +398,7 @@ fn run_step(
         threads: job.threads,
         local_files: &job.components.files,
         external: None,
-        cancel: &cancel,
+        cancel: job.cancel,
         progress: &progress,
         store: &store,
     };
@@ -390,7 +407,7 @@ fn run_step(
         return publish_part(job, s, &cx, &staging, i);
     }
     if let Err(e) = job.step.run(&cx) {
-        let log = std::fs::read_to_string(&staging.log).unwrap_or_default();
+        let log = log_tail(&staging.log);
         let mut msg = e.message;
         if let Some(d) = e.detail {
             msg.push('\n');
@@ -816,6 +833,7 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         producer: job.producer(&["PROCESSING_JOB_NAME"], "wf worker commit"),
         warnings: extra.warnings,
         facts: Default::default(),
+        inputs: Some(job.components.inputs.clone()),
     };
     let bucket = cache.bucket();
     cache
@@ -836,3 +854,26 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         cache.location()
     ))
 }
+
+/// The end of a step's log, for the job's output (CloudWatch): at most [`LOG_TAIL`] bytes.
+fn log_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let skip = len.saturating_sub(LOG_TAIL);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(skip)).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if skip > 0 {
+        format!("[first {skip} bytes of the log not shown]\n…{text}")
+    } else {
+        text.into_owned()
+    }
+}
+
+/// The most of a failed step's log a worker prints.
+const LOG_TAIL: u64 = 64 << 10;

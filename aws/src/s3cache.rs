@@ -238,7 +238,8 @@ impl S3Cache {
 /// Entries stay under this size (docs/cloud.md §2: the state machine holds one in its payload).
 pub const ENTRY_LIMIT: usize = 32 * 1024;
 
-/// The entry's JSON, with warnings dropped from the end until it fits in `ENTRY_LIMIT`.
+/// The entry's JSON, with warnings dropped from the end (then the input record) until it fits in
+/// `ENTRY_LIMIT`.
 pub fn entry_json(entry: &Entry) -> Vec<u8> {
     let ser = |e: &Entry| serde_json::to_vec_pretty(e).expect("entries serialize");
     let mut e = entry.clone();
@@ -255,6 +256,12 @@ pub fn entry_json(entry: &Entry) -> Vec<u8> {
             e.warnings.clear();
             text = ser(&e);
         }
+    }
+    // An entry of very many inputs keeps the key → artifact mapping and drops the input record
+    // (`wf cache verify --repair` then treats it as an entry written before inputs were recorded).
+    if text.len() > ENTRY_LIMIT && e.inputs.is_some() {
+        e.inputs = None;
+        text = ser(&e);
     }
     text
 }

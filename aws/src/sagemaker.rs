@@ -16,7 +16,7 @@ use wf_engine::cloud::job::{
 use wf_engine::cloud::{AwsTarget, plan_step};
 use wf_engine::key::KeyComponents;
 use wf_engine::{
-    InputArtifact, Progress, RemoteExecutor, RemoteTask, StepError, StepKey, Workflow,
+    CancelToken, InputArtifact, Progress, RemoteExecutor, RemoteTask, StepError, StepKey, Workflow,
 };
 
 pub struct SageMakerExecutor {
@@ -78,6 +78,7 @@ impl SageMakerExecutor {
         job: &JobSpec,
         v: &Values<'_>,
         progress: &dyn Progress,
+        cancel: &CancelToken,
     ) -> Result<(), StepError> {
         let JobForm::Processing { inputs } = &job.form else {
             unreachable!("a processing job");
@@ -142,7 +143,7 @@ impl SageMakerExecutor {
         self.rt
             .block_on(req.send())
             .map_err(|e| self.call("CreateProcessingJob", &name, &e))?;
-        self.wait(&name, false)
+        self.wait(&name, false, cancel)
     }
 
     fn training(
@@ -150,6 +151,7 @@ impl SageMakerExecutor {
         job: &JobSpec,
         v: &Values<'_>,
         progress: &dyn Progress,
+        cancel: &CancelToken,
     ) -> Result<(), StepError> {
         let JobForm::Training {
             channels,
@@ -251,7 +253,7 @@ impl SageMakerExecutor {
         self.rt
             .block_on(req.send())
             .map_err(|e| self.call("CreateTrainingJob", &name, &e))?;
-        self.wait(&name, true)
+        self.wait(&name, true, cancel)
     }
 
     fn run_job(
@@ -259,10 +261,26 @@ impl SageMakerExecutor {
         job: &JobSpec,
         v: &Values<'_>,
         progress: &dyn Progress,
+        cancel: &CancelToken,
     ) -> Result<(), StepError> {
         match job.form {
-            JobForm::Processing { .. } => self.processing(job, v, progress),
-            JobForm::Training { .. } => self.training(job, v, progress),
+            JobForm::Processing { .. } => self.processing(job, v, progress, cancel),
+            JobForm::Training { .. } => self.training(job, v, progress, cancel),
+        }
+    }
+
+    /// Sleeps `d`, or less when the run is stopped meanwhile (then an error).
+    fn pause(&self, d: Duration, cancel: &CancelToken) -> Result<(), StepError> {
+        let end = std::time::Instant::now() + d;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(StepError::new("interrupted"));
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(100)));
         }
     }
 
@@ -272,6 +290,7 @@ impl SageMakerExecutor {
         create: Option<&FsxCreate>,
         v: &Values<'_>,
         progress: &dyn Progress,
+        cancel: &CancelToken,
     ) -> Result<FileSystem, StepError> {
         use aws_sdk_fsx::types as fx;
         let fsx = self.aws.fsx();
@@ -355,7 +374,7 @@ impl SageMakerExecutor {
                     Some(fx::FileSystemLifecycle::Failed) => {
                         return Err(StepError::new(format!("FSx file system {fs} FAILED")));
                     }
-                    _ => std::thread::sleep(self.poll.max(Duration::from_millis(100))),
+                    _ => self.pause(self.poll.max(Duration::from_millis(100)), cancel)?,
                 }
             }
             Err(StepError::new(format!(
@@ -391,10 +410,33 @@ impl SageMakerExecutor {
         }
     }
 
-    /// Polls the job until it ends; Ok on Completed.
-    fn wait(&self, name: &str, training: bool) -> Result<(), StepError> {
+    /// Polls the job until it ends; Ok on Completed. A stopped run stops the job.
+    fn wait(&self, name: &str, training: bool, cancel: &CancelToken) -> Result<(), StepError> {
         let sagemaker = self.aws.sagemaker();
         loop {
+            if cancel.is_cancelled() {
+                // Best effort: the job's own stop ends its processes (SIGTERM, then SIGKILL).
+                let stopped = if training {
+                    self.rt
+                        .block_on(sagemaker.stop_training_job().training_job_name(name).send())
+                        .map(|_| ())
+                        .map_err(|e| self.call("StopTrainingJob", name, &e))
+                } else {
+                    self.rt
+                        .block_on(
+                            sagemaker
+                                .stop_processing_job()
+                                .processing_job_name(name)
+                                .send(),
+                        )
+                        .map(|_| ())
+                        .map_err(|e| self.call("StopProcessingJob", name, &e))
+                };
+                return Err(match stopped {
+                    Ok(()) => StepError::new(format!("interrupted (SageMaker job {name} stopped)")),
+                    Err(e) => StepError::new(format!("interrupted; stopping the job: {e}")),
+                });
+            }
             let (status, reason) = if training {
                 let d = self
                     .rt
@@ -435,7 +477,10 @@ impl SageMakerExecutor {
                         reason.unwrap_or_default(),
                     ));
                 }
-                _ => std::thread::sleep(self.poll),
+                // A stop is handled at the top of the loop.
+                _ => {
+                    let _ = self.pause(self.poll, cancel);
+                }
             }
         }
     }
@@ -468,6 +513,7 @@ impl RemoteExecutor for SageMakerExecutor {
         components: &KeyComponents,
         inputs: &BTreeMap<String, InputArtifact>,
         progress: &dyn Progress,
+        cancel: &CancelToken,
     ) -> Result<(), StepError> {
         let Some(StepJobs {
             run,
@@ -500,19 +546,21 @@ impl RemoteExecutor for SageMakerExecutor {
             fsx: None,
         };
         let fs = match &fsx {
-            Some(use_) => Some(self.file_system(use_.create.as_ref(), &values, progress)?),
+            Some(use_) => {
+                Some(self.file_system(use_.create.as_ref(), &values, progress, cancel)?)
+            }
             None => None,
         };
         if let Some(fs) = &fs {
             values.fsx = Some((&fs.id, &fs.mount));
         }
         let result = self
-            .run_job(&run, &values, progress)
+            .run_job(&run, &values, progress, cancel)
             .and_then(|()| match &commit {
                 // The shards published parts; one more job merges them (docs/cloud.md §6).
                 Some(c) => {
                     progress.message("committing the shards' parts");
-                    self.run_job(c, &values, progress)
+                    self.run_job(c, &values, progress, cancel)
                 }
                 None => Ok(()),
             });

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,7 +153,8 @@ pub fn key_components(
 }
 
 /// Adds the digests of a declared file, or of every file under a declared directory (symbolic links
-/// followed), keyed by their path relative to the workflow directory.
+/// followed; directories tagged as caches, `CACHEDIR.TAG`, skipped), keyed by their path relative to
+/// the workflow directory.
 fn hash_local(
     dir: &Path,
     rel: &str,
@@ -183,6 +184,11 @@ fn hash_local_at(
             .map_err(|e| StepError::new(format!("reading `{rel}`: {e}")))?;
         out.insert(rel.to_string(), d);
     } else if meta.is_dir() {
+        // A cache inside a declared directory (the default `.wf/cache` under `files: ["."]`) is
+        // never an input: it changes with every run, and hashing it would make every run a miss.
+        if depth > 0 && crate::store::is_cache_dir(&path) {
+            return Ok(());
+        }
         if depth >= MAX_DEPTH {
             return Err(StepError::new(format!(
                 "declared directory `{rel}` nests deeper than {MAX_DEPTH} levels (a symbolic link cycle?)"
@@ -687,8 +693,26 @@ fn run_keyed(
         }
     }
     // One computation per key across processes; whoever waited finds the other's result.
-    let _lock = match store.lock_key(&key) {
-        Ok(l) => l,
+    let waiting = || {
+        let _ = tx.send(Event::Progress {
+            step: id.to_string(),
+            message: Some("waiting for another wf process that is computing this step".into()),
+            done: 0,
+            total: 0,
+        });
+    };
+    let _lock = match lock_key(store, &key, cancel, waiting) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                "the run was interrupted".into(),
+                None,
+                None,
+            );
+        }
         Err(e) => return store_err(e),
     };
     if !forced {
@@ -716,7 +740,10 @@ fn run_keyed(
         );
     }
     if let Some(executor) = opts.executor.as_deref().filter(|x| x.takes(wf, i)) {
-        return match run_remotely(wf, i, key, components, inputs, executor, remote, store, tx) {
+        let run = run_remotely(
+            wf, i, key, components, inputs, executor, remote, store, tx, cancel,
+        );
+        return match run {
             Ok(Some(entry)) => done(entry, Status::Ran),
             Ok(None) => failed_outcome(
                 id,
@@ -732,6 +759,24 @@ fn run_keyed(
             ),
             Err(e) => failed_outcome(id, kind, Some(key), e.message, e.detail, None),
         };
+    }
+    // The inputs are read from the cache: confirm they hold what was committed (a `stat` per file
+    // while nothing changed), so a damaged artifact is never computed from.
+    for (slot, input) in inputs {
+        if let Err(e) = store.check_artifact(&input.digest, opts.threads) {
+            let from = def
+                .inputs
+                .get(slot)
+                .map_or("?", |&p| wf.steps[p].id.as_str());
+            return failed_outcome(
+                id,
+                kind,
+                Some(key),
+                format!("input `{slot}` (the output of step `{from}`): {e}"),
+                None,
+                None,
+            );
+        }
     }
     let staging = match store.stage(id) {
         Ok(s) => s,
@@ -805,12 +850,38 @@ fn run_keyed(
                     id,
                     kind,
                     Some(key),
-                    format!("committing the output: {e}"),
+                    format!("committing the output of step `{id}`: {e}"),
                     None,
                     log,
                 ),
             }
         }
+    }
+}
+
+/// Takes `key`'s lock, waiting while another process holds it (`waiting` is called once then);
+/// `None` if the run is stopped first.
+fn lock_key(
+    store: &Store,
+    key: &StepKey,
+    cancel: &CancelToken,
+    waiting: impl FnOnce(),
+) -> Result<Option<crate::store::KeyLock>, StoreError> {
+    let lock = store.key_lock(key)?;
+    let mut waiting = Some(waiting);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if lock.try_take()? {
+            return Ok(Some(lock));
+        }
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
@@ -826,6 +897,7 @@ fn run_remotely(
     remote: Option<&dyn RemoteCache>,
     store: &Store,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+    cancel: &CancelToken,
 ) -> Result<Option<Entry>, StepError> {
     let def = &wf.steps[i];
     // A worker computes the key from its arguments alone; it cannot arrive at one holding the
@@ -848,7 +920,7 @@ fn run_remotely(
         key,
     });
     let progress = ChannelProgress::new(&def.id, tx);
-    executor.execute(wf, i, &key, components, inputs, &progress)?;
+    executor.execute(wf, i, &key, components, inputs, &progress, cancel)?;
     remote
         .fetch(&key, store)
         .map_err(|e| StepError::new(e.message))
@@ -872,5 +944,16 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_cache_inside_a_declared_directory_is_not_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("make.py"), "print(1)").unwrap();
+        Store::open(&t.path().join(".wf/cache")).unwrap();
+        let memo = Memo::load(&t.path().join("memo"));
+        let mut out = BTreeMap::new();
+        hash_local(t.path(), ".", &memo, &mut out).unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["./make.py"]);
     }
 }

@@ -34,8 +34,16 @@ pub enum ManifestError {
     },
     #[error("{}: outputs must be regular files and directories; this is a symbolic link or special file", path.display())]
     NotRegular { path: PathBuf },
-    #[error("{}: file names must be UTF-8 without newlines", path.display())]
-    BadName { path: PathBuf },
+    /// A name a manifest line cannot hold: not UTF-8, or with a line break (`\n`, `\r`), which
+    /// would not survive the round trip through the canonical text.
+    #[error(
+        "output file `{name}`: file names must be UTF-8 without line breaks (a manifest holds one file per line); rename it"
+    )]
+    BadName {
+        path: PathBuf,
+        /// The path relative to the listed root, with control characters escaped.
+        name: String,
+    },
 }
 
 impl Manifest {
@@ -58,9 +66,9 @@ impl Manifest {
         self.entries.iter().map(|e| e.size).sum()
     }
 
-    /// Parses `canonical_text` back.
+    /// Parses `canonical_text` back (lines end at `\n` only, so a path keeps every other byte).
     pub fn parse(text: &str) -> Option<Manifest> {
-        let mut lines = text.lines();
+        let mut lines = text.split_terminator('\n');
         if lines.next()? != MANIFEST_TAG {
             return None;
         }
@@ -110,8 +118,11 @@ fn walk(
         let name = entry.file_name();
         let name = name
             .to_str()
-            .filter(|n| !n.contains('\n'))
-            .ok_or(ManifestError::BadName { path: path.clone() })?;
+            .filter(|n| !n.contains(['\n', '\r']))
+            .ok_or_else(|| ManifestError::BadName {
+                path: path.clone(),
+                name: escaped_rel(prefix, &name.to_string_lossy()),
+            })?;
         let rel = if prefix.is_empty() {
             name.to_string()
         } else {
@@ -128,6 +139,16 @@ fn walk(
     Ok(())
 }
 
+/// `prefix/name` for messages, with line breaks and other control characters escaped.
+fn escaped_rel(prefix: &str, name: &str) -> String {
+    let name: String = name.chars().flat_map(char::escape_debug).collect();
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
 /// BLAKE3 of a file's bytes (memory-mapped reads are not worth a dependency here: 1 MiB buffers
 /// reach the same speed on the files we see).
 pub fn hash_file(path: &Path) -> std::io::Result<FileDigest> {
@@ -140,6 +161,25 @@ pub fn hash_file(path: &Path) -> std::io::Result<FileDigest> {
             break;
         }
         hasher.update(&buf[..n]);
+    }
+    Ok(FileDigest::from_bytes(*hasher.finalize().as_bytes()))
+}
+
+/// Copies `src` to a new file `dst` and returns the BLAKE3 of the bytes written, read once: what is
+/// stored is exactly what was hashed, even if `src` changes meanwhile.
+pub fn copy_hashing(src: &Path, dst: &Path) -> std::io::Result<FileDigest> {
+    use std::io::Write;
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::File::create_new(dst)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
     }
     Ok(FileDigest::from_bytes(*hasher.finalize().as_bytes()))
 }
@@ -252,5 +292,30 @@ mod tests {
         std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
         let err = list_files(t.path()).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn names_with_line_breaks_are_refused_with_the_name_escaped() {
+        for (name, shown) in [("out.txt\r", "`d/out.txt\\r`"), ("a\nb", "`d/a\\nb`")] {
+            let t = tempfile::tempdir().unwrap();
+            std::fs::create_dir(t.path().join("d")).unwrap();
+            std::fs::write(t.path().join("d").join(name), b"x").unwrap();
+            let err = list_files(t.path()).unwrap_err();
+            assert!(matches!(err, ManifestError::BadName { .. }), "{err}");
+            assert!(err.to_string().contains(shown), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_path_ending_in_a_carriage_return_round_trips() {
+        let m = Manifest {
+            entries: vec![ManifestEntry {
+                path: "a\r".into(),
+                size: 1,
+                digest: FileDigest::of_bytes(b"x"),
+                executable: false,
+            }],
+        };
+        assert_eq!(Manifest::parse(&m.canonical_text()), Some(m));
     }
 }

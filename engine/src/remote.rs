@@ -58,6 +58,9 @@ pub trait RemoteExecutor: Send + Sync {
     fn takes(&self, wf: &crate::Workflow, i: usize) -> bool;
 
     /// Runs step `i` remotely under `key` and returns once its output is published (or it failed).
+    /// Its waits poll `cancel`: when the run is stopped it stops the remote work (best effort) and
+    /// returns an error.
+    #[allow(clippy::too_many_arguments)]
     fn execute(
         &self,
         wf: &crate::Workflow,
@@ -66,6 +69,7 @@ pub trait RemoteExecutor: Send + Sync {
         components: &crate::key::KeyComponents,
         inputs: &std::collections::BTreeMap<String, crate::InputArtifact>,
         progress: &dyn crate::Progress,
+        cancel: &crate::CancelToken,
     ) -> Result<(), crate::StepError>;
 }
 

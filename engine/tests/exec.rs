@@ -1,6 +1,6 @@
 //! Executor tests with typed test steps: warnings survive caching; facts stay out of artifacts and
 //! run records say how each step went; params outside the key do not invalidate it; failures, plans
-//! and keys behave across the fetch → preprocess → train chain.
+//! and keys behave across the fetch → preprocess → train chain; a damaged input is never read.
 
 mod common;
 
@@ -157,4 +157,134 @@ fn plan_reports_param_changes_by_name() {
     assert!(plan[2].key.is_none());
     let forced = exec::plan(&pipeline(2, "msd"), &store, &["fetch".to_string()].into()).unwrap();
     assert_eq!(forced[0].reason, "forced (--force)");
+}
+
+#[test]
+fn a_step_does_not_read_an_input_that_changed_in_the_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let first = run(pipeline(2, "msd"), t.path());
+    let out = first.steps[0].output.as_ref().unwrap().path.join("out.txt");
+    // Rewritten in place, as root can despite the read-only mode.
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::write(&out, text.replace("synthetic", "synthetiC")).unwrap();
+
+    let opts = RunOptions {
+        force: ["prep".to_string()].into(),
+        ..RunOptions::default()
+    };
+    let s = run_with(pipeline(2, "msd"), t.path(), opts);
+    assert_eq!(
+        statuses(&s),
+        [Status::Cached, Status::Failed, Status::Skipped]
+    );
+    let error = s.steps[1].error.as_deref().unwrap();
+    assert!(
+        error.contains("input `dataset` (the output of step `fetch`)")
+            && error.contains("`out.txt`"),
+        "{error}"
+    );
+}
+
+/// A remote executor that takes every step and waits, as a SageMaker job does, until the run stops.
+struct WaitingRemote {
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl wf_engine::RemoteExecutor for WaitingRemote {
+    fn name(&self) -> String {
+        "waiting".into()
+    }
+    fn takes(&self, _wf: &Workflow, _i: usize) -> bool {
+        true
+    }
+    fn execute(
+        &self,
+        _wf: &Workflow,
+        _i: usize,
+        _key: &wf_engine::StepKey,
+        _components: &wf_engine::key::KeyComponents,
+        _inputs: &std::collections::BTreeMap<String, wf_engine::InputArtifact>,
+        _progress: &dyn wf_engine::Progress,
+        cancel: &CancelToken,
+    ) -> Result<(), wf_engine::StepError> {
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let t0 = std::time::Instant::now();
+        while !cancel.is_cancelled() {
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(wf_engine::StepError::new("never stopped"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(wf_engine::StepError::new("interrupted"))
+    }
+}
+
+/// An empty remote cache (the executor needs one for its outputs).
+struct EmptyRemote;
+
+impl wf_engine::RemoteCache for EmptyRemote {
+    fn location(&self) -> String {
+        "nowhere".into()
+    }
+    fn lookup(
+        &self,
+        _key: &wf_engine::StepKey,
+    ) -> Result<Option<wf_engine::store::Entry>, wf_engine::RemoteError> {
+        Ok(None)
+    }
+    fn fetch(
+        &self,
+        _key: &wf_engine::StepKey,
+        _store: &Store,
+    ) -> Result<Option<wf_engine::store::Entry>, wf_engine::RemoteError> {
+        Ok(None)
+    }
+    fn publish(
+        &self,
+        _store: &Store,
+        _entry: &wf_engine::store::Entry,
+    ) -> Result<(), wf_engine::RemoteError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_remote_steps_wait_ends_when_the_run_is_stopped() {
+    let t = tempfile::tempdir().unwrap();
+    let remote = Arc::new(WaitingRemote {
+        started: Default::default(),
+    });
+    let opts = RunOptions {
+        remote: Some(Arc::new(EmptyRemote)),
+        executor: Some(remote.clone()),
+        ..RunOptions::default()
+    };
+    let cancel = CancelToken::default();
+    let stopper = {
+        let (remote, cancel) = (remote.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            while !remote.started.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            cancel.cancel();
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Arc::new(Store::open(t.path()).unwrap());
+    let summary = rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let s = exec::run(Arc::new(pipeline(1, "msd")), store, opts, cancel, tx).await;
+        drain.await.unwrap();
+        s
+    });
+    stopper.join().unwrap();
+    assert_eq!(
+        statuses(&summary),
+        [Status::Failed, Status::Skipped, Status::Skipped]
+    );
+    assert_eq!(summary.steps[0].error.as_deref(), Some("interrupted"));
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use wf_engine::params::{ParamType, to_json};
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params, Part,
-    RemoteTask, RunContext, Sharded, Slots, Step, StepError,
+    RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store,
 };
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::sample::{
@@ -285,6 +285,7 @@ fn process_cases(
                             prefix_json: &prefix_json,
                             suffix_json: &suffix_json,
                             derived: &derived,
+                            store: cx.store,
                             seed: cx.seed,
                             copies: p.copies_per_case,
                             dtype: if p.sample_dtype == "bf16" {
@@ -388,6 +389,7 @@ struct CaseJob<'a> {
     prefix_json: &'a str,
     suffix_json: &'a str,
     derived: &'a Path,
+    store: &'a Store,
     seed: u64,
     copies: u32,
     /// Image precision of the output samples (the cached prefix stays f32, exact).
@@ -405,12 +407,13 @@ fn cached_path(root: &Path, kind: &str, key: &str) -> Result<PathBuf, String> {
     Ok(dir.join(format!("{key}.wfs")))
 }
 
-/// Links a cached file into the output (copying where a link is impossible).
-fn link(from: &Path, to: &Path) -> Result<(), String> {
+/// Links a cached file into the output (copying where a link is impossible); the store adopts it
+/// as its object at commit rather than copying it (`Store::link_derived`).
+fn link(store: &Store, from: &Path, to: &Path) -> Result<(), String> {
     std::fs::create_dir_all(to.parent().expect("has parent")).map_err(|e| e.to_string())?;
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).map_err(|e| format!("{}: {e}", from.display()))?;
-    }
+    store
+        .link_derived(from, to)
+        .map_err(|e| format!("{}: {e}", from.display()))?;
     // Reuse refreshes the file's age for `wf cache gc --older-than` (best effort).
     if let Ok(f) = std::fs::File::options().write(true).open(from) {
         let _ = f.set_modified(std::time::SystemTime::now());
@@ -471,7 +474,7 @@ impl CaseJob<'_> {
                 }
                 from = bpath;
             }
-            link(&from, &out.join(&rel))?;
+            link(self.store, &from, &out.join(&rel))?;
             return Ok(vec![rel]);
         }
         let mut files = Vec::with_capacity(self.copies as usize);
@@ -505,7 +508,7 @@ impl CaseJob<'_> {
                 write_sample_as(&spath, &sample, self.dtype).map_err(|e| e.to_string())?;
             }
             let rel = format!("{dir}/{copy}.wfs");
-            link(&spath, &out.join(&rel))?;
+            link(self.store, &spath, &out.join(&rel))?;
             files.push(rel);
         }
         Ok(files)

@@ -1029,6 +1029,7 @@ fn a_remote_executor_is_not_given_a_step_keyed_by_a_server() {
             _components: &wf_engine::key::KeyComponents,
             _inputs: &BTreeMap<String, wf_engine::InputArtifact>,
             _progress: &dyn Progress,
+            _cancel: &wf_engine::CancelToken,
         ) -> Result<(), StepError> {
             panic!("nothing may be submitted")
         }

@@ -6,17 +6,22 @@
 //! ```
 //! `sh -c RUN` in the workflow file's directory. Environment: `WF_OUT` (an empty directory: the output),
 //! `WF_IN_<slot>` (each input's read-only directory), `WF_SCRATCH` (temporary space), `WF_SEED`,
-//! `WF_STEP`, `WF_THREADS`, plus `env:`. stdout and stderr go to the step's log; a non-zero exit fails
-//! the step and shows the stderr tail. `files:` (files or directories, relative to the workflow) are
-//! hashed into the key, so editing a script reruns the step that uses it.
+//! `WF_STEP`, `WF_THREADS`, plus `env:`. stdout and stderr go to the step's log, capped (`output.rs`);
+//! a non-zero exit fails the step and shows the stderr tail. `files:` (files or directories, relative
+//! to the workflow) are hashed into the key, so editing a script reruns the step that uses it.
+//!
+//! The step ends when its shell exits, not when its output closes: a background job may hold stdout or
+//! stderr for ever. Whatever the command left running is then ended, with a warning; a stopped run
+//! ends the whole tree, and so does a killed wf (`supervise.rs`).
+
+mod output;
+pub mod supervise;
 
 use serde::Deserialize;
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{ExitStatus, Stdio};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
@@ -53,9 +58,6 @@ const PARAMS: &[ParamSpec] = &[
         "extra environment variables",
     ),
 ];
-
-/// Lines of stderr shown when the command fails.
-const STDERR_TAIL: usize = 20;
 
 #[derive(Debug, Deserialize)]
 struct CommandParams {
@@ -149,78 +151,71 @@ impl Step for Command {
             .arg(&p.run)
             .current_dir(cx.workflow_dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("WF_OUT", cx.out_dir)
             .env("WF_SCRATCH", cx.scratch_dir)
             .env("WF_SEED", cx.seed.to_string())
             .env(wf_engine::cloud::job::STEP_ENV, cx.step_id)
             .env("WF_THREADS", cx.threads.to_string())
-            .envs(&p.env)
-            // Own process group, so stopping the step stops everything it started.
-            .process_group(0);
+            .envs(&p.env);
         for (slot, input) in cx.inputs {
             cmd.env(format!("WF_IN_{slot}"), &input.path);
         }
-        #[cfg(target_os = "linux")]
-        unsafe {
-            // If wf itself dies (even by SIGKILL), the command dies with it instead of running on
-            // unobserved. Safe: prctl is async-signal-safe. (The spawning thread waits for the child,
-            // so the thread-exit variant of PDEATHSIG cannot fire early.)
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
+        let (child, streams) = supervise::spawn(&mut cmd)
             .map_err(|e| StepError::new(format!("cannot start `sh`: {e}")))?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let mut log_for_err = log.try_clone()?;
-        let reader = std::thread::spawn(move || {
-            let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
-            for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-                let _ = log_for_err.write_all(&line);
-                let _ = log_for_err.write_all(b"\n");
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(String::from_utf8_lossy(&line).into_owned());
-            }
-            tail
-        });
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if cx.cancel.is_cancelled() {
-                unsafe {
-                    libc::killpg(child.id() as i32, libc::SIGTERM);
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                unsafe {
-                    libc::killpg(child.id() as i32, libc::SIGKILL);
-                }
-                let _ = child.wait();
-                return Err(StepError::new("interrupted"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let tail: Vec<String> = reader.join().unwrap_or_default().into();
-        if status.success() {
-            return Ok(());
+        let capture = output::Capture::start(log, streams.stdout, streams.stderr);
+        let cancelled = || cx.cancel.is_cancelled();
+        let waited = child.wait(&cancelled);
+        let out = capture.finish(&cancelled);
+        let end = waited.map_err(|e| StepError::new(format!("waiting for the command: {e}")))?;
+
+        if out.dropped > 0 {
+            cx.progress.warn(&format!(
+                "the command wrote {} bytes more than the log keeps ({} MiB); the log ends with a note",
+                out.dropped,
+                output::LOG_CAP >> 20
+            ));
         }
-        let how = match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(sig)) => format!("was killed by signal {sig}"),
-            _ => "failed".to_string(),
-        };
-        let detail = if tail.is_empty() {
+        if end.survivors {
+            cx.progress.warn(
+                "some processes of the command could not be ended (not wf's to signal, or stuck)",
+            );
+        } else if out.unfinished {
+            cx.progress.warn(
+                "a process outside the command's tree still holds its output; the rest is not logged",
+            );
+        }
+        if end.stopped {
+            return Err(StepError::new("interrupted"));
+        }
+        let detail = if out.tail.is_empty() {
             "(no output on stderr)".to_string()
         } else {
-            tail.join("\n")
+            out.tail
         };
-        Err(StepError::with_detail(format!("command {how}"), detail))
+        if let Some(guard) = end.guard_lost {
+            return Err(StepError::with_detail(
+                format!(
+                    "the process supervising the command {}; the command's processes were ended",
+                    how(&guard)
+                ),
+                detail,
+            ));
+        }
+        if end.leftovers {
+            cx.progress.warn(
+                "the command's shell exited but left processes running (a background job?); they were ended",
+            );
+        }
+        match end.status {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(StepError::with_detail(
+                format!("command {}", how(&status)),
+                detail,
+            )),
+            None => Err(StepError::with_detail("command failed", detail)),
+        }
     }
 
     fn remote(&self, _params: &Params) -> RemoteTask {
@@ -228,5 +223,14 @@ impl Step for Command {
             instances: 1,
             sharded_input: false,
         }
+    }
+}
+
+/// "exited with status N" or "was killed by signal N".
+fn how(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "failed".to_string(),
     }
 }
