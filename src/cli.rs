@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use wf_engine::exec::{self, RunOptions};
-use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow};
+use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow, plural};
 
 #[derive(Parser)]
 #[command(
@@ -199,7 +199,11 @@ fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Validate { file } => {
             let wf = load(&file)?;
-            println!("{}: ok ({} steps)", file.display(), wf.steps.len());
+            println!(
+                "{}: ok ({})",
+                file.display(),
+                plural(wf.steps.len(), "step")
+            );
             Ok(Exit::Ok)
         }
         Command::Plan {
@@ -291,7 +295,11 @@ fn dispatch(cli: Cli) -> CliResult {
             }
             let summary = wf_imaging::synth::generate(&out, cases, shape, seed, test)
                 .map_err(|e| CliError::failed(format!("error: {e}")))?;
-            eprintln!("wrote {} cases to {}", summary.cases.len(), out.display());
+            eprintln!(
+                "wrote {} to {}",
+                plural(summary.cases.len(), "case"),
+                out.display()
+            );
             Ok(Exit::Ok)
         }
         Command::Transform {
@@ -312,14 +320,11 @@ pub(crate) fn load(file: &Path) -> CliResult<Workflow> {
             "error: cannot read workflow {}: {source}",
             path.display()
         ))),
-        Err(LoadError::Invalid(list)) => {
-            let n = list.0.len();
-            let plural = if n == 1 { "" } else { "s" };
-            Err(CliError::invalid(format!(
-                "{list}\nerror: {} is invalid ({n} problem{plural})",
-                file.display()
-            )))
-        }
+        Err(LoadError::Invalid(list)) => Err(CliError::invalid(format!(
+            "{list}\nerror: {} is invalid ({})",
+            file.display(),
+            plural(list.0.len(), "problem")
+        ))),
     }
 }
 
@@ -432,11 +437,11 @@ fn cache_command(command: CacheCommand) -> CliResult {
                     Ok(e) => {
                         total += e.bytes;
                         println!(
-                            "{}  {:<18} {:<8} {:>6} files {:>10}  {}/{}",
+                            "{}  {:<18} {:<8} {:>12} {:>10}  {}/{}",
                             e.key.short(),
                             e.kind,
                             e.output_type,
-                            e.files,
+                            plural(e.files, "file"),
                             human_bytes(e.bytes),
                             e.producer.workflow,
                             e.producer.step
@@ -446,8 +451,8 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 }
             }
             eprintln!(
-                "{} entries, {} in {}",
-                entries.len(),
+                "{}, {} in {}",
+                plural(entries.len(), "entry"),
                 human_bytes(total),
                 store.root().display()
             );
@@ -462,14 +467,15 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 println!("{p}");
             }
             eprintln!(
-                "{} entries, {} files checked, {} problems{}",
-                report.entries,
-                report.files_checked,
-                report.problems.len(),
+                "{}, {} checked, {}{}",
+                plural(report.entries, "entry"),
+                plural(report.files_checked, "file"),
+                plural(report.problems.len(), "problem"),
                 if repair {
                     format!(
-                        ", {} entries and {} damaged objects removed",
-                        report.removed, report.objects_removed
+                        ", {} and {} removed",
+                        plural(report.removed, "entry"),
+                        plural(report.objects_removed, "damaged object")
                     )
                 } else {
                     String::new()
@@ -486,13 +492,13 @@ fn cache_command(command: CacheCommand) -> CliResult {
             let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
                 .map_err(|e| CliError::failed(format!("error: {e}")))?;
             eprintln!(
-                "removed {} entries, {} artifacts, {} objects ({}), {} staging directories, {} derived files",
-                report.entries_removed,
-                report.artifacts_removed,
-                report.objects_removed,
+                "removed {}, {}, {} ({}), {}, {}",
+                plural(report.entries_removed, "entry"),
+                plural(report.artifacts_removed, "artifact"),
+                plural(report.objects_removed, "object"),
                 human_bytes(report.bytes_freed),
-                report.staging_removed,
-                report.derived_removed
+                plural(report.staging_removed, "staging directory"),
+                plural(report.derived_removed, "derived file")
             );
             Ok(Exit::Ok)
         }

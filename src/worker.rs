@@ -21,8 +21,8 @@ use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use wf_engine::manifest::{Manifest, ManifestEntry};
 use wf_engine::store::{Entry, Producer, StepNotes};
 use wf_engine::{
-    ArtifactDigest, ArtifactType, CancelToken, FileDigest, InputArtifact, Params, Progress,
-    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store,
+    ArtifactDigest, ArtifactType, CancelToken, Count, FileDigest, InputArtifact, Params, Progress,
+    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store, plural,
 };
 
 #[derive(clap::Args, Debug)]
@@ -124,7 +124,7 @@ impl Progress for StderrProgress {
             .warnings
             .push(msg.to_string());
     }
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: Count) {}
     fn fact(&self, name: &str, value: serde_json::Value) {
         self.notes
             .lock()
@@ -345,8 +345,8 @@ fn run_step(
             })?;
             if hosts.len() != n as usize {
                 return Err(invalid(format!(
-                    "--shards {n}, but the job has {} hosts",
-                    hosts.len()
+                    "--shards {n}, but the job has {}",
+                    plural(hosts.len(), "host")
                 )));
             }
             Some(i)
@@ -443,10 +443,10 @@ fn run_step(
         .publish_entry(&store, &entry)
         .map_err(|e| failed(format!("publishing the output: {e}")))?;
     Ok(format!(
-        "published {} -> {} ({} files) to {}",
+        "published {} -> {} ({}) to {}",
         req.key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         job.cache.location()
     ))
 }
@@ -659,10 +659,9 @@ fn publish_part(
         })
         .map_err(|e| failed(format!("publishing part {i}: {e}")))?;
     Ok(format!(
-        "shard {i}: {} {}s ({skipped} skipped), {} files in {txt}",
-        done + skipped,
-        sharded.item_name(),
-        manifest.entries.len()
+        "shard {i}: {} ({skipped} skipped), {} in {txt}",
+        plural(done + skipped, sharded.item_name()),
+        plural(manifest.entries.len(), "file")
     ))
 }
 
@@ -742,9 +741,9 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         .collect();
     if !missing.is_empty() {
         problems.push(format!(
-            "{} of {} {noun}s are in no part: {}",
+            "{} of {} are in no part: {}",
             missing.len(),
-            items.len(),
+            plural(items.len(), noun),
             missing.join(", ")
         ));
     }
@@ -847,10 +846,11 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         Ok::<(), wf_aws::AwsError>(())
     });
     Ok(format!(
-        "committed {n} parts: {} -> {} ({} files) to {}",
+        "committed {}: {} -> {} ({}) to {}",
+        plural(n, "part"),
         key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         cache.location()
     ))
 }

@@ -169,6 +169,15 @@ fn train_export_and_predict_end_to_end() {
     assert_eq!(got.affine, input.affine);
     assert_eq!(got.datatype, wf_imaging::nifti::Datatype::U8);
     assert!(got.data.iter().all(|v| [0.0, 1.0, 2.0, 3.0].contains(v)));
+    // The counts name the convention's labels (MSD: 1, 2, 3), no others.
+    let said = stderr(&out);
+    assert!(
+        said.contains("labels (msd) 1 edema: ")
+            && said.contains(", 2 non-enhancing tumour: ")
+            && said.contains(", 3 enhancing tumour: ")
+            && !said.contains("4: "),
+        "{said}"
+    );
 
     // Bad input: an image with the wrong number of channels is refused with exit 2.
     let label = dataset.join("labelsTr").join(image.file_name().unwrap());
@@ -210,6 +219,30 @@ fn train_export_and_predict_end_to_end() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `--out` must name a NIfTI file: checked first, before the model or the image is read.
+#[test]
+fn predict_refuses_a_non_nifti_out_before_any_work() {
+    let t = tempfile::tempdir().unwrap();
+    let out = wf(
+        t.path(),
+        &[
+            "predict",
+            "--model",
+            "no-such-export",
+            "--image",
+            "no-such-image.nii.gz",
+            "--out",
+            "x.png",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: --out x.png: the segmentation is written as NIfTI; name it .nii or .nii.gz\n"
+    );
+    assert!(!t.path().join("x.png").exists());
 }
 
 /// The epoch directories of in-progress training under the cache's resume area.

@@ -11,7 +11,7 @@ use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use crate::memo::Memo;
 use crate::remote::{RemoteCache, RemoteExecutor};
-use crate::step::{CancelToken, InputArtifact, Progress, RunContext, StepError};
+use crate::step::{CancelToken, Count, InputArtifact, Progress, RunContext, StepError};
 use crate::store::{
     Entry, Producer, RunOutcome, RunRecord, StepNotes, Store, StoreError, now_unix,
 };
@@ -39,17 +39,37 @@ pub enum Event {
         kind: &'static str,
         key: StepKey,
     },
+    /// What the step is doing now; the next status replaces it.
+    Status {
+        step: String,
+        message: String,
+    },
+    /// A line worth keeping (an epoch's metrics).
+    Note {
+        step: String,
+        message: String,
+    },
+    /// How far the step's work is (`Level::Whole`), or the current unit of it (`Level::Within`).
     Progress {
         step: String,
-        message: Option<String>,
-        done: u64,
-        total: u64,
+        level: Level,
+        count: Count,
     },
     Warning {
         step: String,
         message: String,
     },
     Finished(StepOutcome),
+}
+
+/// Which count of a step a progress event moves ([`Progress::advance`] or
+/// [`Progress::advance_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The step's work as a whole (its cases, epochs, bytes).
+    Whole,
+    /// The current unit of the whole (the steps of the current epoch).
+    Within,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -374,19 +394,29 @@ impl Progress for ChannelProgress {
         });
     }
     fn message(&self, msg: &str) {
-        let _ = self.tx.send(Event::Progress {
+        let _ = self.tx.send(Event::Status {
             step: self.step.clone(),
-            message: Some(msg.to_string()),
-            done: 0,
-            total: 0,
+            message: msg.to_string(),
         });
     }
-    fn advance(&self, done: u64, total: u64) {
+    fn note(&self, msg: &str) {
+        let _ = self.tx.send(Event::Note {
+            step: self.step.clone(),
+            message: msg.to_string(),
+        });
+    }
+    fn advance(&self, count: Count) {
         let _ = self.tx.send(Event::Progress {
             step: self.step.clone(),
-            message: None,
-            done,
-            total,
+            level: Level::Whole,
+            count,
+        });
+    }
+    fn advance_within(&self, count: Count) {
+        let _ = self.tx.send(Event::Progress {
+            step: self.step.clone(),
+            level: Level::Within,
+            count,
         });
     }
     fn fact(&self, name: &str, value: serde_json::Value) {
@@ -694,11 +724,9 @@ fn run_keyed(
     }
     // One computation per key across processes; whoever waited finds the other's result.
     let waiting = || {
-        let _ = tx.send(Event::Progress {
+        let _ = tx.send(Event::Status {
             step: id.to_string(),
-            message: Some("waiting for another wf process that is computing this step".into()),
-            done: 0,
-            total: 0,
+            message: "waiting for another wf process that is computing this step".into(),
         });
     };
     let _lock = match lock_key(store, &key, cancel, waiting) {

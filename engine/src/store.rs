@@ -365,10 +365,11 @@ impl Store {
             return Err(StoreError::Import {
                 path: self.root.clone(),
                 reason: format!(
-                    "`{}` arrived with {size} bytes and digest {}, its manifest says {} bytes and {}",
+                    "`{}` arrived with {} and digest {}, its manifest says {} and {}",
                     e.path,
+                    crate::plural(size, "byte"),
                     digest.short(),
-                    e.size,
+                    crate::plural(e.size, "byte"),
                     e.digest.short()
                 ),
             });
@@ -867,8 +868,8 @@ impl Store {
         if only.is_none() {
             match manifest::list_files(&tree) {
                 Ok(listed) if listed.len() != manifest.entries.len() => problems.push(format!(
-                    "it holds {} files, {} were committed",
-                    listed.len(),
+                    "it holds {}, {} committed",
+                    crate::plural(listed.len(), "file"),
                     manifest.entries.len()
                 )),
                 Ok(_) => {}
@@ -1616,7 +1617,7 @@ mod tests {
         fs::write(tree.join("extra"), "x").unwrap();
         let err = store.check_artifact(&a.artifact, 1).unwrap_err();
         assert!(
-            err.to_string().contains("holds 2 files, 1 were committed"),
+            err.to_string().contains("holds 2 files, 1 committed"),
             "{err}"
         );
     }

@@ -6,8 +6,11 @@
 //! on, from the model's `train.json`), and `preprocessing.json` (the chain `wf predict` replays on
 //! new images).
 
-use crate::train_unet::PREPROCESSING_FILE;
-use wf_engine::{ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError};
+use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
+use wf_engine::{
+    ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError, plural,
+};
+use wf_trainer::record::TrainRecord;
 
 pub struct ExportCheckpoint;
 
@@ -36,7 +39,19 @@ impl Step for ExportCheckpoint {
             .inputs
             .get("model")
             .ok_or_else(|| StepError::new("missing input `model`"))?;
-        let exported = wf_trainer::export::export(&input.path, cx.out_dir)
+        let record =
+            TrainRecord::read_in(&input.path).map_err(|e| StepError::new(e.to_string()))?;
+        let data = match record {
+            Some(r) => format!(
+                "{} ({}), {}, samples artifact {}",
+                plural(r.split.train_cases.len(), "training case"),
+                plural(r.split.train_samples, "sample"),
+                plural(r.split.val_cases.len(), "validation case"),
+                r.samples
+            ),
+            None => format!("unknown (no {TRAIN_FILE} in the model)"),
+        };
+        let exported = wf_trainer::export::export(&input.path, cx.out_dir, &data)
             .map_err(|e| StepError::new(e.to_string()))?;
         let pre = input.path.join(PREPROCESSING_FILE);
         if pre.is_file() {
@@ -48,7 +63,7 @@ impl Step for ExportCheckpoint {
             |d| format!("val mean Dice {d:.4}"),
         );
         cx.progress
-            .message(&format!("exported epoch {} ({dice})", exported.epoch));
+            .note(&format!("exported epoch {} ({dice})", exported.epoch));
         if exported.val_mean_dice.is_none() {
             cx.progress.warn(
                 "the model has no validation metrics (val_fraction 0?): exported the latest epoch",

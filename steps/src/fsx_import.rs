@@ -10,7 +10,7 @@ use wf_engine::manifest::{self, Manifest};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    Step, StepError, plural,
 };
 use wf_imaging::samples::{STAGED_FILE, Staged};
 
@@ -73,8 +73,10 @@ impl Step for FsxImport {
             .store
             .manifest(&input.digest)
             .map_err(|e| StepError::new(format!("cannot read the samples' manifest: {e}")))?;
-        cx.progress
-            .message(&format!("verifying {} files", manifest.entries.len()));
+        cx.progress.message(&format!(
+            "verifying {}",
+            plural(manifest.entries.len(), "file")
+        ));
         fail_on(
             manifest::verify_tree(&input.path, &manifest, cx.threads),
             "the samples in the cache",

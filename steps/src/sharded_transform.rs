@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wf_engine::params::{ParamType, to_json};
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params, Part,
-    RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store,
+    ArtifactType, CheckContext, Count, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params,
+    Part, RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store, Unit,
 };
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::sample::{
@@ -258,7 +258,10 @@ fn process_cases(
     let workers = if p.shards == 0 { cx.threads } else { p.shards }.clamp(1, cases.len().max(1));
 
     let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
+    let total = cases.len() as u64;
+    cx.progress.advance(Count::new(0, total, Unit::Case));
+    // Counted and reported under one lock, so the reports arrive in order.
+    let done = Mutex::new(0u64);
     let results: Vec<Mutex<Option<Result<Vec<String>, String>>>> =
         cases.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
@@ -297,8 +300,9 @@ fn process_cases(
                         job.process(src, image_digest, label_digest, cx.out_dir)
                     })();
                     *results[i].lock().expect("no panics") = Some(r);
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    cx.progress.advance(n as u64, cases.len() as u64);
+                    let mut n = done.lock().expect("no panics");
+                    *n += 1;
+                    cx.progress.advance(Count::new(*n, total, Unit::Case));
                 }
             });
         }

@@ -21,10 +21,11 @@
 use serde::Deserialize;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    ArtifactType, CheckContext, Count, Diagnostics, ParamSpec, Params, RemoteTask, RunContext,
+    Slots, Step, StepError, Unit, plural,
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
@@ -270,29 +271,38 @@ impl Step for TrainUnet {
             .map_err(|e| StepError::new(format!("{}: {e}", cx.log_path.display())))?;
 
         let on = match placement {
-            Placement::Cpu => format!("CPU ({} threads)", cx.threads),
+            Placement::Cpu => format!("CPU ({})", plural(cx.threads, "thread")),
             #[allow(unreachable_patterns)]
             _ => placement.describe(),
         };
         let epochs = cfg.epochs as u64;
         let mut split = None;
         let log_line = std::sync::Mutex::new(&mut log);
+        // Optimizer steps per epoch: batches of `batch_size` over all replicas (a replica's share
+        // of the last one may be padded, so a count past it raises the total).
+        let steps_per_epoch = AtomicU64::new(0);
         let mut on_split = |s: &Split| {
             let msg = format!(
-                "{} training samples ({} cases), {} validation samples ({} cases), {} epochs on {on}, {}",
-                s.train_samples,
-                s.train_cases.len(),
-                s.val_samples,
-                s.val_cases.len(),
-                cfg.epochs,
+                "{} ({}), {} ({}), {} on {on}, {}",
+                plural(s.train_samples, "training sample"),
+                plural(s.train_cases.len(), "case"),
+                plural(s.val_samples, "validation sample"),
+                plural(s.val_cases.len(), "case"),
+                plural(cfg.epochs, "epoch"),
                 p.precision
             );
-            cx.progress.message(&msg);
+            cx.progress.note(&msg);
             let _ = writeln!(log_line.lock().expect("log lock"), "{msg}");
+            steps_per_epoch.store(
+                s.train_samples.div_ceil(p.batch_size.max(1)) as u64,
+                Ordering::Relaxed,
+            );
             split = Some(s.clone());
         };
         let mut last_message = std::time::Instant::now();
         let mut timings: Vec<EpochTiming> = Vec::new();
+        // The epoch count starts at the first step, or at the epoch training resumes after.
+        let mut counting = false;
         let mut on_event = |e: &TrainEvent| {
             let mut log = log_line.lock().expect("log lock");
             match e {
@@ -305,10 +315,23 @@ impl Step for TrainUnet {
                     cx.progress.warn(&format!(
                         "resumed after an interruption from the checkpoint of epoch {epoch}"
                     ));
-                    cx.progress.advance(*epoch as u64, epochs);
+                    cx.progress
+                        .advance(Count::new(*epoch as u64, epochs, Unit::Epoch));
+                    counting = true;
                 }
                 TrainEvent::Step { epoch, step, loss } => {
                     let _ = writeln!(log, "epoch {epoch} step {step}: loss {loss:.5}");
+                    if !counting {
+                        cx.progress
+                            .advance(Count::new(*epoch as u64 - 1, epochs, Unit::Epoch));
+                        counting = true;
+                    }
+                    let step = *step as u64;
+                    cx.progress.advance_within(Count::new(
+                        step,
+                        steps_per_epoch.load(Ordering::Relaxed).max(step),
+                        Unit::Step,
+                    ));
                     // Every step goes to the log; the console hears of one every few seconds.
                     if last_message.elapsed() >= std::time::Duration::from_secs(5) {
                         last_message = std::time::Instant::now();
@@ -331,8 +354,16 @@ impl Step for TrainUnet {
                         timing.train_samples_per_second
                     );
                     let _ = writeln!(log, "{line}");
-                    cx.progress.message(&line);
-                    cx.progress.advance(m.epoch as u64, epochs);
+                    cx.progress.note(&line);
+                    cx.progress
+                        .advance(Count::new(m.epoch as u64, epochs, Unit::Epoch));
+                    if (m.epoch as u64) < epochs {
+                        cx.progress.advance_within(Count::new(
+                            0,
+                            steps_per_epoch.load(Ordering::Relaxed),
+                            Unit::Step,
+                        ));
+                    }
                     timings.push(*timing);
                     cx.progress
                         .fact("epochs", serde_json::to_value(&timings).unwrap_or_default());

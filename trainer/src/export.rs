@@ -15,6 +15,32 @@ pub struct Exported {
     pub files: Vec<PathBuf>,
 }
 
+/// The export's `metrics.json`: the exported (best) epoch's metrics and the whole history. Fields in
+/// the file's order (by name).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExportMetrics {
+    /// The exported epoch.
+    pub epoch: usize,
+    pub history: Vec<EpochMetrics>,
+    pub train_loss: Option<f32>,
+    pub val_dice_et: Option<f32>,
+    pub val_dice_tc: Option<f32>,
+    pub val_dice_wt: Option<f32>,
+    /// Validation mean Dice of the exported epoch; `None` when training did not validate.
+    pub val_mean_dice: Option<f32>,
+}
+
+impl ExportMetrics {
+    pub const FILE: &'static str = "metrics.json";
+
+    /// Reads `metrics.json` of the export directory `dir`.
+    pub fn read_in(dir: &Path) -> Result<ExportMetrics> {
+        let path = dir.join(Self::FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| TrainerError::Json { path, source })
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
     move |source| TrainerError::Io {
         path: path.to_path_buf(),
@@ -76,35 +102,25 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text + "\n").map_err(io(path))
 }
 
-/// The model card's lines on the data and the machine, from `train.json` when the model has one.
-fn provenance(record: Option<&TrainRecord>) -> (String, String) {
-    let Some(r) = record else {
-        let unknown = format!("unknown (no {TRAIN_FILE} in the model)");
-        return (unknown.clone(), unknown);
-    };
-    let data = format!(
-        "{} training cases ({} samples), {} validation cases, samples artifact {}",
-        r.split.train_cases.len(),
-        r.split.train_samples,
-        r.split.val_cases.len(),
-        r.samples
-    );
-    let machine = match &r.machine {
-        Some(m) => format!("`{}`, {}; {}", r.device, r.precision, m.describe()),
-        None => format!(
-            "`{}`, {} (CPU and kernels not recorded)",
-            r.device, r.precision
-        ),
-    };
-    (data, machine)
+/// The model card's line on the machine, from `train.json` when the model has one.
+fn trained_on(record: Option<&TrainRecord>) -> String {
+    match record {
+        None => format!("unknown (no {TRAIN_FILE} in the model)"),
+        Some(r) => match &r.machine {
+            Some(m) => format!("`{}`, {}; {}", r.device, r.precision, m.describe()),
+            None => format!(
+                "`{}`, {} (CPU and kernels not recorded)",
+                r.device, r.precision
+            ),
+        },
+    }
 }
 
 /// Writes `model.safetensors`, `config.json`, `metrics.json` and `README.md` (model card) for the
-/// best checkpoint of `train_dir` into `out_dir`; the card describes the data and the machine from
-/// the model's `train.json`.
-pub fn export(train_dir: &Path, out_dir: &Path) -> Result<Exported> {
-    let record = TrainRecord::read_in(train_dir)?;
-    let (data, machine) = provenance(record.as_ref());
+/// best checkpoint of `train_dir` into `out_dir`. `data` describes the training data for the card;
+/// the machine it was trained on comes from the model's `train.json`.
+pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> {
+    let machine = trained_on(TrainRecord::read_in(train_dir)?.as_ref());
     let (ckpt, best) = best_checkpoint(train_dir)?;
     let meta = checkpoint::read_meta(&ckpt)?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -118,18 +134,19 @@ pub fn export(train_dir: &Path, out_dir: &Path) -> Result<Exported> {
     write_json(&config, &cfg)?;
 
     let all = read_metrics(train_dir)?;
-    let metrics = out_dir.join("metrics.json");
+    let metrics = out_dir.join(ExportMetrics::FILE);
+    let record = ExportMetrics {
+        epoch: meta.epoch,
+        history: all,
+        train_loss: best.as_ref().map(|m| m.train_loss),
+        val_dice_et: best.as_ref().and_then(|m| m.val_dice_et),
+        val_dice_tc: best.as_ref().and_then(|m| m.val_dice_tc),
+        val_dice_wt: best.as_ref().and_then(|m| m.val_dice_wt),
+        val_mean_dice: best.as_ref().and_then(|m| m.val_mean_dice),
+    };
     write_json(
         &metrics,
-        &serde_json::json!({
-            "epoch": meta.epoch,
-            "val_mean_dice": best.as_ref().and_then(|m| m.val_mean_dice),
-            "val_dice_tc": best.as_ref().and_then(|m| m.val_dice_tc),
-            "val_dice_wt": best.as_ref().and_then(|m| m.val_dice_wt),
-            "val_dice_et": best.as_ref().and_then(|m| m.val_dice_et),
-            "train_loss": best.as_ref().map(|m| m.train_loss),
-            "history": all,
-        }),
+        &serde_json::to_value(&record).expect("metrics serialize"),
     )?;
 
     let card = out_dir.join("README.md");
@@ -179,11 +196,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = crate::testutil::train_tiny(dir.path(), 2);
         let out = dir.path().join("export");
-        let e = export(dir.path(), &out).unwrap();
+        let e = export(dir.path(), &out, "synthetic").unwrap();
         assert_eq!(Some(e.epoch), s.best_epoch);
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
         assert!(m["val_mean_dice"].is_number());
+        let read = ExportMetrics::read_in(&out).unwrap();
+        assert_eq!(read.epoch, e.epoch);
+        assert_eq!(read.val_mean_dice, e.val_mean_dice);
+        assert_eq!(read.history.len(), 2);
         let w =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert!(w.contains_key("model.0.conv.unit0.conv.weight"));
@@ -215,7 +236,7 @@ mod tests {
             .collect();
         std::fs::write(&path, old).unwrap();
         let out = dir.path().join("export");
-        let e = export(dir.path(), &out).unwrap();
+        let e = export(dir.path(), &out, "synthetic").unwrap();
         assert!(e.val_mean_dice.is_some());
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
@@ -248,10 +269,10 @@ mod tests {
         .write_in(dir.path())
         .unwrap();
         let out = dir.path().join("export");
-        export(dir.path(), &out).unwrap();
+        export(dir.path(), &out, "synthetic").unwrap();
         let card = std::fs::read_to_string(out.join("README.md")).unwrap();
         assert!(
-            card.contains("2 training cases (6 samples), 1 validation cases")
+            card.contains("Training data: synthetic")
                 && card.contains(&format!("Trained on: `cpu`, fp32; {}", machine.describe()))
                 && card.contains("same kind of machine"),
             "{card}"
@@ -262,7 +283,7 @@ mod tests {
     fn nothing_to_export_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(
-            export(dir.path(), &dir.path().join("out"))
+            export(dir.path(), &dir.path().join("out"), "x")
                 .unwrap_err()
                 .to_string()
                 .contains("no complete checkpoint")

@@ -340,7 +340,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         crate::testutil::train_tiny(dir.path(), 1);
         let out = dir.path().join("export");
-        crate::export::export(dir.path(), &out).unwrap();
+        crate::export::export(dir.path(), &out, "test").unwrap();
         let p = Predictor::from_export(&out).unwrap();
         let tiny = crate::unet::UNetConfig {
             channels: vec![2, 4, 8],

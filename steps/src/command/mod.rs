@@ -25,7 +25,7 @@ use std::process::{ExitStatus, Stdio};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    Step, StepError, plural,
 };
 
 pub struct Command;
@@ -172,8 +172,8 @@ impl Step for Command {
 
         if out.dropped > 0 {
             cx.progress.warn(&format!(
-                "the command wrote {} bytes more than the log keeps ({} MiB); the log ends with a note",
-                out.dropped,
+                "the command wrote {} more than the log keeps ({} MiB); the log ends with a note",
+                plural(out.dropped, "byte"),
                 output::LOG_CAP >> 20
             ));
         }

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CancelToken, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask,
-    RunContext, Slots, Step, StepError, redact,
+    RunContext, Slots, Step, StepError, plural, redact,
 };
 use wf_imaging::ImagingError;
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
@@ -357,8 +357,11 @@ impl FetchDataset {
         let expected = Expected::from(&p)?;
         source.fetch(cx, &p, &expected)?;
         let (training, test) = validate_layout(cx.out_dir)?;
-        cx.progress
-            .message(&format!("{training} training cases, {test} test cases"));
+        cx.progress.note(&format!(
+            "{}, {}",
+            plural(training, "training case"),
+            plural(test, "test case")
+        ));
         Ok(())
     }
 }
