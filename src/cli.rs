@@ -122,6 +122,14 @@ enum Command {
     Worker(crate::worker::WorkerArgs),
     /// Print the workflow as an AWS Step Functions definition (ASL JSON).
     Compile(crate::compile::CompileArgs),
+    /// List the step kinds; with KIND, its inputs, output and params (type, default, description).
+    Steps {
+        /// A step kind (`uses:`), e.g. train-unet.
+        kind: Option<String>,
+    },
+    /// Print the JSON Schema of the workflow format, for editors (yaml-language-server):
+    /// `wf schema > wf.schema.json`.
+    Schema,
     /// Write one self-contained HTML page about the last run: the steps, training curves, sample
     /// slices with the tumour regions, the export's metrics and model card. Prints its path.
     Report(crate::html_report::ReportArgs),
@@ -309,6 +317,42 @@ fn dispatch(cli: Cli) -> CliResult {
             seed,
             out,
         } => transform_one(&transforms, &image, label.as_deref(), seed, &out),
+        Command::Steps { kind } => steps(kind.as_deref()),
+        Command::Schema => {
+            let schema = wf_engine::schema::workflow_schema(&wf_steps::registry());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("the schema serializes")
+            );
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// `wf steps [KIND]`.
+fn steps(kind: Option<&str>) -> CliResult {
+    let registry = wf_steps::registry();
+    let Some(kind) = kind else {
+        print!("{}", wf_engine::reference::kinds_text(&registry));
+        return Ok(Exit::Ok);
+    };
+    match registry.get(kind) {
+        Some(step) => {
+            print!("{}", wf_engine::reference::kind_text(step.as_ref()));
+            Ok(Exit::Ok)
+        }
+        None => {
+            let hint = match wf_engine::diag::did_you_mean(kind, registry.kinds()) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => format!(
+                    "known kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            Err(CliError::invalid(format!(
+                "error: unknown step kind `{kind}`\n  help: {hint}"
+            )))
+        }
     }
 }
 
@@ -576,13 +620,7 @@ fn transform_one(
             return Err(invalid(diags));
         }
     };
-    for item in list.as_seq().unwrap_or(&[]) {
-        if let Err(e) = serde_json::from_value::<wf_imaging::transforms::TransformSpec>(
-            wf_engine::params::to_json(item),
-        ) {
-            diags.error(item.span, e.to_string());
-        }
-    }
+    wf_steps::sharded_transform::check_transforms(list.as_seq().unwrap_or(&[]), None, &mut diags);
     if !diags.is_empty() {
         return Err(invalid(diags));
     }

@@ -21,6 +21,10 @@ const PARAMS: &[ParamSpec] = &[ParamSpec::optional(
     ParamType::Str,
     "\"\"",
     "a directory on a fast local disk to copy the samples to; empty: pass through",
+)
+.shape(
+    "absolute path, or empty",
+    || serde_json::json!({ "type": "string", "pattern": "^(/.*)?$" }),
 )];
 
 #[derive(Debug, Deserialize)]

@@ -19,6 +19,7 @@
 //! `train_seconds`, `train_samples_per_second`) and `train_seconds` (their sum).
 
 use serde::Deserialize;
+use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,39 +61,45 @@ const PARAMS: &[ParamSpec] = &[
         "batch_size",
         ParamType::Int { min: 1, max: 4096 },
         "2",
-        "samples per step (over all replicas)",
+        "samples per step, over all replicas",
     ),
-    ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate"),
+    ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate")
+        .shape("number > 0", || json!({ "type": "number", "exclusiveMinimum": 0 })),
     ParamSpec::optional(
         "weight_decay",
         ParamType::Float,
         "0.0",
-        "Adam L2 penalty (torch.optim.Adam's weight_decay)",
-    ),
+        "Adam L2 penalty (`torch.optim.Adam`'s `weight_decay`)",
+    )
+    .shape("number ≥ 0", || json!({ "type": "number", "minimum": 0 })),
     ParamSpec::optional(
         "val_fraction",
         ParamType::Float,
         "0.01",
         "fraction of cases held out for validation (whole cases; at least one when > 0)",
-    ),
+    )
+    .shape("number in [0, 1)", fraction_schema),
     ParamSpec::optional(
         "loss",
         ParamType::Enum(&["dice", "dice-bce"]),
         "\"dice\"",
-        "soft Dice on sigmoid outputs (MONAI DiceLoss, squared_pred), optionally + BCE",
+        "MONAI `DiceLoss(sigmoid=True, squared_pred=True)`, optionally + BCE",
     ),
     ParamSpec::optional(
         "precision",
         ParamType::Enum(&["fp32", "bf16"]),
         "\"fp32\"",
-        "fp32, or bf16 mixed precision (CUDA builds only)",
+        "fp32, or bf16 mixed precision (convolutions in bf16, f32 weights): CUDA builds only",
     ),
     ParamSpec::optional(
         "gpus",
         ParamType::Any,
         "\"all\"",
-        "GPUs to train on, one replica each: a number, or `all` (0 or no GPU: CPU)",
-    ),
+        "GPUs to train on, one replica each; `all` on a machine without GPUs trains on the CPU; N > 0 needs a CUDA build",
+    )
+    .shape("integer ≥ 0 or `all`", || {
+        json!({ "anyOf": [{ "type": "integer", "minimum": 0 }, { "const": "all" }] })
+    }),
     ParamSpec::optional(
         "channels",
         INT_LIST,
@@ -103,7 +110,7 @@ const PARAMS: &[ParamSpec] = &[
         "strides",
         INT_LIST,
         "[2, 2, 2, 2]",
-        "UNet strides per down-sampling (MONAI `strides`)",
+        "UNet strides per down-sampling (MONAI `strides`; one fewer than `channels`)",
     ),
     ParamSpec::optional(
         "num_res_units",
@@ -111,8 +118,14 @@ const PARAMS: &[ParamSpec] = &[
         "2",
         "residual units per block",
     ),
-    ParamSpec::optional("dropout", ParamType::Float, "0.0", "dropout probability"),
+    ParamSpec::optional("dropout", ParamType::Float, "0.0", "dropout probability")
+        .shape("number in [0, 1)", fraction_schema),
 ];
+
+/// What `check` accepts for `val_fraction` and `dropout`.
+fn fraction_schema() -> serde_json::Value {
+    json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1 })
+}
 
 #[derive(Debug, Deserialize)]
 struct TrainParams {

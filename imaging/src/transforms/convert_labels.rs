@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Case, ET, LabelData, TC, WT};
+use super::{Case, ET, Field, LabelData, TC, WT};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -95,6 +95,15 @@ pub struct ConvertLabels {
 impl ConvertLabels {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "convert-labels";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "label values to region bits TC, WT, ET (`ConvertToMultiChannelBasedOnBratsClassesd`, with the convention of the data)";
+    pub const FIELDS: &'static [Field] = &[Field::optional(
+        "labels",
+        "`msd`, `brats` or `brats-monai`",
+        "the step's `labels`",
+        "the label convention of the data",
+        r#"{"enum": ["msd", "brats", "brats-monai"]}"#,
+    )];
 
     pub fn name(&self) -> &'static str {
         Self::NAME

@@ -49,8 +49,11 @@ const PARAMS: &[ParamSpec] = &[
         "files",
         STR_LIST,
         "[]",
-        "local files and directories the command reads (part of the key)",
-    ),
+        "local files and directories the command reads; their content is part of the key (directories tagged as caches with `CACHEDIR.TAG`, such as wf's own `.wf/cache`, are skipped)",
+    )
+    .shape("list of paths (relative to the workflow file)", || {
+        STR_LIST.json_schema()
+    }),
     ParamSpec::optional(
         "env",
         ParamType::StrMap,
