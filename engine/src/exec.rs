@@ -436,8 +436,8 @@ fn run_name() -> String {
     format!("{}-{}-{n}", now_unix(), std::process::id())
 }
 
-/// Records how step `id` went in run `run`, when its key was known (a step that failed before
-/// has nothing to compare a later key with).
+/// Records how a step went in run `run`, when its key was known (a step that failed before has
+/// nothing to compare a later key with).
 fn save_run(
     store: &Store,
     workflow: &str,

@@ -909,6 +909,9 @@ impl Store {
         // The record is for people (`wf plan` reasons): credentials in URL params stay out of it.
         let mut record = record.clone();
         record.components.params = crate::redact::params_text(&record.components.params);
+        if let Some(error) = record.outcome.as_mut().and_then(|o| o.error.as_mut()) {
+            *error = crate::redact::text(error).into_owned();
+        }
         let text = serde_json::to_string_pretty(&record).expect("run records serialize");
         write_atomic(&self.run_path(workflow, step), text.as_bytes(), false)
     }
@@ -1729,5 +1732,39 @@ mod tests {
             Err(StoreError::Busy { .. })
         ));
         assert!(store.verify(false, 1).is_ok());
+    }
+
+    /// A run record is for people: credentials in a failure's message stay out of it, as in params.
+    #[test]
+    fn run_records_keep_outcomes_without_credentials() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let c = components("{\"source\":\"https://u:secret@h/x.tar\"}", &[]);
+        let record = RunRecord {
+            key: c.key(),
+            components: c,
+            artifact: None,
+            outcome: Some(RunOutcome {
+                run: "r".into(),
+                status: crate::exec::Status::Failed,
+                seconds: 1.5,
+                finished_unix: 7,
+                error: Some("GET https://u:secret@h/x.tar: 404".into()),
+            }),
+        };
+        store.save_run("w", "s", &record).unwrap();
+        let text = fs::read_to_string(store.run_path("w", "s")).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        let back = store.last_run("w", "s").unwrap();
+        let outcome = back.outcome.unwrap();
+        assert_eq!(
+            (outcome.status, outcome.seconds),
+            (crate::exec::Status::Failed, 1.5)
+        );
+        assert!(outcome.error.unwrap().starts_with("GET https://"));
+        // A record written before outcomes were kept still reads.
+        let old = text.replace("\"outcome\"", "\"unused\"");
+        fs::write(store.run_path("w", "s"), old).unwrap();
+        assert!(store.last_run("w", "s").unwrap().outcome.is_none());
     }
 }
