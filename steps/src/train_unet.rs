@@ -10,8 +10,8 @@
 //!
 //! Output (the Model artifact, a training directory as wf-trainer lays it out):
 //! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`, `plot.png`,
-//! `train.json` (configuration, split, summary, the machine) and `preprocessing.json` (the transform chain and
-//! label convention of the samples, for `wf predict`).
+//! `train.json` (configuration, split, summary, the machine) and `preprocessing.json` (the
+//! transform chain and label convention of the samples, for `wf predict`).
 //!
 //! Nothing in the Model depends on the clock, so retraining on the same kind of machine gives the
 //! same Model digest and the steps after it stay cached. Timings are facts of the run instead
