@@ -130,6 +130,9 @@ enum Command {
     /// Print the JSON Schema of the workflow format, for editors (yaml-language-server):
     /// `wf schema > wf.schema.json`.
     Schema,
+    /// Write one self-contained HTML page about the last run: the steps, training curves, sample
+    /// slices with the tumour regions, the export's metrics and model card. Prints its path.
+    Report(crate::html_report::ReportArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -287,6 +290,7 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Status { execution_arn } => crate::cloud::status(&execution_arn),
         Command::Predict(args) => crate::predict::main(&args),
         Command::Compile(args) => crate::compile::main(&load(&args.file)?, &args),
+        Command::Report(args) => crate::html_report::main(&args),
         Command::Synth {
             out,
             cases,
@@ -352,7 +356,7 @@ fn steps(kind: Option<&str>) -> CliResult {
     }
 }
 
-fn load(file: &Path) -> CliResult<Workflow> {
+pub(crate) fn load(file: &Path) -> CliResult<Workflow> {
     let registry = wf_steps::registry();
     match wf_engine::load(file, &registry) {
         Ok(wf) => Ok(wf),
@@ -393,7 +397,7 @@ fn check_force(wf: &Workflow, force: Vec<String>) -> CliResult<BTreeSet<String>>
 }
 
 /// `--cache` (relative to the current directory) > `cache:` (relative to the workflow) > .wf/cache.
-fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> CliResult<PathBuf> {
+pub(crate) fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> CliResult<PathBuf> {
     let (text, base) = match (flag, wf) {
         (Some(f), _) => (f.to_string(), PathBuf::from(".")),
         (None, Some(wf)) => match &wf.cache {

@@ -19,7 +19,7 @@ use wf_engine::cloud::layout;
 use wf_engine::cloud::worker::{ParamsArg, PartRecord, USAGE, WorkerRequest};
 use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use wf_engine::manifest::{Manifest, ManifestEntry};
-use wf_engine::store::{Entry, Producer};
+use wf_engine::store::{Entry, Producer, StepNotes};
 use wf_engine::{
     ArtifactDigest, ArtifactType, CancelToken, Count, FileDigest, InputArtifact, Params, Progress,
     RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store, plural,
@@ -109,7 +109,7 @@ fn mounted(root: &Path, slot: &str) -> Option<PathBuf> {
 }
 
 struct StderrProgress {
-    warnings: std::sync::Mutex<Vec<String>>,
+    notes: std::sync::Mutex<StepNotes>,
 }
 
 impl Progress for StderrProgress {
@@ -118,12 +118,20 @@ impl Progress for StderrProgress {
     }
     fn warn(&self, msg: &str) {
         eprintln!("  warning: {msg}");
-        self.warnings
+        self.notes
             .lock()
-            .expect("warnings lock")
+            .expect("notes lock")
+            .warnings
             .push(msg.to_string());
     }
     fn advance(&self, _count: Count) {}
+    fn fact(&self, name: &str, value: serde_json::Value) {
+        self.notes
+            .lock()
+            .expect("notes lock")
+            .facts
+            .insert(name.to_string(), value);
+    }
 }
 
 fn failed(msg: impl Into<String>) -> CliError {
@@ -376,7 +384,7 @@ fn run_step(
 
     let staging = store.stage(&req.step).map_err(|e| failed(e.to_string()))?;
     let progress = StderrProgress {
-        warnings: Default::default(),
+        notes: Default::default(),
     };
     let cx = RunContext {
         step_id: &req.step,
@@ -419,7 +427,7 @@ fn run_step(
             hosts.first().map(String::as_str).unwrap_or("?")
         ));
     }
-    let warnings = progress.warnings.lock().expect("warnings lock").clone();
+    let notes = progress.notes.lock().expect("notes lock").clone();
     let entry = store
         .commit(
             &staging,
@@ -427,7 +435,7 @@ fn run_step(
             &job.components,
             job.step.output(&job.params),
             job.producer(&["TRAINING_JOB_NAME", "PROCESSING_JOB_NAME"], "wf worker"),
-            warnings,
+            notes,
             job.threads,
         )
         .map_err(|e| failed(format!("committing the output: {e}")))?;
@@ -823,6 +831,7 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
             .unwrap_or(0),
         producer: job.producer(&["PROCESSING_JOB_NAME"], "wf worker commit"),
         warnings: extra.warnings,
+        facts: Default::default(),
         inputs: Some(job.components.inputs.clone()),
     };
     let bucket = cache.bucket();

@@ -192,6 +192,12 @@ pub trait Progress: Send + Sync {
     fn advance(&self, count: Count);
     /// How far the current unit of [`Progress::advance`] is (the steps of the current epoch).
     fn advance_within(&self, _count: Count) {}
+    /// A fact about this computation that is not part of its output (how long it took, its
+    /// throughput). Facts are stored with the cache entry, beside its warnings (`Entry::facts`), and
+    /// shown by `wf report`; no digest covers them, so a recomputation that writes the same bytes in
+    /// another time is still recognized as unchanged. A later value under a name replaces the
+    /// earlier one. Sinks that keep nothing ignore them.
+    fn fact(&self, _name: &str, _value: serde_json::Value) {}
 }
 
 /// What a step's progress counts.

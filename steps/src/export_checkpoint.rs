@@ -2,8 +2,9 @@
 //! Dice as `model.safetensors` (MONAI `state_dict` names and shapes, loadable with
 //! `UNet(...).load_state_dict(safetensors.torch.load_file(p), strict=True)`), with `config.json`
 //! (the MONAI constructor arguments), `metrics.json` (best epoch's Dice as `val_mean_dice`, TC, WT,
-//! ET, and the whole history), a model card `README.md`, and `preprocessing.json` (the chain
-//! `wf predict` replays on new images).
+//! ET, and the whole history), a model card `README.md` (the data, and the machine the training ran
+//! on, from the model's `train.json`), and `preprocessing.json` (the chain `wf predict` replays on
+//! new images).
 
 use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
 use wf_engine::{

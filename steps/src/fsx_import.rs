@@ -202,7 +202,7 @@ mod tests {
                 &c,
                 ArtifactType::Samples,
                 producer,
-                Vec::new(),
+                Default::default(),
                 1,
             )
             .unwrap();

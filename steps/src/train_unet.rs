@@ -10,8 +10,13 @@
 //!
 //! Output (the Model artifact, a training directory as wf-trainer lays it out):
 //! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`, `plot.png`,
-//! `train.json` (configuration, split, summary) and `preprocessing.json` (the transform chain and
-//! label convention of the samples, for `wf predict`).
+//! `train.json` (configuration, split, summary, the machine) and `preprocessing.json` (the
+//! transform chain and label convention of the samples, for `wf predict`).
+//!
+//! Nothing in the Model depends on the clock, so retraining on the same kind of machine gives the
+//! same Model digest and the steps after it stay cached. Timings are facts of the run instead
+//! (`Progress::fact`, kept in the cache entry): `epochs` (per epoch this computation ran: `epoch`,
+//! `train_seconds`, `train_samples_per_second`) and `train_seconds` (their sum).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -26,10 +31,11 @@ use wf_engine::{
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
 use wf_trainer::loss::DiceLoss;
+use wf_trainer::machine::Machine;
 use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
 use wf_trainer::record::{TRAIN_FORMAT, TrainRecord};
-use wf_trainer::train::{TrainConfig, TrainEvent};
+use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
@@ -307,6 +313,7 @@ impl Step for TrainUnet {
             split = Some(s.clone());
         };
         let mut last_message = std::time::Instant::now();
+        let mut timings: Vec<EpochTiming> = Vec::new();
         // The epoch count starts at the first step, or at the epoch training resumes after.
         let mut counting = false;
         let mut on_event = |e: &TrainEvent| {
@@ -346,7 +353,7 @@ impl Step for TrainUnet {
                         ));
                     }
                 }
-                TrainEvent::Epoch(m) => {
+                TrainEvent::Epoch { metrics: m, timing } => {
                     let dice =
                         |d: Option<f32>| d.map_or_else(|| "n/a".to_string(), |d| format!("{d:.4}"));
                     let line = format!(
@@ -357,7 +364,7 @@ impl Step for TrainUnet {
                         dice(m.val_dice_tc),
                         dice(m.val_dice_wt),
                         dice(m.val_dice_et),
-                        m.train_samples_per_second
+                        timing.train_samples_per_second
                     );
                     let _ = writeln!(log, "{line}");
                     cx.progress.note(&line);
@@ -370,6 +377,13 @@ impl Step for TrainUnet {
                             Unit::Step,
                         ));
                     }
+                    timings.push(*timing);
+                    cx.progress
+                        .fact("epochs", serde_json::to_value(&timings).unwrap_or_default());
+                    cx.progress.fact(
+                        "train_seconds",
+                        timings.iter().map(|t| t.train_seconds).sum::<f64>().into(),
+                    );
                 }
             }
         };
@@ -420,6 +434,7 @@ impl Step for TrainUnet {
             epochs_completed: summary.epochs_completed,
             best_epoch: summary.best_epoch,
             best_val_mean_dice: summary.best_val_mean_dice,
+            machine: Some(Machine::detect(cx.threads.max(1))),
         }
         .write_in(cx.out_dir)
         .map_err(trainer_err)?;
