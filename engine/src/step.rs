@@ -9,6 +9,7 @@
 use crate::artifact::{ArtifactType, Slots};
 use crate::diag::Diagnostics;
 use crate::digest::{ArtifactDigest, FileDigest};
+use crate::facts::Facts;
 use crate::params::{ParamSpec, Params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,16 @@ pub trait Step: Send + Sync + 'static {
     /// The output type; may depend on params (the `command` step's `produces:`).
     fn output(&self, params: &Params) -> ArtifactType;
 
-    /// Checks beyond the schema (structure of `Any` params, files that must exist), with positions.
+    /// Checks beyond the schema (structure of `Any` params, files that must exist, what the inputs'
+    /// facts rule out: `cx.inputs`), with positions.
     fn check(&self, _params: &Params, _cx: &CheckContext<'_>, _diags: &mut Diagnostics) {}
+
+    /// What validation can tell about this step's output before it runs, from its params and its
+    /// inputs' facts (`cx.inputs`), for the checks of the steps that read it (`facts.rs`). A step
+    /// that passes its input on unchanged passes its facts on.
+    fn facts(&self, _params: &Params, _cx: &CheckContext<'_>) -> Option<Facts> {
+        None
+    }
 
     /// Whether the workflow `seed` is part of this step's key (steps with randomness).
     fn seeded(&self) -> bool {
@@ -127,11 +136,20 @@ pub struct Merged {
     pub warnings: Vec<String>,
 }
 
-/// What `check` may look at besides the params.
+/// What `check` (and `facts`) may look at besides the params.
 pub struct CheckContext<'a> {
     pub step_id: &'a str,
     /// The directory holding the workflow file; relative paths resolve against it.
     pub workflow_dir: &'a Path,
+    /// The facts of the inputs whose producers declared any, by slot.
+    pub inputs: &'a BTreeMap<String, Facts>,
+}
+
+impl CheckContext<'_> {
+    /// The facts of input `slot` as `T`, when its producer declared facts of that type.
+    pub fn input<T: std::any::Any>(&self, slot: &str) -> Option<&T> {
+        self.inputs.get(slot).and_then(Facts::get)
+    }
 }
 
 /// One resolved input of a running step.

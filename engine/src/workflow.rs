@@ -4,6 +4,7 @@
 
 use crate::artifact::{ArtifactType, Slots};
 use crate::diag::{DiagnosticList, Diagnostics, Span, did_you_mean};
+use crate::facts::Facts;
 use crate::params::{self, Params};
 use crate::registry::Registry;
 use crate::step::{CheckContext, Step};
@@ -27,6 +28,8 @@ pub struct StepDef {
     pub inputs: BTreeMap<String, usize>,
     pub output: ArtifactType,
     pub description: Option<String>,
+    /// What validation could tell about the output before it runs (`Step::facts`).
+    pub facts: Option<Facts>,
 }
 
 impl StepDef {
@@ -297,7 +300,7 @@ fn validate(
         if !valid_id(&key.name) {
             diags.error(key.span, format!("step id `{}` must start with a letter and hold only letters, digits, `-` or `_`", key.name));
         }
-        raw.push(check_step(&key.name, key.span, node, registry, dir, diags));
+        raw.push(check_step(&key.name, key.span, node, registry, diags));
     }
 
     // Edges: every input names an existing step with a matching slot and artifact type.
@@ -346,7 +349,32 @@ fn validate(
             graph.add_edge(nodes[p], nodes[i], slot.clone());
         }
     }
-    let order = match topo_order(&graph) {
+    let order = topo_order(&graph);
+    // Each step's own checks, producers first so that every step sees its inputs' facts (on a
+    // cycle, in file order and without them).
+    let check_order: Vec<usize> = match &order {
+        Ok(order) => order.clone(),
+        Err(_) => (0..raw.len()).collect(),
+    };
+    let mut facts: Vec<Option<Facts>> = vec![None; raw.len()];
+    for &i in &check_order {
+        let Some(step) = &raw[i].step else { continue };
+        let inputs: BTreeMap<String, Facts> = match &order {
+            Ok(_) => resolved[i]
+                .iter()
+                .filter_map(|(slot, &p)| Some((slot.clone(), facts[p].clone()?)))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        let cx = CheckContext {
+            step_id: &raw[i].id,
+            workflow_dir: dir,
+            inputs: &inputs,
+        };
+        step.check(&raw[i].params, &cx, diags);
+        facts[i] = step.facts(&raw[i].params, &cx);
+    }
+    let order = match order {
         Ok(order) => order,
         Err(cycle) => {
             let path: Vec<&str> = cycle.iter().map(|&i| raw[i].id.as_str()).collect();
@@ -395,6 +423,7 @@ fn validate(
             inputs,
             output,
             description: r.description,
+            facts: facts[old].take(),
         });
     }
     Some(Workflow {
@@ -417,7 +446,6 @@ fn check_step(
     span: Span,
     node: &Node,
     registry: &Registry,
-    dir: &Path,
     diags: &mut Diagnostics,
 ) -> RawStep {
     let mut raw = RawStep {
@@ -562,14 +590,7 @@ fn check_step(
             }
         }
     }
-    step.check(
-        &raw.params,
-        &CheckContext {
-            step_id: id,
-            workflow_dir: dir,
-        },
-        diags,
-    );
+    // `Step::check` runs once the edges are known (`validate`): it sees the inputs' facts.
     raw
 }
 
