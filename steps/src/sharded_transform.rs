@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wf_engine::params::{ParamType, to_json};
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params, Part,
-    RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store,
+    ArtifactType, CheckContext, Diagnostics, Facts, FileDigest, Item, Merged, ParamSpec, Params,
+    Part, RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store,
 };
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::sample::{
@@ -32,6 +32,8 @@ use wf_imaging::sample::{
 use wf_imaging::samples::{CaseFiles, INDEX_FILE, SamplesIndex, SkippedCase};
 use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, TransformSpec};
 use wf_imaging::{Rng, sample_seed};
+
+use crate::facts::{DatasetFacts, Grid, Known, SamplesFacts};
 
 pub struct ShardedTransform;
 
@@ -143,6 +145,29 @@ impl Step for ShardedTransform {
         }
     }
 
+    /// The data set's cases and channels, and the samples' spatial size where it is known: the
+    /// data set's grid through the chain, or without one the crop's `roi` (when nothing after the
+    /// crop regrids).
+    fn facts(&self, params: &Params, cx: &CheckContext<'_>) -> Option<Facts> {
+        let chain = chain(params).ok()?;
+        let dataset = cx.input::<DatasetFacts>("dataset");
+        let cropped = chain
+            .specs()
+            .iter()
+            .any(|s| matches!(s, TransformSpec::RandSpatialCrop(_)));
+        Some(Facts::new(SamplesFacts {
+            cases: dataset.and_then(|d| d.cases.clone()),
+            channels: dataset.and_then(|d| d.channels),
+            spatial: sample_size(
+                &chain,
+                params,
+                dataset.and_then(|d| d.grid.as_ref()),
+                cx.step_id,
+            ),
+            cropped,
+        }))
+    }
+
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
         let part = process_cases(cx, None)?;
         let index = index_json(cx.params, cx.seed, part)?;
@@ -165,6 +190,76 @@ impl Step for ShardedTransform {
             sharded_input: true,
         }
     }
+}
+
+/// The spatial size of the samples, known without data: with the data set's grid, the grid through
+/// the chain, attributed to the last transform that resized it (a crop's `roi`, a `spacing`'s
+/// `pixdim`) or else to the grid; without it, the crop's `roi` when nothing after it regrids.
+fn sample_size(
+    chain: &Chain,
+    params: &Params,
+    grid: Option<&Known<Grid>>,
+    id: &str,
+) -> Option<Known<[usize; 3]>> {
+    let specs = chain.specs();
+    let resizer = |i: usize| match &specs[i] {
+        TransformSpec::RandSpatialCrop(_) => Some(Known::new(
+            (),
+            transform_field_span(params, i, "roi"),
+            format!("the `roi` of step `{id}`"),
+        )),
+        TransformSpec::Spacing(_) => Some(Known::new(
+            (),
+            transform_field_span(params, i, "pixdim"),
+            format!("the volume after `spacing` in step `{id}`"),
+        )),
+        _ => None,
+    };
+    let Some(grid) = grid else {
+        let crop = specs
+            .iter()
+            .rposition(|s| matches!(s, TransformSpec::RandSpatialCrop(_)))?;
+        let regrids = specs[crop..]
+            .iter()
+            .any(|s| matches!(s, TransformSpec::Spacing(_) | TransformSpec::Orientation(_)));
+        let TransformSpec::RandSpatialCrop(c) = &specs[crop] else {
+            unreachable!("found as a crop")
+        };
+        let by = resizer(crop)?;
+        return (!regrids).then(|| Known::new(c.roi, by.span, by.what));
+    };
+    let shapes = chain
+        .spatial_shapes(grid.value.shape, &grid.value.affine)
+        .ok()?;
+    let size = *shapes.last()?;
+    let resized = (0..specs.len()).rev().find_map(|i| {
+        let before = if i == 0 {
+            grid.value.shape
+        } else {
+            shapes[i - 1]
+        };
+        (shapes[i] != before).then(|| resizer(i)).flatten()
+    });
+    Some(match resized {
+        Some(by) => Known::new(size, by.span, by.what),
+        None => Known::new(size, grid.span, grid.what.clone()),
+    })
+}
+
+/// The position of `field` of the transform at `index` of `transforms` (the `roi` of a crop), or of
+/// the list item when the field is not written there.
+fn transform_field_span(params: &Params, index: usize, field: &str) -> wf_engine::Span {
+    let Some(item) = params
+        .node("transforms")
+        .and_then(|n| n.as_seq())
+        .and_then(|items| items.get(index))
+    else {
+        return params.span_of("transforms");
+    };
+    item.as_map()
+        .and_then(|m| m.first())
+        .and_then(|(_, body)| body.get(field))
+        .map_or(item.span, |n| n.span)
 }
 
 /// In the cloud, each instance of a sharded job processes the cases whose image it was given, and

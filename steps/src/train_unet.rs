@@ -23,6 +23,7 @@ use wf_engine::{
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
+use wf_trainer::loader::validation_cases;
 use wf_trainer::loss::DiceLoss;
 use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
@@ -31,6 +32,8 @@ use wf_trainer::train::{TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
+
+use crate::facts::SamplesFacts;
 
 /// Name of the file in a Model (and Export) that records how the samples were preprocessed.
 pub use wf_imaging::samples::PREPROCESSING_FILE;
@@ -217,7 +220,28 @@ impl Step for TrainUnet {
                 ),
             );
         }
-        if let Err(e) = p.config(0).unet.validate() {
+        let unet = p.config(0).unet;
+        if unet.validate().is_ok()
+            && params.node("strides").is_some()
+            && p.strides.len() > p.channels.len() - 1
+        {
+            let levels = p.channels.len() - 1;
+            diags.error_with_help(
+                params.span_of("strides"),
+                format!(
+                    "step `{id}`: `strides` {:?} has {} entries, but `channels` {:?} down-samples {levels} times (len(channels) - 1): the last {} would be ignored",
+                    p.strides,
+                    p.strides.len(),
+                    p.channels,
+                    p.strides.len() - levels
+                ),
+                format!("give {levels} strides, or a channel count per level"),
+            );
+        }
+        if let Some(samples) = cx.input::<SamplesFacts>("samples") {
+            fits_samples(&p, params, samples, id, diags);
+        }
+        if let Err(e) = unet.validate() {
             // The error names the UNet field; the params that set it are `strides`, `dropout`
             // and (for the rest) `channels`.
             let key = match &e {
@@ -387,6 +411,66 @@ impl Step for TrainUnet {
     fn remote(&self, _params: &Params) -> RemoteTask {
         RemoteTask::Training { instances: 1 }
     }
+}
+
+/// What the samples are known to be at validation (their producers' facts) against the network and
+/// the split: a sample size the UNet cannot take (each axis a multiple of the strides' product),
+/// and a validation fraction that leaves nothing to validate on. The size's error points at the
+/// value that set it (a crop's `roi`, upstream).
+fn fits_samples(
+    p: &TrainParams,
+    params: &Params,
+    samples: &SamplesFacts,
+    id: &str,
+    diags: &mut Diagnostics,
+) {
+    let unet = p.config(0).unet;
+    if let (Ok(()), Some(size)) = (unet.validate(), &samples.spatial) {
+        let div = unet.size_divisor();
+        if size.value.iter().any(|n| n % div != 0) {
+            let used = &unet.strides[..unet.channels.len() - 1];
+            // A crop may grow to the next multiple; a volume is cropped to the one below.
+            let help = if samples.cropped {
+                let fit = size.value.map(|n| n.div_ceil(div) * div);
+                format!("use multiples of {div}, e.g. {fit:?}, or other `strides` in step `{id}`")
+            } else {
+                let fit = size.value.map(|n| (n / div).max(1) * div);
+                format!(
+                    "crop the volumes to multiples of {div} (e.g. `rand-spatial-crop: {{ roi: {fit:?} }}`), or use other `strides` in step `{id}`"
+                )
+            };
+            diags.error_with_help(
+                size.span,
+                format!(
+                    "step `{id}`: its samples are {} ({}), but its UNet needs every size to be a multiple of {div} (the product of `strides` {used:?})",
+                    size_text(size.value),
+                    size.what
+                ),
+                help,
+            );
+        }
+    }
+    if p.val_fraction > 0.0
+        && let Some(cases) = &samples.cases
+        && validation_cases(cases.value, p.val_fraction) == 0
+    {
+        let n = cases.value;
+        diags.error_with_help(
+            params.span_of("val_fraction"),
+            format!(
+                "step `{id}`: `val_fraction` {} holds out whole cases, but the data has {n} case{} ({}): none can be held out, so nothing would be validated",
+                p.val_fraction,
+                if n == 1 { "" } else { "s" },
+                cases.what
+            ),
+            "use more cases, or `val_fraction: 0` to train without validation",
+        );
+    }
+}
+
+/// `[40, 40, 20]` as `40×40×20`.
+fn size_text(size: [usize; 3]) -> String {
+    format!("{}×{}×{}", size[0], size[1], size[2])
 }
 
 /// Names the resume directory after everything the step key is made of (kind, version, params,

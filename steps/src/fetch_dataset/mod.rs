@@ -59,12 +59,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CancelToken, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask,
+    ArtifactType, CancelToken, CheckContext, Diagnostics, Facts, ParamSpec, Params, RemoteTask,
     RunContext, Slots, Step, StepError, redact,
 };
 use wf_imaging::ImagingError;
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
+use wf_imaging::synth::{SynthOptions, affine_for};
 
+use crate::facts::{DatasetFacts, Grid, Known};
 use source::{Expected, SOURCE_HELP, Source, hex_problem, parse_source};
 
 pub struct FetchDataset;
@@ -291,6 +293,51 @@ impl Step for FetchDataset {
             }
             Source::Http(_) | Source::S3 { .. } => {}
         }
+    }
+
+    /// Synthetic data: its `cases`, 4 channels and the `shape` on a 1 mm grid. A local directory:
+    /// the case count and channels of its dataset.json (one small file read; archives are not
+    /// opened at validation). A URL: nothing until it is fetched.
+    fn facts(&self, params: &Params, cx: &CheckContext<'_>) -> Option<Facts> {
+        let p = decode(params).ok()?;
+        let id = cx.step_id;
+        let facts = match parse_source(&p.source).ok()? {
+            Source::Synthetic => DatasetFacts {
+                cases: Some(Known::new(
+                    p.cases,
+                    params.span_of("cases"),
+                    format!("`cases` of step `{id}`"),
+                )),
+                channels: Some(SynthOptions::default().channels),
+                grid: <[usize; 3]>::try_from(p.shape.as_slice())
+                    .ok()
+                    .map(|shape| {
+                        Known::new(
+                            Grid {
+                                shape,
+                                affine: affine_for(SynthOptions::default().affine, shape),
+                            },
+                            params.span_of("shape"),
+                            format!("`shape` of step `{id}`"),
+                        )
+                    }),
+            },
+            Source::Local(path) => {
+                let root = tree::find_msd_root(&cx.workflow_dir.join(&path)).ok()??;
+                let ds = MsdDataset::read(&root.join(DATASET_JSON)).ok()?;
+                DatasetFacts {
+                    cases: Some(Known::new(
+                        ds.cases().ok()?.len(),
+                        params.span_of("source"),
+                        format!("the dataset.json of step `{id}`"),
+                    )),
+                    channels: ds.modality.as_ref().map(|m| m.len()).filter(|&n| n > 0),
+                    grid: None,
+                }
+            }
+            Source::Http(_) | Source::S3 { .. } => return None,
+        };
+        Some(Facts::new(facts))
     }
 
     /// A local source's content is part of the key: the engine hashes the file or directory (with
