@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use wf_engine::exec::{self, RunOptions};
-use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow};
+use wf_engine::{CancelToken, LoadError, RemoteCache, Store, Workflow, plural};
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +122,17 @@ enum Command {
     Worker(crate::worker::WorkerArgs),
     /// Print the workflow as an AWS Step Functions definition (ASL JSON).
     Compile(crate::compile::CompileArgs),
+    /// List the step kinds; with KIND, its inputs, output and params (type, default, description).
+    Steps {
+        /// A step kind (`uses:`), e.g. train-unet.
+        kind: Option<String>,
+    },
+    /// Print the JSON Schema of the workflow format, for editors (yaml-language-server):
+    /// `wf schema > wf.schema.json`.
+    Schema,
+    /// Write one self-contained HTML page about the last run: the steps, training curves, sample
+    /// slices with the tumour regions, the export's metrics and model card. Prints its path.
+    Report(crate::html_report::ReportArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,7 +207,11 @@ fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Validate { file } => {
             let wf = load(&file)?;
-            println!("{}: ok ({} steps)", file.display(), wf.steps.len());
+            println!(
+                "{}: ok ({})",
+                file.display(),
+                plural(wf.steps.len(), "step")
+            );
             Ok(Exit::Ok)
         }
         Command::Plan {
@@ -275,6 +290,7 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Status { execution_arn } => crate::cloud::status(&execution_arn),
         Command::Predict(args) => crate::predict::main(&args),
         Command::Compile(args) => crate::compile::main(&load(&args.file)?, &args),
+        Command::Report(args) => crate::html_report::main(&args),
         Command::Synth {
             out,
             cases,
@@ -287,7 +303,11 @@ fn dispatch(cli: Cli) -> CliResult {
             }
             let summary = wf_imaging::synth::generate(&out, cases, shape, seed, test)
                 .map_err(|e| CliError::failed(format!("error: {e}")))?;
-            eprintln!("wrote {} cases to {}", summary.cases.len(), out.display());
+            eprintln!(
+                "wrote {} to {}",
+                plural(summary.cases.len(), "case"),
+                out.display()
+            );
             Ok(Exit::Ok)
         }
         Command::Transform {
@@ -297,10 +317,46 @@ fn dispatch(cli: Cli) -> CliResult {
             seed,
             out,
         } => transform_one(&transforms, &image, label.as_deref(), seed, &out),
+        Command::Steps { kind } => steps(kind.as_deref()),
+        Command::Schema => {
+            let schema = wf_engine::schema::workflow_schema(&wf_steps::registry());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("the schema serializes")
+            );
+            Ok(Exit::Ok)
+        }
     }
 }
 
-fn load(file: &Path) -> CliResult<Workflow> {
+/// `wf steps [KIND]`.
+fn steps(kind: Option<&str>) -> CliResult {
+    let registry = wf_steps::registry();
+    let Some(kind) = kind else {
+        print!("{}", wf_engine::reference::kinds_text(&registry));
+        return Ok(Exit::Ok);
+    };
+    match registry.get(kind) {
+        Some(step) => {
+            print!("{}", wf_engine::reference::kind_text(step.as_ref()));
+            Ok(Exit::Ok)
+        }
+        None => {
+            let hint = match wf_engine::diag::did_you_mean(kind, registry.kinds()) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => format!(
+                    "known kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            Err(CliError::invalid(format!(
+                "error: unknown step kind `{kind}`\n  help: {hint}"
+            )))
+        }
+    }
+}
+
+pub(crate) fn load(file: &Path) -> CliResult<Workflow> {
     let registry = wf_steps::registry();
     match wf_engine::load(file, &registry) {
         Ok(wf) => Ok(wf),
@@ -308,14 +364,11 @@ fn load(file: &Path) -> CliResult<Workflow> {
             "error: cannot read workflow {}: {source}",
             path.display()
         ))),
-        Err(LoadError::Invalid(list)) => {
-            let n = list.0.len();
-            let plural = if n == 1 { "" } else { "s" };
-            Err(CliError::invalid(format!(
-                "{list}\nerror: {} is invalid ({n} problem{plural})",
-                file.display()
-            )))
-        }
+        Err(LoadError::Invalid(list)) => Err(CliError::invalid(format!(
+            "{list}\nerror: {} is invalid ({})",
+            file.display(),
+            plural(list.0.len(), "problem")
+        ))),
     }
 }
 
@@ -336,7 +389,7 @@ fn check_force(wf: &Workflow, force: Vec<String>) -> CliResult<BTreeSet<String>>
 }
 
 /// `--cache` (relative to the current directory) > `cache:` (relative to the workflow) > .wf/cache.
-fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> CliResult<PathBuf> {
+pub(crate) fn cache_dir(wf: Option<&Workflow>, flag: Option<&str>) -> CliResult<PathBuf> {
     let (text, base) = match (flag, wf) {
         (Some(f), _) => (f.to_string(), PathBuf::from(".")),
         (None, Some(wf)) => match &wf.cache {
@@ -428,11 +481,11 @@ fn cache_command(command: CacheCommand) -> CliResult {
                     Ok(e) => {
                         total += e.bytes;
                         println!(
-                            "{}  {:<18} {:<8} {:>6} files {:>10}  {}/{}",
+                            "{}  {:<18} {:<8} {:>12} {:>10}  {}/{}",
                             e.key.short(),
                             e.kind,
                             e.output_type,
-                            e.files,
+                            plural(e.files, "file"),
                             human_bytes(e.bytes),
                             e.producer.workflow,
                             e.producer.step
@@ -442,8 +495,8 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 }
             }
             eprintln!(
-                "{} entries, {} in {}",
-                entries.len(),
+                "{}, {} in {}",
+                plural(entries.len(), "entry"),
                 human_bytes(total),
                 store.root().display()
             );
@@ -458,14 +511,15 @@ fn cache_command(command: CacheCommand) -> CliResult {
                 println!("{p}");
             }
             eprintln!(
-                "{} entries, {} files checked, {} problems{}",
-                report.entries,
-                report.files_checked,
-                report.problems.len(),
+                "{}, {} checked, {}{}",
+                plural(report.entries, "entry"),
+                plural(report.files_checked, "file"),
+                plural(report.problems.len(), "problem"),
                 if repair {
                     format!(
-                        ", {} entries and {} damaged objects removed",
-                        report.removed, report.objects_removed
+                        ", {} and {} removed",
+                        plural(report.removed, "entry"),
+                        plural(report.objects_removed, "damaged object")
                     )
                 } else {
                     String::new()
@@ -482,13 +536,13 @@ fn cache_command(command: CacheCommand) -> CliResult {
             let report = Store::gc(&dir, older_than.map(wf_engine::store::days))
                 .map_err(|e| CliError::failed(format!("error: {e}")))?;
             eprintln!(
-                "removed {} entries, {} artifacts, {} objects ({}), {} staging directories, {} derived files",
-                report.entries_removed,
-                report.artifacts_removed,
-                report.objects_removed,
+                "removed {}, {}, {} ({}), {}, {}",
+                plural(report.entries_removed, "entry"),
+                plural(report.artifacts_removed, "artifact"),
+                plural(report.objects_removed, "object"),
                 human_bytes(report.bytes_freed),
-                report.staging_removed,
-                report.derived_removed
+                plural(report.staging_removed, "staging directory"),
+                plural(report.derived_removed, "derived file")
             );
             Ok(Exit::Ok)
         }
@@ -566,13 +620,7 @@ fn transform_one(
             return Err(invalid(diags));
         }
     };
-    for item in list.as_seq().unwrap_or(&[]) {
-        if let Err(e) = serde_json::from_value::<wf_imaging::transforms::TransformSpec>(
-            wf_engine::params::to_json(item),
-        ) {
-            diags.error(item.span, e.to_string());
-        }
-    }
+    wf_steps::sharded_transform::check_transforms(list.as_seq().unwrap_or(&[]), None, &mut diags);
     if !diags.is_empty() {
         return Err(invalid(diags));
     }

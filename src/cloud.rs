@@ -76,12 +76,15 @@ pub fn deploy(wf: &Workflow) -> CliResult {
         wf_aws::sfn::DeployAction::Unchanged => "up to date",
     };
     eprintln!(
-        "{} {what}: {} states, {} uploads, cache {}",
+        "{} {what}: {}, {}, cache {}",
         t.state_machine_name,
-        compiled.definition["States"]
-            .as_object()
-            .map_or(0, |s| s.len()),
-        compiled.uploads.len(),
+        wf_engine::plural(
+            compiled.definition["States"]
+                .as_object()
+                .map_or(0, |s| s.len()),
+            "state"
+        ),
+        wf_engine::plural(compiled.uploads.len(), "upload"),
         t.cache
     );
     if let Some(v) = &d.version_arn {

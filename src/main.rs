@@ -6,6 +6,7 @@ mod cli;
 mod cloud;
 mod compile;
 mod error;
+mod html_report;
 mod predict;
 mod report;
 mod signals;

@@ -8,10 +8,10 @@
 //! affine.
 
 use crate::error::{CliError, CliResult, Exit};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use wf_imaging::samples::{PREPROCESSING_FILE, Preprocessing};
-use wf_imaging::transforms::{CaseSource, ET, TC, WT};
+use wf_imaging::transforms::{CaseSource, LabelConvention};
 
 #[derive(clap::Args)]
 pub struct PredictArgs {
@@ -48,18 +48,35 @@ fn invalid(msg: impl Into<String>) -> CliError {
     CliError::invalid(msg)
 }
 
-/// Label value of a region-bit voxel in a convention (the inverse of convert-labels).
-fn label_value(bits: u8, convention: &str) -> u8 {
-    let brats = convention.starts_with("brats");
-    if bits & ET != 0 {
-        if brats { 4 } else { 3 }
-    } else if bits & TC != 0 {
-        if brats { 1 } else { 2 }
-    } else if bits & WT != 0 {
-        if brats { 2 } else { 1 }
-    } else {
-        0
+/// Refuses an output name that is not NIfTI's: the segmentation is written as NIfTI only.
+fn check_out(out: &Path) -> CliResult<()> {
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        return Ok(());
     }
+    Err(invalid(format!(
+        "--out {}: the segmentation is written as NIfTI; name it .nii or .nii.gz",
+        out.display()
+    )))
+}
+
+/// The label convention recorded in preprocessing.json (`msd`, `brats`, `brats-monai`).
+fn convention(labels: &str) -> Result<LabelConvention, String> {
+    serde_json::from_value(serde_json::Value::String(labels.to_string()))
+        .map_err(|_| format!("unknown label convention `{labels}`"))
+}
+
+/// Each class of the convention with its voxel count: `1 edema: 120, 2 non-enhancing tumour: 0, ...`.
+fn class_counts(conv: LabelConvention, seg: &[u8]) -> String {
+    let mut counts = [0usize; 256];
+    for &v in seg {
+        counts[v as usize] += 1;
+    }
+    conv.classes()
+        .iter()
+        .map(|&(value, name, _)| format!("{value} {name}: {}", counts[value as usize]))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The deterministic transforms of a recorded chain, and the training crop size if there was one.
@@ -89,6 +106,7 @@ fn deterministic_chain(
 }
 
 fn predict(args: &PredictArgs) -> CliResult<()> {
+    check_out(&args.out)?;
     if !(0.0..1.0).contains(&args.overlap) {
         return Err(invalid(format!(
             "--overlap {} is not in [0, 1)",
@@ -110,6 +128,7 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
     let (chain_json, crop) = deterministic_chain(&pre.transforms)
         .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
     let labels = pre.labels;
+    let conv = convention(&labels).map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
     let chain = wf_imaging::transforms::Chain::build(&chain_json, &labels)
         .map_err(|e| invalid(format!("{}: {e}", pre_path.display())))?;
     let div = predictor.config().size_divisor();
@@ -178,7 +197,7 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
             args.sw_batch_size,
         )
         .map_err(|e| CliError::failed(format!("inference: {e}")))?;
-    let values: Vec<u8> = regions.iter().map(|&b| label_value(b, &labels)).collect();
+    let values: Vec<u8> = regions.iter().map(|&b| conv.value_of(b)).collect();
     let seg = wf_imaging::resample::resample_nearest_u8(
         &values,
         case.image.spatial(),
@@ -199,18 +218,11 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         &in_affine,
     )
     .map_err(|e| CliError::failed(e.to_string()))?;
-    let mut counts = [0usize; 5];
-    for v in &seg {
-        counts[(*v as usize).min(4)] += 1;
-    }
     eprintln!(
-        "{}: {:?} voxels, roi {roi:?}, labels ({labels}) 1: {}, 2: {}, 3: {}, 4: {}; wrote {} in {:.1} s",
+        "{}: {:?} voxels, roi {roi:?}, labels ({labels}) {}; wrote {} in {:.1} s",
         args.image.display(),
         in_shape,
-        counts[1],
-        counts[2],
-        counts[3],
-        counts[4],
+        class_counts(conv, &seg),
         args.out.display(),
         t0.elapsed().as_secs_f64()
     );
@@ -220,16 +232,48 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wf_imaging::transforms::{ET, TC, WT};
 
     #[test]
     fn regions_map_back_to_each_convention() {
-        assert_eq!(label_value(0, "msd"), 0);
-        assert_eq!(label_value(WT, "msd"), 1);
-        assert_eq!(label_value(WT | TC, "msd"), 2);
-        assert_eq!(label_value(WT | TC | ET, "msd"), 3);
-        assert_eq!(label_value(WT, "brats"), 2);
-        assert_eq!(label_value(WT | TC, "brats"), 1);
-        assert_eq!(label_value(WT | TC | ET, "brats"), 4);
+        let (msd, brats) = (convention("msd").unwrap(), convention("brats").unwrap());
+        assert_eq!(msd.value_of(0), 0);
+        assert_eq!(msd.value_of(WT), 1);
+        assert_eq!(msd.value_of(WT | TC), 2);
+        assert_eq!(msd.value_of(WT | TC | ET), 3);
+        assert_eq!(brats.value_of(WT), 2);
+        assert_eq!(brats.value_of(WT | TC), 1);
+        assert_eq!(brats.value_of(WT | TC | ET), 4);
+        assert_eq!(
+            convention("brats-monai").unwrap(),
+            LabelConvention::BratsMonai
+        );
+        assert!(convention("nope").is_err());
+    }
+
+    #[test]
+    fn counts_name_only_the_conventions_classes() {
+        let seg = [0, 1, 1, 2, 4, 4, 4];
+        assert_eq!(
+            class_counts(convention("brats").unwrap(), &seg),
+            "1 necrotic/non-enhancing core: 2, 2 edema: 1, 4 enhancing tumour: 3"
+        );
+        assert_eq!(
+            class_counts(convention("msd").unwrap(), &[0, 3, 3]),
+            "1 edema: 0, 2 non-enhancing tumour: 0, 3 enhancing tumour: 2"
+        );
+    }
+
+    #[test]
+    fn out_must_be_nifti() {
+        for ok in ["seg.nii.gz", "out/seg.nii", "a.b.nii.gz"] {
+            assert!(check_out(Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["x.png", "seg.nii.gz.png", "seg", "seg.gz", "dir/"] {
+            let e = check_out(Path::new(bad)).unwrap_err();
+            assert_eq!(e.exit, Exit::Invalid, "{bad}");
+            assert!(e.message.contains(".nii or .nii.gz"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -19,10 +19,10 @@ use wf_engine::cloud::layout;
 use wf_engine::cloud::worker::{ParamsArg, PartRecord, USAGE, WorkerRequest};
 use wf_engine::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use wf_engine::manifest::{Manifest, ManifestEntry};
-use wf_engine::store::{Entry, Producer};
+use wf_engine::store::{Entry, Producer, StepNotes};
 use wf_engine::{
-    ArtifactDigest, ArtifactType, CancelToken, FileDigest, InputArtifact, Params, Progress,
-    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store,
+    ArtifactDigest, ArtifactType, CancelToken, Count, FileDigest, InputArtifact, Params, Progress,
+    RemoteCache as _, RunContext, Sharded, Slots, Step, StepKey, Store, plural,
 };
 
 #[derive(clap::Args, Debug)]
@@ -109,7 +109,7 @@ fn mounted(root: &Path, slot: &str) -> Option<PathBuf> {
 }
 
 struct StderrProgress {
-    warnings: std::sync::Mutex<Vec<String>>,
+    notes: std::sync::Mutex<StepNotes>,
 }
 
 impl Progress for StderrProgress {
@@ -118,12 +118,20 @@ impl Progress for StderrProgress {
     }
     fn warn(&self, msg: &str) {
         eprintln!("  warning: {msg}");
-        self.warnings
+        self.notes
             .lock()
-            .expect("warnings lock")
+            .expect("notes lock")
+            .warnings
             .push(msg.to_string());
     }
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: Count) {}
+    fn fact(&self, name: &str, value: serde_json::Value) {
+        self.notes
+            .lock()
+            .expect("notes lock")
+            .facts
+            .insert(name.to_string(), value);
+    }
 }
 
 fn failed(msg: impl Into<String>) -> CliError {
@@ -337,8 +345,8 @@ fn run_step(
             })?;
             if hosts.len() != n as usize {
                 return Err(invalid(format!(
-                    "--shards {n}, but the job has {} hosts",
-                    hosts.len()
+                    "--shards {n}, but the job has {}",
+                    plural(hosts.len(), "host")
                 )));
             }
             Some(i)
@@ -376,7 +384,7 @@ fn run_step(
 
     let staging = store.stage(&req.step).map_err(|e| failed(e.to_string()))?;
     let progress = StderrProgress {
-        warnings: Default::default(),
+        notes: Default::default(),
     };
     let cx = RunContext {
         step_id: &req.step,
@@ -419,7 +427,7 @@ fn run_step(
             hosts.first().map(String::as_str).unwrap_or("?")
         ));
     }
-    let warnings = progress.warnings.lock().expect("warnings lock").clone();
+    let notes = progress.notes.lock().expect("notes lock").clone();
     let entry = store
         .commit(
             &staging,
@@ -427,7 +435,7 @@ fn run_step(
             &job.components,
             job.step.output(&job.params),
             job.producer(&["TRAINING_JOB_NAME", "PROCESSING_JOB_NAME"], "wf worker"),
-            warnings,
+            notes,
             job.threads,
         )
         .map_err(|e| failed(format!("committing the output: {e}")))?;
@@ -435,10 +443,10 @@ fn run_step(
         .publish_entry(&store, &entry)
         .map_err(|e| failed(format!("publishing the output: {e}")))?;
     Ok(format!(
-        "published {} -> {} ({} files) to {}",
+        "published {} -> {} ({}) to {}",
         req.key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         job.cache.location()
     ))
 }
@@ -651,10 +659,9 @@ fn publish_part(
         })
         .map_err(|e| failed(format!("publishing part {i}: {e}")))?;
     Ok(format!(
-        "shard {i}: {} {}s ({skipped} skipped), {} files in {txt}",
-        done + skipped,
-        sharded.item_name(),
-        manifest.entries.len()
+        "shard {i}: {} ({skipped} skipped), {} in {txt}",
+        plural(done + skipped, sharded.item_name()),
+        plural(manifest.entries.len(), "file")
     ))
 }
 
@@ -734,9 +741,9 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         .collect();
     if !missing.is_empty() {
         problems.push(format!(
-            "{} of {} {noun}s are in no part: {}",
+            "{} of {} are in no part: {}",
             missing.len(),
-            items.len(),
+            plural(items.len(), noun),
             missing.join(", ")
         ));
     }
@@ -824,6 +831,7 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
             .unwrap_or(0),
         producer: job.producer(&["PROCESSING_JOB_NAME"], "wf worker commit"),
         warnings: extra.warnings,
+        facts: Default::default(),
         inputs: Some(job.components.inputs.clone()),
     };
     let bucket = cache.bucket();
@@ -838,10 +846,11 @@ fn commit_parts(job: &Job<'_>, sharded: &dyn Sharded, n: u32) -> CliResult<Strin
         Ok::<(), wf_aws::AwsError>(())
     });
     Ok(format!(
-        "committed {n} parts: {} -> {} ({} files) to {}",
+        "committed {}: {} -> {} ({}) to {}",
+        plural(n, "part"),
         key.short(),
         entry.artifact.short(),
-        entry.files,
+        plural(entry.files, "file"),
         cache.location()
     ))
 }

@@ -301,7 +301,7 @@ steps:
     let gc = wf(dir, &["cache", "gc", "--workflow", "wf.yaml"]);
     assert!(gc.status.success(), "{}", stderr(&gc));
     assert!(
-        stderr(&gc).contains("1 staging directories"),
+        stderr(&gc).contains("1 staging directory"),
         "{}",
         stderr(&gc)
     );

@@ -1,6 +1,6 @@
 //! End-to-end tests of the training half through the `wf` binary: fetch-dataset (synthetic) →
-//! sharded-transform → fsx-import → train-unet → export-checkpoint, then `wf predict` on an input
-//! image; and a training run killed mid-way that resumes from its last checkpoint and ends with the
+//! sharded-transform → fsx-import → train-unet → export-checkpoint, a forced retraining that leaves
+//! the export cached, then `wf predict` on an input image; and a training run killed mid-way that resumes from its last checkpoint and ends with the
 //! same weights as an uninterrupted run.
 
 mod common;
@@ -101,6 +101,46 @@ fn train_export_and_predict_end_to_end() {
     let again = json(&wf(dir, &["run", "wf.yaml", "--json"]));
     assert!(statuses(&again).iter().all(|(_, s)| s == "cached"));
 
+    // Retrained on the same machine, the Model is the same bytes, so export stays cached (early
+    // cutoff): the timings are facts of the run, kept in the cache entry, not in the Model.
+    let forced = wf(dir, &["run", "wf.yaml", "--json", "--force", "train"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let forced = json(&forced);
+    assert_eq!(status_of(&forced, "train"), "ran");
+    assert_eq!(output_digest(&forced, "train"), output_digest(&v, "train"));
+    assert_eq!(status_of(&forced, "export"), "cached");
+    let cache = dir.join(".wf/cache");
+    let record: serde_json::Value =
+        serde_json::from_str(&read(cache.join("runs/tiny/train.json"))).unwrap();
+    assert_eq!(record["outcome"]["status"], "ran", "{record}");
+    assert!(record["outcome"]["seconds"].as_f64().unwrap() > 0.0);
+    let export_record: serde_json::Value =
+        serde_json::from_str(&read(cache.join("runs/tiny/export.json"))).unwrap();
+    assert_eq!(export_record["outcome"]["status"], "cached");
+    assert_eq!(export_record["outcome"]["run"], record["outcome"]["run"]);
+    let key = record["key"].as_str().unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&read(
+        cache.join(format!("entries/{}/{key}.json", &key[..2])),
+    ))
+    .unwrap();
+    let epochs = entry["facts"]["epochs"]
+        .as_array()
+        .expect("per-epoch timings");
+    assert_eq!(epochs.len(), 2, "{entry}");
+    assert!(epochs[1]["train_samples_per_second"].as_f64().unwrap() > 0.0);
+    assert!(entry["facts"]["train_seconds"].as_f64().unwrap() > 0.0);
+    // The machine is recorded in train.json and the model card.
+    assert!(train["machine"]["gemm_kernel"].is_string(), "{train}");
+    assert!(
+        train["machine"]["threads"].as_u64().unwrap() >= 1,
+        "{train}"
+    );
+    let card = read(output_path(&v, "export").join("README.md"));
+    assert!(
+        card.contains("Trained on: `cpu`, fp32;") && card.contains("same kind of machine"),
+        "{card}"
+    );
+
     // Predict on a training image: a segmentation on the input grid, with the input's affine.
     let dataset = output_path(&v, "fetch");
     let image = std::fs::read_dir(dataset.join("imagesTr"))
@@ -129,6 +169,15 @@ fn train_export_and_predict_end_to_end() {
     assert_eq!(got.affine, input.affine);
     assert_eq!(got.datatype, wf_imaging::nifti::Datatype::U8);
     assert!(got.data.iter().all(|v| [0.0, 1.0, 2.0, 3.0].contains(v)));
+    // The counts name the convention's labels (MSD: 1, 2, 3), no others.
+    let said = stderr(&out);
+    assert!(
+        said.contains("labels (msd) 1 edema: ")
+            && said.contains(", 2 non-enhancing tumour: ")
+            && said.contains(", 3 enhancing tumour: ")
+            && !said.contains("4: "),
+        "{said}"
+    );
 
     // Bad input: an image with the wrong number of channels is refused with exit 2.
     let label = dataset.join("labelsTr").join(image.file_name().unwrap());
@@ -170,6 +219,30 @@ fn train_export_and_predict_end_to_end() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `--out` must name a NIfTI file: checked first, before the model or the image is read.
+#[test]
+fn predict_refuses_a_non_nifti_out_before_any_work() {
+    let t = tempfile::tempdir().unwrap();
+    let out = wf(
+        t.path(),
+        &[
+            "predict",
+            "--model",
+            "no-such-export",
+            "--image",
+            "no-such-image.nii.gz",
+            "--out",
+            "x.png",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: --out x.png: the segmentation is written as NIfTI; name it .nii or .nii.gz\n"
+    );
+    assert!(!t.path().join("x.png").exists());
 }
 
 /// The epoch directories of in-progress training under the cache's resume area.

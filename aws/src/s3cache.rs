@@ -248,8 +248,8 @@ pub fn entry_json(entry: &Entry) -> Vec<u8> {
         let keep = (e.warnings.len() / 2).min(entry.warnings.len());
         e.warnings.truncate(keep);
         e.warnings.push(format!(
-            "({} more warnings not kept)",
-            entry.warnings.len() - keep
+            "({} more not kept)",
+            wf_engine::plural(entry.warnings.len() - keep, "warning")
         ));
         text = ser(&e);
         if keep == 0 && text.len() > ENTRY_LIMIT {

@@ -113,8 +113,8 @@ impl SageMakerExecutor {
             .set_container_arguments(Some(job.args.iter().map(|a| v.resolve(a)).collect()))
             .build();
         progress.message(&format!(
-            "processing job {name} ({} instances)",
-            job.instance_count
+            "processing job {name} ({})",
+            wf_engine::plural(job.instance_count, "instance")
         ));
         let mut req = self
             .aws
@@ -196,8 +196,8 @@ impl SageMakerExecutor {
             })
             .collect();
         progress.message(&format!(
-            "training job {name} ({} instances)",
-            job.instance_count
+            "training job {name} ({})",
+            wf_engine::plural(job.instance_count, "instance")
         ));
         let mut req = self
             .aws

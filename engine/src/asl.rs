@@ -299,9 +299,9 @@ fn check_payload(wf: &Workflow, fields: &[String], diags: &mut Diagnostics) {
             diags.error_with_help(
                 def.span,
                 format!(
-                    "the Step Functions payload could reach {total} bytes at step `{}`, over the {MAX_PAYLOAD}-byte limit ({} steps)",
+                    "the Step Functions payload could reach {total} bytes at step `{}`, over the {MAX_PAYLOAD}-byte limit ({})",
                     def.id,
-                    wf.steps.len()
+                    crate::plural(wf.steps.len(), "step")
                 ),
                 "split the workflow into smaller ones",
             );

@@ -11,16 +11,18 @@ use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use crate::memo::Memo;
 use crate::remote::{RemoteCache, RemoteExecutor};
-use crate::step::{CancelToken, InputArtifact, Progress, RunContext, StepError};
-use crate::store::{Entry, Producer, RunRecord, Store, StoreError};
+use crate::step::{CancelToken, Count, InputArtifact, Progress, RunContext, StepError};
+use crate::store::{
+    Entry, Producer, RunOutcome, RunRecord, StepNotes, Store, StoreError, now_unix,
+};
 use crate::workflow::Workflow;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ran,
@@ -37,17 +39,37 @@ pub enum Event {
         kind: &'static str,
         key: StepKey,
     },
+    /// What the step is doing now; the next status replaces it.
+    Status {
+        step: String,
+        message: String,
+    },
+    /// A line worth keeping (an epoch's metrics).
+    Note {
+        step: String,
+        message: String,
+    },
+    /// How far the step's work is (`Level::Whole`), or the current unit of it (`Level::Within`).
     Progress {
         step: String,
-        message: Option<String>,
-        done: u64,
-        total: u64,
+        level: Level,
+        count: Count,
     },
     Warning {
         step: String,
         message: String,
     },
     Finished(StepOutcome),
+}
+
+/// Which count of a step a progress event moves ([`Progress::advance`] or
+/// [`Progress::advance_within`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The step's work as a whole (its cases, epochs, bytes).
+    Whole,
+    /// The current unit of the whole (the steps of the current epoch).
+    Within,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +347,9 @@ pub fn plan_with(
 fn miss_reason(store: &Store, wf: &Workflow, id: &str, key: &StepKey, c: &KeyComponents) -> String {
     match store.last_run(&wf.name, id) {
         None => "never run".to_string(),
+        Some(prev) if prev.key == *key && prev.artifact.is_none() => {
+            "failed in the last run".to_string()
+        }
         Some(prev) if prev.key == *key => "output no longer in the cache".to_string(),
         Some(prev) => {
             let reasons = c.changes_since(&prev.components);
@@ -340,14 +365,28 @@ fn miss_reason(store: &Store, wf: &Workflow, id: &str, key: &StepKey, c: &KeyCom
 struct ChannelProgress {
     step: String,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
-    warnings: std::sync::Mutex<Vec<String>>,
+    notes: std::sync::Mutex<StepNotes>,
+}
+
+impl ChannelProgress {
+    fn new(step: &str, tx: &tokio::sync::mpsc::UnboundedSender<Event>) -> Self {
+        ChannelProgress {
+            step: step.to_string(),
+            tx: tx.clone(),
+            notes: Default::default(),
+        }
+    }
+    fn notes(&self) -> StepNotes {
+        self.notes.lock().expect("notes lock").clone()
+    }
 }
 
 impl Progress for ChannelProgress {
     fn warn(&self, msg: &str) {
-        self.warnings
+        self.notes
             .lock()
-            .expect("warnings lock")
+            .expect("notes lock")
+            .warnings
             .push(msg.to_string());
         let _ = self.tx.send(Event::Warning {
             step: self.step.clone(),
@@ -355,20 +394,78 @@ impl Progress for ChannelProgress {
         });
     }
     fn message(&self, msg: &str) {
-        let _ = self.tx.send(Event::Progress {
+        let _ = self.tx.send(Event::Status {
             step: self.step.clone(),
-            message: Some(msg.to_string()),
-            done: 0,
-            total: 0,
+            message: msg.to_string(),
         });
     }
-    fn advance(&self, done: u64, total: u64) {
+    fn note(&self, msg: &str) {
+        let _ = self.tx.send(Event::Note {
+            step: self.step.clone(),
+            message: msg.to_string(),
+        });
+    }
+    fn advance(&self, count: Count) {
         let _ = self.tx.send(Event::Progress {
             step: self.step.clone(),
-            message: None,
-            done,
-            total,
+            level: Level::Whole,
+            count,
         });
+    }
+    fn advance_within(&self, count: Count) {
+        let _ = self.tx.send(Event::Progress {
+            step: self.step.clone(),
+            level: Level::Within,
+            count,
+        });
+    }
+    fn fact(&self, name: &str, value: serde_json::Value) {
+        self.notes
+            .lock()
+            .expect("notes lock")
+            .facts
+            .insert(name.to_string(), value);
+    }
+}
+
+/// Names one `wf run` in the run records it writes: the time it started, the process and a
+/// counter (for several runs in one process).
+fn run_name() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{}-{n}", now_unix(), std::process::id())
+}
+
+/// Records how a step went in run `run`, when its key was known (a step that failed before has
+/// nothing to compare a later key with).
+fn save_run(
+    store: &Store,
+    workflow: &str,
+    run: &str,
+    outcome: &StepOutcome,
+    components: Option<KeyComponents>,
+) {
+    let (Some(key), Some(components)) = (outcome.key, components) else {
+        return;
+    };
+    let status = match outcome.status {
+        Status::Skipped => return,
+        s => s,
+    };
+    let record = RunRecord {
+        key,
+        components,
+        artifact: outcome.output.as_ref().map(|o| o.digest),
+        outcome: Some(RunOutcome {
+            run: run.to_string(),
+            status,
+            seconds: outcome.seconds,
+            finished_unix: now_unix(),
+            error: outcome.error.clone(),
+        }),
+    };
+    if let Err(e) = store.save_run(workflow, &outcome.id, &record) {
+        tracing::warn!("could not save run record of {}: {e}", outcome.id);
     }
 }
 
@@ -381,6 +478,7 @@ pub async fn run(
     events: tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> RunSummary {
     let n = wf.steps.len();
+    let run_id: Arc<str> = run_name().into();
     let memo = Arc::new(Memo::load(&store.memo_path()));
     let mut outcomes: Vec<Option<StepOutcome>> = vec![None; n];
     let mut artifacts: Vec<Option<(ArtifactType, ArtifactDigest)>> = vec![None; n];
@@ -424,18 +522,21 @@ pub async fn run(
                         )
                     })
                     .collect();
-                let (wf, store, memo, opts, cancel, tx) = (
+                let (wf, store, memo, opts, cancel, tx, run_id) = (
                     wf.clone(),
                     store.clone(),
                     memo.clone(),
                     opts.clone(),
                     cancel.clone(),
                     events.clone(),
+                    run_id.clone(),
                 );
                 let handle = tokio::task::spawn_blocking(move || {
                     let t0 = Instant::now();
-                    let mut outcome = run_one(&wf, i, &store, &memo, &opts, &cancel, &inputs, &tx);
+                    let (mut outcome, components) =
+                        run_one(&wf, i, &store, &memo, &opts, &cancel, &inputs, &tx);
                     outcome.seconds = t0.elapsed().as_secs_f64();
+                    save_run(&store, &wf.name, &run_id, &outcome, components);
                     outcome
                 });
                 let kind = def.kind();
@@ -539,6 +640,8 @@ fn failed_outcome(
     }
 }
 
+/// Computes step `i`'s key, then looks it up or runs the step; with the outcome, the key's
+/// components when they could be computed.
 #[allow(clippy::too_many_arguments)]
 fn run_one(
     wf: &Workflow,
@@ -549,41 +652,52 @@ fn run_one(
     cancel: &CancelToken,
     inputs: &BTreeMap<String, InputArtifact>,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+) -> (StepOutcome, Option<KeyComponents>) {
+    let def = &wf.steps[i];
+    let digests: BTreeMap<String, ArtifactDigest> =
+        inputs.iter().map(|(s, a)| (s.clone(), a.digest)).collect();
+    match key_components(wf, i, &digests, memo, cancel) {
+        Ok(c) => (
+            run_keyed(wf, i, &c, store, opts, cancel, inputs, tx),
+            Some(c),
+        ),
+        Err(e) => (
+            failed_outcome(&def.id, def.kind(), None, e.message, e.detail, None),
+            None,
+        ),
+    }
+}
+
+/// [`run_one`] once the key is known.
+#[allow(clippy::too_many_arguments)]
+fn run_keyed(
+    wf: &Workflow,
+    i: usize,
+    components: &KeyComponents,
+    store: &Store,
+    opts: &RunOptions,
+    cancel: &CancelToken,
+    inputs: &BTreeMap<String, InputArtifact>,
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> StepOutcome {
     let def = &wf.steps[i];
     let (id, kind) = (def.id.as_str(), def.kind());
-    let digests: BTreeMap<String, ArtifactDigest> =
-        inputs.iter().map(|(s, a)| (s.clone(), a.digest)).collect();
-    let components = match key_components(wf, i, &digests, memo, cancel) {
-        Ok(c) => c,
-        Err(e) => return failed_outcome(id, kind, None, e.message, e.detail, None),
-    };
     let key = components.key();
     let forced = opts.force.contains(id);
-    let done = |entry: Entry, status: Status| {
-        let record = RunRecord {
-            key,
-            components: components.clone(),
-            artifact: Some(entry.artifact),
-        };
-        if let Err(e) = store.save_run(&wf.name, id, &record) {
-            tracing::warn!("could not save run record of {id}: {e}");
-        }
-        StepOutcome {
-            id: id.to_string(),
-            kind,
-            status,
-            key: Some(key),
-            seconds: 0.0,
-            output: Some(Output {
-                digest: entry.artifact,
-                path: store.artifact_path(&entry.artifact),
-            }),
-            error: None,
-            detail: None,
-            log: None,
-            warnings: entry.warnings,
-        }
+    let done = |entry: Entry, status: Status| StepOutcome {
+        id: id.to_string(),
+        kind,
+        status,
+        key: Some(key),
+        seconds: 0.0,
+        output: Some(Output {
+            digest: entry.artifact,
+            path: store.artifact_path(&entry.artifact),
+        }),
+        error: None,
+        detail: None,
+        log: None,
+        warnings: entry.warnings,
     };
     let store_err = |e: StoreError| failed_outcome(id, kind, Some(key), e.to_string(), None, None);
     let remote = opts.remote.as_deref();
@@ -610,11 +724,9 @@ fn run_one(
     }
     // One computation per key across processes; whoever waited finds the other's result.
     let waiting = || {
-        let _ = tx.send(Event::Progress {
+        let _ = tx.send(Event::Status {
             step: id.to_string(),
-            message: Some("waiting for another wf process that is computing this step".into()),
-            done: 0,
-            total: 0,
+            message: "waiting for another wf process that is computing this step".into(),
         });
     };
     let _lock = match lock_key(store, &key, cancel, waiting) {
@@ -657,16 +769,7 @@ fn run_one(
     }
     if let Some(executor) = opts.executor.as_deref().filter(|x| x.takes(wf, i)) {
         let run = run_remotely(
-            wf,
-            i,
-            key,
-            &components,
-            inputs,
-            executor,
-            remote,
-            store,
-            tx,
-            cancel,
+            wf, i, key, components, inputs, executor, remote, store, tx, cancel,
         );
         return match run {
             Ok(Some(entry)) => done(entry, Status::Ran),
@@ -713,11 +816,7 @@ fn run_one(
         key,
     });
     tracing::debug!(step = id, key = %key, "running");
-    let progress = ChannelProgress {
-        step: id.to_string(),
-        tx: tx.clone(),
-        warnings: Default::default(),
-    };
+    let progress = ChannelProgress::new(id, tx);
     let cx = RunContext {
         step_id: id,
         workflow_dir: &wf.dir,
@@ -751,14 +850,13 @@ fn run_one(
                 workflow: wf.name.clone(),
                 step: id.to_string(),
             };
-            let warnings = progress.warnings.lock().expect("warnings lock").clone();
             match store.commit(
                 &staging,
                 &key,
-                &components,
+                components,
                 def.output,
                 producer,
-                warnings,
+                progress.notes(),
                 opts.threads,
             ) {
                 Ok(entry) => {
@@ -849,11 +947,7 @@ fn run_remotely(
         kind: def.kind(),
         key,
     });
-    let progress = ChannelProgress {
-        step: def.id.clone(),
-        tx: tx.clone(),
-        warnings: Default::default(),
-    };
+    let progress = ChannelProgress::new(&def.id, tx);
     executor.execute(wf, i, &key, components, inputs, &progress, cancel)?;
     remote
         .fetch(&key, store)

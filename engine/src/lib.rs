@@ -18,11 +18,14 @@ pub mod manifest;
 pub mod memo;
 pub mod params;
 pub mod redact;
+pub mod reference;
 pub mod registry;
 pub mod remote;
+pub mod schema;
 pub mod step;
 pub mod store;
 pub mod targets;
+pub mod words;
 pub mod workflow;
 pub mod yaml;
 
@@ -35,8 +38,9 @@ pub use params::{ParamSpec, ParamType, Params};
 pub use registry::Registry;
 pub use remote::{RemoteCache, RemoteError, RemoteExecutor};
 pub use step::{
-    CancelToken, CheckContext, InputArtifact, Item, Merged, Part, Progress, RemoteTask, RunContext,
-    Sharded, Step, StepError,
+    CancelToken, CheckContext, Count, InputArtifact, Item, Merged, Part, Progress, RemoteTask,
+    RunContext, Sharded, Step, StepError, Unit,
 };
 pub use store::Store;
+pub use words::plural;
 pub use workflow::{LoadError, StepDef, Workflow, load, load_str};

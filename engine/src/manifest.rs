@@ -247,9 +247,9 @@ pub fn verify_tree(root: &Path, manifest: &Manifest, threads: usize) -> Vec<Stri
     }
     match list_files(root) {
         Ok(listed) if listed.len() != manifest.entries.len() => problems.push(format!(
-            "{}: holds {} files, the manifest lists {}",
+            "{}: holds {}, the manifest lists {}",
             root.display(),
-            listed.len(),
+            crate::plural(listed.len(), "file"),
             manifest.entries.len()
         )),
         Ok(_) => {}

@@ -1,6 +1,7 @@
 //! Typed step parameters: each step declares a schema; `with:` is checked against it (unknown keys,
 //! missing required keys, wrong types — all reported at once, with positions) and turned into a
-//! canonical JSON object that feeds the cache key and the step's own typed struct.
+//! canonical JSON object that feeds the cache key and the step's own typed struct. The same specs
+//! are the reference: `wf steps`, `wf schema` and docs/workflow.md are generated from them.
 
 use crate::diag::{Diagnostics, Span};
 use crate::yaml::{Node, Plain, Value};
@@ -33,7 +34,8 @@ impl ParamType {
         ParamType::Int { min, max: i64::MAX }
     }
 
-    fn describe(&self) -> String {
+    /// The accepted values in words ("an integer ≥ 1"), as messages and the reference say them.
+    pub fn describe(&self) -> String {
         match self {
             ParamType::Str => "a string".into(),
             ParamType::Int { min, max } if *max == i64::MAX && *min == i64::MIN => {
@@ -60,16 +62,60 @@ impl ParamType {
     }
 }
 
+impl ParamType {
+    /// JSON Schema of the values `convert` accepts (YAML core-schema scalars are JSON's types).
+    pub fn json_schema(&self) -> Json {
+        use serde_json::json;
+        match self {
+            ParamType::Str => json!({ "type": "string" }),
+            ParamType::Int { min, max } => {
+                let mut s = json!({ "type": "integer" });
+                if *min != i64::MIN {
+                    s["minimum"] = json!(min);
+                }
+                if *max != i64::MAX {
+                    s["maximum"] = json!(max);
+                }
+                s
+            }
+            ParamType::Float => json!({ "type": "number" }),
+            ParamType::Bool => json!({ "type": "boolean" }),
+            ParamType::Enum(options) => json!({ "enum": options }),
+            ParamType::List(inner) => json!({ "type": "array", "items": inner.json_schema() }),
+            // Any non-null scalar is taken as its text; no mapping at all is an empty one.
+            ParamType::StrMap => json!({
+                "type": ["object", "null"],
+                "additionalProperties": { "type": ["string", "number", "boolean"] },
+            }),
+            ParamType::Any => json!({}),
+        }
+    }
+}
+
 fn plural(s: &str) -> String {
     let s = s
         .strip_prefix("an ")
         .or_else(|| s.strip_prefix("a "))
         .unwrap_or(s);
-    if s.starts_with("one of") {
-        format!("values, each {s}")
-    } else {
-        format!("{s}s")
+    if s.starts_with("one of") || s.starts_with("true or false") {
+        return format!("values, each {s}");
     }
+    // The noun is the first word: "integer in 1..=9" → "integers in 1..=9".
+    match s.split_once(' ') {
+        Some((noun, rest)) => format!("{noun}s {rest}"),
+        None => format!("{s}s"),
+    }
+}
+
+/// The values a param accepts, where its [`ParamType`] says less than the step's `check` enforces
+/// (an `Any` param's structure, a number's range, a list's length): for the reference and the
+/// schema only. Validation stays with `ParamType` and `Step::check`.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// In words, like [`ParamType::describe`] ("a number > 0").
+    pub describe: &'static str,
+    /// JSON Schema (draft 2020-12) of the values.
+    pub schema: fn() -> Json,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,12 +129,20 @@ pub struct ParamSpec {
     /// Whether the param can change the step's output. Params that only change how a step runs
     /// (parallelism: `shards`) are left out of the cache key, so changing them reuses the cache.
     pub in_key: bool,
+    /// What the reference and the schema say the param accepts, when `ty` says less.
+    pub shape: Option<Shape>,
 }
 
 impl ParamSpec {
     /// Marks a param as not affecting the output (left out of the cache key).
     pub const fn not_in_key(mut self) -> Self {
         self.in_key = false;
+        self
+    }
+
+    /// Describes the accepted values more narrowly than `ty` does (see [`Shape`]).
+    pub const fn shape(mut self, describe: &'static str, schema: fn() -> Json) -> Self {
+        self.shape = Some(Shape { describe, schema });
         self
     }
 
@@ -99,6 +153,7 @@ impl ParamSpec {
             default: None,
             doc,
             in_key: true,
+            shape: None,
         }
     }
     pub const fn optional(
@@ -113,7 +168,39 @@ impl ParamSpec {
             default: Some(default),
             doc,
             in_key: true,
+            shape: None,
         }
+    }
+
+    /// The accepted values in words.
+    pub fn describe(&self) -> String {
+        match self.shape {
+            Some(shape) => shape.describe.to_string(),
+            None => self.ty.describe(),
+        }
+    }
+
+    /// The default as JSON, `None` for a required param.
+    pub fn default_value(&self) -> Option<Json> {
+        self.default
+            .map(|d| serde_json::from_str(d).expect("param defaults are valid JSON"))
+    }
+
+    /// JSON Schema of the param: its values, description and default.
+    pub fn json_schema(&self) -> Json {
+        let mut schema = match self.shape {
+            Some(shape) => (shape.schema)(),
+            None => self.ty.json_schema(),
+        };
+        let mut description = self.doc.to_string();
+        if !self.in_key {
+            description.push_str(" (not part of the cache key)");
+        }
+        schema["description"] = Json::String(description);
+        if let Some(d) = self.default_value() {
+            schema["default"] = d;
+        }
+        schema
     }
 }
 
@@ -142,11 +229,7 @@ impl Params {
     pub fn with_defaults(specs: &[ParamSpec], values: BTreeMap<String, Json>) -> Self {
         let mut all: BTreeMap<String, Json> = specs
             .iter()
-            .filter_map(|s| {
-                let default =
-                    serde_json::from_str(s.default?).expect("param defaults are valid JSON");
-                Some((s.name.to_string(), default))
-            })
+            .filter_map(|s| Some((s.name.to_string(), s.default_value()?)))
             .collect();
         all.extend(values);
         Params {
@@ -267,9 +350,8 @@ pub fn validate(
         {
             continue;
         }
-        match spec.default {
-            Some(default) => {
-                let v: Json = serde_json::from_str(default).expect("param defaults are valid JSON");
+        match spec.default_value() {
+            Some(v) => {
                 params.values.insert(spec.name.to_string(), v);
             }
             None => diags.error_with_help(
@@ -398,5 +480,55 @@ pub fn to_json(node: &Node) -> Json {
             Plain::Float(x) => serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number),
             Plain::Str(s) => Json::String(s.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lists_name_their_items() {
+        let ints = ParamType::List(&ParamType::Int { min: 4, max: 4096 });
+        assert_eq!(ints.describe(), "a list of integers in 4..=4096");
+        assert_eq!(
+            ParamType::List(&ParamType::Str).describe(),
+            "a list of strings"
+        );
+        assert_eq!(
+            ParamType::List(&ParamType::Bool).describe(),
+            "a list of values, each true or false"
+        );
+    }
+
+    #[test]
+    fn schemas_follow_types_shapes_and_specs() {
+        assert_eq!(
+            ParamType::Int { min: 1, max: 9 }.json_schema(),
+            json!({ "type": "integer", "minimum": 1, "maximum": 9 })
+        );
+        assert_eq!(
+            ParamType::int_min(0).json_schema(),
+            json!({ "type": "integer", "minimum": 0 })
+        );
+        let spec = ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "learning rate")
+            .shape(
+                "number > 0",
+                || json!({ "type": "number", "exclusiveMinimum": 0 }),
+            )
+            .not_in_key();
+        assert_eq!(spec.describe(), "number > 0");
+        assert_eq!(
+            spec.json_schema(),
+            json!({
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "default": 0.0001,
+                "description": "learning rate (not part of the cache key)",
+            })
+        );
+        let required = ParamSpec::required("run", ParamType::Str, "the command");
+        assert_eq!(required.json_schema().get("default"), None);
     }
 }

@@ -87,7 +87,7 @@ pub trait Step: Send + Sync + 'static {
 /// that the parts cover every item exactly once and adds what spans them all (`merge`). The output
 /// is the same artifact a local `run` makes.
 pub trait Sharded: Send + Sync {
-    /// What an item is called in messages (`case`); the plural adds an `s`.
+    /// What an item is called in messages (`case`; `words::plural` makes the plural).
     fn item_name(&self) -> &'static str {
         "item"
     }
@@ -188,13 +188,71 @@ pub struct RunContext<'a> {
 }
 
 /// Progress reporting from inside a step (the reporter decides how to show it).
+///
+/// A step says what it is doing (`message`), which lines are worth keeping (`note`: an epoch's loss
+/// and Dice), what the user should know (`warn`), and how far its work is in counted units
+/// (`advance`), with an optional second level inside the current unit (`advance_within`: the steps
+/// of an epoch). A live view shows counts as bars with a rate and an ETA, keeps notes and warnings
+/// above them, and replaces a message by the next; plain output prints messages, notes and warnings
+/// as lines.
 pub trait Progress: Send + Sync {
+    /// What the step is doing now (`downloading X`); the next message replaces it.
     fn message(&self, msg: &str);
+    /// A line worth keeping in the run's output (an epoch's metrics). Sinks that keep every line
+    /// anyway treat it as a message.
+    fn note(&self, msg: &str) {
+        self.message(msg)
+    }
     /// Something the user should know about a successful step (e.g. a skipped bad case). Warnings are
     /// stored with the output, so a cached run reports them again.
     fn warn(&self, msg: &str);
-    /// `done` of `total` units (cases, epochs, ...).
-    fn advance(&self, done: u64, total: u64);
+    /// How far the step's work is: `done` of `total` (`total` 0: not known).
+    fn advance(&self, count: Count);
+    /// How far the current unit of [`Progress::advance`] is (the steps of the current epoch).
+    fn advance_within(&self, _count: Count) {}
+    /// A fact about this computation that is not part of its output (how long it took, its
+    /// throughput). Facts are stored with the cache entry, beside its warnings (`Entry::facts`), and
+    /// shown by `wf report`; no digest covers them, so a recomputation that writes the same bytes in
+    /// another time is still recognized as unchanged. A later value under a name replaces the
+    /// earlier one. Sinks that keep nothing ignore them.
+    fn fact(&self, _name: &str, _value: serde_json::Value) {}
+}
+
+/// What a step's progress counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Case,
+    /// An optimizer step (a batch).
+    Step,
+    Epoch,
+    Byte,
+}
+
+impl Unit {
+    /// The unit's name for `n` of it: `case` or `cases`.
+    pub fn name(self, n: u64) -> &'static str {
+        let (one, many) = match self {
+            Unit::Case => ("case", "cases"),
+            Unit::Step => ("step", "steps"),
+            Unit::Epoch => ("epoch", "epochs"),
+            Unit::Byte => ("byte", "bytes"),
+        };
+        if n == 1 { one } else { many }
+    }
+}
+
+/// `done` of `total` units (`total` 0: not known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub done: u64,
+    pub total: u64,
+    pub unit: Unit,
+}
+
+impl Count {
+    pub fn new(done: u64, total: u64, unit: Unit) -> Count {
+        Count { done, total, unit }
+    }
 }
 
 /// A progress sink that drops everything.
@@ -202,7 +260,7 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn message(&self, _msg: &str) {}
     fn warn(&self, _msg: &str) {}
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: Count) {}
 }
 
 /// Set when the run is being stopped; long steps should poll it.

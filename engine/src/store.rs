@@ -9,8 +9,9 @@
 //!   artifacts/<artifact>/        the artifact as a read-only tree of hard links to objects
 //!   entries/ab/<key>.json        step key → artifact (and the input artifacts it was computed from):
 //!                                THE commit point, written last, atomically
-//!   runs/<workflow>/<step>.json  key components of the last run of each step (for `wf plan` reasons;
-//!                                URL credentials in params redacted, `redact.rs`)
+//!   runs/<workflow>/<step>.json  the last run of each step: its key components (for `wf plan`
+//!                                reasons; URL credentials in params redacted, `redact.rs`) and how
+//!                                it went (status, seconds, which `wf run`; for `wf report`)
 //!   logs/<workflow>/<step>.log   the last log of each step
 //!   memo/files-v1                local file digest memo (memo.rs)
 //!   derived/<namespace>/         finer-grained caches managed by steps (e.g. one preprocessed case)
@@ -23,6 +24,11 @@
 //! killed at any moment leaves at most unreferenced objects or staging directories (removed by gc),
 //! never an entry pointing at missing or partial data. Two processes committing the same key produce
 //! the same entry (each step is computed under its key's lock, and rechecked after taking it).
+//!
+//! What is not a function of the inputs stays out of the artifact: an entry records when it was
+//! made, the warnings and the facts (timings) of the computation that made it, and a run record how
+//! the last run of a step went. None of them is hashed, so early cutoff holds for a step whose
+//! output is the same bytes whatever its run took.
 //!
 //! ## What the store guarantees about the bytes it serves
 //! - **Commit stores only bytes it owns.** An output file with more than one link (`ln ~/notes.txt
@@ -147,6 +153,9 @@ pub struct Entry {
     pub producer: Producer,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the step reported about this computation (`Progress::fact`: timings, throughput).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: Facts,
     /// The artifacts the step read, by input slot (the digests its key holds), so that `wf cache
     /// verify --repair` finds the entries computed from a damaged artifact. `None` in entries
     /// written before inputs were recorded (see the header).
@@ -154,12 +163,41 @@ pub struct Entry {
     pub inputs: Option<BTreeMap<String, ArtifactDigest>>,
 }
 
-/// The last run of a step: what its key was made of.
+/// Facts about a computation by name (`Progress::fact`), kept outside its artifact.
+pub type Facts = BTreeMap<String, serde_json::Value>;
+
+/// What a successful step said besides its output, committed with it into its entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepNotes {
+    pub warnings: Vec<String>,
+    pub facts: Facts,
+}
+
+/// The last run of a step: what its key was made of, and how it went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub key: StepKey,
     pub components: KeyComponents,
+    /// The output; `None` when the run failed.
     pub artifact: Option<ArtifactDigest>,
+    /// Absent in records written before outcomes were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RunOutcome>,
+}
+
+/// How the last run of a step went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// The `wf run` it belongs to (`exec::run` names each run), so a report can tell the steps of
+    /// the last run from those an earlier run left.
+    pub run: String,
+    /// `ran`, `cached` or `failed`.
+    pub status: crate::exec::Status,
+    /// Wall time of the step in that run (a cached step: its lookup).
+    pub seconds: f64,
+    pub finished_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A staging area for one step attempt.
@@ -206,7 +244,7 @@ pub struct Store {
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -327,10 +365,11 @@ impl Store {
             return Err(StoreError::Import {
                 path: self.root.clone(),
                 reason: format!(
-                    "`{}` arrived with {size} bytes and digest {}, its manifest says {} bytes and {}",
+                    "`{}` arrived with {} and digest {}, its manifest says {} and {}",
                     e.path,
+                    crate::plural(size, "byte"),
                     digest.short(),
-                    e.size,
+                    crate::plural(e.size, "byte"),
                     e.digest.short()
                 ),
             });
@@ -510,7 +549,7 @@ impl Store {
         components: &KeyComponents,
         output_type: ArtifactType,
         producer: Producer,
-        warnings: Vec<String>,
+        notes: StepNotes,
         threads: usize,
     ) -> Result<Entry, StoreError> {
         let files = manifest::list_files(&staging.out)?;
@@ -594,7 +633,8 @@ impl Store {
             bytes: manifest.total_bytes(),
             created_unix: now_unix(),
             producer,
-            warnings,
+            warnings: notes.warnings,
+            facts: notes.facts,
             inputs: Some(components.inputs.clone()),
         };
         let path = self.entry_path(key);
@@ -828,8 +868,8 @@ impl Store {
         if only.is_none() {
             match manifest::list_files(&tree) {
                 Ok(listed) if listed.len() != manifest.entries.len() => problems.push(format!(
-                    "it holds {} files, {} were committed",
-                    listed.len(),
+                    "it holds {}, {} committed",
+                    crate::plural(listed.len(), "file"),
                     manifest.entries.len()
                 )),
                 Ok(_) => {}
@@ -869,6 +909,9 @@ impl Store {
         // The record is for people (`wf plan` reasons): credentials in URL params stay out of it.
         let mut record = record.clone();
         record.components.params = crate::redact::params_text(&record.components.params);
+        if let Some(error) = record.outcome.as_mut().and_then(|o| o.error.as_mut()) {
+            *error = crate::redact::text(error).into_owned();
+        }
         let text = serde_json::to_string_pretty(&record).expect("run records serialize");
         write_atomic(&self.run_path(workflow, step), text.as_bytes(), false)
     }
@@ -1409,7 +1452,7 @@ mod tests {
             &c,
             ArtifactType::Files,
             producer,
-            Vec::new(),
+            Default::default(),
             2,
         )
     }
@@ -1468,7 +1511,15 @@ mod tests {
             step: "s".into(),
         };
         let e = store
-            .commit(&st, &c.key(), &c, ArtifactType::Files, producer, vec![], 1)
+            .commit(
+                &st,
+                &c.key(),
+                &c,
+                ArtifactType::Files,
+                producer,
+                Default::default(),
+                1,
+            )
             .unwrap();
         let meta = fs::metadata(&mine).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o640);
@@ -1495,7 +1546,15 @@ mod tests {
             step: "s".into(),
         };
         let e = store
-            .commit(&st, &c.key(), &c, ArtifactType::Files, producer, vec![], 1)
+            .commit(
+                &st,
+                &c.key(),
+                &c,
+                ArtifactType::Files,
+                producer,
+                Default::default(),
+                1,
+            )
             .unwrap();
         let object = object_of(&store, &e, "x");
         let ino = fs::metadata(&object).unwrap().ino();
@@ -1561,7 +1620,7 @@ mod tests {
         fs::write(tree.join("extra"), "x").unwrap();
         let err = store.check_artifact(&a.artifact, 1).unwrap_err();
         assert!(
-            err.to_string().contains("holds 2 files, 1 were committed"),
+            err.to_string().contains("holds 2 files, 1 committed"),
             "{err}"
         );
     }
@@ -1623,6 +1682,7 @@ mod tests {
             key: c.key,
             components: components("c", &[("src", b.artifact)]),
             artifact: Some(c.artifact),
+            outcome: None,
         };
         store.save_run("w", "c", &record).unwrap();
 
@@ -1672,5 +1732,39 @@ mod tests {
             Err(StoreError::Busy { .. })
         ));
         assert!(store.verify(false, 1).is_ok());
+    }
+
+    /// A run record is for people: credentials in a failure's message stay out of it, as in params.
+    #[test]
+    fn run_records_keep_outcomes_without_credentials() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let c = components("{\"source\":\"https://u:secret@h/x.tar\"}", &[]);
+        let record = RunRecord {
+            key: c.key(),
+            components: c,
+            artifact: None,
+            outcome: Some(RunOutcome {
+                run: "r".into(),
+                status: crate::exec::Status::Failed,
+                seconds: 1.5,
+                finished_unix: 7,
+                error: Some("GET https://u:secret@h/x.tar: 404".into()),
+            }),
+        };
+        store.save_run("w", "s", &record).unwrap();
+        let text = fs::read_to_string(store.run_path("w", "s")).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        let back = store.last_run("w", "s").unwrap();
+        let outcome = back.outcome.unwrap();
+        assert_eq!(
+            (outcome.status, outcome.seconds),
+            (crate::exec::Status::Failed, 1.5)
+        );
+        assert!(outcome.error.unwrap().starts_with("GET https://"));
+        // A record written before outcomes were kept still reads.
+        let old = text.replace("\"outcome\"", "\"unused\"");
+        fs::write(store.run_path("w", "s"), old).unwrap();
+        assert!(store.last_run("w", "s").unwrap().outcome.is_none());
     }
 }

@@ -59,45 +59,117 @@ pub struct StepResources {
 
 static STR_LIST: ParamType = ParamType::List(&ParamType::Str);
 
-const AWS_KEYS: &[(&str, &ParamType)] = &[
-    ("region", &ParamType::Str),
-    ("role_arn", &ParamType::Str),
-    ("image_uri", &ParamType::Str),
-    ("bucket", &ParamType::Str),
-    ("subnets", &STR_LIST),
-    ("security_groups", &STR_LIST),
-    ("state_machine_name", &ParamType::Str),
+/// One key of a `targets.aws` block: its type, and what the reference says of it (`wf schema`,
+/// docs/workflow.md).
+#[derive(Debug, Clone, Copy)]
+pub struct SettingKey {
+    pub name: &'static str,
+    pub ty: &'static ParamType,
+    pub doc: &'static str,
+}
+
+const fn key(name: &'static str, ty: &'static ParamType, doc: &'static str) -> SettingKey {
+    SettingKey { name, ty, doc }
+}
+
+/// `targets.aws`, besides its `steps` and `fsx` blocks.
+pub const AWS_KEYS: &[SettingKey] = &[
+    key(
+        "region",
+        &ParamType::Str,
+        "the AWS region of the jobs, the state machine and the bucket; required to compile",
+    ),
+    key(
+        "role_arn",
+        &ParamType::Str,
+        "the IAM role of the SageMaker jobs (and of the state machine, so it must trust `sagemaker.amazonaws.com` and `states.amazonaws.com`); required to compile",
+    ),
+    key(
+        "image_uri",
+        &ParamType::Str,
+        "the container image holding `wf` that every job runs; required to compile",
+    ),
+    key(
+        "bucket",
+        &ParamType::Str,
+        "`s3://bucket[/prefix]`: the cache of the cloud runs; required unless `cache:` is an `s3://` URI",
+    ),
+    key(
+        "subnets",
+        &STR_LIST,
+        "VPC subnet ids of the jobs; required with an fsx-import step or a Training job",
+    ),
+    key(
+        "security_groups",
+        &STR_LIST,
+        "VPC security group ids of the jobs; required with an fsx-import step or a Training job",
+    ),
+    key(
+        "state_machine_name",
+        &ParamType::Str,
+        "the state machine's name (default `wf-<workflow name>`)",
+    ),
 ];
 
-const AWS_STEP_KEYS: &[(&str, &ParamType)] = &[
-    ("instance_type", &ParamType::Str),
-    ("instance_count", &ParamType::Int { min: 1, max: 1000 }),
-    ("volume_size_gb", &ParamType::Int { min: 1, max: 16384 }),
-    (
+/// What `targets.aws.steps` is.
+pub const AWS_STEPS_DOC: &str =
+    "the jobs of each step, by step id (each must name a step of the workflow)";
+
+/// `targets.aws.steps.<id>`.
+pub const AWS_STEP_KEYS: &[SettingKey] = &[
+    key(
+        "instance_type",
+        &ParamType::Str,
+        "SageMaker instance type (default `ml.m5.xlarge` for processing, `ml.p3.2xlarge` for training)",
+    ),
+    key(
+        "instance_count",
+        &ParamType::Int { min: 1, max: 1000 },
+        "instances of the job (default: the step's own, e.g. a sharded-transform's `shards`, else 1)",
+    ),
+    key(
+        "volume_size_gb",
+        &ParamType::Int { min: 1, max: 16384 },
+        "storage per instance in GB (default 50)",
+    ),
+    key(
         "max_runtime_seconds",
         &ParamType::Int {
             min: 60,
             max: 2_419_200,
         },
+        "the job's time limit (default 86400 for processing, 432000 for training)",
     ),
 ];
 
-const AWS_FSX_KEYS: &[(&str, &ParamType)] = &[
-    ("file_system_id", &ParamType::Str),
-    (
+/// What `targets.aws.fsx` is.
+pub const AWS_FSX_DOC: &str =
+    "the FSx for Lustre file system that fsx-import steps put in front of a Training job";
+
+/// `targets.aws.fsx`.
+pub const AWS_FSX_KEYS: &[SettingKey] = &[
+    key(
+        "file_system_id",
+        &ParamType::Str,
+        "an existing file system to use; without it, one is created for each Training job and deleted after it",
+    ),
+    key(
         "storage_capacity_gb",
         &ParamType::Int {
             min: 1200,
             max: 1_000_000,
         },
+        "capacity of a created file system (default 1200)",
     ),
-    (
+    key(
         "per_unit_storage_throughput",
         &ParamType::Int { min: 50, max: 1000 },
+        "MB/s per TiB; required with a PERSISTENT deployment type",
     ),
-    (
+    key(
         "deployment_type",
         &ParamType::Enum(&["SCRATCH_1", "SCRATCH_2", "PERSISTENT_1", "PERSISTENT_2"]),
+        "deployment type of a created file system (default `SCRATCH_2`)",
     ),
 ];
 
@@ -110,7 +182,7 @@ struct Block<'a> {
 impl Block<'_> {
     fn check<'n>(
         node: &'n Node,
-        schema: &[(&str, &ParamType)],
+        schema: &[SettingKey],
         extra: &[&str],
         context: &str,
         diags: &mut Diagnostics,
@@ -122,13 +194,13 @@ impl Block<'_> {
             );
             return None;
         };
-        let mut allowed: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
+        let mut allowed: Vec<&str> = schema.iter().map(|k| k.name).collect();
         allowed.extend_from_slice(extra);
         check_keys(node, &allowed, context, diags);
         let mut values = Vec::new();
         for (k, v) in entries {
-            if let Some((_, ty)) = schema.iter().find(|(name, _)| *name == k.name)
-                && let Some(json) = convert(ty, v, &format!("{context}: `{}`", k.name), diags)
+            if let Some(key) = schema.iter().find(|key| key.name == k.name)
+                && let Some(json) = convert(key.ty, v, &format!("{context}: `{}`", k.name), diags)
             {
                 values.push((k.name.as_str(), json, v.span));
             }
@@ -235,6 +307,35 @@ pub fn parse_aws(node: &Node, diags: &mut Diagnostics) -> AwsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults the reference states are those jobs and file systems get.
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        use crate::cloud::{FsxSettings, job};
+        let doc =
+            |keys: &[SettingKey], name: &str| keys.iter().find(|k| k.name == name).unwrap().doc;
+        let (p, t) = (job::PROCESSING, job::TRAINING);
+        let types = doc(AWS_STEP_KEYS, "instance_type");
+        assert!(types.contains(&format!("`{}` for processing", p.instance_type)));
+        assert!(types.contains(&format!("`{}` for training", t.instance_type)));
+        assert_eq!(p.volume_size_gb, t.volume_size_gb);
+        assert!(
+            doc(AWS_STEP_KEYS, "volume_size_gb")
+                .contains(&format!("(default {})", p.volume_size_gb))
+        );
+        let runtime = doc(AWS_STEP_KEYS, "max_runtime_seconds");
+        assert!(runtime.contains(&format!("{} for processing", p.max_runtime_seconds)));
+        assert!(runtime.contains(&format!("{} for training", t.max_runtime_seconds)));
+        let fsx = FsxSettings::default();
+        assert!(
+            doc(AWS_FSX_KEYS, "storage_capacity_gb")
+                .contains(&format!("(default {})", fsx.storage_capacity_gb))
+        );
+        assert!(
+            doc(AWS_FSX_KEYS, "deployment_type")
+                .contains(&format!("(default `{}`)", fsx.deployment_type))
+        );
+    }
 
     fn parse(text: &str) -> (AwsSettings, Vec<String>) {
         let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));

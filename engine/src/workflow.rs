@@ -14,8 +14,80 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const TOP_KEYS: &[&str] = &["name", "description", "seed", "cache", "steps", "targets"];
-const STEP_KEYS: &[&str] = &["uses", "inputs", "with", "description"];
+/// A fixed key of the workflow format and what the reference says of it (`wf schema`,
+/// docs/workflow.md); validation below checks the names.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    pub name: &'static str,
+    /// Whether it must be there, and its default.
+    pub presence: &'static str,
+    pub doc: &'static str,
+}
+
+/// The top level of a workflow file.
+pub const TOP_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        name: "name",
+        presence: "optional, default the file name without extension",
+        doc: "letters, digits, `-`, `_`: names run records and the state machine (`wf-<name>`)",
+    },
+    KeyDoc {
+        name: "description",
+        presence: "optional",
+        doc: "free text",
+    },
+    KeyDoc {
+        name: "seed",
+        presence: "optional, default 0",
+        doc: "an integer ≥ 0, part of the key of the steps with randomness (the *seeded* kinds)",
+    },
+    KeyDoc {
+        name: "cache",
+        presence: "optional",
+        doc: "a directory (relative to the file; default `.wf/cache` beside it) or `s3://bucket[/prefix]` (an S3 layer shared by local and cloud runs; docs/cloud.md §1)",
+    },
+    KeyDoc {
+        name: "steps",
+        presence: "required",
+        doc: "a mapping of step ids to steps (an id starts with a letter and holds letters, digits, `-`, `_`)",
+    },
+    KeyDoc {
+        name: "targets",
+        presence: "optional",
+        doc: "`aws:` settings for `wf compile/deploy/start` and `wf run --executor sagemaker` (docs/cloud.md §8)",
+    },
+];
+
+/// The keys of one step.
+pub const STEP_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        name: "uses",
+        presence: "required",
+        doc: "the step kind (`wf steps` lists them)",
+    },
+    KeyDoc {
+        name: "inputs",
+        presence: "as the kind needs",
+        doc: "`slot: producing step id`; the producer's output type must match the slot's",
+    },
+    KeyDoc {
+        name: "with",
+        presence: "as the kind needs",
+        doc: "the kind's params; unknown keys, wrong types, missing required params are errors",
+    },
+    KeyDoc {
+        name: "description",
+        presence: "optional",
+        doc: "free text",
+    },
+];
+
+fn names(keys: &[KeyDoc]) -> Vec<&'static str> {
+    keys.iter().map(|k| k.name).collect()
+}
+
+/// What a step id (and the workflow's `name`) may be: a letter, then letters, digits, `-`, `_`.
+pub const ID_PATTERN: &str = "^[A-Za-z][A-Za-z0-9_-]*$";
 
 /// One validated step.
 #[derive(Clone)]
@@ -144,6 +216,7 @@ pub fn check_keys(map: &Node, allowed: &[&str], context: &str, diags: &mut Diagn
     }
 }
 
+/// Matches [`ID_PATTERN`].
 fn valid_id(s: &str) -> bool {
     let mut chars = s.chars();
     chars
@@ -152,6 +225,10 @@ fn valid_id(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// What an open input slot (the `command` step's) may be: it becomes `$WF_IN_<slot>`.
+pub const SLOT_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+
+/// Matches [`SLOT_PATTERN`].
 fn valid_slot(s: &str) -> bool {
     let mut chars = s.chars();
     chars
@@ -187,7 +264,7 @@ fn validate(
         );
         return None;
     }
-    check_keys(root, TOP_KEYS, "the workflow", diags);
+    check_keys(root, &names(TOP_KEYS), "the workflow", diags);
 
     let default_name = path
         .file_stem()
@@ -466,7 +543,7 @@ fn check_step(
         );
         return raw;
     }
-    check_keys(node, STEP_KEYS, &format!("step `{id}`"), diags);
+    check_keys(node, &names(STEP_KEYS), &format!("step `{id}`"), diags);
     raw.description = node
         .get("description")
         .and_then(|d| d.as_str())

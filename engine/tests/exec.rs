@@ -1,6 +1,6 @@
-//! Executor tests with typed test steps: warnings survive caching; params outside the key do not
-//! invalidate it; failures, plans and keys behave across the fetch → preprocess → train chain; a
-//! damaged input is never read.
+//! Executor tests with typed test steps: warnings survive caching; facts stay out of artifacts and
+//! run records say how each step went; params outside the key do not invalidate it; failures, plans
+//! and keys behave across the fetch → preprocess → train chain; a damaged input is never read.
 
 mod common;
 
@@ -73,6 +73,61 @@ fn warnings_are_kept_with_cached_outputs() {
         json["steps"][0].get("warnings").is_none(),
         "no empty warning lists in the JSON"
     );
+}
+
+const WITH_EXPORT: &str = "steps:\n  fetch: { uses: fetch-dataset, with: { source: synthetic } }\n  prep: { uses: preprocess, inputs: { dataset: fetch }, with: { shards: 1 } }\n  train: { uses: train-unet, inputs: { samples: prep }, with: { lr: LR } }\n  export: { uses: export-checkpoint, inputs: { model: train } }\n";
+
+fn with_export(lr: &str) -> Workflow {
+    load(&WITH_EXPORT.replace("LR", lr))
+}
+
+#[test]
+fn facts_stay_out_of_the_artifact_and_run_records_say_how_each_step_went() {
+    let t = tempfile::tempdir().unwrap();
+    let first = run(with_export("0.1"), t.path());
+    assert_eq!(statuses(&first), [Status::Ran; 4]);
+    let store = Store::open(t.path()).unwrap();
+    let entry = |s: &RunSummary| store.lookup(&s.steps[2].key.unwrap()).unwrap().unwrap();
+    let fact = entry(&first).facts["train_seconds"].clone();
+    assert!(fact.is_number(), "{:?}", entry(&first).facts);
+
+    // Forced, the step reports another fact but writes the same bytes: its dependents stay cached.
+    let opts = RunOptions {
+        force: ["train".to_string()].into(),
+        ..RunOptions::default()
+    };
+    let forced = run_with(with_export("0.1"), t.path(), opts);
+    assert_eq!(
+        statuses(&forced),
+        [Status::Cached, Status::Cached, Status::Ran, Status::Cached]
+    );
+    assert_eq!(
+        forced.steps[2].output.as_ref().unwrap().digest,
+        first.steps[2].output.as_ref().unwrap().digest
+    );
+    assert_ne!(entry(&forced).facts["train_seconds"], fact);
+
+    // Each step's record: its status in the run, its seconds, and which run.
+    let record = |id: &str| store.last_run("t", id).unwrap().outcome.unwrap();
+    assert_eq!(record("train").status, Status::Ran);
+    assert_eq!(record("export").status, Status::Cached);
+    assert_eq!(record("train").run, record("export").run);
+    assert!(record("train").seconds >= 0.0 && record("train").error.is_none());
+    let earlier_run = record("export").run;
+
+    // A failure is recorded too (without an output), and plan says so.
+    let failed = run(with_export("-1.0"), t.path());
+    assert_eq!(failed.steps[2].status, Status::Failed);
+    let train = store.last_run("t", "train").unwrap();
+    assert_eq!(train.artifact, None);
+    let outcome = train.outcome.unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    assert_eq!(outcome.error.as_deref(), Some("lr must be positive"));
+    assert_ne!(outcome.run, earlier_run);
+    // Export never started: its record is still the earlier run's.
+    assert_eq!(record("export").run, earlier_run);
+    let plan = exec::plan(&with_export("-1.0"), &store, &Default::default()).unwrap();
+    assert_eq!(plan[2].reason, "failed in the last run");
 }
 
 #[test]

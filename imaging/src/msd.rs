@@ -149,8 +149,9 @@ impl TryFrom<RawDataset> for MsdDataset {
             && n != training.len()
         {
             return Err(format!(
-                "numTraining is {n}, but `training` lists {} cases",
-                training.len()
+                "numTraining is {n}, but `training` lists {} case{}",
+                training.len(),
+                if training.len() == 1 { "" } else { "s" }
             ));
         }
         Ok(MsdDataset {
@@ -402,7 +403,7 @@ mod tests {
             ),
             (
                 r#"{"numTraining": 3, "training": [{"image": "a"}]}"#,
-                "dataset.json: numTraining is 3, but `training` lists 1 cases",
+                "dataset.json: numTraining is 3, but `training` lists 1 case",
             ),
         ];
         for (text, want) in cases {

@@ -2,11 +2,14 @@
 //! Dice as `model.safetensors` (MONAI `state_dict` names and shapes, loadable with
 //! `UNet(...).load_state_dict(safetensors.torch.load_file(p), strict=True)`), with `config.json`
 //! (the MONAI constructor arguments), `metrics.json` (best epoch's Dice as `val_mean_dice`, TC, WT,
-//! ET, and the whole history), a model card `README.md`, and `preprocessing.json` (the chain
-//! `wf predict` replays on new images).
+//! ET, and the whole history), a model card `README.md` (the data, and the machine the training ran
+//! on, from the model's `train.json`), and `preprocessing.json` (the chain `wf predict` replays on
+//! new images).
 
 use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
-use wf_engine::{ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError};
+use wf_engine::{
+    ArtifactType, ParamSpec, Params, RemoteTask, RunContext, Slots, Step, StepError, plural,
+};
 use wf_trainer::record::TrainRecord;
 
 pub struct ExportCheckpoint;
@@ -40,10 +43,10 @@ impl Step for ExportCheckpoint {
             TrainRecord::read_in(&input.path).map_err(|e| StepError::new(e.to_string()))?;
         let data = match record {
             Some(r) => format!(
-                "{} training cases ({} samples), {} validation cases, samples artifact {}",
-                r.split.train_cases.len(),
-                r.split.train_samples,
-                r.split.val_cases.len(),
+                "{} ({}), {}, samples artifact {}",
+                plural(r.split.train_cases.len(), "training case"),
+                plural(r.split.train_samples, "sample"),
+                plural(r.split.val_cases.len(), "validation case"),
                 r.samples
             ),
             None => format!("unknown (no {TRAIN_FILE} in the model)"),
@@ -60,7 +63,7 @@ impl Step for ExportCheckpoint {
             |d| format!("val mean Dice {d:.4}"),
         );
         cx.progress
-            .message(&format!("exported epoch {} ({dice})", exported.epoch));
+            .note(&format!("exported epoch {} ({dice})", exported.epoch));
         if exported.val_mean_dice.is_none() {
             cx.progress.warn(
                 "the model has no validation metrics (val_fraction 0?): exported the latest epoch",

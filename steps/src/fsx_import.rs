@@ -10,7 +10,7 @@ use wf_engine::manifest::{self, Manifest};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, Facts, ParamSpec, Params, RemoteTask, RunContext,
-    Slots, Step, StepError,
+    Slots, Step, StepError, plural,
 };
 use wf_imaging::samples::{STAGED_FILE, Staged};
 
@@ -21,6 +21,10 @@ const PARAMS: &[ParamSpec] = &[ParamSpec::optional(
     ParamType::Str,
     "\"\"",
     "a directory on a fast local disk to copy the samples to; empty: pass through",
+)
+.shape(
+    "absolute path, or empty",
+    || serde_json::json!({ "type": "string", "pattern": "^(/.*)?$" }),
 )];
 
 #[derive(Debug, Deserialize)]
@@ -78,8 +82,10 @@ impl Step for FsxImport {
             .store
             .manifest(&input.digest)
             .map_err(|e| StepError::new(format!("cannot read the samples' manifest: {e}")))?;
-        cx.progress
-            .message(&format!("verifying {} files", manifest.entries.len()));
+        cx.progress.message(&format!(
+            "verifying {}",
+            plural(manifest.entries.len(), "file")
+        ));
         fail_on(
             manifest::verify_tree(&input.path, &manifest, cx.threads),
             "the samples in the cache",
@@ -201,7 +207,7 @@ mod tests {
                 &c,
                 ArtifactType::Samples,
                 producer,
-                Vec::new(),
+                Default::default(),
                 1,
             )
             .unwrap();

@@ -21,16 +21,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wf_engine::params::{ParamType, to_json};
+use wf_engine::yaml::Node;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, Facts, FileDigest, Item, Merged, ParamSpec, Params,
-    Part, RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store,
+    ArtifactType, CheckContext, Count, Diagnostics, Facts, FileDigest, Item, Merged, ParamSpec,
+    Params, Part, RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store, Unit,
 };
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::sample::{
     PREFIX_COPY, Sample, SampleDtype, SampleFile, write_sample, write_sample_as,
 };
 use wf_imaging::samples::{CaseFiles, INDEX_FILE, SamplesIndex, SkippedCase};
-use wf_imaging::transforms::{CaseSource, Chain, DrawnParams, TransformSpec};
+use wf_imaging::transforms::{self, CaseSource, Chain, DrawnParams, PathSeg, TransformSpec};
 use wf_imaging::{Rng, sample_seed};
 
 use crate::facts::{DatasetFacts, Grid, Known, SamplesFacts};
@@ -43,38 +44,39 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::required(
         "transforms",
         ParamType::Any,
-        "the transform chain: a list of names or one-key maps",
-    ),
+        "the chain, starting with `load`: a list of transforms, each a name or a one-key mapping of its name to its fields (docs/workflow.md, Transforms)",
+    )
+    .shape("list of transforms", transforms::fields::list_schema),
     ParamSpec::optional(
         "labels",
         ParamType::Enum(&["msd", "brats", "brats-monai"]),
         "\"msd\"",
-        "label convention of convert-labels: msd (1 edema, 2 non-enhancing, 3 enhancing) or brats (1, 2, 4)",
+        "the label convention of `convert-labels` (MSD: 1 edema, 2 non-enhancing, 3 enhancing; BraTS: 1, 2, 4; `brats-monai`: MONAI's class verbatim)",
     ),
     ParamSpec::optional(
         "copies_per_case",
         ParamType::int_min(0),
         "1",
-        "random augmentations stored per case; 0 = augment online in the loader",
+        "random augmentations stored per case; 0 stores the prefix and augments online in the loader",
     ),
     ParamSpec::optional(
         "shards",
         ParamType::int_min(0),
         "0",
-        "parallel workers (0 = all cores); instances in the cloud",
+        "parallel workers (0: all cores); instances of the Processing job in the cloud",
     )
     .not_in_key(),
     ParamSpec::optional(
         "on_bad_case",
         ParamType::Enum(&["fail", "skip"]),
         "\"fail\"",
-        "what a bad case does: fail the step, or skip it with a warning",
+        "a bad case fails the step, or is skipped with a warning",
     ),
     ParamSpec::optional(
         "sample_dtype",
         ParamType::Enum(&["f32", "bf16"]),
         "\"f32\"",
-        "image precision of the stored samples: f32 (exact) or bf16 (half the bytes to read per sample)",
+        "image precision of the stored samples: f32 (exact) or bf16 (half the bytes to read)",
     ),
 ];
 
@@ -133,14 +135,10 @@ impl Step for ShardedTransform {
             );
             return;
         };
-        let mut ok = true;
-        for item in items {
-            if let Err(e) = serde_json::from_value::<TransformSpec>(to_json(item)) {
-                diags.error(item.span, format!("step `{}`: {e}", cx.step_id));
-                ok = false;
-            }
-        }
-        if ok && let Err(e) = chain(params) {
+        let context = format!("step `{}`", cx.step_id);
+        if check_transforms(items, Some(&context), diags)
+            && let Err(e) = chain(params)
+        {
             diags.error(node.span, format!("step `{}`: {e}", cx.step_id));
         }
     }
@@ -262,6 +260,66 @@ fn transform_field_span(params: &Params, index: usize, field: &str) -> wf_engine
         .map_or(item.span, |n| n.span)
 }
 
+/// Checks each item of a `transforms:` list (a step's, or `wf transform`'s file) and reports every
+/// problem where it was written: the item, the transform's name, a field's name, its value, or an
+/// entry of a list value. `context` starts each message (`step `preprocess``). Whether all items
+/// are transforms.
+pub fn check_transforms(items: &[Node], context: Option<&str>, diags: &mut Diagnostics) -> bool {
+    let mut ok = true;
+    for item in items {
+        let Err(errors) = transforms::parse_item(&to_json(item)) else {
+            continue;
+        };
+        ok = false;
+        for e in errors {
+            let span = locate(item, &e.path, e.at_key);
+            let message = match context {
+                Some(c) => format!("{c}: {}", e.message),
+                None => e.message.clone(),
+            };
+            let suggestion = e.unknown.as_ref().and_then(|u| {
+                wf_engine::diag::did_you_mean(&u.got, u.expected.iter().map(String::as_str))
+            });
+            match (suggestion, e.help) {
+                (Some(best), _) => {
+                    diags.error_with_help(span, message, format!("did you mean `{best}`?"))
+                }
+                (None, Some(help)) => diags.error_with_help(span, message, help),
+                (None, None) => diags.error(span, message),
+            }
+        }
+    }
+    ok
+}
+
+/// The position of `path` inside `item`: the named key itself when `at_key`, else the value (or
+/// list entry) it leads to; as deep as the path goes.
+fn locate(item: &Node, path: &[PathSeg], at_key: bool) -> wf_engine::Span {
+    let mut node = item;
+    for (i, seg) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        match seg {
+            PathSeg::Key(name) => {
+                let Some((key, value)) = node
+                    .as_map()
+                    .and_then(|m| m.iter().find(|(k, _)| k.name == *name))
+                else {
+                    break;
+                };
+                if last && at_key {
+                    return key.span;
+                }
+                node = value;
+            }
+            PathSeg::Index(n) => match node.as_seq().and_then(|s| s.get(*n)) {
+                Some(entry) => node = entry,
+                None => break,
+            },
+        }
+    }
+    node.span
+}
+
 /// In the cloud, each instance of a sharded job processes the cases whose image it was given, and
 /// the commit job writes `index.json` from every instance's records (docs/cloud.md §6): the same
 /// artifact as a local run.
@@ -353,7 +411,10 @@ fn process_cases(
     let workers = if p.shards == 0 { cx.threads } else { p.shards }.clamp(1, cases.len().max(1));
 
     let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
+    let total = cases.len() as u64;
+    cx.progress.advance(Count::new(0, total, Unit::Case));
+    // Counted and reported under one lock, so the reports arrive in order.
+    let done = Mutex::new(0u64);
     let results: Vec<Mutex<Option<Result<Vec<String>, String>>>> =
         cases.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
@@ -392,8 +453,9 @@ fn process_cases(
                         job.process(src, image_digest, label_digest, cx.out_dir)
                     })();
                     *results[i].lock().expect("no panics") = Some(r);
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    cx.progress.advance(n as u64, cases.len() as u64);
+                    let mut n = done.lock().expect("no panics");
+                    *n += 1;
+                    cx.progress.advance(Count::new(*n, total, Unit::Case));
                 }
             });
         }
@@ -635,6 +697,7 @@ fn imaging_error(e: wf_imaging::ImagingError) -> StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn items(dataset_json: &str) -> Result<Vec<String>, String> {
         let read = |path: &str| {
@@ -656,5 +719,32 @@ mod tests {
         let e =
             items(r#"{"training": [{"image": "a/X.nii"}, {"image": "b/X.nii.gz"}]}"#).unwrap_err();
         assert!(e.contains("both have case id `X`"), "{e}");
+    }
+
+    fn transform_errors(yaml: &str) -> Vec<String> {
+        let mut diags = Diagnostics::new(Path::new("t.yaml"));
+        let root = wf_engine::yaml::parse(yaml, &mut diags).unwrap();
+        let items = root.get("transforms").and_then(Node::as_seq).unwrap();
+        let ok = check_transforms(items, Some("step `p`"), &mut diags);
+        assert_eq!(ok, diags.is_empty());
+        diags.into_sorted().iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn transform_errors_sit_where_they_were_written() {
+        let e = transform_errors(
+            "transforms:\n  - load\n  - spacng: { pixdim: [1, 1, 1] }\n  - spacing: { pixdim: [1.5, 2.0] }\n  - spacing: { pixdim: [1, 1, 1], mode: [bilinear, nerest] }\n  - spacing:\n  - rand-flip: { prob: 2 }\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "t.yaml:3:5: step `p`: unknown transform `spacng`\n  help: did you mean `spacing`?",
+                "t.yaml:4:24: step `p`: `spacing.pixdim` expects 3 numbers > 0, found a list of 2",
+                "t.yaml:5:52: step `p`: `spacing.mode` expects `bilinear` or `nearest`, or `[image, label]`; entry 2 is string \"nerest\"\n  help: did you mean `nearest`?",
+                "t.yaml:6:5: step `p`: transform `spacing` needs `pixdim` (3 numbers > 0)\n  help: write it as `- spacing: { pixdim: … }`",
+                "t.yaml:7:24: step `p`: transform `rand-flip`: prob 2 is outside [0, 1]",
+            ]
+        );
+        assert!(transform_errors("transforms: [load, orientation]\n").is_empty());
     }
 }

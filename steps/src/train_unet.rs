@@ -10,25 +10,33 @@
 //!
 //! Output (the Model artifact, a training directory as wf-trainer lays it out):
 //! `checkpoints/epoch-NNNN/` (the best and the latest epoch), `metrics.jsonl`, `plot.png`,
-//! `train.json` (configuration, split, summary) and `preprocessing.json` (the transform chain and
-//! label convention of the samples, for `wf predict`).
+//! `train.json` (configuration, split, summary, the machine) and `preprocessing.json` (the
+//! transform chain and label convention of the samples, for `wf predict`).
+//!
+//! Nothing in the Model depends on the clock, so retraining on the same kind of machine gives the
+//! same Model digest and the steps after it stay cached. Timings are facts of the run instead
+//! (`Progress::fact`, kept in the cache entry): `epochs` (per epoch this computation ran: `epoch`,
+//! `train_seconds`, `train_samples_per_second`) and `train_seconds` (their sum).
 
 use serde::Deserialize;
+use serde_json::json;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    ArtifactType, CheckContext, Count, Diagnostics, ParamSpec, Params, RemoteTask, RunContext,
+    Slots, Step, StepError, Unit, plural,
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
 use wf_trainer::loader::validation_cases;
 use wf_trainer::loss::DiceLoss;
+use wf_trainer::machine::Machine;
 use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
 use wf_trainer::record::{TRAIN_FORMAT, TrainRecord};
-use wf_trainer::train::{TrainConfig, TrainEvent};
+use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
@@ -56,39 +64,45 @@ const PARAMS: &[ParamSpec] = &[
         "batch_size",
         ParamType::Int { min: 1, max: 4096 },
         "2",
-        "samples per step (over all replicas)",
+        "samples per step, over all replicas",
     ),
-    ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate"),
+    ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate")
+        .shape("number > 0", || json!({ "type": "number", "exclusiveMinimum": 0 })),
     ParamSpec::optional(
         "weight_decay",
         ParamType::Float,
         "0.0",
-        "Adam L2 penalty (torch.optim.Adam's weight_decay)",
-    ),
+        "Adam L2 penalty (`torch.optim.Adam`'s `weight_decay`)",
+    )
+    .shape("number ≥ 0", || json!({ "type": "number", "minimum": 0 })),
     ParamSpec::optional(
         "val_fraction",
         ParamType::Float,
         "0.01",
         "fraction of cases held out for validation (whole cases; at least one when > 0)",
-    ),
+    )
+    .shape("number in [0, 1)", fraction_schema),
     ParamSpec::optional(
         "loss",
         ParamType::Enum(&["dice", "dice-bce"]),
         "\"dice\"",
-        "soft Dice on sigmoid outputs (MONAI DiceLoss, squared_pred), optionally + BCE",
+        "MONAI `DiceLoss(sigmoid=True, squared_pred=True)`, optionally + BCE",
     ),
     ParamSpec::optional(
         "precision",
         ParamType::Enum(&["fp32", "bf16"]),
         "\"fp32\"",
-        "fp32, or bf16 mixed precision (CUDA builds only)",
+        "fp32, or bf16 mixed precision (convolutions in bf16, f32 weights): CUDA builds only",
     ),
     ParamSpec::optional(
         "gpus",
         ParamType::Any,
         "\"all\"",
-        "GPUs to train on, one replica each: a number, or `all` (0 or no GPU: CPU)",
-    ),
+        "GPUs to train on, one replica each; `all` on a machine without GPUs trains on the CPU; N > 0 needs a CUDA build",
+    )
+    .shape("integer ≥ 0 or `all`", || {
+        json!({ "anyOf": [{ "type": "integer", "minimum": 0 }, { "const": "all" }] })
+    }),
     ParamSpec::optional(
         "channels",
         INT_LIST,
@@ -99,7 +113,7 @@ const PARAMS: &[ParamSpec] = &[
         "strides",
         INT_LIST,
         "[2, 2, 2, 2]",
-        "UNet strides per down-sampling (MONAI `strides`)",
+        "UNet strides per down-sampling (MONAI `strides`; one fewer than `channels`)",
     ),
     ParamSpec::optional(
         "num_res_units",
@@ -107,8 +121,14 @@ const PARAMS: &[ParamSpec] = &[
         "2",
         "residual units per block",
     ),
-    ParamSpec::optional("dropout", ParamType::Float, "0.0", "dropout probability"),
+    ParamSpec::optional("dropout", ParamType::Float, "0.0", "dropout probability")
+        .shape("number in [0, 1)", fraction_schema),
 ];
+
+/// What `check` accepts for `val_fraction` and `dropout`.
+fn fraction_schema() -> serde_json::Value {
+    json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1 })
+}
 
 #[derive(Debug, Deserialize)]
 struct TrainParams {
@@ -288,28 +308,38 @@ impl Step for TrainUnet {
             .map_err(|e| StepError::new(format!("{}: {e}", cx.log_path.display())))?;
 
         let on = match placement {
-            Placement::Cpu => format!("CPU ({} threads)", cx.threads),
+            Placement::Cpu => format!("CPU ({})", plural(cx.threads, "thread")),
             #[allow(unreachable_patterns)]
             _ => placement.describe(),
         };
         let epochs = cfg.epochs as u64;
         let mut split = None;
         let log_line = std::sync::Mutex::new(&mut log);
+        // Optimizer steps per epoch: batches of `batch_size` over all replicas (a replica's share
+        // of the last one may be padded, so a count past it raises the total).
+        let steps_per_epoch = AtomicU64::new(0);
         let mut on_split = |s: &Split| {
             let msg = format!(
-                "{} training samples ({} cases), {} validation samples ({} cases), {} epochs on {on}, {}",
-                s.train_samples,
-                s.train_cases.len(),
-                s.val_samples,
-                s.val_cases.len(),
-                cfg.epochs,
+                "{} ({}), {} ({}), {} on {on}, {}",
+                plural(s.train_samples, "training sample"),
+                plural(s.train_cases.len(), "case"),
+                plural(s.val_samples, "validation sample"),
+                plural(s.val_cases.len(), "case"),
+                plural(cfg.epochs, "epoch"),
                 p.precision
             );
-            cx.progress.message(&msg);
+            cx.progress.note(&msg);
             let _ = writeln!(log_line.lock().expect("log lock"), "{msg}");
+            steps_per_epoch.store(
+                s.train_samples.div_ceil(p.batch_size.max(1)) as u64,
+                Ordering::Relaxed,
+            );
             split = Some(s.clone());
         };
         let mut last_message = std::time::Instant::now();
+        let mut timings: Vec<EpochTiming> = Vec::new();
+        // The epoch count starts at the first step, or at the epoch training resumes after.
+        let mut counting = false;
         let mut on_event = |e: &TrainEvent| {
             let mut log = log_line.lock().expect("log lock");
             match e {
@@ -322,10 +352,23 @@ impl Step for TrainUnet {
                     cx.progress.warn(&format!(
                         "resumed after an interruption from the checkpoint of epoch {epoch}"
                     ));
-                    cx.progress.advance(*epoch as u64, epochs);
+                    cx.progress
+                        .advance(Count::new(*epoch as u64, epochs, Unit::Epoch));
+                    counting = true;
                 }
                 TrainEvent::Step { epoch, step, loss } => {
                     let _ = writeln!(log, "epoch {epoch} step {step}: loss {loss:.5}");
+                    if !counting {
+                        cx.progress
+                            .advance(Count::new(*epoch as u64 - 1, epochs, Unit::Epoch));
+                        counting = true;
+                    }
+                    let step = *step as u64;
+                    cx.progress.advance_within(Count::new(
+                        step,
+                        steps_per_epoch.load(Ordering::Relaxed).max(step),
+                        Unit::Step,
+                    ));
                     // Every step goes to the log; the console hears of one every few seconds.
                     if last_message.elapsed() >= std::time::Duration::from_secs(5) {
                         last_message = std::time::Instant::now();
@@ -334,7 +377,7 @@ impl Step for TrainUnet {
                         ));
                     }
                 }
-                TrainEvent::Epoch(m) => {
+                TrainEvent::Epoch { metrics: m, timing } => {
                     let dice =
                         |d: Option<f32>| d.map_or_else(|| "n/a".to_string(), |d| format!("{d:.4}"));
                     let line = format!(
@@ -345,11 +388,26 @@ impl Step for TrainUnet {
                         dice(m.val_dice_tc),
                         dice(m.val_dice_wt),
                         dice(m.val_dice_et),
-                        m.train_samples_per_second
+                        timing.train_samples_per_second
                     );
                     let _ = writeln!(log, "{line}");
-                    cx.progress.message(&line);
-                    cx.progress.advance(m.epoch as u64, epochs);
+                    cx.progress.note(&line);
+                    cx.progress
+                        .advance(Count::new(m.epoch as u64, epochs, Unit::Epoch));
+                    if (m.epoch as u64) < epochs {
+                        cx.progress.advance_within(Count::new(
+                            0,
+                            steps_per_epoch.load(Ordering::Relaxed),
+                            Unit::Step,
+                        ));
+                    }
+                    timings.push(*timing);
+                    cx.progress
+                        .fact("epochs", serde_json::to_value(&timings).unwrap_or_default());
+                    cx.progress.fact(
+                        "train_seconds",
+                        timings.iter().map(|t| t.train_seconds).sum::<f64>().into(),
+                    );
                 }
             }
         };
@@ -400,6 +458,7 @@ impl Step for TrainUnet {
             epochs_completed: summary.epochs_completed,
             best_epoch: summary.best_epoch,
             best_val_mean_dice: summary.best_val_mean_dice,
+            machine: Some(Machine::detect(cx.threads.max(1))),
         }
         .write_in(cx.out_dir)
         .map_err(trainer_err)?;

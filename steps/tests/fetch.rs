@@ -344,7 +344,7 @@ impl Progress for Lines {
     fn warn(&self, msg: &str) {
         self.0.lock().unwrap().push(msg.to_string());
     }
-    fn advance(&self, _done: u64, _total: u64) {}
+    fn advance(&self, _count: wf_engine::Count) {}
 }
 
 /// Fake image bytes, large enough that a cut lands mid-body.

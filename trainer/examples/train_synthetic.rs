@@ -84,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut tr,
         &mut va,
         &mut |e| {
-            if let TrainEvent::Epoch(m) = e {
+            if let TrainEvent::Epoch { metrics: m, timing } = e {
                 println!(
                     "epoch {} loss {:.4} val mean Dice {:.3} (TC {:.3} WT {:.3} ET {:.3}) {:.2} samples/s, {:.0} s total",
                     m.epoch,
@@ -93,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     m.val_dice_tc.unwrap_or(f32::NAN),
                     m.val_dice_wt.unwrap_or(f32::NAN),
                     m.val_dice_et.unwrap_or(f32::NAN),
-                    m.train_samples_per_second,
+                    timing.train_samples_per_second,
                     t0.elapsed().as_secs_f64()
                 );
             }

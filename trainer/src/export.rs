@@ -2,6 +2,7 @@
 
 use crate::checkpoint;
 use crate::error::{Result, TrainerError};
+use crate::record::{TRAIN_FILE, TrainRecord};
 use crate::train::{EpochMetrics, checkpoints_dir, read_metrics};
 use crate::unet::UNetConfig;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,32 @@ pub struct Exported {
     pub epoch: usize,
     pub val_mean_dice: Option<f32>,
     pub files: Vec<PathBuf>,
+}
+
+/// The export's `metrics.json`: the exported (best) epoch's metrics and the whole history. Fields in
+/// the file's order (by name).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExportMetrics {
+    /// The exported epoch.
+    pub epoch: usize,
+    pub history: Vec<EpochMetrics>,
+    pub train_loss: Option<f32>,
+    pub val_dice_et: Option<f32>,
+    pub val_dice_tc: Option<f32>,
+    pub val_dice_wt: Option<f32>,
+    /// Validation mean Dice of the exported epoch; `None` when training did not validate.
+    pub val_mean_dice: Option<f32>,
+}
+
+impl ExportMetrics {
+    pub const FILE: &'static str = "metrics.json";
+
+    /// Reads `metrics.json` of the export directory `dir`.
+    pub fn read_in(dir: &Path) -> Result<ExportMetrics> {
+        let path = dir.join(Self::FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| TrainerError::Json { path, source })
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
@@ -75,9 +102,25 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text + "\n").map_err(io(path))
 }
 
+/// The model card's line on the machine, from `train.json` when the model has one.
+fn trained_on(record: Option<&TrainRecord>) -> String {
+    match record {
+        None => format!("unknown (no {TRAIN_FILE} in the model)"),
+        Some(r) => match &r.machine {
+            Some(m) => format!("`{}`, {}; {}", r.device, r.precision, m.describe()),
+            None => format!(
+                "`{}`, {} (CPU and kernels not recorded)",
+                r.device, r.precision
+            ),
+        },
+    }
+}
+
 /// Writes `model.safetensors`, `config.json`, `metrics.json` and `README.md` (model card) for the
-/// best checkpoint of `train_dir` into `out_dir`. `data` describes the training data for the card.
+/// best checkpoint of `train_dir` into `out_dir`. `data` describes the training data for the card;
+/// the machine it was trained on comes from the model's `train.json`.
 pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> {
+    let machine = trained_on(TrainRecord::read_in(train_dir)?.as_ref());
     let (ckpt, best) = best_checkpoint(train_dir)?;
     let meta = checkpoint::read_meta(&ckpt)?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -91,18 +134,19 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
     write_json(&config, &cfg)?;
 
     let all = read_metrics(train_dir)?;
-    let metrics = out_dir.join("metrics.json");
+    let metrics = out_dir.join(ExportMetrics::FILE);
+    let record = ExportMetrics {
+        epoch: meta.epoch,
+        history: all,
+        train_loss: best.as_ref().map(|m| m.train_loss),
+        val_dice_et: best.as_ref().and_then(|m| m.val_dice_et),
+        val_dice_tc: best.as_ref().and_then(|m| m.val_dice_tc),
+        val_dice_wt: best.as_ref().and_then(|m| m.val_dice_wt),
+        val_mean_dice: best.as_ref().and_then(|m| m.val_mean_dice),
+    };
     write_json(
         &metrics,
-        &serde_json::json!({
-            "epoch": meta.epoch,
-            "val_mean_dice": best.as_ref().and_then(|m| m.val_mean_dice),
-            "val_dice_tc": best.as_ref().and_then(|m| m.val_dice_tc),
-            "val_dice_wt": best.as_ref().and_then(|m| m.val_dice_wt),
-            "val_dice_et": best.as_ref().and_then(|m| m.val_dice_et),
-            "train_loss": best.as_ref().map(|m| m.train_loss),
-            "history": all,
-        }),
+        &serde_json::to_value(&record).expect("metrics serialize"),
     )?;
 
     let card = out_dir.join("README.md");
@@ -115,7 +159,12 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
          - Training data: {data}\n\
          - Optimizer: Adam, lr {}, weight decay {}\n\
          - Validation Dice (sigmoid > 0.5): mean {}, TC {}, WT {}, ET {}\n\
-         - Output channels: TC, WT, ET (sigmoid per channel)\n",
+         - Output channels: TC, WT, ET (sigmoid per channel)\n\
+         - Trained on: {machine}\n\
+         - Reproducibility: retraining with the same workflow and wf build on the same kind of machine \
+         (the same CPU model and threads, or the same GPU model and CUDA libraries) gives these weights \
+         bit for bit; another machine gives close but different numbers (GEMM kernels and blocking \
+         follow the CPU).\n",
         u.in_channels,
         u.out_channels,
         u.channels,
@@ -152,13 +201,81 @@ mod tests {
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
         assert!(m["val_mean_dice"].is_number());
+        let read = ExportMetrics::read_in(&out).unwrap();
+        assert_eq!(read.epoch, e.epoch);
+        assert_eq!(read.val_mean_dice, e.val_mean_dice);
+        assert_eq!(read.history.len(), 2);
         let w =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert!(w.contains_key("model.0.conv.unit0.conv.weight"));
+        let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(card.contains("strict=True"), "{card}");
+        // Without train.json (a model trained outside a workflow) the card says so.
         assert!(
-            std::fs::read_to_string(out.join("README.md"))
-                .unwrap()
-                .contains("strict=True")
+            card.contains("Trained on: unknown (no train.json"),
+            "{card}"
+        );
+    }
+
+    /// A Model trained before timings left metrics.jsonl (and before train.json named the machine)
+    /// still exports.
+    #[test]
+    fn a_model_with_timed_metrics_still_exports() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testutil::train_tiny(dir.path(), 2);
+        let path = crate::train::metrics_path(dir.path());
+        let old: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["train_seconds"] = 1.25.into();
+                v["train_samples_per_second"] = 1.6.into();
+                format!("{v}\n")
+            })
+            .collect();
+        std::fs::write(&path, old).unwrap();
+        let out = dir.path().join("export");
+        let e = export(dir.path(), &out, "synthetic").unwrap();
+        assert!(e.val_mean_dice.is_some());
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(m["history"].as_array().unwrap().len(), 2);
+        assert!(m["history"][0].get("train_seconds").is_none());
+    }
+
+    #[test]
+    fn the_card_names_the_machine_from_train_json() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testutil::train_tiny(dir.path(), 1);
+        let machine = crate::machine::Machine::detect(2);
+        TrainRecord {
+            format: crate::record::TRAIN_FORMAT.into(),
+            config: Default::default(),
+            samples: "ab".repeat(32),
+            split: crate::placement::Split {
+                train_cases: vec!["a".into(), "b".into()],
+                val_cases: vec!["c".into()],
+                train_samples: 6,
+                val_samples: 3,
+            },
+            device: "cpu".into(),
+            precision: "fp32".into(),
+            epochs_completed: 1,
+            best_epoch: Some(1),
+            best_val_mean_dice: Some(0.5),
+            machine: Some(machine.clone()),
+        }
+        .write_in(dir.path())
+        .unwrap();
+        let out = dir.path().join("export");
+        export(dir.path(), &out, "synthetic").unwrap();
+        let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(
+            card.contains("Training data: synthetic")
+                && card.contains(&format!("Trained on: `cpu`, fp32; {}", machine.describe()))
+                && card.contains("same kind of machine"),
+            "{card}"
         );
     }
 

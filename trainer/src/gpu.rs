@@ -63,7 +63,10 @@ mod parallel {
         if per_node == 0 || per_node > available {
             return Err(TrainerError::Config {
                 field: "gpus",
-                detail: format!("{per_node} GPUs asked for, this machine has {available}"),
+                detail: format!(
+                    "{per_node} GPU{} asked for, this machine has {available}",
+                    if per_node == 1 { "" } else { "s" }
+                ),
             });
         }
         let world = per_node * cluster.nodes();

@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod infer;
 pub mod loader;
 pub mod loss;
+pub mod machine;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod ops;

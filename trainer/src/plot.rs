@@ -1,10 +1,16 @@
 //! `plot.png`: training loss and validation Dice (TC, WT, ET, mean) per epoch, redrawn after each
-//! epoch from the metrics so far. plotters without its default features (which want fontconfig and
-//! freetype): bitmap backend, PNG encoder, and text from an embedded DejaVu Sans subset
-//! (`assets/DejaVuSans-subset.ttf`, license beside it), so it renders on a bare machine.
+//! epoch from the metrics so far. Ticks fall on whole epochs (every 1, 2, 5, 10, ... epochs, at most
+//! ten), each panel's legend stands beside its data, and the best epoch (the highest validation mean
+//! Dice, the earliest of equals: the one export publishes) is marked with a dashed line in both
+//! panels and a ring on the mean curve. plotters without its default features (which want
+//! fontconfig and freetype): bitmap backend, and text from an embedded DejaVu Sans subset
+//! (`assets/DejaVuSans-subset.ttf`, license beside it), so it renders on a bare machine; the pixels
+//! are encoded with `png`, so the same metrics give the same bytes.
 
 use crate::error::{Result, TrainerError};
 use crate::train::EpochMetrics;
+use plotters::coord::combinators::WithKeyPoints;
+use plotters::coord::types::{RangedCoordf64, RangedCoordi32};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 use std::path::Path;
@@ -15,6 +21,17 @@ static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 
 /// Image size in pixels.
 pub const SIZE: (u32, u32) = (1200, 480);
+
+/// Width of the legend column right of each panel's data.
+const LEGEND_WIDTH: u32 = 150;
+
+/// The series colors (also the colors `wf report` overlays the regions in).
+pub const LOSS_COLOR: RGBColor = RGBColor(90, 60, 160);
+pub const TC_COLOR: RGBColor = RGBColor(214, 39, 40);
+pub const WT_COLOR: RGBColor = RGBColor(44, 160, 44);
+pub const ET_COLOR: RGBColor = RGBColor(31, 119, 180);
+/// The best-epoch marker.
+pub const BEST_COLOR: RGBColor = RGBColor(255, 127, 14);
 
 fn font_ready() -> std::result::Result<(), String> {
     static READY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
@@ -36,21 +53,75 @@ fn failed(path: &Path, e: impl std::fmt::Display) -> TrainerError {
 /// Draws `metrics` (one point per epoch; missing or non-finite values are left out) into the PNG at
 /// `path`, replacing it atomically (a temporary file beside it, then a rename).
 pub fn write_plot(metrics: &[EpochMetrics], path: &Path) -> Result<()> {
-    font_ready().map_err(|e| failed(path, e))?;
+    let bytes = plot_png(metrics).map_err(|e| failed(path, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plot.png".into());
-    // The backend picks the encoder from the extension, so the temporary name ends in .png too.
-    let tmp = path.with_file_name(format!(".{name}.tmp.png"));
-    draw(metrics, &tmp).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        failed(path, e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        failed(path, e)
-    })
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            failed(path, e)
+        })
+}
+
+/// The picture `plot.png` holds, as PNG bytes ([`SIZE`], 8-bit RGB).
+pub fn plot_png(metrics: &[EpochMetrics]) -> std::result::Result<Vec<u8>, String> {
+    font_ready()?;
+    let mut rgb = vec![255u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    draw(metrics, &mut rgb).map_err(|e| e.to_string())?;
+    encode_png(&rgb, SIZE)
+}
+
+/// 8-bit RGB pixels (row-major, `w * h * 3` bytes) as PNG bytes.
+pub fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> std::result::Result<Vec<u8>, String> {
+    if rgb.len() != w as usize * h as usize * 3 {
+        return Err(format!("{} bytes are not {w}x{h} RGB pixels", rgb.len()));
+    }
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(rgb).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Tick positions on the epoch axis: whole epochs from 1 to `last`, every 1, 2, 5, 10, 20, 50, ...
+/// epochs, so that there are at most ten and no label repeats.
+pub fn epoch_ticks(last: usize) -> Vec<usize> {
+    let last = last.max(1);
+    let mut step = 1;
+    'find: for scale in [1usize, 10, 100, 1_000, 10_000, 100_000] {
+        for m in [1, 2, 5] {
+            step = m * scale;
+            if last / step <= 10 {
+                break 'find;
+            }
+        }
+    }
+    if step == 1 {
+        return (1..=last).collect();
+    }
+    (1..=last / step).map(|i| i * step).collect()
+}
+
+/// The epoch export publishes: the highest finite validation mean Dice, the earliest of equals.
+pub fn best_epoch(metrics: &[EpochMetrics]) -> Option<(usize, f32)> {
+    metrics
+        .iter()
+        .filter_map(|m| {
+            m.val_mean_dice
+                .filter(|d| d.is_finite())
+                .map(|d| (m.epoch, d))
+        })
+        .fold(None, |best, (e, d)| match best {
+            Some((_, bd)) if bd >= d => best,
+            _ => Some((e, d)),
+        })
 }
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -58,19 +129,40 @@ type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 /// One plotted value of an epoch's metrics.
 type Metric = dyn Fn(&EpochMetrics) -> Option<f32>;
 
-fn draw(metrics: &[EpochMetrics], path: &Path) -> DrawResult {
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+/// How a legend entry's swatch is drawn.
+#[derive(Clone, Copy)]
+enum Swatch {
+    /// A line with a dot, as the series.
+    Line(RGBColor),
+    /// A dashed line, as the best-epoch marker.
+    Dashed(RGBColor),
+    /// None: the text continues the entry above.
+    Continued,
+}
+
+fn draw(metrics: &[EpochMetrics], rgb: &mut [u8]) -> DrawResult {
+    let root = BitMapBackend::with_buffer(rgb, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
-    let last = metrics.iter().map(|m| m.epoch).max().unwrap_or(1).max(2) as f64;
-    let xs = 0.5..last + 0.5;
+    let last = metrics.iter().map(|m| m.epoch).max().unwrap_or(1).max(1);
+    let ticks: Vec<i32> = epoch_ticks(last).into_iter().map(|t| t as i32).collect();
+    // An epoch's room on either side of the data: epochs 1..=last lie inside.
+    let xs = || (0..last as i32 + 1).with_key_points(ticks.clone());
+    let best = best_epoch(metrics);
+    let best_entries: Vec<(String, Swatch)> = match best {
+        Some((e, d)) => vec![
+            (format!("best: epoch {e}"), Swatch::Dashed(BEST_COLOR)),
+            (format!("mean Dice {d:.4}"), Swatch::Continued),
+        ],
+        None => Vec::new(),
+    };
 
-    let points = |f: &Metric| -> Vec<(f64, f64)> {
+    let points = |f: &Metric| -> Vec<(i32, f64)> {
         metrics
             .iter()
             .filter_map(|m| {
                 f(m).filter(|v| v.is_finite())
-                    .map(|v| (m.epoch as f64, v as f64))
+                    .map(|v| (m.epoch as i32, v as f64))
             })
             .collect()
     };
@@ -78,83 +170,120 @@ fn draw(metrics: &[EpochMetrics], path: &Path) -> DrawResult {
     let loss = points(&|m| Some(m.train_loss));
     let top = loss.iter().map(|p| p.1).fold(0.0, f64::max);
     let top = if top > 0.0 { top * 1.1 } else { 1.0 };
-    let mut chart = ChartBuilder::on(&left)
+    let (data, legend) = left.split_horizontally(SIZE.0 / 2 - LEGEND_WIDTH);
+    let mut chart = ChartBuilder::on(&data)
         .caption("training loss", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(xs.clone(), 0.0..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("loss")
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()?;
-    series(&mut chart, &loss, &RGBColor(90, 60, 160), "train loss")?;
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 14))
-        .border_style(BLACK.mix(0.3))
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+        .build_cartesian_2d(xs(), 0.0..top)?;
+    mesh(&mut chart, "loss")?;
+    if let Some((e, _)) = best {
+        marker(&mut chart, e as i32, top)?;
+    }
+    series(&mut chart, &loss, LOSS_COLOR)?;
+    let mut entries = vec![("train loss".to_string(), Swatch::Line(LOSS_COLOR))];
+    entries.extend(best_entries.clone());
+    draw_legend(&legend, &entries)?;
 
-    let mut chart = ChartBuilder::on(&right)
+    let (data, legend) = right.split_horizontally(SIZE.0 / 2 - LEGEND_WIDTH);
+    let mut chart = ChartBuilder::on(&data)
         .caption("validation Dice", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(xs, 0.0..1.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("Dice")
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .draw()?;
+        .build_cartesian_2d(xs(), 0.0..1.0)?;
+    mesh(&mut chart, "Dice")?;
     let dice: [(&str, RGBColor, &Metric); 4] = [
-        ("TC", RGBColor(214, 39, 40), &|m| m.val_dice_tc),
-        ("WT", RGBColor(44, 160, 44), &|m| m.val_dice_wt),
-        ("ET", RGBColor(31, 119, 180), &|m| m.val_dice_et),
+        ("TC", TC_COLOR, &|m| m.val_dice_tc),
+        ("WT", WT_COLOR, &|m| m.val_dice_wt),
+        ("ET", ET_COLOR, &|m| m.val_dice_et),
         ("mean", BLACK, &|m| m.val_mean_dice),
     ];
-    for (label, color, f) in dice {
-        series(&mut chart, &points(f), &color, label)?;
+    if let Some((e, _)) = best {
+        marker(&mut chart, e as i32, 1.0)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
-        .border_style(BLACK.mix(0.3))
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    let mut entries = Vec::new();
+    for (label, color, f) in dice {
+        series(&mut chart, &points(f), color)?;
+        entries.push((label.to_string(), Swatch::Line(color)));
+    }
+    if let Some((e, d)) = best {
+        chart.draw_series(std::iter::once(Circle::new(
+            (e as i32, d as f64),
+            8,
+            BEST_COLOR.stroke_width(3),
+        )))?;
+    }
+    entries.extend(best_entries);
+    draw_legend(&legend, &entries)?;
     root.present()?;
     Ok(())
 }
 
-/// A line with a dot per epoch (so a single epoch shows too), labelled for the legend.
-fn series<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<
-        'a,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    points: &[(f64, f64)],
-    color: &RGBColor,
-    label: &str,
-) -> DrawResult
-where
-    DB::ErrorType: 'static,
-{
-    let style = color.stroke_width(2);
-    let c = *color;
+/// Whole-epoch ticks on x, values on y.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<WithKeyPoints<RangedCoordi32>, RangedCoordf64>>;
+
+fn mesh(chart: &mut Chart<'_, '_>, y: &str) -> DrawResult {
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), style))?
-        .label(label)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()?;
+    Ok(())
+}
+
+/// A line with a dot per epoch (so a single epoch shows too).
+fn series(chart: &mut Chart<'_, '_>, points: &[(i32, f64)], color: RGBColor) -> DrawResult {
+    chart.draw_series(LineSeries::new(
+        points.iter().copied(),
+        color.stroke_width(2),
+    ))?;
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    Ok(())
+}
+
+/// The dashed vertical line at the best epoch.
+fn marker(chart: &mut Chart<'_, '_>, epoch: i32, top: f64) -> DrawResult {
+    chart.draw_series(DashedLineSeries::new(
+        [(epoch, 0.0), (epoch, top)],
+        6,
+        5,
+        BEST_COLOR.stroke_width(2),
+    ))?;
+    Ok(())
+}
+
+/// The legend in its own column: a swatch and a label per entry, top-aligned with the data.
+fn draw_legend(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    entries: &[(String, Swatch)],
+) -> DrawResult {
+    let font = ("sans-serif", 14).into_font().color(&BLACK);
+    let mut y = 60;
+    for (label, swatch) in entries {
+        match swatch {
+            Swatch::Line(c) => {
+                area.draw(&PathElement::new(vec![(4, y), (24, y)], c.stroke_width(2)))?;
+                area.draw(&Circle::new((14, y), 3, c.filled()))?;
+            }
+            Swatch::Dashed(c) => {
+                for x in [4, 16] {
+                    area.draw(&PathElement::new(
+                        vec![(x, y), (x + 7, y)],
+                        c.stroke_width(2),
+                    ))?;
+                }
+            }
+            Swatch::Continued => y -= 6,
+        }
+        area.draw(&Text::new(label.clone(), (30, y - 8), font.clone()))?;
+        y += 24;
+    }
     Ok(())
 }
 
@@ -168,8 +297,6 @@ mod tests {
             train_loss: loss,
             train_steps: 4,
             train_samples: 8,
-            train_seconds: 1.0,
-            train_samples_per_second: 8.0,
             val_dice_per_channel: dice.map(|d| d.to_vec()).unwrap_or_default(),
             val_dice_tc: dice.map(|d| d[0]),
             val_dice_wt: dice.map(|d| d[1]),
@@ -198,31 +325,41 @@ mod tests {
         (info.width, info.height, px)
     }
 
+    fn six_epochs() -> Vec<EpochMetrics> {
+        (1..=6)
+            .map(|e| {
+                let t = e as f32 / 6.0;
+                // Dice peaks at epoch 5, so the best epoch is not the last.
+                let dice = (e > 1).then_some(if e == 5 {
+                    [0.8, 0.9, 0.7]
+                } else {
+                    [0.3 + 0.4 * t, 0.5 + 0.3 * t, 0.1 + 0.4 * t]
+                });
+                epoch(e, 0.9 - 0.5 * t, dice)
+            })
+            .collect()
+    }
+
     #[test]
     fn plot_decodes_and_shows_every_series() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plot.png");
-        let metrics: Vec<EpochMetrics> = (1..=6)
-            .map(|e| {
-                let t = e as f32 / 6.0;
-                let dice = (e > 1).then_some([0.3 + 0.4 * t, 0.5 + 0.4 * t, 0.1 + 0.5 * t]);
-                epoch(e, 0.9 - 0.5 * t, dice)
-            })
-            .collect();
+        let metrics = six_epochs();
         write_plot(&metrics, &path).unwrap();
         let (w, h, px) = decode(&path);
         assert_eq!((w, h), SIZE);
-        let count = |c: [u8; 3]| px.iter().filter(|&&p| p == c).count();
+        let count = |c: RGBColor| px.iter().filter(|p| **p == [c.0, c.1, c.2]).count();
         // Lines, dots and legend marks of each series, in their colors.
         for (name, c) in [
-            ("loss", [90, 60, 160]),
-            ("TC", [214, 39, 40]),
-            ("WT", [44, 160, 44]),
-            ("ET", [31, 119, 180]),
+            ("loss", LOSS_COLOR),
+            ("TC", TC_COLOR),
+            ("WT", WT_COLOR),
+            ("ET", ET_COLOR),
+            ("best epoch", BEST_COLOR),
         ] {
             assert!(count(c) > 200, "{name}: {} pixels", count(c));
         }
-        let white = count([255, 255, 255]);
+        let white = count(WHITE);
         assert!(
             white > px.len() / 2 && white < px.len() * 99 / 100,
             "{white} white"
@@ -230,10 +367,61 @@ mod tests {
         // Text (captions, ticks, legend) is drawn: dark pixels well beyond the axes' lines.
         let dark = px.iter().filter(|p| p.iter().all(|&v| v < 100)).count();
         assert!(dark > 3000, "{dark} dark pixels");
-        // Redrawn in place with more epochs; no temporary file is left behind.
+        // Redrawn in place with fewer epochs; no temporary file is left behind.
         write_plot(&metrics[..1], &path).unwrap();
         assert_eq!(decode(&path).0, SIZE.0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // The same metrics, the same bytes.
+        assert_eq!(plot_png(&metrics).unwrap(), plot_png(&metrics).unwrap());
+    }
+
+    #[test]
+    fn legends_stand_beside_the_data() {
+        let png = plot_png(&six_epochs()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        std::fs::write(&path, png).unwrap();
+        let (w, _, px) = decode(&path);
+        let at = |x: u32, y: u32| px[(y * w + x) as usize];
+        // Each series' swatch is in the legend column of its panel (right of the data)...
+        let in_column = |x0: u32, c: RGBColor| {
+            (x0..x0 + LEGEND_WIDTH)
+                .flat_map(|x| (0..SIZE.1).map(move |y| (x, y)))
+                .any(|(x, y)| at(x, y) == [c.0, c.1, c.2])
+        };
+        let left_legend = SIZE.0 / 2 - LEGEND_WIDTH;
+        let right_legend = SIZE.0 - LEGEND_WIDTH;
+        assert!(in_column(left_legend, LOSS_COLOR) && in_column(left_legend, BEST_COLOR));
+        for c in [TC_COLOR, WT_COLOR, ET_COLOR, BEST_COLOR] {
+            assert!(in_column(right_legend, c));
+        }
+        // ...and no series color strays there from the other panel.
+        assert!(!in_column(left_legend, TC_COLOR));
+    }
+
+    #[test]
+    fn ticks_are_whole_epochs_without_repeats() {
+        assert_eq!(epoch_ticks(1), vec![1]);
+        assert_eq!(epoch_ticks(2), vec![1, 2]);
+        assert_eq!(epoch_ticks(10), (1..=10).collect::<Vec<_>>());
+        assert_eq!(epoch_ticks(12), vec![2, 4, 6, 8, 10, 12]);
+        assert_eq!(epoch_ticks(50), vec![5, 10, 15, 20, 25, 30, 35, 40, 45, 50]);
+        for last in 1..2000 {
+            let t = epoch_ticks(last);
+            assert!(!t.is_empty() && t.len() <= 10, "{last}: {t:?}");
+            assert!(t.windows(2).all(|w| w[0] < w[1]) && *t.last().unwrap() <= last);
+        }
+    }
+
+    #[test]
+    fn the_best_epoch_is_the_earliest_highest_mean_dice() {
+        let mut m = six_epochs();
+        assert_eq!(best_epoch(&m).map(|b| b.0), Some(5));
+        m[5].val_mean_dice = m[4].val_mean_dice;
+        assert_eq!(best_epoch(&m).map(|b| b.0), Some(5));
+        m[2].val_mean_dice = Some(f32::NAN);
+        assert_eq!(best_epoch(&m).map(|b| b.0), Some(5));
+        assert_eq!(best_epoch(&m[..1]), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `train.json`: what a training run records beside its checkpoints (configuration, the samples it
 //! read and how they were split, where it ran, and the outcome). One type for the writer (the
-//! train-unet step) and every reader (export's model card); the reader checks the format.
+//! train-unet step) and every reader (export's model card); the reader checks the format. Fields
+//! added later are optional, so records written before them still read.
 
 use crate::error::{Result, TrainerError};
+use crate::machine::Machine;
 use crate::placement::Split;
 use crate::train::TrainConfig;
 use std::path::Path;
@@ -28,6 +30,10 @@ pub struct TrainRecord {
     pub epochs_completed: usize,
     pub best_epoch: Option<usize>,
     pub best_val_mean_dice: Option<f32>,
+    /// The machine, as far as it decides the numbers (`machine.rs`: which determinism holds);
+    /// absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
 }
 
 fn train_format() -> String {
@@ -94,6 +100,7 @@ mod tests {
             epochs_completed: 2,
             best_epoch: Some(2),
             best_val_mean_dice: Some(0.5),
+            machine: Some(Machine::detect(2)),
         }
     }
 
@@ -109,6 +116,12 @@ mod tests {
         v.as_object_mut().unwrap().remove("format");
         std::fs::write(dir.path().join(TRAIN_FILE), v.to_string()).unwrap();
         assert_eq!(TrainRecord::read_in(dir.path()).unwrap(), Some(record()));
+        // Written before the machine was recorded: read without it.
+        v.as_object_mut().unwrap().remove("machine");
+        std::fs::write(dir.path().join(TRAIN_FILE), v.to_string()).unwrap();
+        let old = TrainRecord::read_in(dir.path()).unwrap().unwrap();
+        assert_eq!(old.machine, None);
+        assert_eq!(old.config, record().config);
         v["format"] = "wf-train-v9".into();
         std::fs::write(dir.path().join(TRAIN_FILE), v.to_string()).unwrap();
         let e = TrainRecord::read_in(dir.path()).unwrap_err().to_string();

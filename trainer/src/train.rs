@@ -5,6 +5,10 @@
 //!   validation mean Dice) are kept, older ones removed;
 //! - `metrics.jsonl`: one [`EpochMetrics`] per line, appended after that epoch's checkpoint.
 //!
+//! Everything written there is a function of the configuration, the data and the machine's
+//! arithmetic: no clock. How long an epoch took ([`EpochTiming`]) comes with the epoch's event only,
+//! so training the same thing twice on the same kind of machine writes the same bytes.
+//!
 //! The loop knows nothing of where batches come from: the real loader (mmap'd samples, online
 //! augmentation) implements [`BatchSource`].
 
@@ -141,7 +145,8 @@ impl Default for TrainConfig {
     }
 }
 
-/// One line of `metrics.jsonl`.
+/// One line of `metrics.jsonl`. Lines written by earlier versions also hold `train_seconds` and
+/// `train_samples_per_second`; they are read and ignored.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// 1-based: the number of epochs completed.
@@ -149,8 +154,6 @@ pub struct EpochMetrics {
     pub train_loss: f32,
     pub train_steps: usize,
     pub train_samples: usize,
-    pub train_seconds: f64,
-    pub train_samples_per_second: f64,
     /// Per output channel (TC, WT, ET for BraTS), MONAI DiceMetric "mean_batch".
     pub val_dice_per_channel: Vec<f32>,
     pub val_dice_tc: Option<f32>,
@@ -160,6 +163,14 @@ pub struct EpochMetrics {
     pub val_mean_dice: Option<f32>,
     pub val_samples: usize,
     pub lr: f64,
+}
+
+/// How long an epoch's training steps took: a fact about the run, never written into the output.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochTiming {
+    pub epoch: usize,
+    pub train_seconds: f64,
+    pub train_samples_per_second: f64,
 }
 
 /// Progress, for a reporter.
@@ -174,7 +185,10 @@ pub enum TrainEvent {
         step: usize,
         loss: f32,
     },
-    Epoch(EpochMetrics),
+    Epoch {
+        metrics: EpochMetrics,
+        timing: EpochTiming,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -602,8 +616,6 @@ fn run_replica(
                 train_loss: (loss_sum / steps as f64) as f32,
                 train_steps: steps,
                 train_samples: samples,
-                train_seconds,
-                train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
                 val_dice_tc: if val_samples > 0 { named(0) } else { None },
                 val_dice_wt: if val_samples > 0 { named(1) } else { None },
                 val_dice_et: if val_samples > 0 { named(2) } else { None },
@@ -631,7 +643,14 @@ fn run_replica(
             }
             last_checkpoint = Some(dir);
             prune(&ckpt_root, epoch + 1, best_of(&metrics).map(|b| b.0))?;
-            on_event(&TrainEvent::Epoch(m));
+            on_event(&TrainEvent::Epoch {
+                metrics: m,
+                timing: EpochTiming {
+                    epoch: epoch + 1,
+                    train_seconds,
+                    train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
+                },
+            });
             Ok(())
         })();
         agree(
@@ -797,6 +816,69 @@ mod tests {
         let a = std::fs::read(full.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
         let b = std::fs::read(resumed.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
         assert!(a == b, "resumed weights differ from an uninterrupted run");
+    }
+
+    /// Every file under `dir`, by relative path.
+    fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                    out.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    /// The output holds no clock: the same training twice writes the same bytes (metrics, plot,
+    /// checkpoints), which is what lets a cache see a retrained model as unchanged.
+    #[test]
+    fn training_twice_writes_the_same_bytes() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut timings = Vec::new();
+        for dir in [d1.path(), d2.path()] {
+            let mut tr = VecSource::new(synthetic(4, 0), 2, Some(3)).unwrap();
+            let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
+            train(&small_cfg(2), dir, &mut tr, &mut va, &mut |e| {
+                if let TrainEvent::Epoch { timing, .. } = e {
+                    timings.push(*timing);
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(timings.len(), 4);
+        assert!(timings.iter().all(|t| t.train_seconds > 0.0));
+        let (a, b) = (files(d1.path()), files(d2.path()));
+        assert!(a.contains_key("metrics.jsonl") && a.contains_key("plot.png"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, bytes) in &a {
+            assert!(
+                bytes == &b[name],
+                "{name} differs between two identical trainings"
+            );
+        }
+        assert!(!String::from_utf8_lossy(&a["metrics.jsonl"]).contains("seconds"));
+    }
+
+    /// Lines written before timings left metrics.jsonl still read.
+    #[test]
+    fn metrics_lines_with_timings_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            metrics_path(dir.path()),
+            r#"{"epoch":1,"train_loss":0.5,"train_steps":2,"train_samples":4,"train_seconds":1.5,"train_samples_per_second":2.6,"val_dice_per_channel":[0.1,0.2,0.3],"val_dice_tc":0.1,"val_dice_wt":0.2,"val_dice_et":0.3,"val_mean_dice":0.2,"val_samples":2,"lr":0.001}
+"#,
+        )
+        .unwrap();
+        let m = read_metrics(dir.path()).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].epoch, m[0].val_mean_dice), (1, Some(0.2)));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Case, ET, LabelData, TC, WT};
+use super::{Case, ET, Field, LabelData, TC, WT};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -39,6 +39,36 @@ impl LabelConvention {
         }
     }
 
+    /// The convention's tumour classes as (label value, name, region bits), by value.
+    pub fn classes(self) -> &'static [(u8, &'static str, u8)] {
+        match self {
+            LabelConvention::Msd => &[
+                (1, "edema", WT),
+                (2, "non-enhancing tumour", TC | WT),
+                (3, "enhancing tumour", TC | WT | ET),
+            ],
+            LabelConvention::Brats | LabelConvention::BratsMonai => &[
+                (1, "necrotic/non-enhancing core", TC | WT),
+                (2, "edema", WT),
+                (4, "enhancing tumour", TC | WT | ET),
+            ],
+        }
+    }
+
+    /// The label value of a voxel's region bits (the inverse of [`LabelConvention::regions`]):
+    /// the class of its innermost region, ET before TC before WT; 0 outside every region.
+    pub fn value_of(self, bits: u8) -> u8 {
+        let innermost = [ET, TC, WT].into_iter().find(|r| bits & r != 0);
+        innermost
+            .and_then(|r| {
+                self.classes()
+                    .iter()
+                    .filter(|c| c.2 & r != 0)
+                    .min_by_key(|c| c.2.count_ones())
+            })
+            .map_or(0, |c| c.0)
+    }
+
     /// Region bits for a raw value, `None` when the value is not part of the convention.
     pub fn regions(self, v: f32) -> Option<u8> {
         match (self, v) {
@@ -65,6 +95,15 @@ pub struct ConvertLabels {
 impl ConvertLabels {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "convert-labels";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "label values to region bits TC, WT, ET (`ConvertToMultiChannelBasedOnBratsClassesd`, with the convention of the data)";
+    pub const FIELDS: &'static [Field] = &[Field::optional(
+        "labels",
+        "`msd`, `brats` or `brats-monai`",
+        "the step's `labels`",
+        "the label convention of the data",
+        r#"{"enum": ["msd", "brats", "brats-monai"]}"#,
+    )];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
@@ -106,6 +145,25 @@ impl ConvertLabels {
 mod tests {
     use super::*;
     use crate::transforms::{Image, Label, linalg::IDENTITY};
+
+    #[test]
+    fn classes_invert_regions() {
+        for conv in [
+            LabelConvention::Msd,
+            LabelConvention::Brats,
+            LabelConvention::BratsMonai,
+        ] {
+            assert_eq!(conv.value_of(0), 0);
+            for &(value, _, bits) in conv.classes() {
+                assert_eq!(conv.regions(value as f32), Some(bits), "{conv:?} {value}");
+                assert_eq!(conv.value_of(bits), value, "{conv:?} {bits}");
+            }
+        }
+        // A voxel whose thresholded regions disagree takes its innermost region's class.
+        assert_eq!(LabelConvention::Msd.value_of(ET), 3);
+        assert_eq!(LabelConvention::Brats.value_of(TC), 1);
+        assert_eq!(LabelConvention::Brats.value_of(WT), 2);
+    }
 
     fn case(vals: &[f32]) -> Case {
         Case {

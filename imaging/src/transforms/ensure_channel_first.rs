@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Case;
+use super::{Case, Field};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -13,6 +13,10 @@ pub struct EnsureChannelFirst {}
 impl EnsureChannelFirst {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "ensure-channel-first";
+    /// What it does, for the reference.
+    pub const DOC: &'static str =
+        "a 4-D image's last axis becomes channel 0 (`EnsureChannelFirstd`)";
+    pub const FIELDS: &'static [Field] = &[];
 
     pub fn name(&self) -> &'static str {
         Self::NAME

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Affine, Case, CaseSource, Image, Label, LabelData, Layout};
+use super::{Affine, Case, CaseSource, Field, Image, Label, LabelData, Layout};
 use crate::error::ImagingError;
 use crate::nifti::{NiftiImage, read_nifti};
 
@@ -17,6 +17,9 @@ const AFFINE_TOL: f64 = 1e-3;
 impl Load {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "load";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "read the image and label NIfTI files (`LoadImaged`; scaling, byte order, sform/qform as nibabel)";
+    pub const FIELDS: &'static [Field] = &[];
 
     pub fn name(&self) -> &'static str {
         Self::NAME

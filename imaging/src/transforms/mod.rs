@@ -18,6 +18,8 @@ use crate::rng::Rng;
 
 pub mod convert_labels;
 pub mod ensure_channel_first;
+pub mod fields;
+pub mod item;
 pub(crate) mod linalg;
 pub mod load;
 pub mod normalize_intensity;
@@ -30,6 +32,8 @@ pub mod spacing;
 
 pub use convert_labels::{ConvertLabels, LabelConvention};
 pub use ensure_channel_first::EnsureChannelFirst;
+pub use fields::{Field, TRANSFORMS, TransformInfo};
+pub use item::{ItemError, PathSeg, parse_item};
 pub use load::Load;
 pub use normalize_intensity::NormalizeIntensity;
 pub use orientation::Orientation;
@@ -343,7 +347,7 @@ impl TransformSpec {
     }
 
     /// Parameter checks that need no data (ranges, probabilities, axis codes).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         match self {
             TransformSpec::Spacing(s) => s.validate(),
             TransformSpec::Orientation(o) => o.validate(),
@@ -421,11 +425,24 @@ impl TransformSpec {
 /// format (serde_json::Value, YAML).
 impl<'de> Deserialize<'de> for TransformSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(SpecVisitor)
+        d.deserialize_any(SpecVisitor { validate: true })
     }
 }
 
-struct SpecVisitor;
+/// A spec as written, its field values not yet checked ([`item::parse_item`] checks them, each at
+/// its field).
+pub(crate) struct Unchecked(pub TransformSpec);
+
+impl<'de> Deserialize<'de> for Unchecked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SpecVisitor { validate: false })
+            .map(Unchecked)
+    }
+}
+
+struct SpecVisitor {
+    validate: bool,
+}
 
 fn params<'de, A: MapAccess<'de>, T: Deserialize<'de> + Default>(
     map: &mut A,
@@ -480,7 +497,9 @@ impl<'de> Visitor<'de> for SpecVisitor {
                 "transform `{key}`: a list item must be a map with exactly one key"
             )));
         }
-        spec.validate().map_err(de::Error::custom)?;
+        if self.validate {
+            spec.validate().map_err(de::Error::custom)?;
+        }
         Ok(spec)
     }
 }
@@ -530,8 +549,10 @@ impl Chain {
         let items = transforms.as_array().ok_or("`transforms` must be a list")?;
         let mut specs = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let mut spec: TransformSpec = serde_json::from_value(item.clone())
-                .map_err(|e| format!("transforms[{i}]: {e}"))?;
+            let mut spec = parse_item(item).map_err(|errors| {
+                let all: Vec<String> = errors.iter().map(ItemError::to_string).collect();
+                format!("transforms[{i}]: {}", all.join("; "))
+            })?;
             let explicit = item
                 .get("convert-labels")
                 .and_then(|v| v.get("labels"))
@@ -767,11 +788,36 @@ impl<'de> Deserialize<'de> for Range {
     }
 }
 
-pub(crate) fn check_prob(prob: f64) -> Result<(), String> {
+pub(crate) fn check_prob(prob: f64) -> Result<(), InvalidField> {
     if (0.0..=1.0).contains(&prob) {
         Ok(())
     } else {
-        Err(format!("prob {prob} is outside [0, 1]"))
+        Err(InvalidField::new(
+            "prob",
+            format!("prob {prob} is outside [0, 1]"),
+        ))
+    }
+}
+
+/// A field value a transform cannot use: which field, and why (the reason names the field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidField {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        InvalidField {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 

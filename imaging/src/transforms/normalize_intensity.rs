@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Case, require_channel_first};
+use super::{Case, Field, require_channel_first};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -19,6 +19,24 @@ pub struct NormalizeIntensity {
 impl NormalizeIntensity {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "normalize-intensity";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "subtract the mean, divide by the std (`NormalizeIntensityd`)";
+    pub const FIELDS: &'static [Field] = &[
+        Field::optional(
+            "nonzero",
+            "true or false",
+            "`false`",
+            "statistics over the non-zero voxels, and only they change",
+            r#"{"type": "boolean", "default": false}"#,
+        ),
+        Field::optional(
+            "channel_wise",
+            "true or false",
+            "`false`",
+            "statistics per channel",
+            r#"{"type": "boolean", "default": false}"#,
+        ),
+    ];
 
     pub fn name(&self) -> &'static str {
         Self::NAME

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::linalg;
-use super::{Affine, Case, Image, Label, LabelData, require_channel_first};
+use super::{Affine, Case, Field, Image, InvalidField, Label, LabelData, require_channel_first};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,13 +31,24 @@ pub type Ornt = [(usize, bool); 3];
 impl Orientation {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "orientation";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "flip and permute axes to the orientation (`Orientationd`)";
+    pub const FIELDS: &'static [Field] = &[Field::optional(
+        "axcodes",
+        "3 letters",
+        "`RAS`",
+        "where each axis points: one of L/R, one of P/A, one of I/S (RAS is nibabel's default)",
+        r#"{"type": "string", "pattern": "^[LRPAISlrpais]{3}$", "default": "RAS"}"#,
+    )];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        self.target().map(|_| ())
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        self.target()
+            .map(|_| ())
+            .map_err(|reason| InvalidField::new("axcodes", reason))
     }
 
     /// `axcodes2ornt`: for each output axis, which world axis it follows and whether negated.

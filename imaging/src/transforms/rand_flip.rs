@@ -4,7 +4,7 @@
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 
-use super::{Case, Drawn, LabelData, check_prob, require_channel_first};
+use super::{Case, Drawn, Field, InvalidField, LabelData, check_prob, require_channel_first};
 use crate::error::ImagingError;
 use crate::rng::Rng;
 
@@ -49,17 +49,38 @@ impl Default for RandFlip {
 impl RandFlip {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "rand-flip";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "flip image and label (`RandFlipd`)";
+    pub const FIELDS: &'static [Field] = &[
+        Field::optional(
+            "prob",
+            "a number in [0, 1]",
+            "`0.1`",
+            "the chance of a flip (MONAI's default)",
+            r#"{"type": "number", "minimum": 0, "maximum": 1, "default": 0.1}"#,
+        ),
+        Field::optional(
+            "axis",
+            "an axis (0, 1 or 2) or a list of axes",
+            "all axes",
+            "the spatial axes to flip (0 = X)",
+            r#"{"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2}, {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2}}]}"#,
+        ),
+    ];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         check_prob(self.prob)?;
         if let Some(ax) = &self.axis
             && let Some(bad) = ax.iter().find(|a| **a > 2)
         {
-            return Err(format!("axis {bad} is not a spatial axis (0, 1 or 2)"));
+            return Err(InvalidField::new(
+                "axis",
+                format!("axis {bad} is not a spatial axis (0, 1 or 2)"),
+            ));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Case, Drawn, Range, check_prob};
+use super::{Case, Drawn, Field, InvalidField, Range, check_prob};
 use crate::error::ImagingError;
 use crate::rng::Rng;
 
@@ -23,12 +23,29 @@ fn default_prob() -> f64 {
 impl RandShiftIntensity {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "rand-shift-intensity";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "`x + offset` (`RandShiftIntensityd`)";
+    pub const FIELDS: &'static [Field] = &[
+        Field::required(
+            "offsets",
+            "`o` for U(−o, o), or `[lo, hi]`",
+            "the range the offset is drawn from",
+            r#"{"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}]}"#,
+        ),
+        Field::optional(
+            "prob",
+            "a number in [0, 1]",
+            "`0.1`",
+            "the chance of a shift (MONAI's default)",
+            r#"{"type": "number", "minimum": 0, "maximum": 1, "default": 0.1}"#,
+        ),
+    ];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         check_prob(self.prob)
     }
 

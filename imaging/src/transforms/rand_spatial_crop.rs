@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Case, Drawn, Image, Label, LabelData, require_channel_first};
+use super::{Case, Drawn, Field, Image, InvalidField, Label, LabelData, require_channel_first};
 use crate::error::ImagingError;
 use crate::rng::Rng;
 
@@ -16,14 +16,26 @@ pub struct RandSpatialCrop {
 impl RandSpatialCrop {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "rand-spatial-crop";
+    /// What it does, for the reference.
+    pub const DOC: &'static str =
+        "a random window of that size (`RandSpatialCropd`, `random_size=False`)";
+    pub const FIELDS: &'static [Field] = &[Field::required(
+        "roi",
+        "3 integers ≥ 1",
+        "the window in voxels per spatial axis (cut to the volume where it is larger)",
+        r#"{"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 3, "maxItems": 3}"#,
+    )];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         if self.roi.contains(&0) {
-            return Err(format!("roi {:?} must be >= 1 on every axis", self.roi));
+            return Err(InvalidField::new(
+                "roi",
+                format!("roi {:?} must be >= 1 on every axis", self.roi),
+            ));
         }
         Ok(())
     }

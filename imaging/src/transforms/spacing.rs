@@ -10,7 +10,9 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{self, Mat4};
-use super::{Affine, Case, Image, Label, LabelData, Layout, require_channel_first};
+use super::{
+    Affine, Case, Field, Image, InvalidField, Label, LabelData, Layout, require_channel_first,
+};
 use crate::error::ImagingError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,14 +100,34 @@ pub struct SpacingPlan {
 impl Spacing {
     /// The YAML name of this transform.
     pub const NAME: &'static str = "spacing";
+    /// What it does, for the reference.
+    pub const DOC: &'static str = "resample to the voxel size (`Spacingd`)";
+    pub const FIELDS: &'static [Field] = &[
+        Field::required(
+            "pixdim",
+            "3 numbers > 0",
+            "the voxel size in mm per spatial axis",
+            r#"{"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3, "maxItems": 3}"#,
+        ),
+        Field::optional(
+            "mode",
+            "`bilinear` or `nearest`, or `[image, label]`",
+            "`[bilinear, nearest]`",
+            "the interpolation: one mode for image and label, or one each",
+            r#"{"anyOf": [{"enum": ["bilinear", "nearest"]}, {"type": "array", "items": {"enum": ["bilinear", "nearest"]}, "minItems": 1, "maxItems": 2}], "default": ["bilinear", "nearest"]}"#,
+        ),
+    ];
 
     pub fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         if self.pixdim.iter().any(|p| !p.is_finite() || *p <= 0.0) {
-            return Err(format!("pixdim {:?} must be finite and > 0", self.pixdim));
+            return Err(InvalidField::new(
+                "pixdim",
+                format!("pixdim {:?} must be finite and > 0", self.pixdim),
+            ));
         }
         Ok(())
     }

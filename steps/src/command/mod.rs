@@ -25,7 +25,7 @@ use std::process::{ExitStatus, Stdio};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError,
+    Step, StepError, plural,
 };
 
 pub struct Command;
@@ -49,8 +49,11 @@ const PARAMS: &[ParamSpec] = &[
         "files",
         STR_LIST,
         "[]",
-        "local files and directories the command reads (part of the key)",
-    ),
+        "local files and directories the command reads; their content is part of the key (directories tagged as caches with `CACHEDIR.TAG`, such as wf's own `.wf/cache`, are skipped)",
+    )
+    .shape("list of paths (relative to the workflow file)", || {
+        STR_LIST.json_schema()
+    }),
     ParamSpec::optional(
         "env",
         ParamType::StrMap,
@@ -172,8 +175,8 @@ impl Step for Command {
 
         if out.dropped > 0 {
             cx.progress.warn(&format!(
-                "the command wrote {} bytes more than the log keeps ({} MiB); the log ends with a note",
-                out.dropped,
+                "the command wrote {} more than the log keeps ({} MiB); the log ends with a note",
+                plural(out.dropped, "byte"),
                 output::LOG_CAP >> 20
             ));
         }

@@ -17,7 +17,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use wf_engine::{RunContext, StepError};
+use wf_engine::{Count, RunContext, StepError, Unit};
 
 use super::source::file_name;
 use super::tree::{Mode, find_msd_root, place, read_dir_sorted, transfer};
@@ -445,7 +445,8 @@ fn extract(
             }
         }
         if ticker.due() {
-            cx.progress.advance(read.load(Ordering::Relaxed), total);
+            cx.progress
+                .advance(Count::new(read.load(Ordering::Relaxed), total, Unit::Byte));
         }
     }
     if gz {
@@ -455,7 +456,7 @@ fn extract(
         let rest = ar.into_inner().take(left.saturating_add(1));
         drain(cx, rest, budget, "(after the end of the tar)")?;
     }
-    cx.progress.advance(total, total);
+    cx.progress.advance(Count::new(total, total, Unit::Byte));
     Ok(())
 }
 

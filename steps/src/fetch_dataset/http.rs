@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
-use wf_engine::{CancelToken, RunContext, StepError, redact};
+use wf_engine::{CancelToken, Count, RunContext, StepError, Unit, plural, redact};
 
 use super::source::{Expected, url_file_name};
 use super::{Ticker, io_step};
@@ -432,8 +432,11 @@ fn attempt(
             if total == Some(have) {
                 return Ok(());
             }
+            let theirs =
+                total.map_or_else(|| "of unknown length".to_string(), |t| plural(t, "byte"));
             return Err(restart(format!(
-                "{shown}: the partial download ({have} bytes) does not match the server's file ({total:?} bytes)"
+                "{shown}: the partial download ({}) does not match the server's file ({theirs})",
+                plural(have, "byte")
             )));
         }
         400..=499 => {
@@ -487,7 +490,8 @@ fn attempt(
             Some(Err(e)) => {
                 return Err(Failure::Retry {
                     reason: format!(
-                        "{shown}: connection lost after {done} bytes: {}",
+                        "{shown}: connection lost after {}: {}",
+                        plural(done, "byte"),
                         redact::text(&e.to_string())
                     ),
                     progressed: done > start,
@@ -498,15 +502,19 @@ fn attempt(
             .map_err(|e| Failure::Fatal(io_step(&part.data, e)))?;
         done += chunk.len() as u64;
         if ticker.due() {
-            cx.progress.advance(done, total);
+            cx.progress.advance(Count::new(done, total, Unit::Byte));
         }
     }
     file.flush()
         .map_err(|e| Failure::Fatal(io_step(&part.data, e)))?;
-    cx.progress.advance(done, total.max(done));
+    cx.progress
+        .advance(Count::new(done, total.max(done), Unit::Byte));
     if total > 0 && done != total {
         return Err(Failure::Retry {
-            reason: format!("{shown}: the body ended after {done} of {total} bytes"),
+            reason: format!(
+                "{shown}: the body ended after {done} of {}",
+                plural(total, "byte")
+            ),
             progressed: done > start,
         });
     }

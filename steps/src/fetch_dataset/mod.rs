@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CancelToken, CheckContext, Diagnostics, Facts, ParamSpec, Params, RemoteTask,
-    RunContext, Slots, Step, StepError, redact,
+    RunContext, Slots, Step, StepError, plural, redact,
 };
 use wf_imaging::ImagingError;
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
@@ -77,50 +77,58 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::required(
         "source",
         ParamType::Str,
-        "a path (relative to the workflow file), file://, https://, http:// or s3://bucket/key URL, or `synthetic`",
+        "a path (relative to the workflow file), `file://`, `http(s)://` (streamed, resumable, retried), `s3://bucket/key` (the AWS credential chain, or anonymous for public buckets), or `synthetic`",
     ),
     ParamSpec::optional(
         "md5",
         ParamType::Str,
         "\"\"",
-        "expected MD5 of the downloaded or local file, 32 hex digits",
-    ),
+        "expected MD5 of the downloaded or local file (empty: none)",
+    )
+    .shape("32 hex digits", || hex_schema(32)),
     ParamSpec::optional(
         "sha256",
         ParamType::Str,
         "\"\"",
-        "expected SHA-256 of the downloaded or local file, 64 hex digits",
-    ),
+        "expected SHA-256 of the downloaded or local file (empty: none)",
+    )
+    .shape("64 hex digits", || hex_schema(64)),
     ParamSpec::optional(
         "cases",
         ParamType::int_min(1),
         "8",
-        "synthetic only: number of training cases",
+        "`synthetic` only: training cases",
     ),
     ParamSpec::optional(
         "shape",
         SHAPE,
         "[96,96,64]",
-        "synthetic only: volume size [x, y, z]",
-    ),
+        "`synthetic` only: volume size [x, y, z]",
+    )
+    .shape("list of 3 integers in 4..=4096", || {
+        let mut s = SHAPE.json_schema();
+        s["minItems"] = 3.into();
+        s["maxItems"] = 3.into();
+        s
+    }),
     ParamSpec::optional(
         "seed",
         ParamType::int_min(0),
         "0",
-        "synthetic only: generator seed",
+        "`synthetic` only: generator seed",
     ),
     ParamSpec::optional(
         "test",
         ParamType::int_min(0),
         "0",
-        "synthetic only: number of unlabelled test cases (imagesTs/)",
+        "`synthetic` only: unlabelled test cases (`imagesTs/`)",
     ),
     // Limits refuse, they never change what a successful extraction yields: not in the key.
     ParamSpec::optional(
         "max_extract_bytes",
         ParamType::int_min(1),
         "68719476736",
-        "archives: most bytes extraction may write (default 64 GiB); links copied out count too",
+        "archives: most bytes extraction may write (default 64 GiB), links copied out included",
     )
     .not_in_key(),
     ParamSpec::optional(
@@ -134,6 +142,11 @@ const PARAMS: &[ParamSpec] = &[
 
 /// Params that only mean something for an archive.
 const ARCHIVE_ONLY: &[&str] = &["max_extract_bytes", "max_extract_files"];
+
+/// What `check` accepts for a checksum of `len` hex digits: those, or nothing.
+fn hex_schema(len: usize) -> Json {
+    serde_json::json!({ "type": "string", "pattern": format!("^([0-9a-fA-F]{{{len}}})?$") })
+}
 
 /// Params that only mean something for `source: synthetic`.
 const SYNTHETIC_ONLY: &[&str] = &["cases", "shape", "seed", "test"];
@@ -404,8 +417,11 @@ impl FetchDataset {
         let expected = Expected::from(&p)?;
         source.fetch(cx, &p, &expected)?;
         let (training, test) = validate_layout(cx.out_dir)?;
-        cx.progress
-            .message(&format!("{training} training cases, {test} test cases"));
+        cx.progress.note(&format!(
+            "{}, {}",
+            plural(training, "training case"),
+            plural(test, "test case")
+        ));
         Ok(())
     }
 }

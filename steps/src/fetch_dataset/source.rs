@@ -5,7 +5,7 @@ use sha2::Digest;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::Path;
-use wf_engine::{RunContext, StepError};
+use wf_engine::{Count, RunContext, StepError, Unit, plural};
 
 use super::archive::{Limits, unpack};
 use super::http::download;
@@ -218,8 +218,9 @@ fn synthesize(cx: &RunContext<'_>, p: &FetchParams) -> Result<(), StepError> {
         ))
     })?;
     cx.progress.message(&format!(
-        "generating {} synthetic cases of {shape:?} (seed {})",
-        p.cases, p.seed
+        "generating {} of {shape:?} (seed {})",
+        plural(p.cases, "synthetic case"),
+        p.seed
     ));
     let opts = wf_imaging::synth::SynthOptions {
         cases: p.cases,
@@ -291,7 +292,7 @@ impl Expected {
             }
             done += n as u64;
             if ticker.due() {
-                cx.progress.advance(done, total);
+                cx.progress.advance(Count::new(done, total, Unit::Byte));
             }
         }
         let checks = [
