@@ -39,7 +39,7 @@ pub use registry::Registry;
 pub use remote::{RemoteCache, RemoteError, RemoteExecutor};
 pub use step::{
     CancelToken, CheckContext, Count, InputArtifact, Item, Merged, Part, Progress, RemoteTask,
-    RunContext, Sharded, Step, StepError, Unit,
+    RunContext, Sharded, SizeEstimate, Step, StepError, Unit,
 };
 pub use store::Store;
 pub use words::plural;

@@ -39,6 +39,29 @@ pub trait Step: Send + Sync + 'static {
         None
     }
 
+    /// The bytes this step's output will take, as far as validation can tell from its params and
+    /// its inputs' facts (`cx.inputs`): `wf plan` shows it and `wf run` compares the steps it will
+    /// run with the cache's free space before starting any. `None`: the step writes little.
+    fn output_size(&self, _params: &Params, _cx: &CheckContext<'_>) -> Option<SizeEstimate> {
+        None
+    }
+
+    /// Whether this build on this machine can run the step as configured (`gpus:` in a build without
+    /// CUDA). The file may be valid for another machine (the cloud), so this is no part of
+    /// validation: `wf run` asks it, before running anything, of each step it will run here.
+    fn check_local(&self, _params: &Params, _step_id: &str, _diags: &mut Diagnostics) {}
+
+    /// What a run of this step would pick up from earlier work that its output does not hold (the
+    /// checkpoints of an interrupted training), for `wf plan`: "resumes from epoch 3". `key` is the
+    /// step's key components, which name that work.
+    fn resumes(
+        &self,
+        _store: &crate::store::Store,
+        _key: &crate::key::KeyComponents,
+    ) -> Option<String> {
+        None
+    }
+
     /// Whether the workflow `seed` is part of this step's key (steps with randomness).
     fn seeded(&self) -> bool {
         false
@@ -134,6 +157,21 @@ pub struct Merged {
     pub files: Vec<(String, Vec<u8>)>,
     /// Warnings stored with the output (e.g. skipped items).
     pub warnings: Vec<String>,
+}
+
+/// The size of a step's output, estimated before it runs (`Step::output_size`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeEstimate {
+    /// About `bytes`; `how` says how they add up ("484 cases × 101 copies × 17.8 MB"), `help` what
+    /// to change for fewer, and `span` where.
+    Bytes {
+        bytes: u64,
+        how: String,
+        help: Option<String>,
+        span: crate::diag::Span,
+    },
+    /// Not known until the step (or one before it) runs; says why ("size unknown until fetched").
+    Unknown { why: String },
 }
 
 /// What `check` (and `facts`) may look at besides the params.

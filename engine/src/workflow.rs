@@ -7,7 +7,7 @@ use crate::diag::{DiagnosticList, Diagnostics, Span, did_you_mean};
 use crate::facts::Facts;
 use crate::params::{self, Params};
 use crate::registry::Registry;
-use crate::step::{CheckContext, Step};
+use crate::step::{CheckContext, SizeEstimate, Step};
 use crate::yaml::{self, Node, Plain};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::BTreeMap;
@@ -102,6 +102,8 @@ pub struct StepDef {
     pub description: Option<String>,
     /// What validation could tell about the output before it runs (`Step::facts`).
     pub facts: Option<Facts>,
+    /// The size of the output as validation estimated it (`Step::output_size`).
+    pub size: Option<SizeEstimate>,
 }
 
 impl StepDef {
@@ -434,6 +436,7 @@ fn validate(
         Err(_) => (0..raw.len()).collect(),
     };
     let mut facts: Vec<Option<Facts>> = vec![None; raw.len()];
+    let mut sizes: Vec<Option<SizeEstimate>> = vec![None; raw.len()];
     for &i in &check_order {
         let Some(step) = &raw[i].step else { continue };
         let inputs: BTreeMap<String, Facts> = match &order {
@@ -450,6 +453,7 @@ fn validate(
         };
         step.check(&raw[i].params, &cx, diags);
         facts[i] = step.facts(&raw[i].params, &cx);
+        sizes[i] = step.output_size(&raw[i].params, &cx);
     }
     let order = match order {
         Ok(order) => order,
@@ -501,6 +505,7 @@ fn validate(
             output,
             description: r.description,
             facts: facts[old].take(),
+            size: sizes[old].take(),
         });
     }
     Some(Workflow {
