@@ -23,10 +23,11 @@ use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use wf_engine::key::KeyComponents;
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Count, Diagnostics, ParamSpec, Params, RemoteTask, RunContext,
-    Slots, Step, StepError, Unit, plural,
+    Slots, Step, StepError, Store, Unit, plural,
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
@@ -277,6 +278,50 @@ impl Step for TrainUnet {
         }
     }
 
+    /// `gpus: N > 0` and `precision: bf16` need a CUDA build (and the GPUs): a file meant for the
+    /// cloud stays valid, but this machine refuses it before anything runs rather than after the
+    /// steps before training.
+    fn check_local(&self, params: &Params, step_id: &str, diags: &mut Diagnostics) {
+        let Ok(p) = params.decode::<TrainParams>() else {
+            return;
+        };
+        let Ok(gpus) = Gpus::from_json(&p.gpus) else {
+            return; // validation reported it
+        };
+        if let Err(e) = Placement::resolve(gpus, p.precision == "bf16") {
+            let (field, detail) = match e {
+                TrainerError::Config { field, detail } => (field, detail),
+                e => ("gpus", e.to_string()),
+            };
+            let value = params
+                .get(field)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_default();
+            diags.error_with_help(
+                params.span_of(field),
+                format!(
+                    "step `{step_id}` cannot run on this machine: `{field}: {value}`: {detail}"
+                ),
+                "the file stays valid for the cloud (`wf run --executor sagemaker`, `wf deploy`)",
+            );
+        }
+    }
+
+    /// A run resumes from the latest complete checkpoint of an interrupted run of the same
+    /// configuration (its resume directory is named after what the key is made of).
+    fn resumes(&self, store: &Store, key: &KeyComponents) -> Option<String> {
+        let input = key.inputs.get("samples")?;
+        let dir = store.derived_dir("train-unet").join(resume_id(
+            &key.params,
+            key.seed.unwrap_or(0),
+            &input.to_hex(),
+        ));
+        let latest =
+            wf_trainer::checkpoint::latest(&wf_trainer::train::checkpoints_dir(&dir)).ok()??;
+        let meta = wf_trainer::checkpoint::read_meta(&latest).ok()?;
+        Some(format!("resumes from epoch {}", meta.epoch))
+    }
+
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
         let p: TrainParams = cx
             .params
@@ -295,10 +340,11 @@ impl Step for TrainUnet {
         let index = SamplesIndex::read(&input.path.join(INDEX_FILE))
             .map_err(|e| StepError::new(format!("the samples index: {e}")))?;
 
-        let work = cx
-            .store
-            .derived_dir("train-unet")
-            .join(resume_id(cx, &input.digest.to_hex()));
+        let work = cx.store.derived_dir("train-unet").join(resume_id(
+            &cx.params.canonical_json(),
+            cx.seed,
+            &input.digest.to_hex(),
+        ));
         std::fs::create_dir_all(&work)
             .map_err(|e| StepError::new(format!("{}: {e}", work.display())))?;
         let mut log = std::fs::OpenOptions::new()
@@ -534,14 +580,12 @@ fn size_text(size: [usize; 3]) -> String {
 
 /// Names the resume directory after everything the step key is made of (kind, version, params,
 /// seed, input), so a different configuration never resumes another's checkpoints.
-fn resume_id(cx: &RunContext<'_>, input: &str) -> String {
+fn resume_id(params_json: &str, seed: u64, input: &str) -> String {
     let mut h = blake3::Hasher::new();
     h.update(
         format!(
-            "train-unet\n{}\n{}\n{}\n{input}",
+            "train-unet\n{}\n{params_json}\n{seed}\n{input}",
             TrainUnet.version(),
-            cx.params.canonical_json(),
-            cx.seed
         )
         .as_bytes(),
     );
