@@ -263,6 +263,9 @@ pub struct PlanStep {
     /// Earlier work a run would pick up (`Step::resumes`): `resumes from epoch 3`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumes: Option<String>,
+    /// The estimate behind `size`, with what to change and where (for `wf run`'s space check).
+    #[serde(skip)]
+    pub size_estimate: Option<SizeEstimate>,
 }
 
 impl PlanStep {
@@ -280,6 +283,7 @@ fn size_text(size: &SizeEstimate) -> (Option<u64>, String) {
             format!("about {} ({how})", human_bytes(*bytes)),
         ),
         SizeEstimate::Unknown { why } => (None, why.clone()),
+        SizeEstimate::Ask => (None, "size unknown until its source is asked".to_string()),
     }
 }
 
@@ -357,6 +361,7 @@ pub fn plan_with(
                 size_bytes: size_bytes.flatten(),
                 size,
                 resumes: None,
+                size_estimate: def.size.clone(),
             });
             continue;
         }
@@ -374,6 +379,7 @@ pub fn plan_with(
                     size_bytes: size_bytes.flatten(),
                     size,
                     resumes: None,
+                    size_estimate: def.size.clone(),
                 });
                 continue;
             }
@@ -394,7 +400,15 @@ pub fn plan_with(
             produced[i] = Some(e.artifact);
         }
         let runs = cache != "hit";
-        let (size_bytes, size) = def.size.as_ref().filter(|_| runs).map(size_text).unzip();
+        // A source's announced size is asked only of a step that will run.
+        let size_estimate = match &def.size {
+            Some(SizeEstimate::Ask) if runs => Some(
+                def.step
+                    .announced_size(&def.params, &CancelToken::default()),
+            ),
+            other => other.clone().filter(|_| runs),
+        };
+        let (size_bytes, size) = size_estimate.as_ref().map(size_text).unzip();
         let resumes = if runs {
             def.step.resumes(store, &components)
         } else {
@@ -410,6 +424,7 @@ pub fn plan_with(
             size_bytes: size_bytes.flatten(),
             size,
             resumes,
+            size_estimate,
         });
     }
     memo.save();

@@ -46,6 +46,15 @@ pub trait Step: Send + Sync + 'static {
         None
     }
 
+    /// The output's size as the step's source announces it, for an `output_size` of
+    /// [`SizeEstimate::Ask`]: asked (a `HEAD`) when `wf plan` or `wf run` plans a run of the step.
+    /// A wait inside must poll `cancel`.
+    fn announced_size(&self, _params: &Params, _cancel: &CancelToken) -> SizeEstimate {
+        SizeEstimate::Unknown {
+            why: "size unknown until fetched".into(),
+        }
+    }
+
     /// Whether this build on this machine can run the step as configured (`gpus:` in a build without
     /// CUDA). The file may be valid for another machine (the cloud), so this is no part of
     /// validation: `wf run` asks it, before running anything, of each step it will run here.
@@ -172,6 +181,9 @@ pub enum SizeEstimate {
     },
     /// Not known until the step (or one before it) runs; says why ("size unknown until fetched").
     Unknown { why: String },
+    /// Known by asking the step's source (`Step::announced_size`: a server's `Content-Length`),
+    /// which planning does for a step that will run.
+    Ask,
 }
 
 /// What `check` (and `facts`) may look at besides the params.

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CancelToken, CheckContext, Diagnostics, Facts, ParamSpec, Params, RemoteTask,
-    RunContext, Slots, Step, StepError, plural, redact,
+    RunContext, SizeEstimate, Slots, Step, StepError, plural, redact,
 };
 use wf_imaging::ImagingError;
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
@@ -351,6 +351,39 @@ impl Step for FetchDataset {
             Source::Http(_) | Source::S3 { .. } => return None,
         };
         Some(Facts::new(facts))
+    }
+
+    /// A URL's size is asked of its server when a run is planned (`announced_size`).
+    fn output_size(&self, params: &Params, _cx: &CheckContext<'_>) -> Option<SizeEstimate> {
+        let source = params.get("source").and_then(Json::as_str)?;
+        matches!(parse_source(source), Ok(Source::Http(_))).then_some(SizeEstimate::Ask)
+    }
+
+    /// The download's `Content-Length` (a `HEAD`): at least that much is written, and the extracted
+    /// files come on top (an archive's contents are not known before it is read).
+    fn announced_size(&self, params: &Params, cancel: &CancelToken) -> SizeEstimate {
+        let source = params.get("source").and_then(Json::as_str).unwrap_or("");
+        let Ok(Source::Http(url)) = parse_source(source) else {
+            return SizeEstimate::Unknown {
+                why: "size unknown until fetched".into(),
+            };
+        };
+        match http::announced_length(&url, cancel) {
+            Ok(Some(bytes)) => SizeEstimate::Bytes {
+                bytes,
+                how: "the download's length as the server announces it; its extracted files come on top".into(),
+                help: Some(
+                    "use a cache on a larger disk (`--cache DIR`)".into(),
+                ),
+                span: params.span_of("source"),
+            },
+            Ok(None) => SizeEstimate::Unknown {
+                why: "size unknown until fetched (the server announces no length)".into(),
+            },
+            Err(why) => SizeEstimate::Unknown {
+                why: format!("size unknown until fetched ({why})"),
+            },
+        }
     }
 
     /// A local source's content is part of the key: the engine hashes the file or directory (with
