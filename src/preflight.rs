@@ -4,8 +4,8 @@
 //! machine, not the file, so they are no part of validation: a file meant for the cloud stays valid.
 //!
 //! Which steps will run: those `wf plan` does not show as hits. The plan (keys, a HEAD for a URL
-//! source) is computed only when some step could be refused, so a run with nothing to refuse costs
-//! nothing more. A step after a miss counts as running: whether it will hit is not known before the
+//! source) is computed only when some step could be refused or a download's announced size must be
+//! asked (`SizeEstimate::Ask`), so a run with nothing to refuse costs nothing more. A step after a miss counts as running: whether it will hit is not known before the
 //! steps it waits for have run.
 
 use crate::error::{CliError, CliResult};
@@ -37,36 +37,53 @@ pub fn check(wf: &Workflow, store: &Store, opts: &RunOptions, checks: Checks) ->
             }
         }
     }
-    let sized: Vec<(usize, u64)> = wf
+    // The sizes validation knows; a source's announced size (`SizeEstimate::Ask`) needs the plan.
+    let estimates: Vec<Option<SizeEstimate>> = wf
         .steps
         .iter()
-        .enumerate()
-        .filter_map(|(i, def)| match &def.size {
-            Some(SizeEstimate::Bytes { bytes, .. }) if checks.space => Some((i, *bytes)),
-            _ => None,
-        })
+        .map(|def| def.size.clone().filter(|_| checks.space))
         .collect();
+    let asks = estimates
+        .iter()
+        .any(|e| matches!(e, Some(SizeEstimate::Ask)));
     let free = free_space(store.root());
-    let too_big = |steps: &[(usize, u64)]| {
-        free.is_some_and(|free| steps.iter().map(|&(_, b)| b).sum::<u64>() > free)
+    let too_big = |estimates: &[Option<SizeEstimate>]| {
+        free.is_some_and(|free| estimates.iter().map(bytes_of).sum::<u64>() > free)
     };
-    if local.is_empty() && !too_big(&sized) {
+    if local.is_empty() && !asks && !too_big(&estimates) {
         return Ok(());
     }
-    let running = will_run(wf, store, opts);
+    // Which steps will run, and the plan's estimates for them (with announced sizes asked).
+    let (running, estimates): (BTreeSet<usize>, Vec<Option<SizeEstimate>>) =
+        match exec::plan_with(wf, store, &opts.force, opts.remote.as_deref()) {
+            Ok(plan) => (
+                plan.iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.runs())
+                    .map(|(i, _)| i)
+                    .collect(),
+                plan.into_iter()
+                    .map(|p| p.size_estimate.filter(|_| checks.space))
+                    .collect(),
+            ),
+            // Without a plan (the cache cannot be read), every step counts as running.
+            Err(_) => ((0..wf.steps.len()).collect(), estimates),
+        };
     let mut refused = Vec::new();
     for (i, diags) in local {
         if running.contains(&i) {
             refused.extend(diags.into_sorted());
         }
     }
-    let sized: Vec<(usize, u64)> = sized
-        .into_iter()
-        .filter(|(i, _)| running.contains(i))
+    let sized: Vec<(usize, u64)> = estimates
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| running.contains(i) && bytes_of(e) > 0)
+        .map(|(i, e)| (i, bytes_of(e)))
         .collect();
     let mut space_line = None;
-    if let (true, Some(free)) = (too_big(&sized), free) {
-        let total: u64 = sized.iter().map(|&(_, b)| b).sum();
+    let total: u64 = sized.iter().map(|&(_, b)| b).sum();
+    if let Some(free) = free.filter(|&free| total > free) {
         for &(i, _) in &sized {
             let def = &wf.steps[i];
             let Some(SizeEstimate::Bytes {
@@ -74,7 +91,7 @@ pub fn check(wf: &Workflow, store: &Store, opts: &RunOptions, checks: Checks) ->
                 how,
                 help,
                 span,
-            }) = &def.size
+            }) = &estimates[i]
             else {
                 continue;
             };
@@ -116,17 +133,11 @@ pub fn check(wf: &Workflow, store: &Store, opts: &RunOptions, checks: Checks) ->
     )))
 }
 
-/// The indices of the steps a run would compute rather than take from a cache. When the plan
-/// cannot be made (the cache cannot be read), every step.
-fn will_run(wf: &Workflow, store: &Store, opts: &RunOptions) -> BTreeSet<usize> {
-    match exec::plan_with(wf, store, &opts.force, opts.remote.as_deref()) {
-        Ok(plan) => plan
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.runs())
-            .map(|(i, _)| i)
-            .collect(),
-        Err(_) => (0..wf.steps.len()).collect(),
+/// The bytes of an estimate that has them (else 0).
+fn bytes_of(estimate: &Option<SizeEstimate>) -> u64 {
+    match estimate {
+        Some(SizeEstimate::Bytes { bytes, .. }) => *bytes,
+        _ => 0,
     }
 }
 

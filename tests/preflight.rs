@@ -228,3 +228,64 @@ fn no_space_check_runs_anyway() {
     assert_eq!(status_of(&v, "fetch"), "ran");
     assert_eq!(status_of(&v, "preprocess"), "failed");
 }
+
+/// A server that answers every request with headers only: an ETag and a `Content-Length` of
+/// `length`. Returns its URL for `file`.
+fn announcing_server(length: u64, file: &str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    format!("http://{addr}/{file}")
+}
+
+/// A download the server announces as larger than the free space: `wf plan` shows its length and
+/// `wf run` refuses before fetching.
+#[test]
+fn a_download_larger_than_the_free_space_is_refused_before_fetching() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let length = free_space(dir) + (1 << 40);
+    let url = announcing_server(length, "Task01_BrainTumour.tar");
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!("steps:\n  fetch: {{ uses: fetch-dataset, with: {{ source: \"{url}\" }} }}\n"),
+    )
+    .unwrap();
+    let plan = json(&wf(dir, &["plan", "wf.yaml", "--json"]));
+    assert_eq!(plan["steps"][0]["size_bytes"], length, "{plan}");
+    let text = stdout(&wf(dir, &["plan", "wf.yaml"]));
+    assert!(
+        text.contains(
+            "(the download's length as the server announces it; its extracted files come on top)"
+        ),
+        "{text}"
+    );
+    let out = wf(dir, &["run", "wf.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let col = read(dir.join("wf.yaml"))
+        .lines()
+        .nth(1)
+        .unwrap()
+        .find("\"http")
+        .unwrap()
+        + 1;
+    assert!(
+        err.starts_with(&format!("wf.yaml:2:{col}: step `fetch` would write about "))
+            && err.contains(&format!("({length} bytes)"))
+            && err.contains("nothing ran"),
+        "{err}"
+    );
+    assert!(!anything_ran(dir), "a step ran before the refusal");
+}
