@@ -58,6 +58,10 @@ enum Command {
         /// outputs go through the S3 cache).
         #[arg(long, value_enum, default_value_t = Executor::Local)]
         executor: Executor,
+        /// Start even when the steps to run would write more than the cache's file system has
+        /// free (their estimated output sizes, shown by `wf plan`).
+        #[arg(long)]
+        no_space_check: bool,
     },
     /// Print the step graph.
     Graph {
@@ -236,10 +240,27 @@ fn dispatch(cli: Cli) -> CliResult {
                 let k = plan.iter().map(|p| p.kind.len()).max().unwrap_or(0);
                 for p in &plan {
                     let key = p.key.map(|k| k.short()).unwrap_or_else(|| "-".repeat(12));
-                    println!(
-                        "{:<w$}  {:<k$}  {key}  {:<4}  {}",
-                        p.id, p.kind, p.cache, p.reason
-                    );
+                    // A step after a miss: its key waits for those steps' outputs.
+                    let (cache, mut reason) = if p.after.is_empty() {
+                        (p.cache.to_string(), p.reason.clone())
+                    } else {
+                        (
+                            format!("after {}", p.after.join(", ")),
+                            if p.after.len() == 1 {
+                                "its key depends on that step's output"
+                            } else {
+                                "its key depends on those steps' outputs"
+                            }
+                            .to_string(),
+                        )
+                    };
+                    if let Some(r) = &p.resumes {
+                        reason.push_str(&format!("; {r}"));
+                    }
+                    println!("{:<w$}  {:<k$}  {key}  {cache:<4}  {reason}", p.id, p.kind);
+                    if let Some(size) = &p.size {
+                        println!("{:<w$}  {:<k$}  output: {size}", "", "");
+                    }
                 }
             }
             Ok(Exit::Ok)
@@ -251,6 +272,7 @@ fn dispatch(cli: Cli) -> CliResult {
             force,
             cache,
             executor,
+            no_space_check,
         } => {
             let wf = load(&file)?;
             let force = check_force(&wf, force)?;
@@ -272,6 +294,11 @@ fn dispatch(cli: Cli) -> CliResult {
             if let Some(j) = jobs {
                 opts.jobs = j as usize;
             }
+            let checks = crate::preflight::Checks {
+                local: opts.executor.is_none(),
+                space: !no_space_check,
+            };
+            crate::preflight::check(&wf, &store, &opts, checks)?;
             run(wf, store, opts, json)
         }
         Command::Graph { file, format } => {
@@ -687,17 +714,4 @@ fn transform_one(
     Ok(Exit::Ok)
 }
 
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use wf_engine::words::human_bytes;

@@ -8,6 +8,7 @@ mod compile;
 mod error;
 mod html_report;
 mod predict;
+mod preflight;
 mod report;
 mod signals;
 mod worker;

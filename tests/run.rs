@@ -89,6 +89,7 @@ fn caches_reruns_only_what_changed_and_stops_identical_cascades() {
         .find(|s| s["id"] == "c")
         .unwrap();
     assert_eq!(c_plan["cache"], "miss");
+    // The old and new command are too long to read in a line: the param is named.
     assert_eq!(c_plan["reason"], "params changed: `run`");
     let v3 = json(&wf(dir, &["run", "wf.yaml", "--json"]));
     assert_eq!(
@@ -403,11 +404,32 @@ fn graph_and_plan_outputs() {
     assert_eq!(steps[0]["cache"], "miss");
     assert_eq!(steps[0]["reason"], "never run");
     assert_eq!(steps[0]["key"].as_str().unwrap().len(), 64);
+    // Downstream of a miss a step's key waits for its inputs: the plan says after which steps,
+    // not `miss` (whether it will hit is not known yet).
     assert!(steps[3]["key"].is_null());
+    assert_eq!(steps[3]["cache"], "after");
+    assert_eq!(steps[3]["after"], serde_json::json!(["b", "c"]));
+    assert_eq!(steps[1]["after"], serde_json::json!(["a"]));
     for s in steps {
         let keys: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["cache", "id", "key", "kind", "reason"]);
+        for k in ["cache", "id", "key", "kind", "reason"] {
+            assert!(keys.contains(&k), "{s}");
+        }
     }
+    let text = stdout(&wf(dir, &["plan", "wf.yaml"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains(" miss  never run") && !lines[1].contains("miss"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(" after a  its key depends on that step's output"),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains(" after b, c  its key depends on those steps' outputs"),
+        "{text}"
+    );
     // After a run the plan is all hits, with the same keys the run reported.
     let run = json(&wf(dir, &["run", "wf.yaml", "--json"]));
     let plan = json(&wf(dir, &["plan", "wf.yaml", "--json"]));

@@ -101,6 +101,26 @@ fn train_export_and_predict_end_to_end() {
     let again = json(&wf(dir, &["run", "wf.yaml", "--json"]));
     assert!(statuses(&again).iter().all(|(_, s)| s == "cached"));
 
+    // One more epoch: the plan names the param with its old and new value, and the export waits
+    // for the training it reads.
+    workflow(dir, 3);
+    let plan = stdout(&wf(dir, &["plan", "wf.yaml"]));
+    let line = |id: &str| {
+        plan.lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line("train").ends_with(" miss  params changed: `epochs` 2 → 3"),
+        "{plan}"
+    );
+    assert!(
+        line("export").contains(" after train  ") && !line("export").contains("miss"),
+        "{plan}"
+    );
+    workflow(dir, 2);
+
     // Retrained on the same machine, the Model is the same bytes, so export stays cached (early
     // cutoff): the timings are facts of the run, kept in the cache entry, not in the Model.
     let forced = wf(dir, &["run", "wf.yaml", "--json", "--force", "train"]);
@@ -324,6 +344,26 @@ fn killed_training_resumes_from_its_last_checkpoint() {
         !checkpoint_done(&cache, EPOCHS),
         "training finished before the kill"
     );
+    // The plan says where the next run resumes: the latest complete checkpoint.
+    let latest = (1..EPOCHS)
+        .rev()
+        .find(|&e| checkpoint_done(&cache, e))
+        .unwrap();
+    let plan = wf(dir, &["plan", "wf.yaml"]);
+    let text = stdout(&plan);
+    let line = text.lines().find(|l| l.starts_with("train ")).unwrap();
+    assert!(
+        line.contains(" miss ") && line.ends_with(&format!("; resumes from epoch {latest}")),
+        "{text}"
+    );
+    let plan = json(&wf(dir, &["plan", "wf.yaml", "--json"]));
+    let train = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "train")
+        .unwrap();
+    assert_eq!(train["resumes"], format!("resumes from epoch {latest}"));
 
     let out = wf(dir, &["run", "wf.yaml", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -349,9 +389,8 @@ fn killed_training_resumes_from_its_last_checkpoint() {
     assert!(!checkpoint_done(&cache, EPOCHS));
 }
 
-/// The GPU quickstart is a valid workflow everywhere; a build without CUDA refuses its training step
-/// with a message that says how to get a CUDA build (exit 1, a step failed), after running the steps
-/// before it.
+/// The GPU quickstart is a valid workflow everywhere; a build without CUDA refuses to run it before
+/// running anything (exit 2), pointing at `gpus` and saying how to get a CUDA build.
 #[test]
 fn gpu_quickstart_validates_and_a_cpu_build_refuses_to_train_it() {
     let t = tempfile::tempdir().unwrap();
@@ -371,13 +410,30 @@ fn gpu_quickstart_validates_and_a_cpu_build_refuses_to_train_it() {
         return; // a CUDA build would train it; the GPU checks cover that (scripts/gpu-check.sh)
     }
     let r = wf(t.path(), &["run", "wf.yaml", "--json"]);
-    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
-    let out = json(&r);
-    assert_eq!(status_of(&out, "preprocess"), "ran");
-    assert_eq!(status_of(&out, "train"), "failed");
-    let all = format!("{}{}", stdout(&r), stderr(&r));
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert_eq!(stdout(&r), "", "no run summary: nothing ran");
+    let err = stderr(&r);
+    let (line, l) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("with:") && l.contains("gpus:"))
+        .unwrap();
+    let col = l.find("gpus:").unwrap() + "gpus: ".len() + 1;
     assert!(
-        all.contains("no CUDA support") && all.contains("--features gpu"),
-        "{all}"
+        err.starts_with(&format!(
+            "wf.yaml:{}:{col}: step `train` cannot run on this machine: `gpus: 1`",
+            line + 1
+        )) && err.contains("no CUDA support")
+            && err.contains("--features gpu")
+            && err.contains("nothing ran"),
+        "{err}"
     );
+    // Nothing ran: no step left an entry or a run record.
+    let cache = t.path().join(".wf/cache");
+    for sub in ["entries", "runs"] {
+        let n = std::fs::read_dir(cache.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{sub} is not empty");
+    }
 }

@@ -11,10 +11,13 @@ use crate::digest::{ArtifactDigest, FileDigest, StepKey};
 use crate::key::{KEY_SCHEMA, KeyComponents, canonical_json};
 use crate::memo::Memo;
 use crate::remote::{RemoteCache, RemoteExecutor};
-use crate::step::{CancelToken, Count, InputArtifact, Progress, RunContext, StepError};
+use crate::step::{
+    CancelToken, Count, InputArtifact, Progress, RunContext, SizeEstimate, StepError,
+};
 use crate::store::{
     Entry, Producer, RunOutcome, RunRecord, StepNotes, Store, StoreError, now_unix,
 };
+use crate::words::human_bytes;
 use crate::workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -242,9 +245,46 @@ fn hash_local_at(
 pub struct PlanStep {
     pub id: String,
     pub kind: &'static str,
+    /// `None` while the key waits for the steps in `after`.
     pub key: Option<StepKey>,
+    /// `hit`, `miss`, or `after` (the key depends on outputs of `after` that a run computes first:
+    /// whether the step then hits is not known yet).
     pub cache: &'static str,
     pub reason: String,
+    /// The steps whose outputs the key waits for (with `cache: after`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// The output's estimated size in bytes (`Step::output_size`), for a step that will run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The estimate in words: `about 1.2 GiB (…)`, or why it is not known yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Earlier work a run would pick up (`Step::resumes`): `resumes from epoch 3`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<String>,
+    /// The estimate behind `size`, with what to change and where (for `wf run`'s space check).
+    #[serde(skip)]
+    pub size_estimate: Option<SizeEstimate>,
+}
+
+impl PlanStep {
+    /// Whether a run would compute the step (rather than take it from a cache).
+    pub fn runs(&self) -> bool {
+        self.cache != "hit"
+    }
+}
+
+/// The words `wf plan` shows for an estimate.
+fn size_text(size: &SizeEstimate) -> (Option<u64>, String) {
+    match size {
+        SizeEstimate::Bytes { bytes, how, .. } => (
+            Some(*bytes),
+            format!("about {} ({how})", human_bytes(*bytes)),
+        ),
+        SizeEstimate::Unknown { why } => (None, why.clone()),
+        SizeEstimate::Ask => (None, "size unknown until its source is asked".to_string()),
+    }
 }
 
 /// What a run would do, without running anything. A step after a miss has no key yet: its inputs are
@@ -281,38 +321,65 @@ pub fn plan_with(
     let mut out = Vec::new();
     for (i, def) in wf.steps.iter().enumerate() {
         let mut inputs = BTreeMap::new();
-        let mut waiting = Vec::new();
+        // The producers still to run, in the workflow's (topological) order, each once.
+        let mut waiting_for = BTreeSet::new();
         for (slot, &p) in &def.inputs {
             match produced[p] {
                 Some(d) => {
                     inputs.insert(slot.clone(), d);
                 }
-                None => waiting.push(format!("`{}`", wf.steps[p].id)),
+                None => {
+                    waiting_for.insert(p);
+                }
             }
         }
-        if !waiting.is_empty() {
-            waiting.dedup();
+        if !waiting_for.is_empty() {
+            let waiting: Vec<String> = waiting_for
+                .iter()
+                .map(|&p| wf.steps[p].id.clone())
+                .collect();
+            let (size_bytes, size) = def.size.as_ref().map(size_text).unzip();
             out.push(PlanStep {
                 id: def.id.clone(),
                 kind: def.kind(),
                 key: None,
-                cache: "miss",
+                cache: "after",
                 reason: format!(
-                    "runs after {} (its key depends on their outputs)",
-                    waiting.join(", ")
+                    "runs after {} (its key depends on {})",
+                    waiting
+                        .iter()
+                        .map(|w| format!("`{w}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if waiting.len() == 1 {
+                        "that step's output"
+                    } else {
+                        "those steps' outputs"
+                    }
                 ),
+                after: waiting,
+                size_bytes: size_bytes.flatten(),
+                size,
+                resumes: None,
+                size_estimate: def.size.clone(),
             });
             continue;
         }
         let components = match key_components(wf, i, &inputs, &memo, &CancelToken::default()) {
             Ok(c) => c,
             Err(e) => {
+                let (size_bytes, size) = def.size.as_ref().map(size_text).unzip();
                 out.push(PlanStep {
                     id: def.id.clone(),
                     kind: def.kind(),
                     key: None,
                     cache: "miss",
                     reason: e.message,
+                    after: Vec::new(),
+                    size_bytes: size_bytes.flatten(),
+                    size,
+                    resumes: None,
+                    size_estimate: def.size.clone(),
                 });
                 continue;
             }
@@ -332,12 +399,32 @@ pub fn plan_with(
         if let (Some(e), false) = (&entry, force.contains(&def.id)) {
             produced[i] = Some(e.artifact);
         }
+        let runs = cache != "hit";
+        // A source's announced size is asked only of a step that will run.
+        let size_estimate = match &def.size {
+            Some(SizeEstimate::Ask) if runs => Some(
+                def.step
+                    .announced_size(&def.params, &CancelToken::default()),
+            ),
+            other => other.clone().filter(|_| runs),
+        };
+        let (size_bytes, size) = size_estimate.as_ref().map(size_text).unzip();
+        let resumes = if runs {
+            def.step.resumes(store, &components)
+        } else {
+            None
+        };
         out.push(PlanStep {
             id: def.id.clone(),
             kind: def.kind(),
             key: Some(key),
             cache,
             reason,
+            after: Vec::new(),
+            size_bytes: size_bytes.flatten(),
+            size,
+            resumes,
+            size_estimate,
         });
     }
     memo.save();

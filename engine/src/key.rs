@@ -154,7 +154,7 @@ impl KeyComponents {
             let changed: Vec<String> = names
                 .into_iter()
                 .filter(|n| a.get(*n) != b.get(*n))
-                .map(|n| format!("`{n}`"))
+                .map(|n| param_change(n, a.get(n), b.get(n)))
                 .collect();
             reasons.push(format!("params changed: {}", changed.join(", ")));
         }
@@ -226,6 +226,22 @@ fn write_canonical(v: &Json, out: &mut String) {
             out.push(']');
         }
         other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A changed param with its old and new value when both are short: `` `epochs` 2 → 3 ``; just the
+/// name when a value is too long to read in a line (a script, a transform list).
+fn param_change(name: &str, old: Option<&Json>, new: Option<&Json>) -> String {
+    const SHOWN: usize = 40;
+    let text = |v: Option<&Json>| match v {
+        Some(v) => serde_json::to_string(v).unwrap_or_default(),
+        None => "unset".to_string(),
+    };
+    let (old, new) = (text(old), text(new));
+    if old.chars().count() > SHOWN || new.chars().count() > SHOWN {
+        format!("`{name}`")
+    } else {
+        format!("`{name}` {old} → {new}")
     }
 }
 
@@ -330,6 +346,27 @@ mod tests {
         b.params = canonical_json(
             &serde_json::json!({"run": "other", "produces": "Files", "files": [], "lr": 1.0e-4}),
         );
+        let mut c = b.clone();
+        c.params = canonical_json(&serde_json::json!({
+            "run": "echo hi",
+            "produces": "Files",
+            "files": [],
+            "epochs": 3,
+            "transforms": ["load", {"spacing": {"pixdim": [1.5, 1.5, 2.0], "mode": ["bilinear", "nearest"]}}]
+        }));
+        let mut d = c.clone();
+        d.params = canonical_json(&serde_json::json!({
+            "run": "echo hi",
+            "produces": "Dataset",
+            "files": [],
+            "transforms": ["load", {"spacing": {"pixdim": [1.0, 1.0, 1.0], "mode": ["bilinear", "nearest"]}}]
+        }));
+        assert_eq!(
+            d.changes_since(&c),
+            vec![
+                "params changed: `epochs` 3 → unset, `produces` \"Files\" → \"Dataset\", `transforms`"
+            ]
+        );
         b.files
             .insert("make.py".into(), FileDigest::from_bytes([1; 32]));
         b.inputs
@@ -337,7 +374,7 @@ mod tests {
         assert_eq!(
             b.changes_since(&a),
             vec![
-                "params changed: `run`",
+                r#"params changed: `run` "sort $WF_IN_src/a > $WF_OUT/b" → "other""#,
                 "input `src` changed",
                 "file `make.py` changed"
             ]

@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod diag;
 pub mod digest;
 pub mod exec;
+pub mod facts;
 pub mod graph;
 pub mod key;
 pub mod manifest;
@@ -32,12 +33,13 @@ pub use artifact::{ArtifactType, Slots};
 pub use diag::{Diagnostic, DiagnosticList, Diagnostics, Span};
 pub use digest::{ArtifactDigest, FileDigest, StepKey};
 pub use exec::{Event, RunOptions, RunSummary, Status, StepOutcome};
+pub use facts::Facts;
 pub use params::{ParamSpec, ParamType, Params};
 pub use registry::Registry;
 pub use remote::{RemoteCache, RemoteError, RemoteExecutor};
 pub use step::{
     CancelToken, CheckContext, Count, InputArtifact, Item, Merged, Part, Progress, RemoteTask,
-    RunContext, Sharded, Step, StepError, Unit,
+    RunContext, Sharded, SizeEstimate, Step, StepError, Unit,
 };
 pub use store::Store;
 pub use words::plural;

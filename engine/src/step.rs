@@ -9,6 +9,7 @@
 use crate::artifact::{ArtifactType, Slots};
 use crate::diag::Diagnostics;
 use crate::digest::{ArtifactDigest, FileDigest};
+use crate::facts::Facts;
 use crate::params::{ParamSpec, Params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,48 @@ pub trait Step: Send + Sync + 'static {
     /// The output type; may depend on params (the `command` step's `produces:`).
     fn output(&self, params: &Params) -> ArtifactType;
 
-    /// Checks beyond the schema (structure of `Any` params, files that must exist), with positions.
+    /// Checks beyond the schema (structure of `Any` params, files that must exist, what the inputs'
+    /// facts rule out: `cx.inputs`), with positions.
     fn check(&self, _params: &Params, _cx: &CheckContext<'_>, _diags: &mut Diagnostics) {}
+
+    /// What validation can tell about this step's output before it runs, from its params and its
+    /// inputs' facts (`cx.inputs`), for the checks of the steps that read it (`facts.rs`). A step
+    /// that passes its input on unchanged passes its facts on.
+    fn facts(&self, _params: &Params, _cx: &CheckContext<'_>) -> Option<Facts> {
+        None
+    }
+
+    /// The bytes this step's output will take, as far as validation can tell from its params and
+    /// its inputs' facts (`cx.inputs`): `wf plan` shows it and `wf run` compares the steps it will
+    /// run with the cache's free space before starting any. `None`: the step writes little.
+    fn output_size(&self, _params: &Params, _cx: &CheckContext<'_>) -> Option<SizeEstimate> {
+        None
+    }
+
+    /// The output's size as the step's source announces it, for an `output_size` of
+    /// [`SizeEstimate::Ask`]: asked (a `HEAD`) when `wf plan` or `wf run` plans a run of the step.
+    /// A wait inside must poll `cancel`.
+    fn announced_size(&self, _params: &Params, _cancel: &CancelToken) -> SizeEstimate {
+        SizeEstimate::Unknown {
+            why: "size unknown until fetched".into(),
+        }
+    }
+
+    /// Whether this build on this machine can run the step as configured (`gpus:` in a build without
+    /// CUDA). The file may be valid for another machine (the cloud), so this is no part of
+    /// validation: `wf run` asks it, before running anything, of each step it will run here.
+    fn check_local(&self, _params: &Params, _step_id: &str, _diags: &mut Diagnostics) {}
+
+    /// What a run of this step would pick up from earlier work that its output does not hold (the
+    /// checkpoints of an interrupted training), for `wf plan`: "resumes from epoch 3". `key` is the
+    /// step's key components, which name that work.
+    fn resumes(
+        &self,
+        _store: &crate::store::Store,
+        _key: &crate::key::KeyComponents,
+    ) -> Option<String> {
+        None
+    }
 
     /// Whether the workflow `seed` is part of this step's key (steps with randomness).
     fn seeded(&self) -> bool {
@@ -127,11 +168,38 @@ pub struct Merged {
     pub warnings: Vec<String>,
 }
 
-/// What `check` may look at besides the params.
+/// The size of a step's output, estimated before it runs (`Step::output_size`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeEstimate {
+    /// About `bytes`; `how` says how they add up ("484 cases × 101 copies × 17.8 MB"), `help` what
+    /// to change for fewer, and `span` where.
+    Bytes {
+        bytes: u64,
+        how: String,
+        help: Option<String>,
+        span: crate::diag::Span,
+    },
+    /// Not known until the step (or one before it) runs; says why ("size unknown until fetched").
+    Unknown { why: String },
+    /// Known by asking the step's source (`Step::announced_size`: a server's `Content-Length`),
+    /// which planning does for a step that will run.
+    Ask,
+}
+
+/// What `check` (and `facts`) may look at besides the params.
 pub struct CheckContext<'a> {
     pub step_id: &'a str,
     /// The directory holding the workflow file; relative paths resolve against it.
     pub workflow_dir: &'a Path,
+    /// The facts of the inputs whose producers declared any, by slot.
+    pub inputs: &'a BTreeMap<String, Facts>,
+}
+
+impl CheckContext<'_> {
+    /// The facts of input `slot` as `T`, when its producer declared facts of that type.
+    pub fn input<T: std::any::Any>(&self, slot: &str) -> Option<&T> {
+        self.inputs.get(slot).and_then(Facts::get)
+    }
 }
 
 /// One resolved input of a running step.

@@ -4,9 +4,10 @@
 
 use crate::artifact::{ArtifactType, Slots};
 use crate::diag::{DiagnosticList, Diagnostics, Span, did_you_mean, did_you_mean_within};
+use crate::facts::Facts;
 use crate::params::{self, Params};
 use crate::registry::Registry;
-use crate::step::{CheckContext, Step};
+use crate::step::{CheckContext, SizeEstimate, Step};
 use crate::yaml::{self, Node, Plain, Value};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -106,6 +107,10 @@ pub struct StepDef {
     pub inputs: BTreeMap<String, usize>,
     pub output: ArtifactType,
     pub description: Option<String>,
+    /// What validation could tell about the output before it runs (`Step::facts`).
+    pub facts: Option<Facts>,
+    /// The size of the output as validation estimated it (`Step::output_size`).
+    pub size: Option<SizeEstimate>,
 }
 
 impl StepDef {
@@ -441,7 +446,7 @@ fn validate(
         if !valid_id(&key.name) {
             diags.error(key.span, format!("step id `{}` must start with a letter and hold only letters, digits, `-` or `_`", key.name));
         }
-        raw.push(check_step(&key.name, key.span, node, registry, dir, diags));
+        raw.push(check_step(&key.name, key.span, node, registry, diags));
     }
     drop(seen);
 
@@ -496,7 +501,34 @@ fn validate(
             graph.add_edge(nodes[*p], nodes[i], slot.clone());
         }
     }
-    let order = match topo_order(&graph) {
+    let order = topo_order(&graph);
+    // Each step's own checks, producers first so that every step sees its inputs' facts (on a
+    // cycle, in file order and without them).
+    let check_order: Vec<usize> = match &order {
+        Ok(order) => order.clone(),
+        Err(_) => (0..raw.len()).collect(),
+    };
+    let mut facts: Vec<Option<Facts>> = vec![None; raw.len()];
+    let mut sizes: Vec<Option<SizeEstimate>> = vec![None; raw.len()];
+    for &i in &check_order {
+        let Some(step) = &raw[i].step else { continue };
+        let inputs: BTreeMap<String, Facts> = match &order {
+            Ok(_) => resolved[i]
+                .iter()
+                .filter_map(|(slot, p)| Some((slot.clone(), facts[*p].clone()?)))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        let cx = CheckContext {
+            step_id: &raw[i].id,
+            workflow_dir: dir,
+            inputs: &inputs,
+        };
+        step.check(&raw[i].params, &cx, diags);
+        facts[i] = step.facts(&raw[i].params, &cx);
+        sizes[i] = step.output_size(&raw[i].params, &cx);
+    }
+    let order = match order {
         Ok(order) => order,
         Err(cycle) => {
             let first = *cycle
@@ -558,6 +590,8 @@ fn validate(
             inputs,
             output,
             description: r.description,
+            facts: facts[old].take(),
+            size: sizes[old].take(),
         });
     }
     Some(Workflow {
@@ -580,7 +614,6 @@ fn check_step(
     span: Span,
     mut node: Node,
     registry: &Registry,
-    dir: &Path,
     diags: &mut Diagnostics,
 ) -> RawStep {
     let mut raw = RawStep {
@@ -725,14 +758,7 @@ fn check_step(
             }
         }
     }
-    step.check(
-        &raw.params,
-        &CheckContext {
-            step_id: id,
-            workflow_dir: dir,
-        },
-        diags,
-    );
+    // `Step::check` runs once the edges are known (`validate`): it sees the inputs' facts.
     raw
 }
 

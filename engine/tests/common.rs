@@ -62,6 +62,39 @@ impl Step for TestStep {
             sharded_input: false,
         }
     }
+
+    /// fetch-dataset declares its source (with its position); passthrough passes facts on.
+    fn facts(&self, params: &Params, cx: &CheckContext<'_>) -> Option<Facts> {
+        match self.kind {
+            "fetch-dataset" => Some(Facts::new(SourceFact {
+                source: params.get("source")?.as_str()?.to_string(),
+                span: params.span_of("source"),
+            })),
+            "passthrough" => cx.inputs.get("in").cloned(),
+            _ => None,
+        }
+    }
+
+    /// guard refuses an upstream source named `forbidden`, pointing at it.
+    fn check(&self, _params: &Params, cx: &CheckContext<'_>, diags: &mut Diagnostics) {
+        if let (true, Some(fact)) = (self.kind == "guard", cx.input::<SourceFact>("in"))
+            && fact.source == "forbidden"
+        {
+            diags.error(
+                fact.span,
+                format!(
+                    "step `{}`: its data comes from a forbidden source",
+                    cx.step_id
+                ),
+            );
+        }
+    }
+}
+
+/// What the test fetch-dataset declares about its output.
+pub struct SourceFact {
+    pub source: String,
+    pub span: Span,
 }
 
 const FETCH: &[ParamSpec] = &[
@@ -119,6 +152,12 @@ pub fn registry() -> Registry {
         params: &[],
         inputs: &[("model", ArtifactType::Model)],
         output: ArtifactType::Export,
+    });
+    r.register(TestStep {
+        kind: "guard",
+        params: &[],
+        inputs: &[("in", ArtifactType::Dataset)],
+        output: ArtifactType::Files,
     });
     r.register(TestStep {
         kind: "passthrough",

@@ -40,6 +40,7 @@ fixture!(
     no_steps,
     bad_step_shapes,
     targets,
+    facts_flow_downstream,
     everything,
     empty,
     comment_only,

@@ -153,8 +153,15 @@ fn plan_reports_param_changes_by_name() {
     let plan = exec::plan(&pipeline(2, "brats"), &store, &Default::default()).unwrap();
     assert_eq!(plan[0].cache, "hit");
     assert_eq!(plan[1].cache, "miss");
-    assert_eq!(plan[1].reason, "params changed: `labels`");
+    assert_eq!(
+        plan[1].reason,
+        r#"params changed: `labels` "msd" → "brats""#
+    );
     assert!(plan[2].key.is_none());
+    assert_eq!(
+        (plan[2].cache, plan[2].after.as_slice()),
+        ("after", &["prep".to_string()][..])
+    );
     let forced = exec::plan(&pipeline(2, "msd"), &store, &["fetch".to_string()].into()).unwrap();
     assert_eq!(forced[0].reason, "forced (--force)");
 }

@@ -264,7 +264,8 @@ struct Generator {
     cases: Vec<SynthCase>,
 }
 
-fn affine_for(kind: SynthAffine, shape: [usize; 3]) -> Affine {
+/// The affine of every generated case (1 mm voxels).
+pub fn affine_for(kind: SynthAffine, shape: [usize; 3]) -> Affine {
     let mut a = crate::transforms::linalg::IDENTITY;
     if kind == SynthAffine::Lps {
         a[0][0] = -1.0;

@@ -9,8 +9,8 @@ use std::path::Path;
 use wf_engine::manifest::{self, Manifest};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask, RunContext, Slots,
-    Step, StepError, plural,
+    ArtifactType, CheckContext, Diagnostics, Facts, ParamSpec, Params, RemoteTask, RunContext,
+    Slots, Step, StepError, plural,
 };
 use wf_imaging::samples::{STAGED_FILE, Staged};
 
@@ -62,6 +62,11 @@ impl Step for FsxImport {
                     format!("step `{}`: `stage_dir` must be an absolute path (a fast local disk), found `{dir}`", cx.step_id),
                 );
         }
+    }
+
+    /// The samples pass through (or are copied) unchanged: so are their facts.
+    fn facts(&self, _params: &Params, cx: &CheckContext<'_>) -> Option<Facts> {
+        cx.inputs.get("samples").cloned()
     }
 
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {

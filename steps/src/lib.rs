@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod export_checkpoint;
+pub mod facts;
 pub mod fetch_dataset;
 pub mod fsx_import;
 pub mod sharded_transform;

@@ -21,18 +21,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wf_engine::params::{ParamType, to_json};
+use wf_engine::words::human_bytes;
 use wf_engine::yaml::Node;
 use wf_engine::{
-    ArtifactType, CheckContext, Count, Diagnostics, FileDigest, Item, Merged, ParamSpec, Params,
-    Part, RemoteTask, RunContext, Sharded, Slots, Step, StepError, Store, Unit,
+    ArtifactType, CheckContext, Count, Diagnostics, Facts, FileDigest, Item, Merged, ParamSpec,
+    Params, Part, RemoteTask, RunContext, Sharded, SizeEstimate, Slots, Step, StepError, Store,
+    Unit, plural,
 };
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
 use wf_imaging::sample::{
     PREFIX_COPY, Sample, SampleDtype, SampleFile, write_sample, write_sample_as,
 };
 use wf_imaging::samples::{CaseFiles, INDEX_FILE, SamplesIndex, SkippedCase};
-use wf_imaging::transforms::{self, CaseSource, Chain, DrawnParams, PathSeg};
+use wf_imaging::transforms::{self, CaseSource, Chain, DrawnParams, PathSeg, TransformSpec};
 use wf_imaging::{Rng, sample_seed};
+
+use crate::facts::{DatasetFacts, Grid, Known, SamplesFacts};
 
 pub struct ShardedTransform;
 
@@ -141,6 +145,85 @@ impl Step for ShardedTransform {
         }
     }
 
+    /// The data set's cases and channels, and the samples' spatial size where it is known: the
+    /// data set's grid through the chain, or without one the crop's `roi` (when nothing after the
+    /// crop regrids).
+    fn facts(&self, params: &Params, cx: &CheckContext<'_>) -> Option<Facts> {
+        let chain = chain(params).ok()?;
+        let dataset = cx.input::<DatasetFacts>("dataset");
+        let cropped = chain
+            .specs()
+            .iter()
+            .any(|s| matches!(s, TransformSpec::RandSpatialCrop(_)));
+        Some(Facts::new(SamplesFacts {
+            cases: dataset.and_then(|d| d.cases.clone()),
+            channels: dataset.and_then(|d| d.channels),
+            spatial: sample_size(
+                &chain,
+                params,
+                dataset.and_then(|d| d.grid.as_ref()),
+                cx.step_id,
+            ),
+            cropped,
+        }))
+    }
+
+    /// Known before any case is read when the data set's case count and channels are (generated or
+    /// local data) and the samples' size is: cases × copies × bytes per sample, plus the cached
+    /// prefixes (exact f32) when the volumes' grid is known too. A data set still to be fetched
+    /// says so.
+    fn output_size(&self, params: &Params, cx: &CheckContext<'_>) -> Option<SizeEstimate> {
+        let p: TransformParams = params.decode().ok()?;
+        let chain = chain(params).ok()?;
+        let unknown = |why: &str| {
+            Some(SizeEstimate::Unknown {
+                why: why.to_string(),
+            })
+        };
+        let Some(d) = cx.input::<DatasetFacts>("dataset") else {
+            return unknown("size unknown until the data set is fetched");
+        };
+        let (Some(cases), Some(channels)) = (&d.cases, d.channels) else {
+            return unknown("size unknown until the data set is fetched");
+        };
+        let dtype = if p.sample_dtype == "bf16" {
+            SampleDtype::Bf16
+        } else {
+            SampleDtype::F32
+        };
+        let prefix = d.grid.as_ref().and_then(|g| {
+            let shapes = chain.spatial_shapes(g.value.shape, &g.value.affine).ok()?;
+            shapes.get(chain.prefix().len().checked_sub(1)?).copied()
+        });
+        let sample = sample_size(&chain, params, d.grid.as_ref(), cx.step_id).map(|k| k.value);
+        let shape = SamplesShape {
+            cases: cases.value as u64,
+            channels: channels as u64,
+            copies: p.copies_per_case as u64,
+            dtype,
+            prefix,
+            sample,
+        };
+        let Some((bytes, how)) = shape.estimate() else {
+            return unknown("size unknown until the volumes are read (their grid)");
+        };
+        let help = if p.copies_per_case > 0 {
+            "store fewer bytes: `copies_per_case: 0` (augment online while training) or `sample_dtype: bf16` (half the image bytes)"
+        } else {
+            "store fewer bytes: `sample_dtype: bf16` (half the image bytes), or crop or resample to smaller volumes"
+        };
+        Some(SizeEstimate::Bytes {
+            bytes,
+            how,
+            help: Some(help.to_string()),
+            span: if params.node("copies_per_case").is_some() {
+                params.span_of("copies_per_case")
+            } else {
+                params.span_of("transforms")
+            },
+        })
+    }
+
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
         let part = process_cases(cx, None)?;
         let index = index_json(cx.params, cx.seed, part)?;
@@ -163,6 +246,147 @@ impl Step for ShardedTransform {
             sharded_input: true,
         }
     }
+}
+
+/// What the output of a sharded-transform holds, as far as validation knows, for its size.
+struct SamplesShape {
+    cases: u64,
+    channels: u64,
+    copies: u64,
+    dtype: SampleDtype,
+    /// The spatial size after the deterministic prefix (cached per case, f32), when known.
+    prefix: Option<[usize; 3]>,
+    /// The spatial size of an augmented copy, when known.
+    sample: Option<[usize; 3]>,
+}
+
+impl SamplesShape {
+    /// The bytes of one sample: its image (channels × voxels × the dtype's size) and its labels
+    /// (one byte per voxel); the few bytes of the file's header are left out.
+    fn sample_bytes(&self, spatial: [usize; 3], dtype: SampleDtype) -> u64 {
+        let voxels: u64 = spatial.iter().map(|&n| n as u64).product();
+        self.channels * voxels * dtype.size() as u64 + voxels
+    }
+
+    /// The bytes the step writes and how they add up, or `None` when a size it needs is unknown.
+    fn estimate(&self) -> Option<(u64, String)> {
+        let prefixes = self
+            .prefix
+            .map(|s| (self.cases * self.sample_bytes(s, SampleDtype::F32), s));
+        if self.copies == 0 {
+            // The samples are the prefixes themselves (converted once more for bf16).
+            let (f32_bytes, shape) = prefixes?;
+            let converted = match self.dtype {
+                SampleDtype::F32 => 0,
+                dtype => self.cases * self.sample_bytes(shape, dtype),
+            };
+            let per = self.sample_bytes(shape, self.dtype);
+            return Some((
+                f32_bytes + converted,
+                format!(
+                    "{} × {} per {} sample{}",
+                    plural(self.cases, "case"),
+                    human_bytes(per),
+                    self.dtype.as_str(),
+                    if converted > 0 {
+                        ", beside the exact f32 prefixes"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let per = self.sample_bytes(self.sample?, self.dtype);
+        let samples = self.cases * self.copies * per;
+        let mut how = format!(
+            "{} × {} × {} per {} sample",
+            plural(self.cases, "case"),
+            plural(self.copies, "copy"),
+            human_bytes(per),
+            self.dtype.as_str()
+        );
+        let total = match prefixes {
+            Some((bytes, _)) => {
+                how.push_str(&format!(", and {} of cached prefixes", human_bytes(bytes)));
+                samples + bytes
+            }
+            None => {
+                how.push_str(", and the cached prefixes");
+                samples
+            }
+        };
+        Some((total, how))
+    }
+}
+
+/// The spatial size of the samples, known without data: with the data set's grid, the grid through
+/// the chain, attributed to the last transform that resized it (a crop's `roi`, a `spacing`'s
+/// `pixdim`) or else to the grid; without it, the crop's `roi` when nothing after it regrids.
+fn sample_size(
+    chain: &Chain,
+    params: &Params,
+    grid: Option<&Known<Grid>>,
+    id: &str,
+) -> Option<Known<[usize; 3]>> {
+    let specs = chain.specs();
+    let resizer = |i: usize| match &specs[i] {
+        TransformSpec::RandSpatialCrop(_) => Some(Known::new(
+            (),
+            transform_field_span(params, i, "roi"),
+            format!("the `roi` of step `{id}`"),
+        )),
+        TransformSpec::Spacing(_) => Some(Known::new(
+            (),
+            transform_field_span(params, i, "pixdim"),
+            format!("the volume after `spacing` in step `{id}`"),
+        )),
+        _ => None,
+    };
+    let Some(grid) = grid else {
+        let crop = specs
+            .iter()
+            .rposition(|s| matches!(s, TransformSpec::RandSpatialCrop(_)))?;
+        let regrids = specs[crop..]
+            .iter()
+            .any(|s| matches!(s, TransformSpec::Spacing(_) | TransformSpec::Orientation(_)));
+        let TransformSpec::RandSpatialCrop(c) = &specs[crop] else {
+            unreachable!("found as a crop")
+        };
+        let by = resizer(crop)?;
+        return (!regrids).then(|| Known::new(c.roi, by.span, by.what));
+    };
+    let shapes = chain
+        .spatial_shapes(grid.value.shape, &grid.value.affine)
+        .ok()?;
+    let size = *shapes.last()?;
+    let resized = (0..specs.len()).rev().find_map(|i| {
+        let before = if i == 0 {
+            grid.value.shape
+        } else {
+            shapes[i - 1]
+        };
+        (shapes[i] != before).then(|| resizer(i)).flatten()
+    });
+    Some(match resized {
+        Some(by) => Known::new(size, by.span, by.what),
+        None => Known::new(size, grid.span, grid.what.clone()),
+    })
+}
+
+/// The position of `field` of the transform at `index` of `transforms` (the `roi` of a crop), or of
+/// the list item when the field is not written there.
+fn transform_field_span(params: &Params, index: usize, field: &str) -> wf_engine::Span {
+    let Some(item) = params
+        .node("transforms")
+        .and_then(|n| n.as_seq())
+        .and_then(|items| items.get(index))
+    else {
+        return params.span_of("transforms");
+    };
+    item.as_map()
+        .and_then(|m| m.first())
+        .and_then(|(_, body)| body.get(field))
+        .map_or(item.span, |n| n.span)
 }
 
 /// Checks each item of a `transforms:` list (a step's, or `wf transform`'s file) and reports every
@@ -539,7 +763,8 @@ impl CaseJob<'_> {
             link(self.store, &from, &out.join(&rel))?;
             return Ok(vec![rel]);
         }
-        let mut files = Vec::with_capacity(self.copies as usize);
+        // Grown as copies are made: `copies_per_case` is the user's number, not a size to reserve.
+        let mut files = Vec::new();
         for copy in 0..self.copies {
             let mut skey_text = format!(
                 "wf-sample-v{VERSION}\n{pkey}\n{}\n{}\n{}\n{copy}",
@@ -602,6 +827,51 @@ fn imaging_error(e: wf_imaging::ImagingError) -> StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped BraTS workflow: 101 f32 copies of 484 cases, 4 × 128 × 128 × 64.
+    #[test]
+    fn the_size_estimate_counts_every_byte_of_image_and_labels() {
+        let brats = SamplesShape {
+            cases: 484,
+            channels: 4,
+            copies: 101,
+            dtype: SampleDtype::F32,
+            prefix: None,
+            sample: Some([128, 128, 64]),
+        };
+        let per = 4 * 128 * 128 * 64 * 4 + 128 * 128 * 64;
+        assert_eq!(per, 17_825_792);
+        let (bytes, how) = brats.estimate().unwrap();
+        assert_eq!(bytes, 484 * 101 * per);
+        assert_eq!(bytes, 871_396_016_128);
+        assert_eq!(
+            how,
+            "484 cases × 101 copies × 17.0 MiB per f32 sample, and the cached prefixes"
+        );
+        // bf16 halves the image bytes, not the labels'; known prefixes (f32) are added.
+        let bf16 = SamplesShape {
+            dtype: SampleDtype::Bf16,
+            prefix: Some([160, 160, 78]),
+            ..brats
+        };
+        let prefix = 4 * 160 * 160 * 78 * 4 + 160 * 160 * 78;
+        assert_eq!(
+            bf16.estimate().unwrap().0,
+            484 * 101 * (4 * 128 * 128 * 64 * 2 + 128 * 128 * 64) + 484 * prefix
+        );
+        // Online augmentation stores the prefixes only (and a bf16 copy of each when asked).
+        let online = SamplesShape { copies: 0, ..bf16 };
+        assert_eq!(
+            online.estimate().unwrap().0,
+            484 * prefix + 484 * (4 * 160 * 160 * 78 * 2 + 160 * 160 * 78)
+        );
+        // Without the grid, online augmentation's size is unknown rather than guessed.
+        let unknown = SamplesShape {
+            prefix: None,
+            ..online
+        };
+        assert_eq!(unknown.estimate(), None);
+    }
     use std::path::Path;
 
     fn items(dataset_json: &str) -> Result<Vec<String>, String> {

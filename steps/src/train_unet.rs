@@ -23,13 +23,15 @@ use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use wf_engine::key::KeyComponents;
 use wf_engine::params::ParamType;
 use wf_engine::{
     ArtifactType, CheckContext, Count, Diagnostics, ParamSpec, Params, RemoteTask, RunContext,
-    Slots, Step, StepError, Unit, plural,
+    Slots, Step, StepError, Store, Unit, plural,
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
+use wf_trainer::loader::validation_cases;
 use wf_trainer::loss::DiceLoss;
 use wf_trainer::machine::Machine;
 use wf_trainer::optim::AdamConfig;
@@ -39,6 +41,8 @@ use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
+
+use crate::facts::SamplesFacts;
 
 /// Name of the file in a Model (and Export) that records how the samples were preprocessed.
 pub use wf_imaging::samples::PREPROCESSING_FILE;
@@ -237,7 +241,28 @@ impl Step for TrainUnet {
                 ),
             );
         }
-        if let Err(e) = p.config(0).unet.validate() {
+        let unet = p.config(0).unet;
+        if unet.validate().is_ok()
+            && params.node("strides").is_some()
+            && p.strides.len() > p.channels.len() - 1
+        {
+            let levels = p.channels.len() - 1;
+            diags.error_with_help(
+                params.span_of("strides"),
+                format!(
+                    "step `{id}`: `strides` {:?} has {} entries, but `channels` {:?} down-samples {levels} times (len(channels) - 1): the last {} would be ignored",
+                    p.strides,
+                    p.strides.len(),
+                    p.channels,
+                    p.strides.len() - levels
+                ),
+                format!("give {levels} strides, or a channel count per level"),
+            );
+        }
+        if let Some(samples) = cx.input::<SamplesFacts>("samples") {
+            fits_samples(&p, params, samples, id, diags);
+        }
+        if let Err(e) = unet.validate() {
             // The error names the UNet field; the params that set it are `strides`, `dropout`
             // and (for the rest) `channels`.
             let key = match &e {
@@ -251,6 +276,50 @@ impl Step for TrainUnet {
             };
             diags.error(params.span_of(key), format!("step `{id}`: {e}"));
         }
+    }
+
+    /// `gpus: N > 0` and `precision: bf16` need a CUDA build (and the GPUs): a file meant for the
+    /// cloud stays valid, but this machine refuses it before anything runs rather than after the
+    /// steps before training.
+    fn check_local(&self, params: &Params, step_id: &str, diags: &mut Diagnostics) {
+        let Ok(p) = params.decode::<TrainParams>() else {
+            return;
+        };
+        let Ok(gpus) = Gpus::from_json(&p.gpus) else {
+            return; // validation reported it
+        };
+        if let Err(e) = Placement::resolve(gpus, p.precision == "bf16") {
+            let (field, detail) = match e {
+                TrainerError::Config { field, detail } => (field, detail),
+                e => ("gpus", e.to_string()),
+            };
+            let value = params
+                .get(field)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_default();
+            diags.error_with_help(
+                params.span_of(field),
+                format!(
+                    "step `{step_id}` cannot run on this machine: `{field}: {value}`: {detail}"
+                ),
+                "the file stays valid for the cloud (`wf run --executor sagemaker`, `wf deploy`)",
+            );
+        }
+    }
+
+    /// A run resumes from the latest complete checkpoint of an interrupted run of the same
+    /// configuration (its resume directory is named after what the key is made of).
+    fn resumes(&self, store: &Store, key: &KeyComponents) -> Option<String> {
+        let input = key.inputs.get("samples")?;
+        let dir = store.derived_dir("train-unet").join(resume_id(
+            &key.params,
+            key.seed.unwrap_or(0),
+            &input.to_hex(),
+        ));
+        let latest =
+            wf_trainer::checkpoint::latest(&wf_trainer::train::checkpoints_dir(&dir)).ok()??;
+        let meta = wf_trainer::checkpoint::read_meta(&latest).ok()?;
+        Some(format!("resumes from epoch {}", meta.epoch))
     }
 
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
@@ -271,10 +340,11 @@ impl Step for TrainUnet {
         let index = SamplesIndex::read(&input.path.join(INDEX_FILE))
             .map_err(|e| StepError::new(format!("the samples index: {e}")))?;
 
-        let work = cx
-            .store
-            .derived_dir("train-unet")
-            .join(resume_id(cx, &input.digest.to_hex()));
+        let work = cx.store.derived_dir("train-unet").join(resume_id(
+            &cx.params.canonical_json(),
+            cx.seed,
+            &input.digest.to_hex(),
+        ));
         std::fs::create_dir_all(&work)
             .map_err(|e| StepError::new(format!("{}: {e}", work.display())))?;
         let mut log = std::fs::OpenOptions::new()
@@ -448,16 +518,74 @@ impl Step for TrainUnet {
     }
 }
 
+/// What the samples are known to be at validation (their producers' facts) against the network and
+/// the split: a sample size the UNet cannot take (each axis a multiple of the strides' product),
+/// and a validation fraction that leaves nothing to validate on. The size's error points at the
+/// value that set it (a crop's `roi`, upstream).
+fn fits_samples(
+    p: &TrainParams,
+    params: &Params,
+    samples: &SamplesFacts,
+    id: &str,
+    diags: &mut Diagnostics,
+) {
+    let unet = p.config(0).unet;
+    if let (Ok(()), Some(size)) = (unet.validate(), &samples.spatial) {
+        let div = unet.size_divisor();
+        if size.value.iter().any(|n| n % div != 0) {
+            let used = &unet.strides[..unet.channels.len() - 1];
+            // A crop may grow to the next multiple; a volume is cropped to the one below.
+            let help = if samples.cropped {
+                let fit = size.value.map(|n| n.div_ceil(div) * div);
+                format!("use multiples of {div}, e.g. {fit:?}, or other `strides` in step `{id}`")
+            } else {
+                let fit = size.value.map(|n| (n / div).max(1) * div);
+                format!(
+                    "crop the volumes to multiples of {div} (e.g. `rand-spatial-crop: {{ roi: {fit:?} }}`), or use other `strides` in step `{id}`"
+                )
+            };
+            diags.error_with_help(
+                size.span,
+                format!(
+                    "step `{id}`: its samples are {} ({}), but its UNet needs every size to be a multiple of {div} (the product of `strides` {used:?})",
+                    size_text(size.value),
+                    size.what
+                ),
+                help,
+            );
+        }
+    }
+    if p.val_fraction > 0.0
+        && let Some(cases) = &samples.cases
+        && validation_cases(cases.value, p.val_fraction) == 0
+    {
+        let n = cases.value;
+        diags.error_with_help(
+            params.span_of("val_fraction"),
+            format!(
+                "step `{id}`: `val_fraction` {} holds out whole cases, but the data has {n} case{} ({}): none can be held out, so nothing would be validated",
+                p.val_fraction,
+                if n == 1 { "" } else { "s" },
+                cases.what
+            ),
+            "use more cases, or `val_fraction: 0` to train without validation",
+        );
+    }
+}
+
+/// `[40, 40, 20]` as `40×40×20`.
+fn size_text(size: [usize; 3]) -> String {
+    format!("{}×{}×{}", size[0], size[1], size[2])
+}
+
 /// Names the resume directory after everything the step key is made of (kind, version, params,
 /// seed, input), so a different configuration never resumes another's checkpoints.
-fn resume_id(cx: &RunContext<'_>, input: &str) -> String {
+fn resume_id(params_json: &str, seed: u64, input: &str) -> String {
     let mut h = blake3::Hasher::new();
     h.update(
         format!(
-            "train-unet\n{}\n{}\n{}\n{input}",
+            "train-unet\n{}\n{params_json}\n{seed}\n{input}",
             TrainUnet.version(),
-            cx.params.canonical_json(),
-            cx.seed
         )
         .as_bytes(),
     );

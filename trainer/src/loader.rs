@@ -106,6 +106,16 @@ fn bad(path: &Path, detail: impl Into<String>) -> TrainerError {
     }
 }
 
+/// How many of `cases` cases the split holds out for validation: `val_fraction` of them rounded, at
+/// least one when a fraction is asked for, and never all of them (so one case validates on none).
+pub fn validation_cases(cases: usize, val_fraction: f64) -> usize {
+    let mut n_val = (val_fraction * cases as f64).round() as usize;
+    if val_fraction > 0.0 {
+        n_val = n_val.max(1);
+    }
+    n_val.min(cases.saturating_sub(1))
+}
+
 /// Opens a Samples artifact directory and splits it: (train, validation).
 pub fn open_samples(
     dir: &Path,
@@ -159,11 +169,7 @@ pub fn open_samples(
         })
         .collect();
     ranked.sort_unstable();
-    let mut n_val = (val_fraction * cases.len() as f64).round() as usize;
-    if val_fraction > 0.0 {
-        n_val = n_val.max(1);
-    }
-    n_val = n_val.min(cases.len().saturating_sub(1));
+    let n_val = validation_cases(cases.len(), val_fraction);
     let is_val: std::collections::HashSet<usize> =
         ranked[..n_val].iter().map(|&(_, i)| i).collect();
     let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -476,6 +482,20 @@ mod tests {
         {"normalize-intensity": {"nonzero": true, "channel_wise": true}},
         {"rand-scale-intensity": {"factors": 0.1, "prob": 0.5}},
         {"rand-shift-intensity": {"offsets": 0.1, "prob": 0.5}}]"#;
+
+    #[test]
+    fn validation_takes_whole_cases_and_never_all() {
+        assert_eq!(validation_cases(484, 0.01), 5);
+        assert_eq!(validation_cases(16, 0.25), 4);
+        assert_eq!(
+            validation_cases(16, 0.001),
+            1,
+            "at least one when asked for"
+        );
+        assert_eq!(validation_cases(1, 0.5), 0, "one case cannot be split");
+        assert_eq!(validation_cases(4, 0.99), 3);
+        assert_eq!(validation_cases(8, 0.0), 0);
+    }
 
     fn case(i: usize, shape: [usize; 4]) -> Case {
         let [c, x, y, z] = shape;

@@ -580,6 +580,34 @@ impl Chain {
         &self.specs[self.split..]
     }
 
+    /// The spatial shape of a volume of `shape` with `affine` after each transform of the chain,
+    /// from the transforms' params alone, no voxels read: `spacing` and `orientation` regrid it as
+    /// they would the data, `rand-spatial-crop` takes its `roi` bounded by the volume (where the
+    /// window lands changes no size). What a step can know of its samples before it reads a case.
+    pub fn spatial_shapes(
+        &self,
+        shape: [usize; 3],
+        affine: &Affine,
+    ) -> Result<Vec<[usize; 3]>, String> {
+        let (mut shape, mut affine) = (shape, *affine);
+        let mut out = Vec::with_capacity(self.specs.len());
+        for s in &self.specs {
+            match s {
+                TransformSpec::Spacing(t) => {
+                    let p = t.plan(&affine, shape)?;
+                    (shape, affine) = (p.out_shape, p.out_affine);
+                }
+                TransformSpec::Orientation(t) => (shape, affine) = t.plan(&affine, shape)?,
+                TransformSpec::RandSpatialCrop(t) => {
+                    shape = [0, 1, 2].map(|a| t.roi[a].min(shape[a]));
+                }
+                _ => {}
+            }
+            out.push(shape);
+        }
+        Ok(out)
+    }
+
     /// Runs the prefix from files; the prefix must start with `load`.
     pub fn run_prefix(&self, src: &CaseSource) -> Result<Case, ImagingError> {
         let Some(TransformSpec::Load(load)) = self.specs.first() else {
@@ -902,6 +930,29 @@ mod tests {
             .apply_suffix(cached, &mut Rng::for_sample(42, "BRATS_001", 3))
             .unwrap();
         assert_eq!((c, dc), (a, da));
+    }
+
+    #[test]
+    fn spatial_shapes_follow_the_chain_without_data() {
+        let identity = linalg::IDENTITY;
+        let shapes = seed_chain()
+            .spatial_shapes([96, 96, 64], &identity)
+            .unwrap();
+        // spacing 1.5 x 1.5 x 2 mm: 96 -> 64, 64 -> 32; the crop's roi, then sizes kept.
+        assert_eq!(shapes[3], [64, 64, 32]);
+        assert_eq!(shapes.last(), Some(&[24, 24, 12]));
+        // A crop larger than the volume keeps the volume's size on that axis.
+        let small = seed_chain()
+            .spatial_shapes([30, 30, 16], &identity)
+            .unwrap();
+        assert_eq!(small.last(), Some(&[20, 20, 8]));
+        // Orientation permutes the axes as it would the voxels.
+        let lps_to_sar =
+            Chain::from_json(&serde_json::json!(["load", {"orientation": {"axcodes": "SAR"}}]))
+                .unwrap()
+                .spatial_shapes([10, 20, 30], &identity)
+                .unwrap();
+        assert_eq!(lps_to_sar.last(), Some(&[30, 20, 10]));
     }
 
     #[test]

@@ -102,6 +102,16 @@ impl Orientation {
         Ok(result)
     }
 
+    /// The spatial shape and affine a volume of `shape` with `affine` has after this transform.
+    pub fn plan(&self, affine: &Affine, shape: [usize; 3]) -> Result<([usize; 3], Affine), String> {
+        let ornt = self.ornt(affine)?;
+        let mut out = [0usize; 3];
+        for (a, &(o, _)) in ornt.iter().enumerate() {
+            out[o] = shape[a];
+        }
+        Ok((out, reoriented_affine(affine, &ornt, shape)))
+    }
+
     pub fn apply(&self, mut case: Case) -> Result<Case, ImagingError> {
         require_channel_first(&mut case, "orientation")?;
         let ornt = self

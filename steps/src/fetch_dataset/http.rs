@@ -323,10 +323,19 @@ impl Headers {
     }
 }
 
-/// The validators of the file at `url`, read with a HEAD (a one-byte GET where the server does not
-/// allow HEAD, as for a presigned GET URL), retried like a download.
-pub(super) fn validators(url: &str, cancel: &CancelToken) -> Result<String, StepError> {
-    let shown = redact::url(url).into_owned();
+/// Why a HEAD of a file got no headers: a refusal (`HTTP 404 Not Found`), or every try failed.
+enum HeadError {
+    Status(String),
+    Tries(Vec<String>),
+}
+
+/// The headers of the file at `url`, read with a HEAD (a one-byte GET where the server does not
+/// allow HEAD, as for a presigned GET URL), retried like a download. The outer error: cancelled.
+fn head(
+    url: &str,
+    shown: &str,
+    cancel: &CancelToken,
+) -> Result<Result<Headers, HeadError>, StepError> {
     let agent = agent();
     let mut reasons = Vec::new();
     for n in 0..TRIES {
@@ -359,29 +368,55 @@ pub(super) fn validators(url: &str, cancel: &CancelToken) -> Result<String, Step
             continue;
         }
         if !status.is_success() {
-            return Err(StepError::new(format!(
-                "{shown}: HTTP {} {} (asked for its ETag or Last-Modified, which key a source without a checksum)",
+            return Ok(Err(HeadError::Status(format!(
+                "{shown}: HTTP {} {}",
                 status.as_u16(),
                 status.canonical_reason().unwrap_or("")
-            )));
+            ))));
         }
         // The body, if any (the one-byte GET), is dropped unread with the response.
-        return Headers::of(&resp).state().ok_or_else(|| {
+        return Ok(Ok(Headers::of(&resp)));
+    }
+    Ok(Err(HeadError::Tries(reasons)))
+}
+
+/// The validators of the file at `url` (`head`).
+pub(super) fn validators(url: &str, cancel: &CancelToken) -> Result<String, StepError> {
+    let shown = redact::url(url).into_owned();
+    match head(url, &shown, cancel)? {
+        Ok(headers) => headers.state().ok_or_else(|| {
             StepError::new(format!(
                 "{shown}: the server sends neither an ETag nor a Last-Modified date, so a change of the file could not be seen; give `sha256` (or `md5`) to key the step by the file's content"
             ))
-        });
+        }),
+        Err(HeadError::Status(status)) => Err(StepError::new(format!(
+            "{status} (asked for its ETag or Last-Modified, which key a source without a checksum)"
+        ))),
+        Err(HeadError::Tries(reasons)) => {
+            let last = reasons.last().cloned().unwrap_or_default();
+            Err(StepError::with_detail(
+                format!(
+                    "cannot read the validators of {shown} (they key a source without a checksum) after {TRIES} tries: {last}"
+                ),
+                format!(
+                    "{}\ngive `sha256` (or `md5`) to key the step by the file's content instead",
+                    reasons.join("\n")
+                ),
+            ))
+        }
     }
-    let last = reasons.last().cloned().unwrap_or_default();
-    Err(StepError::with_detail(
-        format!(
-            "cannot read the validators of {shown} (they key a source without a checksum) after {TRIES} tries: {last}"
-        ),
-        format!(
-            "{}\ngive `sha256` (or `md5`) to key the step by the file's content instead",
-            reasons.join("\n")
-        ),
-    ))
+}
+
+/// The length of the file at `url` as its server announces it (`head`): `Ok(None)` when it names
+/// none; `Err` says why it could not be asked.
+pub(super) fn announced_length(url: &str, cancel: &CancelToken) -> Result<Option<u64>, String> {
+    let shown = redact::url(url).into_owned();
+    match head(url, &shown, cancel) {
+        Ok(Ok(headers)) => Ok(headers.file_length()),
+        Ok(Err(HeadError::Status(status))) => Err(status),
+        Ok(Err(HeadError::Tries(reasons))) => Err(reasons.last().cloned().unwrap_or_default()),
+        Err(e) => Err(e.message),
+    }
 }
 
 /// One request: resumes `part` when it has bytes, a validator, and the server honours `Range`.

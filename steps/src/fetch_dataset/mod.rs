@@ -59,12 +59,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CancelToken, CheckContext, Diagnostics, ParamSpec, Params, RemoteTask,
-    RunContext, Slots, Step, StepError, plural, redact,
+    ArtifactType, CancelToken, CheckContext, Diagnostics, Facts, ParamSpec, Params, RemoteTask,
+    RunContext, SizeEstimate, Slots, Step, StepError, plural, redact,
 };
 use wf_imaging::ImagingError;
 use wf_imaging::msd::{DATASET_JSON, MsdDataset};
+use wf_imaging::synth::{SynthOptions, affine_for};
 
+use crate::facts::{DatasetFacts, Grid, Known};
 use source::{Expected, SOURCE_HELP, Source, hex_problem, parse_source};
 
 pub struct FetchDataset;
@@ -303,6 +305,84 @@ impl Step for FetchDataset {
                 }
             }
             Source::Http(_) | Source::S3 { .. } => {}
+        }
+    }
+
+    /// Synthetic data: its `cases`, 4 channels and the `shape` on a 1 mm grid. A local directory:
+    /// the case count and channels of its dataset.json (one small file read; archives are not
+    /// opened at validation). A URL: nothing until it is fetched.
+    fn facts(&self, params: &Params, cx: &CheckContext<'_>) -> Option<Facts> {
+        let p = decode(params).ok()?;
+        let id = cx.step_id;
+        let facts = match parse_source(&p.source).ok()? {
+            Source::Synthetic => DatasetFacts {
+                cases: Some(Known::new(
+                    p.cases,
+                    params.span_of("cases"),
+                    format!("`cases` of step `{id}`"),
+                )),
+                channels: Some(SynthOptions::default().channels),
+                grid: <[usize; 3]>::try_from(p.shape.as_slice())
+                    .ok()
+                    .map(|shape| {
+                        Known::new(
+                            Grid {
+                                shape,
+                                affine: affine_for(SynthOptions::default().affine, shape),
+                            },
+                            params.span_of("shape"),
+                            format!("`shape` of step `{id}`"),
+                        )
+                    }),
+            },
+            Source::Local(path) => {
+                let root = tree::find_msd_root(&cx.workflow_dir.join(&path)).ok()??;
+                let ds = MsdDataset::read(&root.join(DATASET_JSON)).ok()?;
+                DatasetFacts {
+                    cases: Some(Known::new(
+                        ds.cases().ok()?.len(),
+                        params.span_of("source"),
+                        format!("the dataset.json of step `{id}`"),
+                    )),
+                    channels: ds.modality.as_ref().map(|m| m.len()).filter(|&n| n > 0),
+                    grid: None,
+                }
+            }
+            Source::Http(_) | Source::S3 { .. } => return None,
+        };
+        Some(Facts::new(facts))
+    }
+
+    /// A URL's size is asked of its server when a run is planned (`announced_size`).
+    fn output_size(&self, params: &Params, _cx: &CheckContext<'_>) -> Option<SizeEstimate> {
+        let source = params.get("source").and_then(Json::as_str)?;
+        matches!(parse_source(source), Ok(Source::Http(_))).then_some(SizeEstimate::Ask)
+    }
+
+    /// The download's `Content-Length` (a `HEAD`): at least that much is written, and the extracted
+    /// files come on top (an archive's contents are not known before it is read).
+    fn announced_size(&self, params: &Params, cancel: &CancelToken) -> SizeEstimate {
+        let source = params.get("source").and_then(Json::as_str).unwrap_or("");
+        let Ok(Source::Http(url)) = parse_source(source) else {
+            return SizeEstimate::Unknown {
+                why: "size unknown until fetched".into(),
+            };
+        };
+        match http::announced_length(&url, cancel) {
+            Ok(Some(bytes)) => SizeEstimate::Bytes {
+                bytes,
+                how: "the download's length as the server announces it; its extracted files come on top".into(),
+                help: Some(
+                    "use a cache on a larger disk (`--cache DIR`)".into(),
+                ),
+                span: params.span_of("source"),
+            },
+            Ok(None) => SizeEstimate::Unknown {
+                why: "size unknown until fetched (the server announces no length)".into(),
+            },
+            Err(why) => SizeEstimate::Unknown {
+                why: format!("size unknown until fetched ({why})"),
+            },
         }
     }
 
