@@ -504,17 +504,27 @@ fn validate_layout(root: &Path) -> Result<(usize, usize), StepError> {
     Ok((ds.training.len(), ds.test.len()))
 }
 
-/// The message; for missing files, every one of them in the detail.
+/// How many missing files the detail lists; the message already says how many there are.
+const MISSING_LISTED: usize = 20;
+
+/// The message; for missing files, the first `MISSING_LISTED` of them in the detail and a count of
+/// the rest (a data set with a wrong root misses every file: hundreds of lines say no more).
 fn layout_error(e: ImagingError) -> StepError {
     match &e {
-        ImagingError::MsdMissing { missing, .. } => StepError::with_detail(
-            e.to_string(),
-            missing
+        ImagingError::MsdMissing { missing, .. } => {
+            let mut lines: Vec<String> = missing
                 .iter()
+                .take(MISSING_LISTED)
                 .map(|(entry, path)| format!("{entry}: {path}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
+                .collect();
+            if missing.len() > MISSING_LISTED {
+                lines.push(format!(
+                    "… and {} more missing files",
+                    missing.len() - MISSING_LISTED
+                ));
+            }
+            StepError::with_detail(e.to_string(), lines.join("\n"))
+        }
         _ => StepError::new(e.to_string()),
     }
 }
@@ -536,6 +546,21 @@ mod tests {
             e.contains("training[1].label: ./labelsTr/BRATS_002.nii.gz"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn many_missing_files_are_counted_not_all_listed() {
+        let missing: Vec<(String, String)> = (0..500)
+            .map(|i| (format!("training[{i}].image"), format!("./imagesTr/c{i}.nii.gz")))
+            .collect();
+        let e = layout_error(ImagingError::MsdMissing {
+            file: "/data/dataset.json".into(),
+            missing,
+        });
+        let detail = e.detail.as_deref().unwrap_or("");
+        assert_eq!(detail.lines().count(), MISSING_LISTED + 1, "{detail}");
+        assert!(detail.contains("training[0].image: ./imagesTr/c0.nii.gz"), "{detail}");
+        assert!(detail.ends_with("… and 480 more missing files"), "{detail}");
     }
 
     #[test]
