@@ -155,7 +155,7 @@ pub struct Entry {
     pub warnings: Vec<String>,
     /// What the step reported about this computation (`Progress::fact`: timings, throughput).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub facts: Facts,
+    pub facts: RunFacts,
     /// The artifacts the step read, by input slot (the digests its key holds), so that `wf cache
     /// verify --repair` finds the entries computed from a damaged artifact. `None` in entries
     /// written before inputs were recorded (see the header).
@@ -164,13 +164,13 @@ pub struct Entry {
 }
 
 /// Facts about a computation by name (`Progress::fact`), kept outside its artifact.
-pub type Facts = BTreeMap<String, serde_json::Value>;
+pub type RunFacts = BTreeMap<String, serde_json::Value>;
 
 /// What a successful step said besides its output, committed with it into its entry.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepNotes {
     pub warnings: Vec<String>,
-    pub facts: Facts,
+    pub facts: RunFacts,
 }
 
 /// The last run of a step: what its key was made of, and how it went.
