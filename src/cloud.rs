@@ -39,8 +39,15 @@ pub fn remote_cache(
     if !url.starts_with("s3://") {
         return Ok(None);
     }
+    let kms = wf
+        .targets
+        .aws
+        .as_ref()
+        .and_then(|a| a.kms_key_id.as_ref())
+        .map(|k| k.value.clone());
     let cache = wf_aws::S3Cache::open(&url, aws_region(wf).as_deref())
-        .map_err(|e| format!("error: cache {url}: {e}"))?;
+        .map_err(|e| format!("error: cache {url}: {e}"))?
+        .with_kms(kms);
     Ok(Some(Arc::new(cache)))
 }
 
@@ -54,7 +61,7 @@ pub fn deploy(wf: &Workflow) -> CliResult {
         Some(&t.region),
         wf_aws::Credentials::Default,
     ));
-    let bucket = wf_aws::s3::Bucket::new(&aws, &t.cache.bucket);
+    let bucket = wf_aws::s3::Bucket::new(&aws, &t.cache.bucket).with_kms(t.kms_key_id.clone());
     rt.block_on(async {
         bucket.check().await?;
         wf_aws::s3::upload_all(&bucket, &compiled.uploads).await
@@ -217,17 +224,7 @@ fn runtime() -> CliResult<wf_aws::Blocking> {
 fn compile(wf: &Workflow) -> CliResult<wf_engine::asl::Compiled> {
     let memo_dir = local_working_copy(Some(wf));
     let memo = wf_engine::memo::Memo::load(&memo_dir.join("memo").join("files-v1"));
-    let mut opts = wf_engine::asl::CompileOptions {
-        memo: Some(&memo),
-        ..Default::default()
-    };
-    // Retries of a failed job (default 1, after 60 s); emulator tests set 0.
-    if let Some(n) = std::env::var("WF_FAILED_JOB_RETRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        opts.failed_job_retries = n;
-    }
+    let opts = wf_engine::asl::CompileOptions { memo: Some(&memo) };
     wf_engine::asl::compile_stepfunctions(wf, &opts)
         .map_err(|list| CliError::invalid(crate::compile::not_compilable(wf, &list)))
 }
@@ -246,7 +243,8 @@ pub fn sagemaker_executor(
     let cache: Option<Arc<dyn RemoteCache>> = if need_cache {
         let url = target.cache.to_string();
         let c = wf_aws::S3Cache::open(&url, Some(&target.region))
-            .map_err(|e| CliError::invalid(format!("error: cache {url}: {e}")))?;
+            .map_err(|e| CliError::invalid(format!("error: cache {url}: {e}")))?
+            .with_kms(target.kms_key_id.clone());
         Some(Arc::new(c))
     } else {
         None

@@ -703,7 +703,7 @@ fn a_failed_job_fails_the_execution_naming_the_step() {
         &machine,
         "  fail-early: { uses: command, with: { run: \"echo never > $WF_OUT/x\" } }\n  after: { uses: command, inputs: { x: fail-early }, with: { run: \"cp $WF_IN_x/x $WF_OUT/y\" } }\n",
     );
-    let poll = [("WF_POLL_SECONDS", "0.5"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let poll = [("WF_POLL_SECONDS", "0.5")];
     let out = wf_with(t.path(), Some(&moto), &poll, &["deploy", "wf.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = wf_with(
@@ -833,7 +833,7 @@ fn brats_deploys_and_runs_in_the_emulator() {
     let name = format!("brats{}", std::process::id());
     let dir = t.path().join("w");
     brats_for_emulator(&dir, &bucket, &name, &md5);
-    let env = [("WF_POLL_SECONDS", "1"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let env = [("WF_POLL_SECONDS", "1")];
     let out = wf_with(&dir, Some(&moto), &env, &["deploy", "brats.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = wf_with(&dir, Some(&moto), &env, &["start", "brats.yaml", "--wait"]);
@@ -1009,7 +1009,7 @@ fn a_sharded_step_on_three_instances_equals_a_local_run() {
 "#
     );
     cloud_workflow(&dir, &bucket, &machine, &steps);
-    let env = [("WF_POLL_SECONDS", "0.5"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let env = [("WF_POLL_SECONDS", "0.5")];
     let out = wf_with(&dir, Some(&moto), &env, &["deploy", "wf.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = wf_with(&dir, Some(&moto), &env, &["start", "wf.yaml", "--wait"]);

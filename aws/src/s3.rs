@@ -14,6 +14,9 @@ pub struct Bucket {
     aws: Aws,
     client: aws_sdk_s3::Client,
     pub name: String,
+    /// SSE-KMS with this key for every object written (`targets.aws.kms_key_id`); `None`: the
+    /// bucket's default encryption.
+    kms_key_id: Option<String>,
 }
 
 impl Bucket {
@@ -22,6 +25,29 @@ impl Bucket {
             aws: aws.clone(),
             client: aws.s3(),
             name: name.to_string(),
+            kms_key_id: None,
+        }
+    }
+
+    /// The same bucket, writing every object with SSE-KMS under `key` (when given).
+    pub fn with_kms(mut self, key: Option<String>) -> Bucket {
+        self.kms_key_id = key;
+        self
+    }
+
+    /// `ServerSideEncryption` and `SSEKMSKeyId` of a write.
+    fn sse(
+        &self,
+    ) -> (
+        Option<aws_sdk_s3::types::ServerSideEncryption>,
+        Option<String>,
+    ) {
+        match &self.kms_key_id {
+            Some(k) => (
+                Some(aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+                Some(k.clone()),
+            ),
+            None => (None, None),
         }
     }
 
@@ -131,10 +157,13 @@ impl Bucket {
     }
 
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), AwsError> {
+        let (sse, kms) = self.sse();
         self.client
             .put_object()
             .bucket(&self.name)
             .key(key)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms)
             .body(ByteStream::from(bytes))
             .send()
             .await
@@ -157,10 +186,13 @@ impl Bucket {
             path: src.to_path_buf(),
             source: std::io::Error::other(e),
         })?;
+        let (sse, kms) = self.sse();
         self.client
             .put_object()
             .bucket(&self.name)
             .key(key)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms)
             .body(body)
             .send()
             .await
@@ -170,11 +202,14 @@ impl Bucket {
 
     /// Server-side copy within the bucket (`src` must be URL-safe, e.g. `objects/<hex>`).
     pub async fn copy(&self, src: &str, dst: &str) -> Result<(), AwsError> {
+        let (sse, kms) = self.sse();
         self.client
             .copy_object()
             .bucket(&self.name)
             .copy_source(format!("{}/{src}", self.name))
             .key(dst)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms)
             .send()
             .await
             .map_err(|e| self.err("CopyObject", dst, &e))?;

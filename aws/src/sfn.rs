@@ -236,7 +236,22 @@ pub fn summarize(events: &[Event]) -> Vec<StepState> {
             Event::TaskFailed { error, cause } => {
                 last_error = Some(short_cause(error, cause));
             }
-            Event::ExecutionFailed { .. } => {}
+            // An error no state caught (an S3 error reading a cache entry, retried and still
+            // failing) fails the execution in the step that was checking or publishing.
+            Event::ExecutionFailed { error, cause } => {
+                if let Some(s) = steps
+                    .iter_mut()
+                    .rev()
+                    .find(|s| matches!(s.state.as_str(), "checking" | "publishing"))
+                {
+                    s.state = "failed".to_string();
+                    s.error = Some(
+                        last_error
+                            .take()
+                            .unwrap_or_else(|| short_cause(error, cause)),
+                    );
+                }
+            }
             Event::StateEntered(name) => {
                 use wf_engine::cloud::State;
                 let Some((id, part)) = State::parse(name) else {
@@ -253,13 +268,20 @@ pub fn summarize(events: &[Event]) -> Vec<StepState> {
                     State::Published => "publishing",
                     State::Done if ran.iter().any(|r| r == id) => "ran",
                     State::Done => "cached",
-                    State::Failed => "failed",
+                    State::Diagnose
+                    | State::Job
+                    | State::HasReason
+                    | State::JobFailed
+                    | State::NotPublished
+                    | State::Failed => "failed",
                 };
                 let error = (state == "failed").then(|| last_error.take()).flatten();
                 match steps.iter_mut().find(|s| s.id == id) {
                     Some(s) => {
                         s.state = state.to_string();
-                        s.error = error;
+                        if error.is_some() || state != "failed" {
+                            s.error = error;
+                        }
                     }
                     None => steps.push(StepState {
                         id: id.to_string(),

@@ -47,6 +47,11 @@ What stock moto 5.2.5 lacks for wf, and what this file does about each gap:
 7. aws-sdk:s3:getObject. moto hands the state machine the streaming body object; AWS returns the
    body as a string, which is what `States.StringToJson($.Body)` reads (`read_sdk_bodies`).
 
+8. Error names of SDK integrations. moto names an aws-sdk task's error after the service as the
+   resource ARN spells it (`s3.NoSuchKeyException`); AWS capitalizes the service
+   (`S3.NoSuchKeyException`), and a Catch or Retry matches names exactly. The AWS names of the
+   services wf calls are added here (`name_sdk_errors`).
+
 The state machine interpreter calls back into this server at http://localhost:$MOTO_PORT; the
 port is set once the socket is bound. Jobs reach it through AWS_ENDPOINT_URL on 127.0.0.1.
 """
@@ -600,6 +605,17 @@ def read_sdk_bodies():
 
 
 # ---------------------------------------------------------------------------------------------
+# 8. SDK error names as AWS spells them
+# ---------------------------------------------------------------------------------------------
+
+def name_sdk_errors():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_aws_sdk as sdk)
+
+    sdk._SERVICE_ERROR_NAMES.update({"s3": "S3", "fsx": "FSx", "sagemaker": "SageMaker"})
+
+
+# ---------------------------------------------------------------------------------------------
 # The server
 # ---------------------------------------------------------------------------------------------
 
@@ -611,6 +627,7 @@ def complete_moto():
     complete_fsx()
     fix_intrinsic_escapes()
     read_sdk_bodies()
+    name_sdk_errors()
 
 
 def stop(status=0):
