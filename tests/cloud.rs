@@ -1268,3 +1268,293 @@ fn run_with_the_sagemaker_executor() {
         stdout(&again)
     );
 }
+
+/// Steps that read nothing of each other run at once in the state machine, as they do locally: a
+/// fan-out (`root` → `a`, `b`, `c`) whose leaves also form a diamond (`a`, `b` → `join`). Each job
+/// records when its command started and ended; the three leaves overlap, and `join` starts after
+/// the two it reads.
+#[test]
+fn independent_steps_run_at_once_in_the_emulator() {
+    let Some(moto) = moto_with_jobs("independent_steps_run_at_once_in_the_emulator") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("parallel");
+    let machine = format!("wf-par-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    let times = t.path().join("times");
+    std::fs::create_dir_all(&times).unwrap();
+    let step = |id: &str, inputs: &str| {
+        format!(
+            "  {id}: {{ uses: command,{inputs} with: {{ run: \"date +%s.%N > {t}/{id}.start; sleep 2; date +%s.%N > {t}/{id}.end; echo {id} > $WF_OUT/{id}.txt\" }} }}\n",
+            t = times.display()
+        )
+    };
+    let steps = [
+        step("root", ""),
+        step("a", " inputs: { src: root },"),
+        step("b", " inputs: { src: root },"),
+        step("c", " inputs: { src: root },"),
+        step("join", " inputs: { x: a, y: b },"),
+    ]
+    .concat();
+    let dir = t.path().join("w");
+    cloud_workflow(&dir, &bucket, &machine, &steps);
+    let poll = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(&dir, Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(&dir, Some(&moto), &poll, &["start", "wf.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    for id in ["root", "a", "b", "c", "join"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [id, "ran"]),
+            "{id}: {text}"
+        );
+    }
+    let at = |id: &str, what: &str| -> f64 {
+        std::fs::read_to_string(times.join(format!("{id}.{what}")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let leaves = ["a", "b", "c"];
+    let last_start = leaves.iter().map(|id| at(id, "start")).fold(0.0, f64::max);
+    let first_end = leaves
+        .iter()
+        .map(|id| at(id, "end"))
+        .fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "the leaves ran one after another: {:?}",
+        leaves
+            .iter()
+            .map(|id| (at(id, "start"), at(id, "end")))
+            .collect::<Vec<_>>()
+    );
+    assert!(at("root", "end") <= at("a", "start"));
+    assert!(at("join", "start") >= at("a", "end").max(at("b", "end")));
+}
+
+/// The state machine's role may list the cache bucket but not read it. The first lookup's
+/// AccessDenied is not a miss: it is retried with backoff, then fails the execution naming the
+/// step and the S3 error, and no job runs (before, any lookup error meant "compute it again").
+#[test]
+fn access_denied_on_the_cache_fails_the_execution_instead_of_rerunning() {
+    let Some(moto) =
+        moto_with_jobs("access_denied_on_the_cache_fails_the_execution_instead_of_rerunning")
+    else {
+        return;
+    };
+    let _exclusive = moto.exclusive();
+    let bucket = moto.bucket("sfndenied");
+    let pid = std::process::id();
+    let role = format!("wf-list-only-{pid}");
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"states.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=CreateRole&RoleName={role}&AssumeRolePolicyDocument={}&Version=2010-05-08",
+            urlencode(trust)
+        ),
+    );
+    let list_only = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:ListBucket","sagemaker:*"],"Resource":"*"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=PutRolePolicy&RoleName={role}&PolicyName=list-only&PolicyDocument={}&Version=2010-05-08",
+            urlencode(list_only)
+        ),
+    );
+    // Whoever starts the execution may do anything.
+    let user = format!("wf-operator-{pid}");
+    moto.query(
+        "iam",
+        &format!("Action=CreateUser&UserName={user}&Version=2010-05-08"),
+    );
+    let admin = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=PutUserPolicy&UserName={user}&PolicyName=admin&PolicyDocument={}&Version=2010-05-08",
+            urlencode(admin)
+        ),
+    );
+    let keys = moto.query(
+        "iam",
+        &format!("Action=CreateAccessKey&UserName={user}&Version=2010-05-08"),
+    );
+    let id = xml_value(&keys, "AccessKeyId").unwrap();
+    let secret = xml_value(&keys, "SecretAccessKey").unwrap();
+
+    let machine = format!("wf-denied-{pid}");
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("w");
+    cloud_workflow(
+        &dir,
+        &bucket,
+        &machine,
+        "  a: { uses: command, with: { run: \"echo hello > $WF_OUT/greeting.txt\" } }\n",
+    );
+    let yaml = std::fs::read_to_string(dir.join("wf.yaml")).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        yaml.replace("role/wf\n", &format!("role/{role}\n")),
+    )
+    .unwrap();
+    let out = wf_with(&dir, Some(&moto), &[], &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    moto.enforce_iam(true);
+    let off = IamOff(&moto);
+    let run = wf_with(
+        &dir,
+        Some(&moto),
+        &[
+            ("WF_POLL_SECONDS", "0.5"),
+            ("AWS_ACCESS_KEY_ID", id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+        ],
+        &["start", "wf.yaml", "--wait"],
+    );
+    drop(off);
+    let (o, e) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(1), "{o}\n{e}");
+    assert!(o.contains("FAILED"), "{o}");
+    assert!(e.contains("step `a` failed"), "{o}\n{e}");
+    assert!(e.contains("S3.") && e.contains("403"), "{o}\n{e}");
+    let execution = o.lines().next().unwrap().trim().to_string();
+    let h = moto.json_call(
+        "states",
+        "AWSStepFunctions.GetExecutionHistory",
+        &serde_json::json!({ "executionArn": execution, "maxResults": 1000 }),
+    );
+    let events = h["events"].as_array().unwrap();
+    let failed_reads = events
+        .iter()
+        .filter(|e| e["type"] == "TaskFailed")
+        .count();
+    assert_eq!(failed_reads, 4, "one read and 3 retries: {h}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["stateEnteredEventDetails"]["name"] == "a.Run"),
+        "the step must not run again: {h}"
+    );
+    assert!(moto.keys(&bucket, "p/entries/").is_empty());
+}
+
+/// Managed spot training: the emulator interrupts the training job as soon as its first
+/// checkpoint is complete (as spot capacity is reclaimed), copies the checkpoint directory to
+/// the CheckpointConfig's S3 location and starts the job again with it restored. train-unet
+/// resumes from that checkpoint (the same resume a local run has) and the job completes with
+/// every epoch.
+#[test]
+fn an_interrupted_spot_training_job_resumes_from_its_checkpoint() {
+    let Some(moto) = moto_with_jobs("an_interrupted_spot_training_job_resumes_from_its_checkpoint")
+    else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("spot");
+    let machine = format!("wf-spot-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!(
+            r#"name: {machine}
+cache: s3://{bucket}/p
+seed: 3
+steps:
+  fetch:
+    uses: fetch-dataset
+    with: {{ source: synthetic, cases: 4, shape: [40, 40, 32], seed: 1 }}
+  preprocess:
+    uses: sharded-transform
+    inputs: {{ dataset: fetch }}
+    with:
+      transforms:
+        - load
+        - ensure-channel-first
+        - convert-labels
+        - spacing: {{ pixdim: [1.5, 1.5, 2.0], mode: [bilinear, nearest] }}
+        - orientation: {{ axcodes: RAS }}
+        - rand-spatial-crop: {{ roi: [16, 16, 16] }}
+        - normalize-intensity: {{ nonzero: true, channel_wise: true }}
+      copies_per_case: 2
+  train:
+    uses: train-unet
+    inputs: {{ samples: preprocess }}
+    with: {{ epochs: 3, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0,
+            channels: [4, 8, 16], strides: [2, 2], num_res_units: 1 }}
+targets:
+  aws:
+    region: us-east-1
+    role_arn: arn:aws:iam::123456789012:role/wf
+    image_uri: "local:{}"
+    state_machine_name: {machine}
+    subnets: [subnet-1]
+    security_groups: [sg-1]
+    steps:
+      train: {{ spot: true, tags: {{ "wf-emulator:interrupt": after-first-checkpoint }} }}
+"#,
+            wf_bin().display()
+        ),
+    )
+    .unwrap();
+    let env = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(&dir, Some(&moto), &env, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(&dir, Some(&moto), &env, &["start", "wf.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    let execution = text.lines().next().unwrap().trim().to_string();
+    let train = scheduled(&moto, &execution)
+        .into_iter()
+        .find(|(s, _)| s == "train.Run")
+        .expect("train.Run")
+        .1;
+    assert_eq!(train["EnableManagedSpotTraining"], true, "{train}");
+    let checkpoints = train["CheckpointConfig"]["S3Uri"].as_str().unwrap();
+    let prefix = checkpoints
+        .strip_prefix(&format!("s3://{bucket}/"))
+        .unwrap()
+        .to_string();
+    let saved = moto.keys(&bucket, &prefix);
+    assert!(
+        saved.iter().any(|k| k.ends_with("/checkpoint.json")),
+        "the first attempt's checkpoint is in S3: {saved:?}"
+    );
+    let key = prefix
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let entry: serde_json::Value = serde_json::from_slice(
+        &moto
+            .get(&bucket, &format!("p/entries/{key}.json"))
+            .expect("train published its entry"),
+    )
+    .unwrap();
+    let warnings: Vec<&str> = entry["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("resumed after an interruption from the checkpoint of epoch")),
+        "{entry}"
+    );
+    let tree = format!("p/trees/{}/", entry["artifact"].as_str().unwrap());
+    let metrics = String::from_utf8(moto.get(&bucket, &format!("{tree}metrics.jsonl")).unwrap())
+        .unwrap();
+    assert_eq!(metrics.lines().count(), 3, "every epoch: {metrics}");
+}
