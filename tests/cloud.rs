@@ -758,6 +758,15 @@ fn brats_for_emulator(dir: &Path, bucket: &str, name: &str, md5: &str) {
         "image_uri: 123456789012.dkr.ecr.us-east-1.amazonaws.com/wf:latest",
         &format!("image_uri: \"local:{}\"", wf_bin().display()),
     );
+    // Production settings: tags on everything, a KMS key, managed spot training.
+    swap(
+        "    steps:\n      fetch:",
+        "    tags: { project: brats, team: imaging }\n    kms_key_id: alias/wf-brats\n    steps:\n      fetch:",
+    );
+    swap(
+        "max_runtime_seconds: 172800 }",
+        "max_runtime_seconds: 172800,\n               spot: true, tags: { team: gpu } }",
+    );
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("brats.yaml"), y).unwrap();
 }
@@ -923,6 +932,32 @@ fn brats_deploys_and_runs_in_the_emulator() {
         tasks.iter().any(|(s, _)| s == "train.Fsx.Delete"),
         "the file system is deleted after training"
     );
+    // Managed spot, metrics, tags and the KMS key, as sent to SageMaker.
+    assert_eq!(train["EnableManagedSpotTraining"], true, "{train}");
+    assert_eq!(train["StoppingCondition"]["MaxWaitTimeInSeconds"], 345_600);
+    assert_eq!(
+        train["AlgorithmSpecification"]["MetricDefinitions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(train["OutputDataConfig"]["KmsKeyId"], "alias/wf-brats");
+    for (state, p) in tasks.iter().filter(|(s, _)| s.ends_with(".Run") || s.ends_with(".Commit")) {
+        let step = state.split('.').next().unwrap();
+        let tags: Vec<(&str, &str)> = p["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["Key"].as_str().unwrap(), t["Value"].as_str().unwrap()))
+            .collect();
+        let team = if step == "train" { "gpu" } else { "imaging" };
+        assert_eq!(
+            tags,
+            [("wf:step", step), ("project", "brats"), ("team", team)],
+            "{state}"
+        );
+    }
 
     // The export is in the cache, as a plain tree. A local run against the same cache computes
     // nothing but the fsx-import pass-through (the cloud writes no entry for it, docs/cloud.md §4).
