@@ -69,12 +69,26 @@ pub fn deploy(wf: &Workflow) -> CliResult {
     .map_err(|e| CliError::failed(format!("error: {e}")))?;
     let definition =
         serde_json::to_string_pretty(&compiled.definition).expect("a definition serializes");
+    let logging = match &t.logging {
+        Some(l) => Some((
+            l.level.clone(),
+            rt.block_on(wf_aws::logs::ensure_log_group(&aws, &l.group))
+                .map_err(|e| CliError::failed(format!("error: {e}")))?,
+        )),
+        None => None,
+    };
+    let settings = wf_aws::sfn::MachineSettings {
+        logging,
+        tracing: t.tracing,
+        tags: t.tags.clone(),
+    };
     let d = rt
         .block_on(wf_aws::sfn::deploy(
             &aws,
             &t.state_machine_name,
             &definition,
             &t.role_arn,
+            &settings,
         ))
         .map_err(|e| CliError::failed(format!("error: {e}")))?;
     let what = match d.action {

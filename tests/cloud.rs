@@ -761,7 +761,8 @@ fn brats_for_emulator(dir: &Path, bucket: &str, name: &str, md5: &str) {
     // Production settings: tags on everything, a KMS key, managed spot training.
     swap(
         "    steps:\n      fetch:",
-        "    tags: { project: brats, team: imaging }\n    kms_key_id: alias/wf-brats\n    steps:\n      fetch:",
+        "    tags: { project: brats, team: imaging }\n    kms_key_id: alias/wf-brats\n    \
+         log_level: ALL\n    tracing: true\n    steps:\n      fetch:",
     );
     swap(
         "max_runtime_seconds: 172800 }",
@@ -845,6 +846,47 @@ fn brats_deploys_and_runs_in_the_emulator() {
     let env = [("WF_POLL_SECONDS", "1")];
     let out = wf_with(&dir, Some(&moto), &env, &["deploy", "brats.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The state machine logs everything to its log group, is traced and carries the tags.
+    let arn = stdout(&out).trim().to_string();
+    let d = moto.json_call(
+        "states",
+        "AWSStepFunctions.DescribeStateMachine",
+        &serde_json::json!({ "stateMachineArn": arn }),
+    );
+    let logging = &d["loggingConfiguration"];
+    assert_eq!(logging["level"], "ALL", "{logging}");
+    let group = logging["destinations"][0]["cloudWatchLogsLogGroup"]["logGroupArn"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        group.ends_with(&format!(":log-group:/aws/vendedlogs/states/wf-{name}:*")),
+        "{logging}"
+    );
+    assert_eq!(d["tracingConfiguration"]["enabled"], true);
+    let tags = moto.json_call(
+        "states",
+        "AWSStepFunctions.ListTagsForResource",
+        &serde_json::json!({ "resourceArn": arn }),
+    );
+    let mut tags: Vec<(String, String)> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap().into(),
+                t["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            ("project".into(), "brats".into()),
+            ("team".into(), "imaging".into())
+        ]
+    );
     let run = wf_with(&dir, Some(&moto), &env, &["start", "brats.yaml", "--wait"]);
     let text = stdout(&run);
     assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
@@ -943,7 +985,10 @@ fn brats_deploys_and_runs_in_the_emulator() {
         6
     );
     assert_eq!(train["OutputDataConfig"]["KmsKeyId"], "alias/wf-brats");
-    for (state, p) in tasks.iter().filter(|(s, _)| s.ends_with(".Run") || s.ends_with(".Commit")) {
+    for (state, p) in tasks
+        .iter()
+        .filter(|(s, _)| s.ends_with(".Run") || s.ends_with(".Commit"))
+    {
         let step = state.split('.').next().unwrap();
         let tags: Vec<(&str, &str)> = p["Tags"]
             .as_array()
@@ -1409,7 +1454,8 @@ fn access_denied_on_the_cache_fails_the_execution_instead_of_rerunning() {
         "iam",
         &format!("Action=CreateUser&UserName={user}&Version=2010-05-08"),
     );
-    let admin = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    let admin =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
     moto.query(
         "iam",
         &format!(
@@ -1467,10 +1513,7 @@ fn access_denied_on_the_cache_fails_the_execution_instead_of_rerunning() {
         &serde_json::json!({ "executionArn": execution, "maxResults": 1000 }),
     );
     let events = h["events"].as_array().unwrap();
-    let failed_reads = events
-        .iter()
-        .filter(|e| e["type"] == "TaskFailed")
-        .count();
+    let failed_reads = events.iter().filter(|e| e["type"] == "TaskFailed").count();
     assert_eq!(failed_reads, 4, "one read and 3 retries: {h}");
     assert!(
         !events
@@ -1589,7 +1632,7 @@ targets:
         "{entry}"
     );
     let tree = format!("p/trees/{}/", entry["artifact"].as_str().unwrap());
-    let metrics = String::from_utf8(moto.get(&bucket, &format!("{tree}metrics.jsonl")).unwrap())
-        .unwrap();
+    let metrics =
+        String::from_utf8(moto.get(&bucket, &format!("{tree}metrics.jsonl")).unwrap()).unwrap();
     assert_eq!(metrics.lines().count(), 3, "every epoch: {metrics}");
 }

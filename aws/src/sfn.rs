@@ -4,7 +4,10 @@
 
 use crate::AwsError;
 use crate::client::Aws;
-use aws_sdk_sfn::types::{HistoryEventType, StateMachineType};
+use aws_sdk_sfn::types::{
+    CloudWatchLogsLogGroup, HistoryEventType, LogDestination, LogLevel, LoggingConfiguration,
+    StateMachineType, Tag, TracingConfiguration,
+};
 
 fn call_err<E>(
     aws: &Aws,
@@ -83,19 +86,87 @@ fn same_definition(a: &str, b: &str) -> bool {
         )
 }
 
-/// Creates the state machine `name`, or updates it when its definition or role differ; either
-/// way publishes a version. Running it again with the same input changes nothing.
+/// How the state machine itself is configured beside its definition (`targets.aws`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MachineSettings {
+    /// CloudWatch Logs: the level (`ALL`, `ERROR`, `FATAL`) and the log group's ARN.
+    pub logging: Option<(String, String)>,
+    /// X-Ray tracing.
+    pub tracing: bool,
+    pub tags: Vec<(String, String)>,
+}
+
+impl MachineSettings {
+    fn logging_configuration(&self) -> LoggingConfiguration {
+        match &self.logging {
+            Some((level, group)) => LoggingConfiguration::builder()
+                .level(LogLevel::from(level.as_str()))
+                .include_execution_data(true)
+                .destinations(
+                    LogDestination::builder()
+                        .cloud_watch_logs_log_group(
+                            CloudWatchLogsLogGroup::builder()
+                                .log_group_arn(group)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+            None => LoggingConfiguration::builder().level(LogLevel::Off).build(),
+        }
+    }
+
+    fn tracing_configuration(&self) -> TracingConfiguration {
+        TracingConfiguration::builder()
+            .enabled(self.tracing)
+            .build()
+    }
+
+    fn tags(&self) -> Vec<Tag> {
+        self.tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect()
+    }
+}
+
+/// Creates the state machine `name`, or updates it when its definition, role, logging or tracing
+/// differ; either way publishes a version and applies the tags. Running it again with the same
+/// input changes nothing.
 pub async fn deploy(
     aws: &Aws,
     name: &str,
     definition: &str,
     role_arn: &str,
+    settings: &MachineSettings,
 ) -> Result<Deployed, AwsError> {
     let client = aws.sfn();
     match find_state_machine(aws, name).await? {
         Some(arn) => {
-            let (current, role) = deployed_definition(aws, &arn).await?;
-            if same_definition(&current, definition) && role == role_arn {
+            let d = client
+                .describe_state_machine()
+                .state_machine_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| call_err(aws, "DescribeStateMachine", &arn, &e))?;
+            let logging = settings.logging_configuration();
+            let same_logging = d.logging_configuration().map(|l| l.level())
+                == Some(logging.level())
+                && d.tracing_configuration()
+                    .is_some_and(|t| t.enabled() == settings.tracing);
+            if !settings.tags.is_empty() {
+                client
+                    .tag_resource()
+                    .resource_arn(&arn)
+                    .set_tags(Some(settings.tags()))
+                    .send()
+                    .await
+                    .map_err(|e| call_err(aws, "TagResource", &arn, &e))?;
+            }
+            if same_definition(d.definition(), definition)
+                && d.role_arn() == role_arn
+                && same_logging
+            {
                 return Ok(Deployed {
                     arn,
                     version_arn: None,
@@ -107,6 +178,8 @@ pub async fn deploy(
                 .state_machine_arn(&arn)
                 .definition(definition)
                 .role_arn(role_arn)
+                .logging_configuration(logging)
+                .tracing_configuration(settings.tracing_configuration())
                 .publish(true)
                 .send()
                 .await
@@ -124,6 +197,9 @@ pub async fn deploy(
                 .definition(definition)
                 .role_arn(role_arn)
                 .r#type(StateMachineType::Standard)
+                .logging_configuration(settings.logging_configuration())
+                .tracing_configuration(settings.tracing_configuration())
+                .set_tags((!settings.tags.is_empty()).then(|| settings.tags()))
                 .publish(true)
                 .send()
                 .await
