@@ -160,6 +160,63 @@ pub fn start(wf: &Workflow, wait: bool) -> CliResult {
 }
 
 /// `wf status EXECUTION_ARN`: per-step states from the execution history.
+/// `wf logs EXECUTION_ARN [STEP]`: the CloudWatch log tail of each job the execution ran for STEP
+/// (default: the failed step, else every step with a job), one block per instance.
+pub fn logs(execution_arn: &str, step: Option<&str>, lines: i32) -> CliResult {
+    let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
+    if !execution_arn.starts_with("arn:") || region.is_none() {
+        return Err(CliError::invalid(format!(
+            "error: `{execution_arn}` is not an execution ARN"
+        )));
+    }
+    let rt = runtime()?;
+    let aws = rt.block_on(wf_aws::Aws::load(region, wf_aws::Credentials::Default));
+    let fail = |e: wf_aws::AwsError| CliError::failed(format!("error: {e}"));
+    let (_, events) = rt
+        .block_on(wf_aws::sfn::execution(&aws, execution_arn))
+        .map_err(fail)?;
+    let jobs = wf_aws::sfn::jobs(&events);
+    let failed = wf_aws::sfn::summarize(&events)
+        .into_iter()
+        .find(|s| s.state == "failed")
+        .map(|s| s.id);
+    let want = step.map(str::to_string).or(failed);
+    let chosen: Vec<&(String, String, bool)> = jobs
+        .iter()
+        .filter(|(s, _, _)| want.as_ref().is_none_or(|w| w == s))
+        .collect();
+    if chosen.is_empty() {
+        let ran: Vec<&str> = jobs.iter().map(|(s, _, _)| s.as_str()).collect();
+        return Err(CliError::invalid(match &want {
+            Some(w) => format!(
+                "error: the execution ran no job for step `{w}` (steps with jobs: {})",
+                if ran.is_empty() {
+                    "none".to_string()
+                } else {
+                    ran.join(", ")
+                }
+            ),
+            None => "error: the execution ran no job".to_string(),
+        }));
+    }
+    for (step, job, training) in chosen {
+        let group = wf_aws::logs::job_log_group(*training);
+        let streams = rt
+            .block_on(wf_aws::logs::job_log_tail(&aws, group, job, lines))
+            .map_err(fail)?;
+        if streams.is_empty() {
+            println!("== {step}: job {job}: no log streams in {group} (yet)");
+        }
+        for (stream, text) in streams {
+            println!("== {step}: {group} {stream}");
+            for line in text {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
 pub fn status(execution_arn: &str) -> CliResult {
     let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
     if !execution_arn.starts_with("arn:") || region.is_none() {
@@ -214,14 +271,20 @@ fn watch(rt: &wf_aws::Blocking, aws: &wf_aws::Aws, arn: &str, follow: bool) -> C
             }
             _ => None,
         });
+        let has_job = |id: &str| wf_aws::sfn::jobs(&events).iter().any(|(s, _, _)| s == id);
         return Err(CliError::failed(match failed {
             Some(s) => format!(
-                "error: step `{}` failed{}",
+                "error: step `{}` failed{}{}",
                 s.id,
                 s.error
                     .as_ref()
                     .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if has_job(&s.id) {
+                    format!("\n  its job's log: wf logs {arn} {}", s.id)
+                } else {
+                    String::new()
+                }
             ),
             None => format!(
                 "error: the execution ended {status}{}",

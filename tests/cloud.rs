@@ -1636,3 +1636,80 @@ targets:
         String::from_utf8(moto.get(&bucket, &format!("{tree}metrics.jsonl")).unwrap()).unwrap();
     assert_eq!(metrics.lines().count(), 3, "every epoch: {metrics}");
 }
+
+/// A job whose worker exits non-zero fails its step at once (no retry unless `retries:` asks),
+/// with the job's FailureReason as the execution's cause; `wf start --wait` prints the reason and
+/// the command that shows the job's log, and `wf logs` prints it from CloudWatch Logs.
+#[test]
+fn a_failed_job_reports_its_reason_and_wf_logs_shows_its_log() {
+    let Some(moto) = moto_with_jobs("a_failed_job_reports_its_reason_and_wf_logs_shows_its_log")
+    else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("sfnlogs");
+    let machine = format!("wf-logs-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    cloud_workflow(
+        t.path(),
+        &bucket,
+        &machine,
+        "  broken: { uses: command, with: { run: \"echo the-words-of-the-broken-job >&2; exit 3\" } }\n  after: { uses: command, inputs: { x: broken }, with: { run: \"cp -r $WF_IN_x $WF_OUT/y\" } }\n",
+    );
+    let poll = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(t.path(), Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(
+        t.path(),
+        Some(&moto),
+        &poll,
+        &["start", "wf.yaml", "--wait"],
+    );
+    let (o, e) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(1), "{o}\n{e}");
+    let execution = o.lines().next().unwrap().trim().to_string();
+    assert!(e.contains("step `broken` failed"), "{e}");
+    assert!(e.contains("the-words-of-the-broken-job"), "the reason: {e}");
+    assert!(
+        e.contains(&format!("its job's log: wf logs {execution} broken")),
+        "{e}"
+    );
+    let d = moto.json_call(
+        "states",
+        "AWSStepFunctions.DescribeExecution",
+        &serde_json::json!({ "executionArn": execution }),
+    );
+    assert_eq!(d["error"], "wf.JobFailed", "{d}");
+    let cause = d["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.starts_with("step `broken` (command): its SageMaker job failed: ")
+            && cause.contains("the-words-of-the-broken-job"),
+        "{cause}"
+    );
+    let submitted = scheduled(&moto, &execution)
+        .iter()
+        .filter(|(s, _)| s == "broken.Run")
+        .count();
+    assert_eq!(submitted, 1, "a failed job is not retried by default");
+
+    for args in [
+        vec!["logs", execution.as_str(), "broken"],
+        vec!["logs", execution.as_str()],
+    ] {
+        let logs = wf_with(t.path(), Some(&moto), &[], &args);
+        let text = stdout(&logs);
+        assert_eq!(logs.status.code(), Some(0), "{text}\n{}", stderr(&logs));
+        assert!(
+            text.contains("== broken: /aws/sagemaker/ProcessingJobs broken-"),
+            "{text}"
+        );
+        assert!(text.contains("the-words-of-the-broken-job"), "{text}");
+    }
+    let none = wf_with(t.path(), Some(&moto), &[], &["logs", &execution, "after"]);
+    assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("ran no job for step `after` (steps with jobs: broken)"),
+        "{}",
+        stderr(&none)
+    );
+}

@@ -236,8 +236,20 @@ pub async fn start(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     StateEntered(String),
-    TaskFailed { error: String, cause: String },
-    ExecutionFailed { error: String, cause: String },
+    /// A SageMaker job was submitted for step `step` (its `WF_STEP`).
+    JobSubmitted {
+        step: String,
+        job: String,
+        training: bool,
+    },
+    TaskFailed {
+        error: String,
+        cause: String,
+    },
+    ExecutionFailed {
+        error: String,
+        cause: String,
+    },
 }
 
 /// The execution's status (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED) and its history.
@@ -277,6 +289,14 @@ pub async fn execution(aws: &Aws, arn: &str) -> Result<(String, Vec<Event>), Aws
                         cause: d.and_then(|d| d.cause()).unwrap_or_default().to_string(),
                     });
                 }
+                HistoryEventType::TaskScheduled => {
+                    if let Some(job) = e
+                        .task_scheduled_event_details()
+                        .and_then(|d| submitted_job(d.parameters()))
+                    {
+                        events.push(job);
+                    }
+                }
                 _ => {
                     if let Some(d) = e.state_entered_event_details() {
                         events.push(Event::StateEntered(d.name().to_string()));
@@ -290,6 +310,40 @@ pub async fn execution(aws: &Aws, arn: &str) -> Result<(String, Vec<Event>), Aws
         }
     }
     Ok((status, events))
+}
+
+/// The job a SageMaker task's parameters create, and its step (`Environment.WF_STEP`).
+fn submitted_job(parameters: &str) -> Option<Event> {
+    let p: serde_json::Value = serde_json::from_str(parameters).ok()?;
+    let step = p["Environment"][wf_engine::cloud::job::STEP_ENV].as_str()?;
+    let (job, training) = match (
+        p["TrainingJobName"].as_str(),
+        p["ProcessingJobName"].as_str(),
+    ) {
+        (Some(j), _) => (j, true),
+        (None, Some(j)) => (j, false),
+        _ => return None,
+    };
+    Some(Event::JobSubmitted {
+        step: step.to_string(),
+        job: job.to_string(),
+        training,
+    })
+}
+
+/// The SageMaker jobs an execution submitted, in order: (step, job name, training?).
+pub fn jobs(events: &[Event]) -> Vec<(String, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::JobSubmitted {
+                step,
+                job,
+                training,
+            } => Some((step.clone(), job.clone(), *training)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The state of one workflow step in an execution.
@@ -312,6 +366,7 @@ pub fn summarize(events: &[Event]) -> Vec<StepState> {
             Event::TaskFailed { error, cause } => {
                 last_error = Some(short_cause(error, cause));
             }
+            Event::JobSubmitted { .. } => {}
             // An error no state caught (an S3 error reading a cache entry, retried and still
             // failing) fails the execution in the step that was checking or publishing.
             Event::ExecutionFailed { error, cause } => {

@@ -66,6 +66,11 @@ What stock moto 5.2.5 lacks for wf, and what this file does about each gap:
    and the job starts again on a fresh instance tree with them restored, once
    (`run_training_job`).
 
+11. Job logs. SageMaker writes what a job's container prints to CloudWatch Logs, group
+   `/aws/sagemaker/ProcessingJobs` or `/aws/sagemaker/TrainingJobs`, one stream per instance
+   named `<job name>/<host>-<timestamp>`. moto runs no container; the jobs run here (4.) put their
+   standard error there when they end (`write_job_log`).
+
 The state machine interpreter calls back into this server at http://localhost:$MOTO_PORT; the
 port is set once the socket is bound. Jobs reach it through AWS_ENDPOINT_URL on 127.0.0.1.
 """
@@ -339,8 +344,28 @@ def write_resource_config(path, host, hosts):
         json.dump({"current_host": host, "hosts": hosts}, f)
 
 
-def run_container(image, entrypoint, arguments, root, stop_when=None):
-    """Runs a `local:<path>` image as SageMaker runs a container; (ok, reason, stopped)."""
+def write_job_log(group, stream, text):
+    """Puts a container's output into CloudWatch Logs, as SageMaker does."""
+    import boto3
+
+    env = aws_env()
+    logs = boto3.client("logs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    try:
+        logs.create_log_group(logGroupName=group)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    events = [{"timestamp": now, "message": line} for line in text.splitlines() if line.strip()]
+    if events:
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+
+
+def run_container(image, entrypoint, arguments, root, stop_when=None, log_to=None):
+    """Runs a `local:<path>` image as SageMaker runs a container; (ok, reason, stopped). `log_to`:
+    the (log group, stream) its output goes to."""
     executable = image[len(LOCAL_IMAGE):]
     cmd = [executable] + list(entrypoint or ["wf"])[1:] + list(arguments or [])
     env = dict(os.environ, WF_SM_ROOT=root, WF_PLAIN="1", **aws_env())
@@ -350,6 +375,11 @@ def run_container(image, entrypoint, arguments, root, stop_when=None):
         return False, "cannot run %s: %s" % (cmd, e), False
     log("%s -> exit %s%s\n%s" % (" ".join(cmd), status, " (interrupted)" if stopped else "",
                                  err[-4000:]))
+    if log_to is not None:
+        try:
+            write_job_log(log_to[0], log_to[1], err)
+        except Exception as e:  # noqa: BLE001  (a job's log is not worth failing the job for)
+            log("cannot write the job's log to %s: %r" % (log_to, e))
     return status == 0, "exit %s: %s" % (status, err.strip()[-900:]), stopped
 
 
@@ -403,8 +433,10 @@ def run_processing_job(job):
         def instance(i):
             write_resource_config(os.path.join(roots[i], "config", "resourceconfig.json"),
                                   hosts[i], hosts)
+            stream = "%s/%s-%d" % (job.processing_job_name, hosts[i], int(time.time()))
             results[i] = run_container(spec["ImageUri"], spec.get("ContainerEntrypoint"),
-                                       spec.get("ContainerArguments"), roots[i])[:2]
+                                       spec.get("ContainerArguments"), roots[i],
+                                       log_to=("/aws/sagemaker/ProcessingJobs", stream))[:2]
 
         threads = [threading.Thread(target=instance, args=(i,)) for i in range(len(hosts))]
         for t in threads:
@@ -468,8 +500,10 @@ def run_training_job(job, account, region):
                 copy_from_s3(checkpoint["S3Uri"], local)
             spec = job.algorithm_specification
             stop_when = (lambda: has_checkpoint(local)) if interrupt else None
+            stream = "%s/%s-%d" % (job.training_job_name, hosts[0], int(time.time()))
             ok, why, stopped = run_container(spec["TrainingImage"], spec.get("ContainerEntrypoint"),
-                                             spec.get("ContainerArguments"), root, stop_when)
+                                             spec.get("ContainerArguments"), root, stop_when,
+                                             log_to=("/aws/sagemaker/TrainingJobs", stream))
             if local is not None:
                 copy_to_s3(local, checkpoint["S3Uri"])
         except Exception as e:  # noqa: BLE001
