@@ -40,6 +40,7 @@ fixture!(
     no_steps,
     bad_step_shapes,
     targets,
+    targets_production,
     everything,
 );
 
