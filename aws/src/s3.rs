@@ -168,15 +168,19 @@ impl Bucket {
                 .map_err(AwsError::io(parent))?;
         }
         let threshold = multipart_threshold();
-        let head = self
+        // A HEAD that fails says less than GetObject does (no error code in a HEAD's answer):
+        // the GetObject of the whole object then reports it.
+        let size = match self
             .client
             .head_object()
             .bucket(&self.name)
             .key(key)
             .send()
             .await
-            .map_err(|e| self.err("HeadObject", key, &e))?;
-        let size = head.content_length().unwrap_or(0).max(0) as u64;
+        {
+            Ok(head) => head.content_length().unwrap_or(0).max(0) as u64,
+            Err(_) => return self.download_whole(key, dst).await,
+        };
         if size < threshold {
             return self.download_whole(key, dst).await;
         }
