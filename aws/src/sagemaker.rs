@@ -151,7 +151,7 @@ impl SageMakerExecutor {
         self.rt
             .block_on(req.send())
             .map_err(|e| self.call("CreateProcessingJob", &name, &e))?;
-        self.wait(&name, false, cancel)
+        self.wait(&name, false, job.timeout_seconds, cancel)
     }
 
     fn training(
@@ -272,7 +272,7 @@ impl SageMakerExecutor {
         self.rt
             .block_on(req.send())
             .map_err(|e| self.call("CreateTrainingJob", &name, &e))?;
-        self.wait(&name, true, cancel)
+        self.wait(&name, true, job.timeout_seconds, cancel)
     }
 
     fn run_job(
@@ -453,10 +453,20 @@ impl SageMakerExecutor {
     }
 
     /// Polls the job until it ends; Ok on Completed. A stopped run stops the job.
-    fn wait(&self, name: &str, training: bool, cancel: &CancelToken) -> Result<(), StepError> {
+    /// Polls job `name` until it ends; stops it when the run is stopped or after `timeout_seconds`
+    /// (the Task's `TimeoutSeconds` in the state machine).
+    fn wait(
+        &self,
+        name: &str,
+        training: bool,
+        timeout_seconds: u32,
+        cancel: &CancelToken,
+    ) -> Result<(), StepError> {
         let sagemaker = self.aws.sagemaker();
+        let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(timeout_seconds));
         loop {
-            if cancel.is_cancelled() {
+            let timed_out = std::time::Instant::now() >= deadline;
+            if cancel.is_cancelled() || timed_out {
                 // Best effort: the job's own stop ends its processes (SIGTERM, then SIGKILL).
                 let stopped = if training {
                     self.rt
@@ -474,9 +484,16 @@ impl SageMakerExecutor {
                         .map(|_| ())
                         .map_err(|e| self.call("StopProcessingJob", name, &e))
                 };
+                let why = if timed_out {
+                    format!(
+                        "SageMaker job {name} did not end within {timeout_seconds} s (the step's timeout)"
+                    )
+                } else {
+                    "interrupted".to_string()
+                };
                 return Err(match stopped {
-                    Ok(()) => StepError::new(format!("interrupted (SageMaker job {name} stopped)")),
-                    Err(e) => StepError::new(format!("interrupted; stopping the job: {e}")),
+                    Ok(()) => StepError::new(format!("{why} (SageMaker job {name} stopped)")),
+                    Err(e) => StepError::new(format!("{why}; stopping the job: {e}")),
                 });
             }
             let (status, reason) = if training {
