@@ -1041,6 +1041,28 @@ fn brats_deploys_and_runs_in_the_emulator() {
     for f in ["model.safetensors", "config.json", "metrics.json"] {
         assert!(files.iter().any(|k| k.ends_with(f)), "{f} in {files:?}");
     }
+    // What the jobs wrote is SSE-KMS under the workflow's key.
+    for key in files
+        .iter()
+        .chain(&[format!("wf-cache/entries/{export_key}.json")])
+    {
+        let h = moto.head(&bucket, key);
+        let header = |name: &str| {
+            h.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            header("x-amz-server-side-encryption"),
+            "aws:kms",
+            "{key}: {h:?}"
+        );
+        assert!(
+            header("x-amz-server-side-encryption-aws-kms-key-id").ends_with("alias/wf-brats"),
+            "{key}: {h:?}"
+        );
+    }
 
     // Everything is cached now: a second execution runs no job.
     let again = wf_with(&dir, Some(&moto), &env, &["start", "brats.yaml", "--wait"]);
