@@ -122,6 +122,17 @@ enum Command {
         #[arg(value_name = "EXECUTION_ARN")]
         execution_arn: String,
     },
+    /// Print the CloudWatch log tail of a step's SageMaker job in an execution (default: the
+    /// failed step, else every step that ran a job).
+    Logs {
+        #[arg(value_name = "EXECUTION_ARN")]
+        execution_arn: String,
+        /// The step whose job logs to print.
+        step: Option<String>,
+        /// Lines per log stream (one stream per instance).
+        #[arg(long, default_value_t = 100)]
+        lines: i32,
+    },
     /// Run one step inside a SageMaker job and publish its output to the S3 cache (docs/cloud.md).
     Worker(crate::worker::WorkerArgs),
     /// Print the workflow as an AWS Step Functions definition (ASL JSON).
@@ -315,6 +326,11 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Deploy { file } => crate::cloud::deploy(&load(&file)?),
         Command::Start { file, wait } => crate::cloud::start(&load(&file)?, wait),
         Command::Status { execution_arn } => crate::cloud::status(&execution_arn),
+        Command::Logs {
+            execution_arn,
+            step,
+            lines,
+        } => crate::cloud::logs(&execution_arn, step.as_deref(), lines),
         Command::Predict(args) => crate::predict::main(&args),
         Command::Compile(args) => crate::compile::main(&load(&args.file)?, &args),
         Command::Report(args) => crate::html_report::main(&args),

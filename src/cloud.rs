@@ -39,8 +39,15 @@ pub fn remote_cache(
     if !url.starts_with("s3://") {
         return Ok(None);
     }
+    let kms = wf
+        .targets
+        .aws
+        .as_ref()
+        .and_then(|a| a.kms_key_id.as_ref())
+        .map(|k| k.value.clone());
     let cache = wf_aws::S3Cache::open(&url, aws_region(wf).as_deref())
-        .map_err(|e| format!("error: cache {url}: {e}"))?;
+        .map_err(|e| format!("error: cache {url}: {e}"))?
+        .with_kms(kms);
     Ok(Some(Arc::new(cache)))
 }
 
@@ -54,7 +61,7 @@ pub fn deploy(wf: &Workflow) -> CliResult {
         Some(&t.region),
         wf_aws::Credentials::Default,
     ));
-    let bucket = wf_aws::s3::Bucket::new(&aws, &t.cache.bucket);
+    let bucket = wf_aws::s3::Bucket::new(&aws, &t.cache.bucket).with_kms(t.kms_key_id.clone());
     rt.block_on(async {
         bucket.check().await?;
         wf_aws::s3::upload_all(&bucket, &compiled.uploads).await
@@ -62,12 +69,26 @@ pub fn deploy(wf: &Workflow) -> CliResult {
     .map_err(|e| CliError::failed(format!("error: {e}")))?;
     let definition =
         serde_json::to_string_pretty(&compiled.definition).expect("a definition serializes");
+    let logging = match &t.logging {
+        Some(l) => Some((
+            l.level.clone(),
+            rt.block_on(wf_aws::logs::ensure_log_group(&aws, &l.group))
+                .map_err(|e| CliError::failed(format!("error: {e}")))?,
+        )),
+        None => None,
+    };
+    let settings = wf_aws::sfn::MachineSettings {
+        logging,
+        tracing: t.tracing,
+        tags: t.tags.clone(),
+    };
     let d = rt
         .block_on(wf_aws::sfn::deploy(
             &aws,
             &t.state_machine_name,
             &definition,
             &t.role_arn,
+            &settings,
         ))
         .map_err(|e| CliError::failed(format!("error: {e}")))?;
     let what = match d.action {
@@ -139,6 +160,63 @@ pub fn start(wf: &Workflow, wait: bool) -> CliResult {
 }
 
 /// `wf status EXECUTION_ARN`: per-step states from the execution history.
+/// `wf logs EXECUTION_ARN [STEP]`: the CloudWatch log tail of each job the execution ran for STEP
+/// (default: the failed step, else every step with a job), one block per instance.
+pub fn logs(execution_arn: &str, step: Option<&str>, lines: i32) -> CliResult {
+    let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
+    if !execution_arn.starts_with("arn:") || region.is_none() {
+        return Err(CliError::invalid(format!(
+            "error: `{execution_arn}` is not an execution ARN"
+        )));
+    }
+    let rt = runtime()?;
+    let aws = rt.block_on(wf_aws::Aws::load(region, wf_aws::Credentials::Default));
+    let fail = |e: wf_aws::AwsError| CliError::failed(format!("error: {e}"));
+    let (_, events) = rt
+        .block_on(wf_aws::sfn::execution(&aws, execution_arn))
+        .map_err(fail)?;
+    let jobs = wf_aws::sfn::jobs(&events);
+    let failed = wf_aws::sfn::summarize(&events)
+        .into_iter()
+        .find(|s| s.state == "failed")
+        .map(|s| s.id);
+    let want = step.map(str::to_string).or(failed);
+    let chosen: Vec<&(String, String, bool)> = jobs
+        .iter()
+        .filter(|(s, _, _)| want.as_ref().is_none_or(|w| w == s))
+        .collect();
+    if chosen.is_empty() {
+        let ran: Vec<&str> = jobs.iter().map(|(s, _, _)| s.as_str()).collect();
+        return Err(CliError::invalid(match &want {
+            Some(w) => format!(
+                "error: the execution ran no job for step `{w}` (steps with jobs: {})",
+                if ran.is_empty() {
+                    "none".to_string()
+                } else {
+                    ran.join(", ")
+                }
+            ),
+            None => "error: the execution ran no job".to_string(),
+        }));
+    }
+    for (step, job, training) in chosen {
+        let group = wf_aws::logs::job_log_group(*training);
+        let streams = rt
+            .block_on(wf_aws::logs::job_log_tail(&aws, group, job, lines))
+            .map_err(fail)?;
+        if streams.is_empty() {
+            println!("== {step}: job {job}: no log streams in {group} (yet)");
+        }
+        for (stream, text) in streams {
+            println!("== {step}: {group} {stream}");
+            for line in text {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
 pub fn status(execution_arn: &str) -> CliResult {
     let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
     if !execution_arn.starts_with("arn:") || region.is_none() {
@@ -193,14 +271,20 @@ fn watch(rt: &wf_aws::Blocking, aws: &wf_aws::Aws, arn: &str, follow: bool) -> C
             }
             _ => None,
         });
+        let has_job = |id: &str| wf_aws::sfn::jobs(&events).iter().any(|(s, _, _)| s == id);
         return Err(CliError::failed(match failed {
             Some(s) => format!(
-                "error: step `{}` failed{}",
+                "error: step `{}` failed{}{}",
                 s.id,
                 s.error
                     .as_ref()
                     .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if has_job(&s.id) {
+                    format!("\n  its job's log: wf logs {arn} {}", s.id)
+                } else {
+                    String::new()
+                }
             ),
             None => format!(
                 "error: the execution ended {status}{}",
@@ -217,17 +301,7 @@ fn runtime() -> CliResult<wf_aws::Blocking> {
 fn compile(wf: &Workflow) -> CliResult<wf_engine::asl::Compiled> {
     let memo_dir = local_working_copy(Some(wf));
     let memo = wf_engine::memo::Memo::load(&memo_dir.join("memo").join("files-v1"));
-    let mut opts = wf_engine::asl::CompileOptions {
-        memo: Some(&memo),
-        ..Default::default()
-    };
-    // Retries of a failed job (default 1, after 60 s); emulator tests set 0.
-    if let Some(n) = std::env::var("WF_FAILED_JOB_RETRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        opts.failed_job_retries = n;
-    }
+    let opts = wf_engine::asl::CompileOptions { memo: Some(&memo) };
     wf_engine::asl::compile_stepfunctions(wf, &opts)
         .map_err(|list| CliError::invalid(crate::compile::not_compilable(wf, &list)))
 }
@@ -246,7 +320,8 @@ pub fn sagemaker_executor(
     let cache: Option<Arc<dyn RemoteCache>> = if need_cache {
         let url = target.cache.to_string();
         let c = wf_aws::S3Cache::open(&url, Some(&target.region))
-            .map_err(|e| CliError::invalid(format!("error: cache {url}: {e}")))?;
+            .map_err(|e| CliError::invalid(format!("error: cache {url}: {e}")))?
+            .with_kms(target.kms_key_id.clone());
         Some(Arc::new(c))
     } else {
         None

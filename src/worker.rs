@@ -181,7 +181,8 @@ fn run(req: &WorkerRequest, cancel: &CancelToken) -> CliResult<String> {
         ))
     })?;
     let cache = S3Cache::open(&req.cache.to_string(), None)
-        .map_err(|e| invalid(format!("cache {}: {e}", req.cache)))?;
+        .map_err(|e| invalid(format!("cache {}: {e}", req.cache)))?
+        .with_kms(req.kms_key_id.clone());
 
     let params_text = match &req.params {
         ParamsArg::Inline(text) => text.clone(),
@@ -386,7 +387,11 @@ fn run_step(
     let progress = StderrProgress {
         notes: Default::default(),
     };
+    // A Training job's checkpoint directory, which SageMaker restores from S3 when it restarts an
+    // interrupted (spot) job: steps that resume keep their state there.
+    let checkpoints = root.join(paths::CHECKPOINTS);
     let cx = RunContext {
+        resume_dir: checkpoints.is_dir().then_some(checkpoints.as_path()),
         step_id: &req.step,
         workflow_dir: &workflow_dir,
         params: &job.params,

@@ -703,7 +703,7 @@ fn a_failed_job_fails_the_execution_naming_the_step() {
         &machine,
         "  fail-early: { uses: command, with: { run: \"echo never > $WF_OUT/x\" } }\n  after: { uses: command, inputs: { x: fail-early }, with: { run: \"cp $WF_IN_x/x $WF_OUT/y\" } }\n",
     );
-    let poll = [("WF_POLL_SECONDS", "0.5"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let poll = [("WF_POLL_SECONDS", "0.5")];
     let out = wf_with(t.path(), Some(&moto), &poll, &["deploy", "wf.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = wf_with(
@@ -757,6 +757,16 @@ fn brats_for_emulator(dir: &Path, bucket: &str, name: &str, md5: &str) {
     swap(
         "image_uri: 123456789012.dkr.ecr.us-east-1.amazonaws.com/wf:latest",
         &format!("image_uri: \"local:{}\"", wf_bin().display()),
+    );
+    // Production settings: tags on everything, a KMS key, managed spot training.
+    swap(
+        "    steps:\n      fetch:",
+        "    tags: { project: brats, team: imaging }\n    kms_key_id: alias/wf-brats\n    \
+         log_level: ALL\n    tracing: true\n    steps:\n      fetch:",
+    );
+    swap(
+        "max_runtime_seconds: 172800 }",
+        "max_runtime_seconds: 172800,\n               spot: true, tags: { team: gpu } }",
     );
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("brats.yaml"), y).unwrap();
@@ -833,9 +843,50 @@ fn brats_deploys_and_runs_in_the_emulator() {
     let name = format!("brats{}", std::process::id());
     let dir = t.path().join("w");
     brats_for_emulator(&dir, &bucket, &name, &md5);
-    let env = [("WF_POLL_SECONDS", "1"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let env = [("WF_POLL_SECONDS", "1")];
     let out = wf_with(&dir, Some(&moto), &env, &["deploy", "brats.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The state machine logs everything to its log group, is traced and carries the tags.
+    let arn = stdout(&out).trim().to_string();
+    let d = moto.json_call(
+        "states",
+        "AWSStepFunctions.DescribeStateMachine",
+        &serde_json::json!({ "stateMachineArn": arn }),
+    );
+    let logging = &d["loggingConfiguration"];
+    assert_eq!(logging["level"], "ALL", "{logging}");
+    let group = logging["destinations"][0]["cloudWatchLogsLogGroup"]["logGroupArn"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        group.ends_with(&format!(":log-group:/aws/vendedlogs/states/wf-{name}:*")),
+        "{logging}"
+    );
+    assert_eq!(d["tracingConfiguration"]["enabled"], true);
+    let tags = moto.json_call(
+        "states",
+        "AWSStepFunctions.ListTagsForResource",
+        &serde_json::json!({ "resourceArn": arn }),
+    );
+    let mut tags: Vec<(String, String)> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap().into(),
+                t["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            ("project".into(), "brats".into()),
+            ("team".into(), "imaging".into())
+        ]
+    );
     let run = wf_with(&dir, Some(&moto), &env, &["start", "brats.yaml", "--wait"]);
     let text = stdout(&run);
     assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
@@ -923,6 +974,35 @@ fn brats_deploys_and_runs_in_the_emulator() {
         tasks.iter().any(|(s, _)| s == "train.Fsx.Delete"),
         "the file system is deleted after training"
     );
+    // Managed spot, metrics, tags and the KMS key, as sent to SageMaker.
+    assert_eq!(train["EnableManagedSpotTraining"], true, "{train}");
+    assert_eq!(train["StoppingCondition"]["MaxWaitTimeInSeconds"], 345_600);
+    assert_eq!(
+        train["AlgorithmSpecification"]["MetricDefinitions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(train["OutputDataConfig"]["KmsKeyId"], "alias/wf-brats");
+    for (state, p) in tasks
+        .iter()
+        .filter(|(s, _)| s.ends_with(".Run") || s.ends_with(".Commit"))
+    {
+        let step = state.split('.').next().unwrap();
+        let tags: Vec<(&str, &str)> = p["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["Key"].as_str().unwrap(), t["Value"].as_str().unwrap()))
+            .collect();
+        let team = if step == "train" { "gpu" } else { "imaging" };
+        assert_eq!(
+            tags,
+            [("wf:step", step), ("project", "brats"), ("team", team)],
+            "{state}"
+        );
+    }
 
     // The export is in the cache, as a plain tree. A local run against the same cache computes
     // nothing but the fsx-import pass-through (the cloud writes no entry for it, docs/cloud.md §4).
@@ -960,6 +1040,28 @@ fn brats_deploys_and_runs_in_the_emulator() {
     let files = moto.keys(&bucket, &tree);
     for f in ["model.safetensors", "config.json", "metrics.json"] {
         assert!(files.iter().any(|k| k.ends_with(f)), "{f} in {files:?}");
+    }
+    // What the jobs wrote is SSE-KMS under the workflow's key.
+    for key in files
+        .iter()
+        .chain(&[format!("wf-cache/entries/{export_key}.json")])
+    {
+        let h = moto.head(&bucket, key);
+        let header = |name: &str| {
+            h.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            header("x-amz-server-side-encryption"),
+            "aws:kms",
+            "{key}: {h:?}"
+        );
+        assert!(
+            header("x-amz-server-side-encryption-aws-kms-key-id").ends_with("alias/wf-brats"),
+            "{key}: {h:?}"
+        );
     }
 
     // Everything is cached now: a second execution runs no job.
@@ -1009,7 +1111,7 @@ fn a_sharded_step_on_three_instances_equals_a_local_run() {
 "#
     );
     cloud_workflow(&dir, &bucket, &machine, &steps);
-    let env = [("WF_POLL_SECONDS", "0.5"), ("WF_FAILED_JOB_RETRIES", "0")];
+    let env = [("WF_POLL_SECONDS", "0.5")];
     let out = wf_with(&dir, Some(&moto), &env, &["deploy", "wf.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = wf_with(&dir, Some(&moto), &env, &["start", "wf.yaml", "--wait"]);
@@ -1267,4 +1369,441 @@ fn run_with_the_sagemaker_executor() {
         "{}",
         stdout(&again)
     );
+}
+
+/// Steps that read nothing of each other run at once in the state machine, as they do locally: a
+/// fan-out (`root` → `a`, `b`, `c`) whose leaves also form a diamond (`a`, `b` → `join`). Each job
+/// records when its command started and ended; the three leaves overlap, and `join` starts after
+/// the two it reads.
+#[test]
+fn independent_steps_run_at_once_in_the_emulator() {
+    let Some(moto) = moto_with_jobs("independent_steps_run_at_once_in_the_emulator") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("parallel");
+    let machine = format!("wf-par-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    let times = t.path().join("times");
+    std::fs::create_dir_all(&times).unwrap();
+    let step = |id: &str, inputs: &str| {
+        format!(
+            "  {id}: {{ uses: command,{inputs} with: {{ run: \"date +%s.%N > {t}/{id}.start; sleep 2; date +%s.%N > {t}/{id}.end; echo {id} > $WF_OUT/{id}.txt\" }} }}\n",
+            t = times.display()
+        )
+    };
+    let steps = [
+        step("root", ""),
+        step("a", " inputs: { src: root },"),
+        step("b", " inputs: { src: root },"),
+        step("c", " inputs: { src: root },"),
+        step("join", " inputs: { x: a, y: b },"),
+    ]
+    .concat();
+    let dir = t.path().join("w");
+    cloud_workflow(&dir, &bucket, &machine, &steps);
+    let poll = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(&dir, Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(&dir, Some(&moto), &poll, &["start", "wf.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    for id in ["root", "a", "b", "c", "join"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [id, "ran"]),
+            "{id}: {text}"
+        );
+    }
+    let at = |id: &str, what: &str| -> f64 {
+        std::fs::read_to_string(times.join(format!("{id}.{what}")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let leaves = ["a", "b", "c"];
+    let last_start = leaves.iter().map(|id| at(id, "start")).fold(0.0, f64::max);
+    let first_end = leaves
+        .iter()
+        .map(|id| at(id, "end"))
+        .fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "the leaves ran one after another: {:?}",
+        leaves
+            .iter()
+            .map(|id| (at(id, "start"), at(id, "end")))
+            .collect::<Vec<_>>()
+    );
+    assert!(at("root", "end") <= at("a", "start"));
+    assert!(at("join", "start") >= at("a", "end").max(at("b", "end")));
+}
+
+/// The state machine's role may list the cache bucket but not read it. The first lookup's
+/// AccessDenied is not a miss: it is retried with backoff, then fails the execution naming the
+/// step and the S3 error, and no job runs (before, any lookup error meant "compute it again").
+#[test]
+fn access_denied_on_the_cache_fails_the_execution_instead_of_rerunning() {
+    let Some(moto) =
+        moto_with_jobs("access_denied_on_the_cache_fails_the_execution_instead_of_rerunning")
+    else {
+        return;
+    };
+    let _exclusive = moto.exclusive();
+    let bucket = moto.bucket("sfndenied");
+    let pid = std::process::id();
+    let role = format!("wf-list-only-{pid}");
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"states.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=CreateRole&RoleName={role}&AssumeRolePolicyDocument={}&Version=2010-05-08",
+            urlencode(trust)
+        ),
+    );
+    let list_only = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:ListBucket","sagemaker:*"],"Resource":"*"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=PutRolePolicy&RoleName={role}&PolicyName=list-only&PolicyDocument={}&Version=2010-05-08",
+            urlencode(list_only)
+        ),
+    );
+    // Whoever starts the execution may do anything.
+    let user = format!("wf-operator-{pid}");
+    moto.query(
+        "iam",
+        &format!("Action=CreateUser&UserName={user}&Version=2010-05-08"),
+    );
+    let admin =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    moto.query(
+        "iam",
+        &format!(
+            "Action=PutUserPolicy&UserName={user}&PolicyName=admin&PolicyDocument={}&Version=2010-05-08",
+            urlencode(admin)
+        ),
+    );
+    let keys = moto.query(
+        "iam",
+        &format!("Action=CreateAccessKey&UserName={user}&Version=2010-05-08"),
+    );
+    let id = xml_value(&keys, "AccessKeyId").unwrap();
+    let secret = xml_value(&keys, "SecretAccessKey").unwrap();
+
+    let machine = format!("wf-denied-{pid}");
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("w");
+    cloud_workflow(
+        &dir,
+        &bucket,
+        &machine,
+        "  a: { uses: command, with: { run: \"echo hello > $WF_OUT/greeting.txt\" } }\n",
+    );
+    let yaml = std::fs::read_to_string(dir.join("wf.yaml")).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        yaml.replace("role/wf\n", &format!("role/{role}\n")),
+    )
+    .unwrap();
+    let out = wf_with(&dir, Some(&moto), &[], &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    moto.enforce_iam(true);
+    let off = IamOff(&moto);
+    let run = wf_with(
+        &dir,
+        Some(&moto),
+        &[
+            ("WF_POLL_SECONDS", "0.5"),
+            ("AWS_ACCESS_KEY_ID", id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+        ],
+        &["start", "wf.yaml", "--wait"],
+    );
+    drop(off);
+    let (o, e) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(1), "{o}\n{e}");
+    assert!(o.contains("FAILED"), "{o}");
+    assert!(e.contains("step `a` failed"), "{o}\n{e}");
+    assert!(e.contains("S3.") && e.contains("403"), "{o}\n{e}");
+    let execution = o.lines().next().unwrap().trim().to_string();
+    let h = moto.json_call(
+        "states",
+        "AWSStepFunctions.GetExecutionHistory",
+        &serde_json::json!({ "executionArn": execution, "maxResults": 1000 }),
+    );
+    let events = h["events"].as_array().unwrap();
+    let failed_reads = events.iter().filter(|e| e["type"] == "TaskFailed").count();
+    assert_eq!(failed_reads, 4, "one read and 3 retries: {h}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["stateEnteredEventDetails"]["name"] == "a.Run"),
+        "the step must not run again: {h}"
+    );
+    assert!(moto.keys(&bucket, "p/entries/").is_empty());
+}
+
+/// Managed spot training: the emulator interrupts the training job as soon as its first
+/// checkpoint is complete (as spot capacity is reclaimed), copies the checkpoint directory to
+/// the CheckpointConfig's S3 location and starts the job again with it restored. train-unet
+/// resumes from that checkpoint (the same resume a local run has) and the job completes with
+/// every epoch.
+#[test]
+fn an_interrupted_spot_training_job_resumes_from_its_checkpoint() {
+    let Some(moto) = moto_with_jobs("an_interrupted_spot_training_job_resumes_from_its_checkpoint")
+    else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("spot");
+    let machine = format!("wf-spot-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("w");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("wf.yaml"),
+        format!(
+            r#"name: {machine}
+cache: s3://{bucket}/p
+seed: 3
+steps:
+  fetch:
+    uses: fetch-dataset
+    with: {{ source: synthetic, cases: 4, shape: [40, 40, 32], seed: 1 }}
+  preprocess:
+    uses: sharded-transform
+    inputs: {{ dataset: fetch }}
+    with:
+      transforms:
+        - load
+        - ensure-channel-first
+        - convert-labels
+        - spacing: {{ pixdim: [1.5, 1.5, 2.0], mode: [bilinear, nearest] }}
+        - orientation: {{ axcodes: RAS }}
+        - rand-spatial-crop: {{ roi: [16, 16, 16] }}
+        - normalize-intensity: {{ nonzero: true, channel_wise: true }}
+      copies_per_case: 2
+  train:
+    uses: train-unet
+    inputs: {{ samples: preprocess }}
+    with: {{ epochs: 3, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0,
+            channels: [4, 8, 16], strides: [2, 2], num_res_units: 1 }}
+targets:
+  aws:
+    region: us-east-1
+    role_arn: arn:aws:iam::123456789012:role/wf
+    image_uri: "local:{}"
+    state_machine_name: {machine}
+    subnets: [subnet-1]
+    security_groups: [sg-1]
+    steps:
+      train: {{ spot: true, tags: {{ "wf-emulator:interrupt": after-first-checkpoint }} }}
+"#,
+            wf_bin().display()
+        ),
+    )
+    .unwrap();
+    let env = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(&dir, Some(&moto), &env, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(&dir, Some(&moto), &env, &["start", "wf.yaml", "--wait"]);
+    let text = stdout(&run);
+    assert_eq!(run.status.code(), Some(0), "{text}\n{}", stderr(&run));
+    let execution = text.lines().next().unwrap().trim().to_string();
+    let train = scheduled(&moto, &execution)
+        .into_iter()
+        .find(|(s, _)| s == "train.Run")
+        .expect("train.Run")
+        .1;
+    assert_eq!(train["EnableManagedSpotTraining"], true, "{train}");
+    let checkpoints = train["CheckpointConfig"]["S3Uri"].as_str().unwrap();
+    let prefix = checkpoints
+        .strip_prefix(&format!("s3://{bucket}/"))
+        .unwrap()
+        .to_string();
+    let saved = moto.keys(&bucket, &prefix);
+    assert!(
+        saved.iter().any(|k| k.ends_with("/checkpoint.json")),
+        "the first attempt's checkpoint is in S3: {saved:?}"
+    );
+    let key = prefix
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let entry: serde_json::Value = serde_json::from_slice(
+        &moto
+            .get(&bucket, &format!("p/entries/{key}.json"))
+            .expect("train published its entry"),
+    )
+    .unwrap();
+    let warnings: Vec<&str> = entry["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("resumed after an interruption from the checkpoint of epoch")),
+        "{entry}"
+    );
+    let tree = format!("p/trees/{}/", entry["artifact"].as_str().unwrap());
+    let metrics =
+        String::from_utf8(moto.get(&bucket, &format!("{tree}metrics.jsonl")).unwrap()).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "every epoch: {metrics}");
+}
+
+/// A job whose worker exits non-zero fails its step at once (no retry unless `retries:` asks),
+/// with the job's FailureReason as the execution's cause; `wf start --wait` prints the reason and
+/// the command that shows the job's log, and `wf logs` prints it from CloudWatch Logs.
+#[test]
+fn a_failed_job_reports_its_reason_and_wf_logs_shows_its_log() {
+    let Some(moto) = moto_with_jobs("a_failed_job_reports_its_reason_and_wf_logs_shows_its_log")
+    else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("sfnlogs");
+    let machine = format!("wf-logs-{}", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    cloud_workflow(
+        t.path(),
+        &bucket,
+        &machine,
+        "  broken: { uses: command, with: { run: \"echo the-words-of-the-broken-job >&2; exit 3\" } }\n  after: { uses: command, inputs: { x: broken }, with: { run: \"cp -r $WF_IN_x $WF_OUT/y\" } }\n",
+    );
+    let poll = [("WF_POLL_SECONDS", "0.5")];
+    let out = wf_with(t.path(), Some(&moto), &poll, &["deploy", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = wf_with(
+        t.path(),
+        Some(&moto),
+        &poll,
+        &["start", "wf.yaml", "--wait"],
+    );
+    let (o, e) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(1), "{o}\n{e}");
+    let execution = o.lines().next().unwrap().trim().to_string();
+    assert!(e.contains("step `broken` failed"), "{e}");
+    assert!(e.contains("the-words-of-the-broken-job"), "the reason: {e}");
+    assert!(
+        e.contains(&format!("its job's log: wf logs {execution} broken")),
+        "{e}"
+    );
+    let d = moto.json_call(
+        "states",
+        "AWSStepFunctions.DescribeExecution",
+        &serde_json::json!({ "executionArn": execution }),
+    );
+    assert_eq!(d["error"], "wf.JobFailed", "{d}");
+    let cause = d["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.starts_with("step `broken` (command): its SageMaker job failed: ")
+            && cause.contains("the-words-of-the-broken-job"),
+        "{cause}"
+    );
+    let submitted = scheduled(&moto, &execution)
+        .iter()
+        .filter(|(s, _)| s == "broken.Run")
+        .count();
+    assert_eq!(submitted, 1, "a failed job is not retried by default");
+
+    for args in [
+        vec!["logs", execution.as_str(), "broken"],
+        vec!["logs", execution.as_str()],
+    ] {
+        let logs = wf_with(t.path(), Some(&moto), &[], &args);
+        let text = stdout(&logs);
+        assert_eq!(logs.status.code(), Some(0), "{text}\n{}", stderr(&logs));
+        assert!(
+            text.contains("== broken: /aws/sagemaker/ProcessingJobs broken-"),
+            "{text}"
+        );
+        assert!(text.contains("the-words-of-the-broken-job"), "{text}");
+    }
+    let none = wf_with(t.path(), Some(&moto), &[], &["logs", &execution, "after"]);
+    assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("ran no job for step `after` (steps with jobs: broken)"),
+        "{}",
+        stderr(&none)
+    );
+}
+
+/// Objects at or above the multipart threshold (lowered here to 6 MiB) are uploaded in parts and
+/// copied into the tree in parts, and a second checkout reads them back in ranges: the bytes are
+/// the same, and S3 holds them as a 3-part upload (its ETag ends in `-3`).
+#[test]
+fn large_objects_travel_in_parts() {
+    let Some(moto) = moto("large_objects_travel_in_parts") else {
+        return;
+    };
+    let _shared = moto.shared();
+    let bucket = moto.bucket("large");
+    let cache = format!("s3://{bucket}/p");
+    let t = tempfile::tempdir().unwrap();
+    let size = 13 * 1024 * 1024;
+    let yaml = format!(
+        "name: large\ncache: {cache}\nsteps:\n  big: {{ uses: command, with: {{ run: \"yes wf-large-object | head -c {size} > $WF_OUT/big.bin\" }} }}\n"
+    );
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("wf.yaml"), &yaml).unwrap();
+    }
+    let threshold = ("WF_S3_MULTIPART_THRESHOLD", "6291456");
+    let local_a = a.join("local").to_string_lossy().into_owned();
+    let first = wf_with(
+        &a,
+        Some(&moto),
+        &[threshold, ("WF_LOCAL_CACHE", &local_a)],
+        &["run", "wf.yaml", "--json"],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let v = json(&first);
+    let artifact = v["steps"][0]["output"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expected: Vec<u8> = b"wf-large-object\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(size)
+        .collect();
+    let object = format!("p/objects/{}", blake3_hex(&expected));
+    for key in [object.as_str(), &format!("p/trees/{artifact}/big.bin")] {
+        let (status, listing) = moto.request(
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={key}"),
+            &[],
+            b"",
+        );
+        assert_eq!(status, 200);
+        let listing = String::from_utf8_lossy(&listing);
+        assert!(
+            listing.contains("-3&quot;</ETag>") || listing.contains("-3\"</ETag>"),
+            "{key} is not a 3-part upload: {listing}"
+        );
+    }
+
+    let local_b = b.join("local").to_string_lossy().into_owned();
+    let second = wf_with(
+        &b,
+        Some(&moto),
+        &[threshold, ("WF_LOCAL_CACHE", &local_b)],
+        &["run", "wf.yaml", "--json"],
+    );
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    let w = json(&second);
+    assert_eq!(statuses(&w), vec![("big".into(), "cached".into())]);
+    let path = std::path::PathBuf::from(w["steps"][0]["output"]["path"].as_str().unwrap());
+    let got = std::fs::read(path.join("big.bin")).unwrap();
+    assert!(got == expected, "the bytes read back in ranges differ");
 }

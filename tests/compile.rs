@@ -45,6 +45,21 @@ targets:
       join: { instance_type: ml.m5.large, max_runtime_seconds: 600 }
 "#;
 
+/// One step feeding three that read nothing of each other.
+const FAN_OUT: &str = r#"name: fan
+steps:
+  root: { uses: command, with: { run: "echo r > $WF_OUT/r.txt" } }
+  a: { uses: command, inputs: { src: root }, with: { run: "cp $WF_IN_src/r.txt $WF_OUT/a.txt" } }
+  b: { uses: command, inputs: { src: root }, with: { run: "cp $WF_IN_src/r.txt $WF_OUT/b.txt" } }
+  c: { uses: command, inputs: { src: root }, with: { run: "cp $WF_IN_src/r.txt $WF_OUT/c.txt" } }
+targets:
+  aws:
+    region: eu-west-1
+    role_arn: arn:aws:iam::123456789012:role/wf
+    image_uri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/wf:test
+    bucket: s3://wf-test-bucket/ci
+"#;
+
 fn small(dir: &Path) {
     std::fs::write(dir.join("wf.yaml"), SMALL).unwrap();
     std::fs::write(dir.join("gen.sh"), "echo a\necho c\n").unwrap();
@@ -68,8 +83,16 @@ fn compile(dir: &Path, file: &str) -> Json {
     json(&out)
 }
 
-fn states(def: &Json) -> &serde_json::Map<String, Json> {
-    def["States"].as_object().expect("States")
+/// Every state by name, those inside Parallel branches included.
+fn states(def: &Json) -> serde_json::Map<String, Json> {
+    let mut out = serde_json::Map::new();
+    for (name, st) in def["States"].as_object().expect("States") {
+        for branch in st["Branches"].as_array().into_iter().flatten() {
+            out.extend(states(branch));
+        }
+        out.insert(name.clone(), st.clone());
+    }
+    out
 }
 
 #[test]
@@ -119,6 +142,137 @@ fn brats_validates_and_compiles_to_the_snapshot() {
     insta::assert_snapshot!("brats_asl", serde_json::to_string_pretty(&def).unwrap());
 }
 
+/// workflows/brats.yaml with the production settings: tags (the workflow's and the training
+/// step's), a KMS key, logging and managed spot training.
+fn brats_production(dir: &Path) {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("workflows/brats.yaml")).unwrap();
+    let text = text
+        .replace(
+            "    steps:\n      fetch:",
+            "    tags: { project: brats, team: imaging }\n    kms_key_id: alias/wf-brats\n    \
+             log_level: ALL\n    tracing: true\n    steps:\n      fetch:",
+        )
+        .replace(
+            "max_runtime_seconds: 172800 }",
+            "max_runtime_seconds: 172800,\n               spot: true, tags: { team: gpu } }",
+        );
+    assert!(text.contains("spot: true") && text.contains("kms_key_id"));
+    std::fs::write(dir.join("brats.yaml"), text).unwrap();
+}
+
+fn sagemaker_tasks(s: &serde_json::Map<String, Json>) -> Vec<(&String, &Json)> {
+    s.iter()
+        .filter(|(_, st)| {
+            st["Resource"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("arn:aws:states:::sagemaker:"))
+        })
+        .collect()
+}
+
+/// What production asks of the compiled brats.yaml: metrics on the Training job, managed spot
+/// with its wait and checkpoints, tags and the KMS key on every job, and no cache read that takes
+/// any error for a miss.
+#[test]
+fn brats_in_production_has_metrics_spot_tags_and_kms_on_every_job() {
+    let plain = compile(Path::new(ROOT), "workflows/brats.yaml");
+    let train = &states(&plain)["train.Run"]["Parameters"];
+    let metrics: Vec<&str> = train["AlgorithmSpecification"]["MetricDefinitions"]
+        .as_array()
+        .expect("MetricDefinitions")
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            "train:loss",
+            "validation:dice_mean",
+            "validation:dice_tc",
+            "validation:dice_wt",
+            "validation:dice_et",
+            "train:samples_per_second"
+        ]
+    );
+    assert!(train["EnableManagedSpotTraining"].is_null());
+
+    let t = tempfile::tempdir().unwrap();
+    brats_production(t.path());
+    let def = compile(t.path(), "brats.yaml");
+    let s = states(&def);
+    let train = &s["train.Run"]["Parameters"];
+    assert_eq!(train["EnableManagedSpotTraining"], true);
+    assert_eq!(train["StoppingCondition"]["MaxRuntimeInSeconds"], 172_800);
+    assert_eq!(train["StoppingCondition"]["MaxWaitTimeInSeconds"], 345_600);
+    assert_eq!(
+        train["CheckpointConfig"]["LocalPath"],
+        "/opt/ml/checkpoints"
+    );
+    assert_eq!(
+        train["CheckpointConfig"]["S3Uri.$"],
+        "States.Format('s3://wf-brats-123456789012/wf-cache/checkpoints/{}/', $.steps.train.key)"
+    );
+    let jobs = sagemaker_tasks(&s);
+    assert_eq!(jobs.len(), 5, "fetch, preprocess + commit, train, export");
+    for (name, st) in jobs {
+        let p = &st["Parameters"];
+        let tags: Vec<(&str, &str)> = p["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["Key"].as_str().unwrap(), t["Value"].as_str().unwrap()))
+            .collect();
+        let step = name.split('.').next().unwrap();
+        let team = if step == "train" { "gpu" } else { "imaging" };
+        assert_eq!(
+            tags,
+            [("wf:step", step), ("project", "brats"), ("team", team)],
+            "{name}"
+        );
+        let volume_key = if p["ResourceConfig"].is_object() {
+            assert_eq!(
+                p["OutputDataConfig"]["KmsKeyId"], "alias/wf-brats",
+                "{name}"
+            );
+            &p["ResourceConfig"]["VolumeKmsKeyId"]
+        } else {
+            &p["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"]
+        };
+        // p4d instances have NVMe instance storage, which SageMaker encrypts itself and for
+        // which it refuses a volume key.
+        if step == "train" {
+            assert!(volume_key.is_null(), "{name}");
+        } else {
+            assert_eq!(volume_key, "alias/wf-brats", "{name}");
+        }
+        let args = p["AppSpecification"]["ContainerArguments.$"]
+            .as_str()
+            .or(p["AlgorithmSpecification"]["ContainerArguments.$"].as_str())
+            .unwrap();
+        assert!(
+            args.contains("'--kms-key-id', 'alias/wf-brats'"),
+            "{name}: the worker writes with the key"
+        );
+    }
+    assert_eq!(
+        s["train.Fsx.Create"]["Parameters"]["Tags"][2],
+        serde_json::json!({ "Key": "team", "Value": "gpu" })
+    );
+    for (name, st) in &s {
+        for c in st["Catch"].as_array().into_iter().flatten() {
+            let all = c["ErrorEquals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == "States.ALL");
+            assert!(
+                !(all && (name.ends_with(".Lookup") || name.ends_with(".Published"))),
+                "{name} takes any error for a missing entry"
+            );
+        }
+    }
+}
+
 #[test]
 fn small_workflow_snapshot_uploads_and_job_names() {
     let t = tempfile::tempdir().unwrap();
@@ -163,6 +317,53 @@ fn small_workflow_snapshot_uploads_and_job_names() {
         .unwrap();
     assert!(make.contains("'--files', '"), "{make}");
     insta::assert_snapshot!("small_asl", serde_json::to_string_pretty(&def).unwrap());
+}
+
+/// Independent steps run at once, as they do locally: the diamond's two middle steps and the
+/// fan-out's three leaves are the branches of one Parallel state each.
+#[test]
+fn independent_steps_run_in_parallel_branches() {
+    let t = tempfile::tempdir().unwrap();
+    small(t.path());
+    let def = compile(t.path(), "wf.yaml");
+    let top = def["States"].as_object().unwrap();
+    assert_eq!(top["make.Done"]["Next"], "Parallel 2");
+    let p = &top["Parallel 2"];
+    assert_eq!(p["Type"], "Parallel");
+    let starts: Vec<&str> = p["Branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["StartAt"].as_str().unwrap())
+        .collect();
+    assert_eq!(starts, ["quote.Key", "fail-late.Key"]);
+    assert_eq!(p["Branches"][0]["States"]["quote.Done"]["End"], true);
+    assert_eq!(
+        p["Branches"][0]["States"]["quote.Done"]["OutputPath"],
+        "$.steps.quote"
+    );
+    assert!(
+        !top.contains_key("quote.Key"),
+        "branch states live in the branch"
+    );
+    let merge = &top["Parallel 2 merge"];
+    assert_eq!(merge["Next"], "join.Key");
+    assert_eq!(
+        merge["Parameters"]["steps"],
+        serde_json::json!({
+            "make.$": "$.steps.make",
+            "quote.$": "$.parallel[0]",
+            "fail_late.$": "$.parallel[1]",
+        })
+    );
+
+    let f = tempfile::tempdir().unwrap();
+    std::fs::write(f.path().join("wf.yaml"), FAN_OUT).unwrap();
+    let def = compile(f.path(), "wf.yaml");
+    let top = def["States"].as_object().unwrap();
+    assert_eq!(top["root.Done"]["Next"], "Parallel 2");
+    assert_eq!(top["Parallel 2"]["Branches"].as_array().unwrap().len(), 3);
+    assert_eq!(top["Parallel 2 merge"]["End"], true);
 }
 
 /// The keys the state machine computes are the keys of a local run: run the workflow here, then
@@ -356,9 +557,15 @@ fn every_compiled_definition_passes_asl_validator() {
         files.push(p);
     };
     add("brats", compile(Path::new(ROOT), "workflows/brats.yaml"));
+    let production = tempfile::tempdir().unwrap();
+    brats_production(production.path());
+    add("brats-production", compile(production.path(), "brats.yaml"));
     let small_dir = tempfile::tempdir().unwrap();
     small(small_dir.path());
     add("small", compile(small_dir.path(), "wf.yaml"));
+    let fan_dir = tempfile::tempdir().unwrap();
+    std::fs::write(fan_dir.path().join("wf.yaml"), FAN_OUT).unwrap();
+    add("fan-out", compile(fan_dir.path(), "wf.yaml"));
     let quick_dir = tempfile::tempdir().unwrap();
     quickstart_cloud(quick_dir.path());
     add("quickstart", compile(quick_dir.path(), "wf.yaml"));

@@ -53,6 +53,46 @@ fn output_path(v: &serde_json::Value, id: &str) -> PathBuf {
     PathBuf::from(step["output"]["path"].as_str().expect("output path"))
 }
 
+/// The regexes a Training job charts (`MetricDefinitions`) find each number of each epoch in the
+/// lines the trainer printed, equal to the metrics.jsonl it wrote.
+fn metric_definitions_read_the_epoch_lines(output: &str, epochs: &[serde_json::Value]) {
+    let found = |name: &str| -> Vec<f64> {
+        let m = wf_steps::train_unet::METRICS
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        let re = regex::Regex::new(m.regex).unwrap();
+        output
+            .lines()
+            .filter_map(|l| re.captures(l))
+            .map(|c| c[1].parse().unwrap())
+            .collect()
+    };
+    // Each printed value has 4 decimals; a region's Dice that could not be computed (no such
+    // region among the validation cases) is `null` in metrics.jsonl and `n/a` in the line.
+    let check = |metric: &str, field: &str| {
+        let got = found(metric);
+        let want: Vec<f64> = epochs.iter().filter_map(|e| e[field].as_f64()).collect();
+        assert_eq!(got.len(), want.len(), "{metric}: {got:?} in\n{output}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 0.5e-4 + 1e-9, "{metric}: {g} vs {w}");
+        }
+    };
+    check("train:loss", "train_loss");
+    check("validation:dice_mean", "val_mean_dice");
+    assert_eq!(found("validation:dice_mean").len(), epochs.len());
+    for region in ["tc", "wt", "et"] {
+        check(
+            &format!("validation:dice_{region}"),
+            &format!("val_dice_{region}"),
+        );
+    }
+    let rates = found("train:samples_per_second");
+    assert_eq!(rates.len(), epochs.len(), "{output}");
+    assert!(rates.iter().all(|r| *r > 0.0), "{rates:?}");
+    assert_eq!(wf_steps::train_unet::METRICS.len(), 6);
+}
+
 #[test]
 fn train_export_and_predict_end_to_end() {
     let t = tempfile::tempdir().unwrap();
@@ -71,6 +111,7 @@ fn train_export_and_predict_end_to_end() {
         .collect();
     assert_eq!(lines.len(), 2, "one metrics line per epoch");
     assert!(lines.iter().all(|m| m["val_mean_dice"].is_number()));
+    metric_definitions_read_the_epoch_lines(&stderr(&out), &lines);
     let png = std::fs::read(model.join("plot.png")).expect("plot.png in the model");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
     let train: serde_json::Value = serde_json::from_str(&read(model.join("train.json"))).unwrap();

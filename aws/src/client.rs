@@ -116,6 +116,10 @@ impl Aws {
         aws_sdk_fsx::Client::new(&self.config)
     }
 
+    pub fn logs(&self) -> aws_sdk_cloudwatchlogs::Client {
+        aws_sdk_cloudwatchlogs::Client::new(&self.config)
+    }
+
     /// A one-line description of a failed call, with the service's code and message, the HTTP
     /// status, and whether retries were exhausted.
     pub fn describe<E>(&self, err: &SdkError<E, HttpResponse>) -> String

@@ -7,6 +7,7 @@
 //! blocking calls where the engine needs them.
 
 pub mod client;
+pub mod logs;
 pub mod s3;
 pub mod s3cache;
 pub mod sagemaker;

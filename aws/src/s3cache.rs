@@ -44,6 +44,12 @@ impl S3Cache {
         Ok(S3Cache { url, bucket, rt })
     }
 
+    /// Writes every object with SSE-KMS under `key` from now on (`targets.aws.kms_key_id`).
+    pub fn with_kms(mut self, key: Option<String>) -> S3Cache {
+        self.bucket = self.bucket.with_kms(key);
+        self
+    }
+
     pub fn url(&self) -> &S3Url {
         &self.url
     }

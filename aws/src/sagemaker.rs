@@ -106,6 +106,7 @@ impl SageMakerExecutor {
             .instance_count(job.instance_count as i32)
             .instance_type(sm::ProcessingInstanceType::from(job.instance_type.as_str()))
             .volume_size_in_gb(job.volume_size_gb as i32)
+            .set_volume_kms_key_id(job.volume_kms_key_id.clone())
             .build();
         let app = sm::AppSpecification::builder()
             .image_uri(&job.image_uri)
@@ -137,13 +138,20 @@ impl SageMakerExecutor {
         if !inputs.is_empty() {
             req = req.set_processing_inputs(Some(inputs.iter().map(s3_input).collect()));
         }
+        if let Some(vpc) = &job.vpc {
+            req = req.network_config(
+                sm::NetworkConfig::builder()
+                    .vpc_config(vpc_config(vpc))
+                    .build(),
+            );
+        }
         for (k, val) in &job.environment {
             req = req.environment(k, val);
         }
         self.rt
             .block_on(req.send())
             .map_err(|e| self.call("CreateProcessingJob", &name, &e))?;
-        self.wait(&name, false, cancel)
+        self.wait(&name, false, job.timeout_seconds, cancel)
     }
 
     fn training(
@@ -158,7 +166,8 @@ impl SageMakerExecutor {
             hyperparameters,
             output_path,
             checkpoint_uri,
-            vpc,
+            metrics,
+            spot,
         } = &job.form
         else {
             unreachable!("a training job");
@@ -211,6 +220,17 @@ impl SageMakerExecutor {
                     .training_input_mode(sm::TrainingInputMode::File)
                     .set_container_entrypoint(Some(job.entrypoint.clone()))
                     .set_container_arguments(Some(job.args.iter().map(|a| v.resolve(a)).collect()))
+                    .set_metric_definitions((!metrics.is_empty()).then(|| {
+                        metrics
+                            .iter()
+                            .map(|m| {
+                                sm::MetricDefinition::builder()
+                                    .name(m.name)
+                                    .regex(m.regex)
+                                    .build()
+                            })
+                            .collect()
+                    }))
                     .build(),
             )
             .set_hyper_parameters(Some(hyperparameters.iter().cloned().collect()))
@@ -218,6 +238,7 @@ impl SageMakerExecutor {
             .output_data_config(
                 sm::OutputDataConfig::builder()
                     .s3_output_path(output_path)
+                    .set_kms_key_id(job.output_kms_key_id.clone())
                     .build(),
             )
             .resource_config(
@@ -225,13 +246,16 @@ impl SageMakerExecutor {
                     .instance_count(job.instance_count as i32)
                     .instance_type(sm::TrainingInstanceType::from(job.instance_type.as_str()))
                     .volume_size_in_gb(job.volume_size_gb as i32)
+                    .set_volume_kms_key_id(job.volume_kms_key_id.clone())
                     .build(),
             )
             .stopping_condition(
                 sm::StoppingCondition::builder()
                     .max_runtime_in_seconds(job.max_runtime_seconds as i32)
+                    .set_max_wait_time_in_seconds(spot.map(|s| s.max_wait_seconds as i32))
                     .build(),
             )
+            .set_enable_managed_spot_training(spot.map(|_| true))
             .checkpoint_config(
                 sm::CheckpointConfig::builder()
                     .s3_uri(v.resolve(checkpoint_uri))
@@ -242,18 +266,13 @@ impl SageMakerExecutor {
         for (k, val) in &job.environment {
             req = req.environment(k, val);
         }
-        if let Some(vpc) = vpc {
-            req = req.vpc_config(
-                sm::VpcConfig::builder()
-                    .set_subnets(Some(vpc.subnets.clone()))
-                    .set_security_group_ids(Some(vpc.security_group_ids.clone()))
-                    .build(),
-            );
+        if let Some(vpc) = &job.vpc {
+            req = req.vpc_config(vpc_config(vpc));
         }
         self.rt
             .block_on(req.send())
             .map_err(|e| self.call("CreateTrainingJob", &name, &e))?;
-        self.wait(&name, true, cancel)
+        self.wait(&name, true, job.timeout_seconds, cancel)
     }
 
     fn run_job(
@@ -263,9 +282,32 @@ impl SageMakerExecutor {
         progress: &dyn Progress,
         cancel: &CancelToken,
     ) -> Result<(), StepError> {
-        match job.form {
-            JobForm::Processing { .. } => self.processing(job, v, progress, cancel),
-            JobForm::Training { .. } => self.training(job, v, progress, cancel),
+        // A failed job is run again under a new name only where `retries` asks (as the state
+        // machine's Retry does): most failures are deterministic.
+        let mut attempt = 0;
+        loop {
+            let v = Values { attempt, ..*v };
+            let result = match job.form {
+                JobForm::Processing { .. } => self.processing(job, &v, progress, cancel),
+                JobForm::Training { .. } => self.training(job, &v, progress, cancel),
+            };
+            match result {
+                Err(e) if attempt < job.retries && !cancel.is_cancelled() => {
+                    progress.warn(&format!(
+                        "{} (attempt {} of {}); retrying in {} s",
+                        e.message,
+                        attempt + 1,
+                        job.retries + 1,
+                        wf_engine::cloud::job::RETRY_SECONDS
+                    ));
+                    self.pause(
+                        Duration::from_secs(u64::from(wf_engine::cloud::job::RETRY_SECONDS)),
+                        cancel,
+                    )?;
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -411,10 +453,20 @@ impl SageMakerExecutor {
     }
 
     /// Polls the job until it ends; Ok on Completed. A stopped run stops the job.
-    fn wait(&self, name: &str, training: bool, cancel: &CancelToken) -> Result<(), StepError> {
+    /// Polls job `name` until it ends; stops it when the run is stopped or after `timeout_seconds`
+    /// (the Task's `TimeoutSeconds` in the state machine).
+    fn wait(
+        &self,
+        name: &str,
+        training: bool,
+        timeout_seconds: u32,
+        cancel: &CancelToken,
+    ) -> Result<(), StepError> {
         let sagemaker = self.aws.sagemaker();
+        let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(timeout_seconds));
         loop {
-            if cancel.is_cancelled() {
+            let timed_out = std::time::Instant::now() >= deadline;
+            if cancel.is_cancelled() || timed_out {
                 // Best effort: the job's own stop ends its processes (SIGTERM, then SIGKILL).
                 let stopped = if training {
                     self.rt
@@ -432,9 +484,16 @@ impl SageMakerExecutor {
                         .map(|_| ())
                         .map_err(|e| self.call("StopProcessingJob", name, &e))
                 };
+                let why = if timed_out {
+                    format!(
+                        "SageMaker job {name} did not end within {timeout_seconds} s (the step's timeout)"
+                    )
+                } else {
+                    "interrupted".to_string()
+                };
                 return Err(match stopped {
-                    Ok(()) => StepError::new(format!("interrupted (SageMaker job {name} stopped)")),
-                    Err(e) => StepError::new(format!("interrupted; stopping the job: {e}")),
+                    Ok(()) => StepError::new(format!("{why} (SageMaker job {name} stopped)")),
+                    Err(e) => StepError::new(format!("{why}; stopping the job: {e}")),
                 });
             }
             let (status, reason) = if training {
@@ -486,6 +545,13 @@ impl SageMakerExecutor {
     }
 }
 
+fn vpc_config(vpc: &wf_engine::cloud::job::Vpc) -> sm::VpcConfig {
+    sm::VpcConfig::builder()
+        .set_subnets(Some(vpc.subnets.clone()))
+        .set_security_group_ids(Some(vpc.security_group_ids.clone()))
+        .build()
+}
+
 fn tags(t: &[(String, String)]) -> Vec<sm::Tag> {
     t.iter()
         .map(|(k, v)| sm::Tag::builder().key(k).value(v).build())
@@ -527,7 +593,8 @@ impl RemoteExecutor for SageMakerExecutor {
                 wf.steps[i].id
             )));
         };
-        let bucket = crate::s3::Bucket::new(&self.aws, &self.target.cache.bucket);
+        let bucket = crate::s3::Bucket::new(&self.aws, &self.target.cache.bucket)
+            .with_kms(self.target.kms_key_id.clone());
         self.rt
             .block_on(crate::s3::upload_all(&bucket, &uploads))
             .map_err(step_err)?;

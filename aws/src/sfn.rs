@@ -4,7 +4,10 @@
 
 use crate::AwsError;
 use crate::client::Aws;
-use aws_sdk_sfn::types::{HistoryEventType, StateMachineType};
+use aws_sdk_sfn::types::{
+    CloudWatchLogsLogGroup, HistoryEventType, LogDestination, LogLevel, LoggingConfiguration,
+    StateMachineType, Tag, TracingConfiguration,
+};
 
 fn call_err<E>(
     aws: &Aws,
@@ -83,19 +86,87 @@ fn same_definition(a: &str, b: &str) -> bool {
         )
 }
 
-/// Creates the state machine `name`, or updates it when its definition or role differ; either
-/// way publishes a version. Running it again with the same input changes nothing.
+/// How the state machine itself is configured beside its definition (`targets.aws`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MachineSettings {
+    /// CloudWatch Logs: the level (`ALL`, `ERROR`, `FATAL`) and the log group's ARN.
+    pub logging: Option<(String, String)>,
+    /// X-Ray tracing.
+    pub tracing: bool,
+    pub tags: Vec<(String, String)>,
+}
+
+impl MachineSettings {
+    fn logging_configuration(&self) -> LoggingConfiguration {
+        match &self.logging {
+            Some((level, group)) => LoggingConfiguration::builder()
+                .level(LogLevel::from(level.as_str()))
+                .include_execution_data(true)
+                .destinations(
+                    LogDestination::builder()
+                        .cloud_watch_logs_log_group(
+                            CloudWatchLogsLogGroup::builder()
+                                .log_group_arn(group)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+            None => LoggingConfiguration::builder().level(LogLevel::Off).build(),
+        }
+    }
+
+    fn tracing_configuration(&self) -> TracingConfiguration {
+        TracingConfiguration::builder()
+            .enabled(self.tracing)
+            .build()
+    }
+
+    fn tags(&self) -> Vec<Tag> {
+        self.tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect()
+    }
+}
+
+/// Creates the state machine `name`, or updates it when its definition, role, logging or tracing
+/// differ; either way publishes a version and applies the tags. Running it again with the same
+/// input changes nothing.
 pub async fn deploy(
     aws: &Aws,
     name: &str,
     definition: &str,
     role_arn: &str,
+    settings: &MachineSettings,
 ) -> Result<Deployed, AwsError> {
     let client = aws.sfn();
     match find_state_machine(aws, name).await? {
         Some(arn) => {
-            let (current, role) = deployed_definition(aws, &arn).await?;
-            if same_definition(&current, definition) && role == role_arn {
+            let d = client
+                .describe_state_machine()
+                .state_machine_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| call_err(aws, "DescribeStateMachine", &arn, &e))?;
+            let logging = settings.logging_configuration();
+            let same_logging = d.logging_configuration().map(|l| l.level())
+                == Some(logging.level())
+                && d.tracing_configuration()
+                    .is_some_and(|t| t.enabled() == settings.tracing);
+            if !settings.tags.is_empty() {
+                client
+                    .tag_resource()
+                    .resource_arn(&arn)
+                    .set_tags(Some(settings.tags()))
+                    .send()
+                    .await
+                    .map_err(|e| call_err(aws, "TagResource", &arn, &e))?;
+            }
+            if same_definition(d.definition(), definition)
+                && d.role_arn() == role_arn
+                && same_logging
+            {
                 return Ok(Deployed {
                     arn,
                     version_arn: None,
@@ -107,6 +178,8 @@ pub async fn deploy(
                 .state_machine_arn(&arn)
                 .definition(definition)
                 .role_arn(role_arn)
+                .logging_configuration(logging)
+                .tracing_configuration(settings.tracing_configuration())
                 .publish(true)
                 .send()
                 .await
@@ -124,6 +197,9 @@ pub async fn deploy(
                 .definition(definition)
                 .role_arn(role_arn)
                 .r#type(StateMachineType::Standard)
+                .logging_configuration(settings.logging_configuration())
+                .tracing_configuration(settings.tracing_configuration())
+                .set_tags((!settings.tags.is_empty()).then(|| settings.tags()))
                 .publish(true)
                 .send()
                 .await
@@ -160,8 +236,20 @@ pub async fn start(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     StateEntered(String),
-    TaskFailed { error: String, cause: String },
-    ExecutionFailed { error: String, cause: String },
+    /// A SageMaker job was submitted for step `step` (its `WF_STEP`).
+    JobSubmitted {
+        step: String,
+        job: String,
+        training: bool,
+    },
+    TaskFailed {
+        error: String,
+        cause: String,
+    },
+    ExecutionFailed {
+        error: String,
+        cause: String,
+    },
 }
 
 /// The execution's status (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED) and its history.
@@ -201,6 +289,14 @@ pub async fn execution(aws: &Aws, arn: &str) -> Result<(String, Vec<Event>), Aws
                         cause: d.and_then(|d| d.cause()).unwrap_or_default().to_string(),
                     });
                 }
+                HistoryEventType::TaskScheduled => {
+                    if let Some(job) = e
+                        .task_scheduled_event_details()
+                        .and_then(|d| submitted_job(d.parameters()))
+                    {
+                        events.push(job);
+                    }
+                }
                 _ => {
                     if let Some(d) = e.state_entered_event_details() {
                         events.push(Event::StateEntered(d.name().to_string()));
@@ -214,6 +310,40 @@ pub async fn execution(aws: &Aws, arn: &str) -> Result<(String, Vec<Event>), Aws
         }
     }
     Ok((status, events))
+}
+
+/// The job a SageMaker task's parameters create, and its step (`Environment.WF_STEP`).
+fn submitted_job(parameters: &str) -> Option<Event> {
+    let p: serde_json::Value = serde_json::from_str(parameters).ok()?;
+    let step = p["Environment"][wf_engine::cloud::job::STEP_ENV].as_str()?;
+    let (job, training) = match (
+        p["TrainingJobName"].as_str(),
+        p["ProcessingJobName"].as_str(),
+    ) {
+        (Some(j), _) => (j, true),
+        (None, Some(j)) => (j, false),
+        _ => return None,
+    };
+    Some(Event::JobSubmitted {
+        step: step.to_string(),
+        job: job.to_string(),
+        training,
+    })
+}
+
+/// The SageMaker jobs an execution submitted, in order: (step, job name, training?).
+pub fn jobs(events: &[Event]) -> Vec<(String, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::JobSubmitted {
+                step,
+                job,
+                training,
+            } => Some((step.clone(), job.clone(), *training)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The state of one workflow step in an execution.
@@ -236,7 +366,23 @@ pub fn summarize(events: &[Event]) -> Vec<StepState> {
             Event::TaskFailed { error, cause } => {
                 last_error = Some(short_cause(error, cause));
             }
-            Event::ExecutionFailed { .. } => {}
+            Event::JobSubmitted { .. } => {}
+            // An error no state caught (an S3 error reading a cache entry, retried and still
+            // failing) fails the execution in the step that was checking or publishing.
+            Event::ExecutionFailed { error, cause } => {
+                if let Some(s) = steps
+                    .iter_mut()
+                    .rev()
+                    .find(|s| matches!(s.state.as_str(), "checking" | "publishing"))
+                {
+                    s.state = "failed".to_string();
+                    s.error = Some(
+                        last_error
+                            .take()
+                            .unwrap_or_else(|| short_cause(error, cause)),
+                    );
+                }
+            }
             Event::StateEntered(name) => {
                 use wf_engine::cloud::State;
                 let Some((id, part)) = State::parse(name) else {
@@ -253,13 +399,20 @@ pub fn summarize(events: &[Event]) -> Vec<StepState> {
                     State::Published => "publishing",
                     State::Done if ran.iter().any(|r| r == id) => "ran",
                     State::Done => "cached",
-                    State::Failed => "failed",
+                    State::Diagnose
+                    | State::Job
+                    | State::HasReason
+                    | State::JobFailed
+                    | State::NotPublished
+                    | State::Failed => "failed",
                 };
                 let error = (state == "failed").then(|| last_error.take()).flatten();
                 match steps.iter_mut().find(|s| s.id == id) {
                     Some(s) => {
                         s.state = state.to_string();
-                        s.error = error;
+                        if error.is_some() || state != "failed" {
+                            s.error = error;
+                        }
                     }
                     None => steps.push(StepState {
                         id: id.to_string(),

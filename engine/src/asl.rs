@@ -27,6 +27,12 @@ use serde_json::{Map, Value as Json, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Retries of an S3 read that failed with anything but "not found" (1 + 2 + 4 s of backoff).
+pub const S3_ATTEMPTS: u32 = 3;
+/// The error of a step whose SageMaker job failed (its `FailureReason` is the cause).
+pub const JOB_FAILED: &str = "wf.JobFailed";
+/// The error of a step that failed otherwise.
+pub const STEP_FAILED: &str = "wf.StepFailed";
 /// `States.Hash` input limit, in characters.
 pub const MAX_HASH_INPUT: usize = 10_000;
 /// Step Functions' limit on the payload between states, in bytes.
@@ -37,27 +43,12 @@ pub const MAX_DEFINITION: usize = 1024 * 1024;
 const MAX_STATE_NAME: usize = 80;
 /// Payload budget (docs/cloud.md §4): execution input, one entry JSON, one error, one FSx description.
 const PAYLOAD_FIXED: usize = 1024 + 32 * 1024 + 32 * 1024 + 16 * 1024;
-/// Added to a job's own limit for the Task's `TimeoutSeconds` (queueing, image pull, upload).
-const JOB_TIMEOUT_SLACK: u32 = 1_800;
 
 /// Knobs of a compile that are not part of the workflow file.
+#[derive(Default)]
 pub struct CompileOptions<'a> {
     /// Memo for hashing declared local files (their digests are part of keys); `None`: hash afresh.
     pub memo: Option<&'a Memo>,
-    /// Retries of a job that failed (`States.TaskFailed`), each under a fresh job name. Default 1.
-    pub failed_job_retries: u32,
-    /// Seconds before retrying a failed job. Default 60.
-    pub failed_job_retry_seconds: u32,
-}
-
-impl Default for CompileOptions<'_> {
-    fn default() -> Self {
-        CompileOptions {
-            memo: None,
-            failed_job_retries: 1,
-            failed_job_retry_seconds: 60,
-        }
-    }
 }
 
 /// One step as compiled, for deploy/status tooling.
@@ -216,10 +207,17 @@ pub fn compile_stepfunctions(
         wf,
         target: &target,
         fields: &fields,
-        opts,
         states: Map::new(),
         uploads: Vec::new(),
         steps: Vec::new(),
+        in_branch: false,
+    };
+    let levels = levels(wf);
+    let entry = |k: usize| -> String {
+        match levels[k].as_slice() {
+            [i] => State::Key.of(&wf.steps[*i].id),
+            _ => states::parallel(k + 1),
+        }
     };
     c.states.insert(
         states::INIT.into(),
@@ -227,17 +225,42 @@ pub fn compile_stepfunctions(
             "Type": "Pass",
             "Comment": "Characters the intrinsic expressions take as arguments instead of escapes (docs/cloud.md §3); the execution input is kept under $.input.",
             "Parameters": init_parameters(),
-            "Next": State::Key.of(&wf.steps[0].id),
+            "Next": entry(0),
         }),
     );
     let mut timeout: u64 = 3600;
-    for (i, def) in wf.steps.iter().enumerate() {
-        let (kc, template) = keys[i].take().expect("keys computed above");
-        let next = wf.steps.get(i + 1).map(|d| State::Key.of(&d.id));
-        let plan = job::plan_step(wf, i, &target, &kc);
-        timeout += step_timeout(plan.as_ref());
-        c.step(i, def, plan, &template, next);
+    let mut done: Vec<usize> = Vec::new();
+    for (k, level) in levels.iter().enumerate() {
+        let next = (k + 1 < levels.len()).then(|| entry(k + 1));
+        let mut level_timeout = 0;
+        let mut branches = Vec::new();
+        for &i in level {
+            let def = &wf.steps[i];
+            let (kc, template) = keys[i].take().expect("keys computed above");
+            let plan = job::plan_step(wf, i, &target, &kc);
+            level_timeout = level_timeout.max(step_timeout(plan.as_ref()));
+            if let [_] = level.as_slice() {
+                c.step(i, def, plan, &template, next.clone());
+            } else {
+                // Each independent step is a branch of one Parallel state: its own states, its
+                // Done ending the branch with the step's member as the branch's output.
+                let outside = std::mem::take(&mut c.states);
+                c.in_branch = true;
+                c.step(i, def, plan, &template, None);
+                c.in_branch = false;
+                let inside = std::mem::replace(&mut c.states, outside);
+                branches.push(json!({ "StartAt": State::Key.of(&def.id), "States": inside }));
+            }
+        }
+        timeout += level_timeout;
+        if !branches.is_empty() {
+            c.parallel(k + 1, level, &done, branches, next);
+        }
+        done.extend(level);
     }
+    // Reported in the workflow's order, whatever order the levels emitted them in.
+    c.steps
+        .sort_by_key(|s| wf.steps.iter().position(|d| d.id == s.id));
     let definition = sort_keys(json!({
         "Comment": format!("wf workflow `{}` (compiled by wf {}; conventions in docs/cloud.md)", wf.name, env!("CARGO_PKG_VERSION")),
         "StartAt": states::INIT,
@@ -263,6 +286,27 @@ pub fn compile_stepfunctions(
         uploads,
         steps,
     })
+}
+
+/// The steps grouped by depth (the longest chain of inputs before each), each group in the
+/// workflow's order. The steps of one group never read each other, so they run at once (docs/cloud.md
+/// §4): a diamond is three groups, a fan-out two.
+fn levels(wf: &Workflow) -> Vec<Vec<usize>> {
+    let mut depth = vec![0usize; wf.steps.len()];
+    // `wf.steps` is in topological order: inputs come first.
+    for (i, def) in wf.steps.iter().enumerate() {
+        depth[i] = def
+            .inputs
+            .values()
+            .map(|&p| depth[p] + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); depth.iter().max().map_or(0, |d| d + 1)];
+    for (i, d) in depth.into_iter().enumerate() {
+        out[d].push(i);
+    }
+    out
 }
 
 /// `Init`'s output: the execution input, the characters literals may not hold, and `steps`.
@@ -315,7 +359,7 @@ fn step_timeout(plan: Option<&StepJobs>) -> u64 {
     let Some(p) = plan else { return 0 };
     let jobs: u32 = std::iter::once(&p.run)
         .chain(&p.commit)
-        .map(|j| j.max_runtime_seconds + JOB_TIMEOUT_SLACK)
+        .map(|j| j.timeout_seconds.saturating_mul(j.retries + 1))
         .sum();
     let fsx = match p.run.form {
         JobForm::Training { .. } => FSX_MAX_POLLS * FSX_POLL_SECONDS,
@@ -342,10 +386,21 @@ fn sort_keys(v: Json) -> Json {
     }
 }
 
+/// What `s3:getObject` raises for a missing entry: the only error that means a cache miss. Step
+/// Functions names an SDK error `S3.<code>Exception`; `S3.NoSuchKey` is S3's own code.
+const NOT_FOUND: [&str; 2] = ["S3.NoSuchKeyException", "S3.NoSuchKey"];
+
+/// A missing entry is an answer, not a fault: not retried (the first matching retrier decides).
+fn not_found_is_final() -> Json {
+    json!({ "ErrorEquals": NOT_FOUND, "MaxAttempts": 0 })
+}
+
+/// Any other error of an entry read (access denied, throttling, a wrong bucket, a timeout) is
+/// retried with backoff and then fails the execution: taking it for a miss would rerun the step.
 fn retry_s3() -> Json {
     json!({
-        "ErrorEquals": ["S3.SlowDownException", "S3.InternalErrorException", "S3.SdkClientException"],
-        "IntervalSeconds": 1, "BackoffRate": 2.0, "MaxAttempts": 5
+        "ErrorEquals": ["States.ALL"],
+        "IntervalSeconds": 1, "BackoffRate": 2.0, "MaxAttempts": S3_ATTEMPTS
     })
 }
 
@@ -361,6 +416,13 @@ fn retry_sagemaker() -> Json {
         "ErrorEquals": ["SageMaker.ThrottlingException", "SageMaker.InternalServerException"],
         "IntervalSeconds": 10, "BackoffRate": 2.0, "MaxAttempts": 6
     })
+}
+
+/// A step's last state inside a branch: the branch's output is the step's member.
+fn branch_end(mut state: Json, field: &str) -> Json {
+    state["End"] = json!(true);
+    state["OutputPath"] = json!(format!("$.steps.{field}"));
+    state
 }
 
 fn end_or_next(mut state: Json, next: Option<String>) -> Json {
@@ -394,15 +456,75 @@ struct Compiler<'a> {
     wf: &'a Workflow,
     target: &'a AwsTarget,
     fields: &'a [String],
-    opts: &'a CompileOptions<'a>,
     states: Map<String, Json>,
     uploads: Vec<Upload>,
     steps: Vec<CompiledStep>,
+    /// Emitting a branch of a Parallel state: a step's Done ends the branch.
+    in_branch: bool,
 }
 
 impl<'a> Compiler<'a> {
+    /// Parallel state `n` running `level`'s steps as branches, and the Pass after it that puts
+    /// each branch's output (the step's `key` and `artifact`) under `$.steps`, beside the steps
+    /// `done` before, and drops the branches' array (so the payload stays small).
+    fn parallel(
+        &mut self,
+        n: usize,
+        level: &[usize],
+        done: &[usize],
+        branches: Vec<Json>,
+        next: Option<String>,
+    ) {
+        let merge = states::merge(n);
+        self.add(
+            states::parallel(n),
+            json!({
+                "Type": "Parallel",
+                "Comment": format!(
+                    "steps {} read nothing of each other: they run at once",
+                    level.iter().map(|&i| format!("`{}`", self.wf.steps[i].id)).collect::<Vec<_>>().join(", ")
+                ),
+                "Branches": branches,
+                "ResultPath": "$.parallel",
+                "Next": merge,
+            }),
+        );
+        let mut steps = Map::new();
+        for &i in done {
+            steps.insert(
+                format!("{}.$", self.fields[i]),
+                json!(format!("$.steps.{}", self.fields[i])),
+            );
+        }
+        for (k, &i) in level.iter().enumerate() {
+            steps.insert(
+                format!("{}.$", self.fields[i]),
+                json!(format!("$.parallel[{k}]")),
+            );
+        }
+        let mut p = intrinsic::constants_json();
+        p.insert("input.$".into(), json!("$.input"));
+        p.insert("steps".into(), Json::Object(steps));
+        self.add(
+            merge,
+            end_or_next(
+                json!({ "Type": "Pass", "Parameters": Json::Object(p) }),
+                next,
+            ),
+        );
+    }
+
     fn path(&self, i: usize, member: &str) -> String {
         format!("$.steps.{}.{member}", self.fields[i])
+    }
+
+    /// A step's Done: on to `next`, the end of the machine, or the end of its branch.
+    fn last(&self, i: usize, state: Json, next: Option<String>) -> Json {
+        if self.in_branch {
+            branch_end(state, &self.fields[i])
+        } else {
+            end_or_next(state, next)
+        }
     }
 
     fn add(&mut self, name: String, state: Json) {
@@ -470,7 +592,9 @@ impl<'a> Compiler<'a> {
         let id = def.id.as_str();
         let key_expr = template.hash_expr(|slot| self.path(def.inputs[slot], "artifact"));
         let done = State::Done.of(id);
-        let failed = State::Failed.of(id);
+        // Every error route leads to the diagnosis, which names the job's FailureReason when
+        // there is one.
+        let failed = State::Diagnose.of(id);
 
         let Some(plan) = plan else {
             // fsx-import: pass-through; the file system is made on consumers' miss paths.
@@ -490,18 +614,13 @@ impl<'a> Compiler<'a> {
                 .next()
                 .map(|&p| self.path(p, "artifact"))
                 .expect("fsx-import steps have one input (checked before compiling)");
-            self.add(
-                done,
-                end_or_next(
-                    json!({
-                        "Type": "Pass",
-                        "Comment": "fsx-import passes its input through; training steps that miss the cache create the file system",
-                        "Parameters": { "key.$": self.path(i, "key"), "artifact.$": src },
-                        "ResultPath": format!("$.steps.{}", self.fields[i]),
-                    }),
-                    next,
-                ),
-            );
+            let state = json!({
+                "Type": "Pass",
+                "Comment": "fsx-import passes its input through; training steps that miss the cache create the file system",
+                "Parameters": { "key.$": self.path(i, "key"), "artifact.$": src },
+                "ResultPath": format!("$.steps.{}", self.fields[i]),
+            });
+            self.add(done, self.last(i, state, next));
             self.finish_step(i, def, template);
             return;
         };
@@ -529,7 +648,7 @@ impl<'a> Compiler<'a> {
             self.get_entry(
                 i,
                 json!([{
-                    "ErrorEquals": ["States.ALL"],
+                    "ErrorEquals": NOT_FOUND,
                     "ResultPath": self.path(i, "miss"),
                     "Next": miss_next,
                 }]),
@@ -571,36 +690,111 @@ impl<'a> Compiler<'a> {
             self.get_entry(
                 i,
                 json!([{
-                    "ErrorEquals": ["States.ALL"],
+                    "ErrorEquals": NOT_FOUND,
                     "ResultPath": self.path(i, "error"),
-                    "Next": failed.clone(),
+                    "Next": State::NotPublished.of(id),
                 }]),
                 done.clone(),
             ),
         );
+        let state = json!({
+            "Type": "Pass",
+            "Parameters": {
+                "key.$": self.path(i, "key"),
+                "artifact.$": self.path(i, "found.entry.artifact"),
+            },
+            "ResultPath": format!("$.steps.{}", self.fields[i]),
+        });
+        self.add(done, self.last(i, state, next));
+        self.failure_states(i, def);
+        self.finish_step(i, def, template);
+    }
+
+    /// How step `i` fails: a SageMaker job that failed (its `FailureReason` in the cause), the job
+    /// publishing nothing, or any other error (its name and cause). `$.steps.<f>.error` holds the
+    /// caught error.
+    fn failure_states(&mut self, i: usize, def: &StepDef) {
+        let id = def.id.as_str();
+        let error = self.path(i, "error");
+        let job = self.path(i, "failure.job");
+        let what = format!("step `{id}` ({})", def.kind());
         self.add(
-            done,
-            end_or_next(
-                json!({
-                    "Type": "Pass",
-                    "Parameters": {
-                        "key.$": self.path(i, "key"),
-                        "artifact.$": self.path(i, "found.entry.artifact"),
-                    },
-                    "ResultPath": format!("$.steps.{}", self.fields[i]),
-                }),
-                next,
-            ),
-        );
-        self.add(
-            failed,
+            State::Diagnose.of(id),
             json!({
-                "Type": "Fail",
-                "Error": "wf.StepFailed",
-                "Cause": format!("step `{id}` ({}) failed; its error is in $.steps.{}.error of the execution history, its job's log in CloudWatch", def.kind(), self.fields[i]),
+                "Type": "Choice",
+                "Comment": "a failed job's task error holds its description (JSON) as the cause",
+                "Choices": [{
+                    "And": [
+                        { "Variable": format!("{error}.Error"), "StringEquals": "States.TaskFailed" },
+                        { "Variable": format!("{error}.Cause"), "StringMatches": "{*" },
+                    ],
+                    "Next": State::Job.of(id),
+                }],
+                "Default": State::Failed.of(id),
             }),
         );
-        self.finish_step(i, def, template);
+        self.add(
+            State::Job.of(id),
+            json!({
+                "Type": "Pass",
+                "Parameters": { "job.$": format!("States.StringToJson({error}.Cause)") },
+                "ResultPath": self.path(i, "failure"),
+                "Next": State::HasReason.of(id),
+            }),
+        );
+        self.add(
+            State::HasReason.of(id),
+            json!({
+                "Type": "Choice",
+                "Choices": [{
+                    "Variable": format!("{job}.FailureReason"),
+                    "IsPresent": true,
+                    "Next": State::JobFailed.of(id),
+                }],
+                "Default": State::Failed.of(id),
+            }),
+        );
+        let reason = format!("{job}.FailureReason");
+        self.add(
+            State::JobFailed.of(id),
+            json!({
+                "Type": "Fail",
+                "Error": JOB_FAILED,
+                "CausePath": format_n(&[
+                    Piece::Lit(&format!("{what}: its SageMaker job failed: ")),
+                    Piece::Arg(&reason),
+                ]),
+            }),
+        );
+        let (name, cause) = (format!("{error}.Error"), format!("{error}.Cause"));
+        self.add(
+            State::Failed.of(id),
+            json!({
+                "Type": "Fail",
+                "Error": STEP_FAILED,
+                "CausePath": format_n(&[
+                    Piece::Lit(&format!("{what} failed: ")),
+                    Piece::Arg(&name),
+                    Piece::Lit(": "),
+                    Piece::Arg(&cause),
+                ]),
+            }),
+        );
+        if self.states.contains_key(&State::Published.of(id)) {
+            let entry = layout::entry_key(&self.target.cache, Var::Key);
+            self.add(
+                State::NotPublished.of(id),
+                json!({
+                    "Type": "Fail",
+                    "Error": STEP_FAILED,
+                    "Cause": format!(
+                        "{what}: its job completed but published no entry at s3://{}/{} (see its job's log)",
+                        self.target.cache.bucket,
+                        entry.resolve(&|_| "<key>".to_string())
+                    ),
+                }),
+            );
+        }
     }
 
     fn finish_step(&mut self, i: usize, def: &StepDef, template: &KeyTemplate) {
@@ -643,23 +837,10 @@ impl<'a> Compiler<'a> {
             "ResultSelector": { "entry.$": "States.StringToJson($.Body)" },
             "ResultPath": self.path(i, "found"),
             "TimeoutSeconds": 60,
-            "Retry": [retry_s3()],
+            "Retry": [not_found_is_final(), retry_s3()],
             "Catch": catch,
             "Next": next,
         })
-    }
-
-    fn retries(&self) -> Vec<Json> {
-        let mut r = vec![retry_sagemaker()];
-        if self.opts.failed_job_retries > 0 {
-            r.push(json!({
-                "ErrorEquals": ["States.TaskFailed"],
-                "IntervalSeconds": self.opts.failed_job_retry_seconds.max(1),
-                "BackoffRate": 2.0,
-                "MaxAttempts": self.opts.failed_job_retries,
-            }));
-        }
-        r
     }
 
     /// A job as a `.sync` task of the SageMaker integration.
@@ -672,9 +853,21 @@ impl<'a> Compiler<'a> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let stopping = json!({ "MaxRuntimeInSeconds": job.max_runtime_seconds });
+        let mut stopping = json!({ "MaxRuntimeInSeconds": job.max_runtime_seconds });
+        let vpc = job
+            .vpc
+            .as_ref()
+            .map(|v| json!({ "Subnets": v.subnets, "SecurityGroupIds": v.security_group_ids }));
         let (resource, mut params) = match &job.form {
             JobForm::Processing { inputs } => {
+                let mut cluster = json!({
+                    "InstanceCount": job.instance_count,
+                    "InstanceType": job.instance_type,
+                    "VolumeSizeInGB": job.volume_size_gb,
+                });
+                if let Some(k) = &job.volume_kms_key_id {
+                    cluster["VolumeKmsKeyId"] = json!(k);
+                }
                 let mut params = json!({
                     "RoleArn": job.role_arn,
                     "AppSpecification": {
@@ -682,14 +875,13 @@ impl<'a> Compiler<'a> {
                         "ContainerEntrypoint": job.entrypoint,
                         "ContainerArguments.$": args,
                     },
-                    "ProcessingResources": { "ClusterConfig": {
-                        "InstanceCount": job.instance_count,
-                        "InstanceType": job.instance_type,
-                        "VolumeSizeInGB": job.volume_size_gb,
-                    }},
+                    "ProcessingResources": { "ClusterConfig": cluster },
                     "StoppingCondition": stopping,
                 });
                 self.set(i, &mut params, "ProcessingJobName", &job.name);
+                if let Some(v) = vpc {
+                    params["NetworkConfig"] = json!({ "VpcConfig": v });
+                }
                 if !inputs.is_empty() {
                     let inputs: Vec<Json> = inputs
                         .iter()
@@ -713,7 +905,8 @@ impl<'a> Compiler<'a> {
                 hyperparameters,
                 output_path,
                 checkpoint_uri,
-                vpc,
+                metrics,
+                spot,
             } => {
                 let channels: Vec<Json> = channels
                     .iter()
@@ -742,44 +935,75 @@ impl<'a> Compiler<'a> {
                     .collect();
                 let mut checkpoint = json!({ "LocalPath": job::CHECKPOINT_DIR });
                 self.set(i, &mut checkpoint, "S3Uri", checkpoint_uri);
+                let mut algorithm = json!({
+                    "TrainingImage": job.image_uri,
+                    "TrainingInputMode": "File",
+                    "ContainerEntrypoint": job.entrypoint,
+                    "ContainerArguments.$": args,
+                });
+                if !metrics.is_empty() {
+                    algorithm["MetricDefinitions"] = Json::Array(
+                        metrics
+                            .iter()
+                            .map(|m| json!({ "Name": m.name, "Regex": m.regex }))
+                            .collect(),
+                    );
+                }
+                let mut resources = json!({
+                    "InstanceType": job.instance_type,
+                    "InstanceCount": job.instance_count,
+                    "VolumeSizeInGB": job.volume_size_gb,
+                });
+                if let Some(k) = &job.volume_kms_key_id {
+                    resources["VolumeKmsKeyId"] = json!(k);
+                }
+                let mut output = json!({ "S3OutputPath": output_path });
+                if let Some(k) = &job.output_kms_key_id {
+                    output["KmsKeyId"] = json!(k);
+                }
+                if let Some(s) = spot {
+                    stopping["MaxWaitTimeInSeconds"] = json!(s.max_wait_seconds);
+                }
                 let mut params = json!({
                     "RoleArn": job.role_arn,
-                    "AlgorithmSpecification": {
-                        "TrainingImage": job.image_uri,
-                        "TrainingInputMode": "File",
-                        "ContainerEntrypoint": job.entrypoint,
-                        "ContainerArguments.$": args,
-                    },
+                    "AlgorithmSpecification": algorithm,
                     "HyperParameters": object(hyperparameters),
                     "InputDataConfig": channels,
-                    "OutputDataConfig": { "S3OutputPath": output_path },
-                    "ResourceConfig": {
-                        "InstanceType": job.instance_type,
-                        "InstanceCount": job.instance_count,
-                        "VolumeSizeInGB": job.volume_size_gb,
-                    },
+                    "OutputDataConfig": output,
+                    "ResourceConfig": resources,
                     "StoppingCondition": stopping,
                     "CheckpointConfig": checkpoint,
                 });
+                if spot.is_some() {
+                    params["EnableManagedSpotTraining"] = json!(true);
+                }
                 self.set(i, &mut params, "TrainingJobName", &job.name);
                 if let Some(v) = vpc {
-                    params["VpcConfig"] = json!({
-                        "Subnets": v.subnets,
-                        "SecurityGroupIds": v.security_group_ids,
-                    });
+                    params["VpcConfig"] = v;
                 }
                 ("createTrainingJob", params)
             }
         };
         params["Environment"] = object(&job.environment);
         params["Tags"] = tags(&job.tags);
+        let mut retry = vec![retry_sagemaker()];
+        if job.retries > 0 {
+            // A failed job is retried only where asked: most failures are deterministic
+            // (the worker exited non-zero) and a retry would fail the same way.
+            retry.push(json!({
+                "ErrorEquals": ["States.TaskFailed"],
+                "IntervalSeconds": job::RETRY_SECONDS,
+                "BackoffRate": 2.0,
+                "MaxAttempts": job.retries,
+            }));
+        }
         json!({
             "Type": "Task",
             "Resource": format!("arn:aws:states:::sagemaker:{resource}.sync"),
             "Parameters": params,
             "ResultPath": null,
-            "TimeoutSeconds": job.max_runtime_seconds + JOB_TIMEOUT_SLACK,
-            "Retry": self.retries(),
+            "TimeoutSeconds": job.timeout_seconds,
+            "Retry": retry,
             "Catch": [{ "ErrorEquals": ["States.ALL"], "ResultPath": self.path(i, "error"), "Next": failed }],
             "Next": next,
         })
@@ -889,10 +1113,22 @@ impl<'a> Compiler<'a> {
                     "Type": "Choice",
                     "Choices": [
                         { "Variable": lifecycle, "StringEquals": "AVAILABLE", "Next": st(Fsx::HasMount) },
-                        { "Variable": lifecycle, "StringEquals": "FAILED", "Next": after_error },
-                        { "Variable": self.path(i, "fsx.polls"), "NumericGreaterThanEquals": FSX_MAX_POLLS, "Next": after_error },
+                        { "Variable": lifecycle, "StringEquals": "FAILED", "Next": st(Fsx::NotAvailable) },
+                        { "Variable": self.path(i, "fsx.polls"), "NumericGreaterThanEquals": FSX_MAX_POLLS, "Next": st(Fsx::NotAvailable) },
                     ],
                     "Default": st(Fsx::Poll),
+                }),
+            ));
+            states.push((
+                st(Fsx::NotAvailable),
+                json!({
+                    "Type": "Pass",
+                    "Parameters": {
+                        "Error": "wf.FsxNotAvailable",
+                        "Cause": format!("the FSx for Lustre file system did not become AVAILABLE within {} s", FSX_MAX_POLLS * FSX_POLL_SECONDS),
+                    },
+                    "ResultPath": self.path(i, "error"),
+                    "Next": after_error.clone(),
                 }),
             ));
             states.push((
@@ -964,6 +1200,15 @@ mod tests {
         }
         fn remote(&self, _: &Params) -> RemoteTask {
             self.3.clone()
+        }
+        fn metrics(&self) -> &'static [crate::step::Metric] {
+            match self.3 {
+                RemoteTask::Training { .. } => &[crate::step::Metric {
+                    name: "train:loss",
+                    regex: "loss ([0-9.]+)",
+                }],
+                _ => &[],
+            }
         }
         fn sharded(&self) -> Option<&dyn crate::step::Sharded> {
             let sharded = matches!(
@@ -1040,6 +1285,10 @@ mod tests {
     const AWS: &str = "targets:\n  aws: { region: r, role_arn: arn, image_uri: img, bucket: s3://bkt/pre,\n    \
         subnets: [s-1, s-2], security_groups: [g-1] }\n";
 
+    /// `AWS` in block style, so that a test can add keys.
+    const AWS_BLOCK: &str = "targets:\n  aws:\n    region: r\n    role_arn: arn\n    image_uri: img\n    \
+        bucket: s3://bkt/pre\n    subnets: [s-1, s-2]\n    security_groups: [g-1]\n";
+
     fn compile_text(text: &str) -> Result<Compiled, Vec<String>> {
         let wf = crate::workflow::load_str(text, Path::new("t.yaml"), Path::new("."), &registry())
             .map_err(|e| vec![e.to_string()])?;
@@ -1084,7 +1333,7 @@ mod tests {
         assert_eq!(s["fit.Lookup"]["Catch"][0]["Next"], "fit.Fsx.Create");
         assert_eq!(s["fit.Run"]["Next"], "fit.Fsx.Delete");
         assert_eq!(s["fit.Run"]["Catch"][0]["Next"], "fit.Fsx.DeleteAfterError");
-        assert_eq!(s["fit.Fsx.DeleteAfterError"]["Next"], "fit.Failed");
+        assert_eq!(s["fit.Fsx.DeleteAfterError"]["Next"], "fit.Diagnose");
         assert_eq!(
             s["fit.Fsx.Create"]["Parameters"]["SubnetIds"],
             json!(["s-1"])
@@ -1180,6 +1429,197 @@ mod tests {
                 "t.yaml:8:8: targets.aws is missing `security_groups` (FSx for Lustre and training jobs run in a VPC)",
                 "t.yaml:8:8: targets.aws is missing `subnets` (FSx for Lustre and training jobs run in a VPC)",
             ]
+        );
+    }
+
+    /// Only "no such key" is a cache miss; any other S3 error is retried and then fails the
+    /// execution (an AccessDenied or a throttle must not rerun a step).
+    #[test]
+    fn only_a_missing_entry_is_a_miss() {
+        let c = compile_text(&format!("{WF}{AWS}")).unwrap();
+        let s = c.definition["States"].as_object().unwrap();
+        let reads: Vec<&String> = s
+            .keys()
+            .filter(|k| matches!(State::parse(k), Some((_, State::Lookup | State::Published))))
+            .collect();
+        assert_eq!(reads.len(), 6, "{reads:?}");
+        for name in reads {
+            let st = &s[name];
+            for c in st["Catch"].as_array().unwrap() {
+                assert_eq!(c["ErrorEquals"], json!(NOT_FOUND), "{name}");
+            }
+            let retry = st["Retry"].as_array().unwrap();
+            assert_eq!(
+                retry[0],
+                json!({ "ErrorEquals": NOT_FOUND, "MaxAttempts": 0 })
+            );
+            assert_eq!(retry[1]["ErrorEquals"], json!(["States.ALL"]), "{name}");
+            assert_eq!(retry[1]["MaxAttempts"], S3_ATTEMPTS);
+        }
+        assert_eq!(s["fit.Published"]["Catch"][0]["Next"], "fit.NotPublished");
+        assert_eq!(s["fit.NotPublished"]["Type"], "Fail");
+    }
+
+    /// A failed job fails its step at once with the job's FailureReason; `retries:` asks for
+    /// more attempts; `timeout:` bounds one attempt.
+    #[test]
+    fn a_failed_job_fails_with_its_reason_and_retries_only_when_asked() {
+        let c = compile_text(&format!("{WF}{AWS}")).unwrap();
+        let s = c.definition["States"].as_object().unwrap();
+        let run = &s["get-data.Run"];
+        assert_eq!(run["Retry"].as_array().unwrap().len(), 1, "{run}");
+        assert_eq!(
+            run["Retry"][0]["ErrorEquals"],
+            json!([
+                "SageMaker.ThrottlingException",
+                "SageMaker.InternalServerException"
+            ])
+        );
+        assert_eq!(run["Catch"][0]["Next"], "get-data.Diagnose");
+        assert_eq!(run["TimeoutSeconds"], 86_400 + 1_800);
+        let diagnose = &s["get-data.Diagnose"];
+        assert_eq!(diagnose["Choices"][0]["Next"], "get-data.Job");
+        assert_eq!(diagnose["Default"], "get-data.Failed");
+        assert_eq!(
+            s["get-data.Job"]["Parameters"]["job.$"],
+            "States.StringToJson($.steps.get_data.error.Cause)"
+        );
+        assert_eq!(
+            s["get-data.HasReason"]["Choices"][0]["Next"],
+            "get-data.JobFailed"
+        );
+        let failed = &s["get-data.JobFailed"];
+        assert_eq!(failed["Error"], JOB_FAILED);
+        assert_eq!(
+            failed["CausePath"],
+            "States.Format('step `get-data` (get): its SageMaker job failed: {}', $.steps.get_data.failure.job.FailureReason)"
+        );
+        assert_eq!(
+            s["get-data.Failed"]["CausePath"],
+            "States.Format('step `get-data` (get) failed: {}: {}', $.steps.get_data.error.Error, $.steps.get_data.error.Cause)"
+        );
+
+        let text = format!(
+            "{WF}{AWS_BLOCK}    steps:\n      get-data: {{ retries: 2, timeout: 4000, max_runtime_seconds: 3600 }}\n"
+        );
+        let c = compile_text(&text).unwrap();
+        let run = &c.definition["States"]["get-data.Run"];
+        assert_eq!(run["Retry"][1]["ErrorEquals"], json!(["States.TaskFailed"]));
+        assert_eq!(run["Retry"][1]["MaxAttempts"], 2);
+        assert_eq!(run["TimeoutSeconds"], 4000);
+        let errs = compile_text(&format!(
+            "{WF}{AWS_BLOCK}    steps:\n      get-data: {{ timeout: 600, max_runtime_seconds: 3600 }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.yaml:16:") && errs[0].contains("timeout (600) is shorter"),
+            "{errs:?}"
+        );
+    }
+
+    /// Tags, the KMS key and the VPC reach every job; metrics and managed spot the Training job.
+    #[test]
+    fn governance_metrics_and_spot_reach_the_jobs() {
+        let text = format!(
+            "{WF}{AWS_BLOCK}    tags: {{ project: p, team: t }}\n    kms_key_id: alias/k\n    log_level: ALL\n    tracing: true\n    steps:\n      \
+             fit: {{ spot: true, max_runtime_seconds: 3600, tags: {{ team: gpu }} }}\n"
+        );
+        let c = compile_text(&text).unwrap();
+        let s = c.definition["States"].as_object().unwrap();
+        let jobs: Vec<(&String, &Json)> = s
+            .iter()
+            .filter(|(_, st)| {
+                st["Resource"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(":sagemaker:"))
+            })
+            .collect();
+        assert_eq!(jobs.len(), 4, "get, prep, prep's commit, fit");
+        for (name, st) in &jobs {
+            let p = &st["Parameters"];
+            let tags = p["Tags"].as_array().unwrap();
+            let step = State::parse(name).unwrap().0;
+            let team = if step == "fit" { "gpu" } else { "t" };
+            assert_eq!(
+                tags,
+                &vec![
+                    json!({ "Key": "wf:step", "Value": step }),
+                    json!({ "Key": "project", "Value": "p" }),
+                    json!({ "Key": "team", "Value": team }),
+                ],
+                "{name}"
+            );
+            let (cluster, vpc) = if p["ProcessingResources"].is_object() {
+                (
+                    &p["ProcessingResources"]["ClusterConfig"],
+                    &p["NetworkConfig"]["VpcConfig"],
+                )
+            } else {
+                assert_eq!(p["OutputDataConfig"]["KmsKeyId"], "alias/k");
+                (&p["ResourceConfig"], &p["VpcConfig"])
+            };
+            assert_eq!(cluster["VolumeKmsKeyId"], "alias/k", "{name}");
+            assert_eq!(vpc["Subnets"], json!(["s-1", "s-2"]), "{name}");
+            let args = p["AppSpecification"]["ContainerArguments.$"]
+                .as_str()
+                .or(p["AlgorithmSpecification"]["ContainerArguments.$"].as_str())
+                .unwrap();
+            assert!(args.contains("'--kms-key-id', 'alias/k'"), "{name}: {args}");
+        }
+        let fit = &s["fit.Run"]["Parameters"];
+        assert_eq!(
+            fit["AlgorithmSpecification"]["MetricDefinitions"],
+            json!([{ "Name": "train:loss", "Regex": "loss ([0-9.]+)" }])
+        );
+        assert_eq!(fit["EnableManagedSpotTraining"], true);
+        assert_eq!(fit["StoppingCondition"]["MaxRuntimeInSeconds"], 3600);
+        assert_eq!(fit["StoppingCondition"]["MaxWaitTimeInSeconds"], 7200);
+        assert_eq!(fit["CheckpointConfig"]["LocalPath"], "/opt/ml/checkpoints");
+        assert_eq!(
+            fit["CheckpointConfig"]["S3Uri.$"],
+            "States.Format('s3://bkt/pre/checkpoints/{}/', $.steps.fit.key)"
+        );
+        assert_eq!(s["fit.Run"]["TimeoutSeconds"], 7200 + 1_800);
+        assert!(s["prep.Run"]["Parameters"]["EnableManagedSpotTraining"].is_null());
+        assert_eq!(
+            s["fit.Fsx.Create"]["Parameters"]["Tags"][2],
+            json!({ "Key": "team", "Value": "gpu" })
+        );
+    }
+
+    /// Settings that cannot work are refused where they are written: spot on a Processing step,
+    /// a spot wait shorter than the run, reserved tag keys.
+    #[test]
+    fn governance_and_spot_mistakes_are_positioned() {
+        let errs = compile_text(&format!(
+            "{WF}{AWS_BLOCK}    tags: {{ \"aws:x\": y, \"wf:step\": z }}\n"
+        ))
+        .unwrap_err();
+        // Found while loading the workflow: one error listing both.
+        let lines: Vec<&str> = errs[0].lines().collect();
+        assert_eq!(lines.len(), 2, "{errs:?}");
+        assert!(
+            lines[0].starts_with("t.yaml:15:13: ") && lines[0].contains("`aws:x`"),
+            "{errs:?}"
+        );
+        assert!(
+            lines[1].starts_with("t.yaml:15:25: ") && lines[1].contains("`wf:step`"),
+            "{errs:?}"
+        );
+        let text = format!(
+            "{WF}{AWS_BLOCK}    steps:\n      prep: {{ spot: true }}\n      \
+             fit: {{ spot: true, max_runtime_seconds: 3600, max_wait_seconds: 600 }}\n"
+        );
+        let errs = compile_text(&text).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.yaml:16:21: ") && errs[0].contains("Processing job"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("t.yaml:17:") && errs[1].contains("max_wait_seconds (600)"),
+            "{errs:?}"
         );
     }
 }

@@ -905,6 +905,7 @@ fn run_keyed(
     tracing::debug!(step = id, key = %key, "running");
     let progress = ChannelProgress::new(id, tx);
     let cx = RunContext {
+        resume_dir: None,
         step_id: id,
         workflow_dir: &wf.dir,
         params: &def.params,

@@ -38,8 +38,8 @@ pub use params::{ParamSpec, ParamType, Params};
 pub use registry::Registry;
 pub use remote::{RemoteCache, RemoteError, RemoteExecutor};
 pub use step::{
-    CancelToken, CheckContext, Count, InputArtifact, Item, Merged, Part, Progress, RemoteTask,
-    RunContext, Sharded, SizeEstimate, Step, StepError, Unit,
+    CancelToken, CheckContext, Count, InputArtifact, Item, Merged, Metric, Part, Progress,
+    RemoteTask, RunContext, Sharded, SizeEstimate, Step, StepError, Unit,
 };
 pub use store::Store;
 pub use words::plural;

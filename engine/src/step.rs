@@ -107,6 +107,12 @@ pub trait Step: Send + Sync + 'static {
     /// How this step runs remotely (SageMaker job, FSx import, ...).
     fn remote(&self, params: &Params) -> RemoteTask;
 
+    /// Metrics the step prints while it runs (`Progress::note` lines, which a worker writes to the
+    /// job's log), for the SageMaker console and CloudWatch (a Training job's `MetricDefinitions`).
+    fn metrics(&self) -> &'static [Metric] {
+        &[]
+    }
+
     /// Whether (and how) the step runs as parts on several instances whose outputs one commit job
     /// merges (`RemoteTask::Processing { sharded_input: true }`, docs/cloud.md §6).
     fn sharded(&self) -> Option<&dyn Sharded> {
@@ -235,6 +241,10 @@ pub struct RunContext<'a> {
     pub progress: &'a dyn Progress,
     /// The store, for steps that keep finer-grained caches of their own (per-case preprocessing).
     pub store: &'a crate::store::Store,
+    /// A directory that outlives an interruption of this run and is restored for the next attempt
+    /// (a Training job's checkpoint directory, which SageMaker syncs with S3), for steps that resume;
+    /// `None`: such a step keeps its resume state under the store.
+    pub resume_dir: Option<&'a Path>,
 }
 
 /// Progress reporting from inside a step (the reporter decides how to show it).
@@ -353,6 +363,14 @@ impl From<std::io::Error> for StepError {
     fn from(e: std::io::Error) -> Self {
         StepError::new(e.to_string())
     }
+}
+
+/// A metric in a step's log lines: SageMaker charts the first capture group of `regex` (a number)
+/// under `name` for every line that matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub regex: &'static str,
 }
 
 /// The remote form of a step, for the Step Functions compiler and the SageMaker executor.

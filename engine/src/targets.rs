@@ -33,6 +33,14 @@ pub struct AwsSettings {
     pub subnets: Vec<String>,
     pub security_groups: Vec<String>,
     pub state_machine_name: Option<Spanned<String>>,
+    /// Tags of the state machine and of every job and file system.
+    pub tags: Vec<(String, String)>,
+    pub kms_key_id: Option<Spanned<String>>,
+    /// The state machine's CloudWatch Logs level (`ALL`, `ERROR`, `FATAL`, `OFF`).
+    pub log_level: Option<Spanned<String>>,
+    pub log_group: Option<Spanned<String>>,
+    /// X-Ray tracing of the state machine.
+    pub tracing: Option<bool>,
     pub fsx: Option<FsxBlock>,
     /// `targets.aws.steps.<id>`, in file order.
     pub steps: Vec<(Spanned<String>, StepResources)>,
@@ -54,7 +62,16 @@ pub struct StepResources {
     pub instance_type: Option<String>,
     pub instance_count: Option<u32>,
     pub volume_size_gb: Option<u32>,
-    pub max_runtime_seconds: Option<u32>,
+    pub max_runtime_seconds: Option<Spanned<u32>>,
+    /// Retries of a failed job (each under a new job name).
+    pub retries: Option<u32>,
+    /// How long the state machine waits for one attempt of the step's job.
+    pub timeout: Option<Spanned<u32>>,
+    /// Managed spot training.
+    pub spot: Option<Spanned<bool>>,
+    pub max_wait_seconds: Option<Spanned<u32>>,
+    /// Added to the workflow's tags (a key of both takes the step's value).
+    pub tags: Vec<(String, String)>,
 }
 
 static STR_LIST: ParamType = ParamType::List(&ParamType::Str);
@@ -109,6 +126,31 @@ pub const AWS_KEYS: &[SettingKey] = &[
         &ParamType::Str,
         "the state machine's name (default `wf-<workflow name>`)",
     ),
+    key(
+        "tags",
+        &ParamType::StrMap,
+        "tags of the state machine and of every job and file system (`wf:step` names the step; keys starting with `aws:` or `wf:` are reserved)",
+    ),
+    key(
+        "kms_key_id",
+        &ParamType::Str,
+        "KMS key (id, ARN or alias) for the jobs' storage volumes and outputs and for every S3 object wf writes (SSE-KMS)",
+    ),
+    key(
+        "log_level",
+        &ParamType::Enum(&["ALL", "ERROR", "FATAL", "OFF"]),
+        "what the state machine logs to CloudWatch Logs (default `ERROR`; `OFF`: no logging)",
+    ),
+    key(
+        "log_group",
+        &ParamType::Str,
+        "the CloudWatch Logs group of the state machine, created by `wf deploy` when missing (default `/aws/vendedlogs/states/<state machine name>`)",
+    ),
+    key(
+        "tracing",
+        &ParamType::Bool,
+        "X-Ray tracing of the state machine (default false)",
+    ),
 ];
 
 /// What `targets.aws.steps` is.
@@ -139,6 +181,37 @@ pub const AWS_STEP_KEYS: &[SettingKey] = &[
             max: 2_419_200,
         },
         "the job's time limit (default 86400 for processing, 432000 for training)",
+    ),
+    key(
+        "retries",
+        &ParamType::Int { min: 0, max: 10 },
+        "retries of a failed job, each under a new job name after 60 s (default 0: a failed job fails the step at once; throttling and internal errors of SageMaker are always retried)",
+    ),
+    key(
+        "timeout",
+        &ParamType::Int {
+            min: 60,
+            max: 31_536_000,
+        },
+        "seconds the state machine waits for one attempt of the step's job (default its `max_runtime_seconds`, plus `max_wait_seconds` with `spot`, plus 1800)",
+    ),
+    key(
+        "spot",
+        &ParamType::Bool,
+        "managed spot training: Training jobs only (SageMaker runs Processing jobs on on-demand capacity); checkpoints go to `P/checkpoints/<key>/` and an interrupted job resumes from them (default false)",
+    ),
+    key(
+        "max_wait_seconds",
+        &ParamType::Int {
+            min: 60,
+            max: 2_419_200,
+        },
+        "with `spot`: how long the job may wait for spot capacity and run, at least `max_runtime_seconds` (default twice `max_runtime_seconds`)",
+    ),
+    key(
+        "tags",
+        &ParamType::StrMap,
+        "tags of this step's jobs, added to `targets.aws.tags`",
     ),
 ];
 
@@ -225,6 +298,15 @@ impl Block<'_> {
         })
     }
 
+    fn bool(&self, key: &str) -> Option<bool> {
+        self.get(key).and_then(|(v, _)| v.as_bool())
+    }
+
+    fn spanned<T>(&self, key: &str, f: impl Fn(&Json) -> Option<T>) -> Option<Spanned<T>> {
+        let (v, span) = self.get(key)?;
+        Some(Spanned { value: f(v)?, span })
+    }
+
     fn u32(&self, key: &str) -> Option<u32> {
         self.get(key)
             .and_then(|(v, _)| v.as_u64())
@@ -260,6 +342,11 @@ pub fn parse_aws(node: &Node, diags: &mut Diagnostics) -> AwsSettings {
     out.subnets = block.list("subnets");
     out.security_groups = block.list("security_groups");
     out.state_machine_name = block.str("state_machine_name");
+    out.tags = tags(node, &block, "targets.aws", diags);
+    out.kms_key_id = block.str("kms_key_id");
+    out.log_level = block.str("log_level");
+    out.log_group = block.str("log_group");
+    out.tracing = block.bool("tracing");
     if let Some(steps) = node.get("steps") {
         match steps.as_map() {
             Some(entries) => {
@@ -268,11 +355,17 @@ pub fn parse_aws(node: &Node, diags: &mut Diagnostics) -> AwsSettings {
                     let Some(b) = Block::check(v, AWS_STEP_KEYS, &[], &context, diags) else {
                         continue;
                     };
+                    let u32_of = |v: &Json| v.as_u64().and_then(|n| u32::try_from(n).ok());
                     let resources = StepResources {
                         instance_type: b.str("instance_type").map(|s| s.value),
                         instance_count: b.u32("instance_count"),
                         volume_size_gb: b.u32("volume_size_gb"),
-                        max_runtime_seconds: b.u32("max_runtime_seconds"),
+                        max_runtime_seconds: b.spanned("max_runtime_seconds", u32_of),
+                        retries: b.u32("retries"),
+                        timeout: b.spanned("timeout", u32_of),
+                        spot: b.spanned("spot", Json::as_bool),
+                        max_wait_seconds: b.spanned("max_wait_seconds", u32_of),
+                        tags: tags(v, &b, &context, diags),
                     };
                     let id = Spanned {
                         value: k.name.clone(),
@@ -300,6 +393,53 @@ pub fn parse_aws(node: &Node, diags: &mut Diagnostics) -> AwsSettings {
             deployment_type: b.str("deployment_type"),
             per_unit_storage_throughput: b.u32("per_unit_storage_throughput"),
         });
+    }
+    out
+}
+
+/// AWS's limits on a tag (SageMaker, Step Functions and FSx share them).
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+
+/// The `tags:` of a block, each key checked where it is written: AWS's lengths, and prefixes that
+/// are not the user's (`aws:` is AWS's, `wf:` wf's own, e.g. `wf:step`).
+fn tags(
+    node: &Node,
+    block: &Block<'_>,
+    context: &str,
+    diags: &mut Diagnostics,
+) -> Vec<(String, String)> {
+    let Some((Json::Object(values), _)) = block.get("tags") else {
+        return Vec::new();
+    };
+    let entries = node.get("tags").and_then(Node::as_map).unwrap_or_default();
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        let Some(value) = values.get(&k.name).and_then(Json::as_str) else {
+            continue;
+        };
+        let problem = if k.name.is_empty() || k.name.chars().count() > MAX_TAG_KEY {
+            Some(format!("must be 1 to {MAX_TAG_KEY} characters"))
+        } else if k.name.to_ascii_lowercase().starts_with("aws:") {
+            Some("starts with `aws:`, which AWS reserves".to_string())
+        } else if k.name.starts_with("wf:") {
+            Some("starts with `wf:`, which wf reserves for its own tags (`wf:step`)".to_string())
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            diags.error(k.span, format!("{context}.tags: key `{}` {p}", k.name));
+        } else if value.chars().count() > MAX_TAG_VALUE {
+            diags.error(
+                v.span,
+                format!(
+                    "{context}.tags.{}: a tag value may hold at most {MAX_TAG_VALUE} characters",
+                    k.name
+                ),
+            );
+        } else {
+            out.push((k.name.clone(), value.to_string()));
+        }
     }
     out
 }

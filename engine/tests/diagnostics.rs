@@ -41,6 +41,7 @@ fixture!(
     bad_step_shapes,
     targets,
     facts_flow_downstream,
+    targets_production,
     everything,
     empty,
     comment_only,

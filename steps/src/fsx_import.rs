@@ -233,6 +233,7 @@ mod tests {
         let st = store.stage("fsx").unwrap();
         let cancel = CancelToken::default();
         let cx = RunContext {
+            resume_dir: None,
             step_id: "stage",
             workflow_dir: Path::new("."),
             params: &params,

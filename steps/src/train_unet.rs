@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wf_engine::key::KeyComponents;
 use wf_engine::params::ParamType;
 use wf_engine::{
-    ArtifactType, CheckContext, Count, Diagnostics, ParamSpec, Params, RemoteTask, RunContext,
-    Slots, Step, StepError, Store, Unit, plural,
+    ArtifactType, CheckContext, Count, Diagnostics, Metric, ParamSpec, Params, RemoteTask,
+    RunContext, Slots, Step, StepError, Store, Unit, plural,
 };
 use wf_imaging::samples::{INDEX_FILE, SamplesIndex};
 use wf_trainer::TrainerError;
@@ -172,6 +172,52 @@ impl TrainParams {
             bf16: self.precision == "bf16",
         }
     }
+}
+
+/// The numbers of each epoch's line (`epoch_line`), for a Training job's `MetricDefinitions`:
+/// SageMaker charts the first capture group of every log line that matches. Each regex starts at
+/// `epoch N/M:`, so other lines quoting a Dice (an export's summary) are not charted. A Dice that could not be
+/// computed reads `n/a` and matches nothing.
+pub const METRICS: &[Metric] = &[
+    Metric {
+        name: "train:loss",
+        regex: r"epoch [0-9]+/[0-9]+: loss ([0-9.eE+-]+),",
+    },
+    Metric {
+        name: "validation:dice_mean",
+        regex: r"epoch [0-9]+/[0-9]+: .*val Dice mean ([0-9.]+) ",
+    },
+    Metric {
+        name: "validation:dice_tc",
+        regex: r"epoch [0-9]+/[0-9]+: .*\(TC ([0-9.]+),",
+    },
+    Metric {
+        name: "validation:dice_wt",
+        regex: r"epoch [0-9]+/[0-9]+: .*, WT ([0-9.]+),",
+    },
+    Metric {
+        name: "validation:dice_et",
+        regex: r"epoch [0-9]+/[0-9]+: .*, ET ([0-9.]+)\)",
+    },
+    Metric {
+        name: "train:samples_per_second",
+        regex: r"epoch [0-9]+/[0-9]+: .*, ([0-9.]+) samples/s",
+    },
+];
+
+/// The line each epoch prints (and the worker writes to the job's log), which `METRICS` reads.
+fn epoch_line(m: &wf_trainer::train::EpochMetrics, epochs: u64, samples_per_second: f64) -> String {
+    let dice = |d: Option<f32>| d.map_or_else(|| "n/a".to_string(), |d| format!("{d:.4}"));
+    format!(
+        "epoch {}/{epochs}: loss {:.4}, val Dice mean {} (TC {}, WT {}, ET {}), {:.1} samples/s",
+        m.epoch,
+        m.train_loss,
+        dice(m.val_mean_dice),
+        dice(m.val_dice_tc),
+        dice(m.val_dice_wt),
+        dice(m.val_dice_et),
+        samples_per_second
+    )
 }
 
 impl Step for TrainUnet {
@@ -340,11 +386,17 @@ impl Step for TrainUnet {
         let index = SamplesIndex::read(&input.path.join(INDEX_FILE))
             .map_err(|e| StepError::new(format!("the samples index: {e}")))?;
 
-        let work = cx.store.derived_dir("train-unet").join(resume_id(
-            &cx.params.canonical_json(),
-            cx.seed,
-            &input.digest.to_hex(),
-        ));
+        // Checkpoints go where the next attempt finds them: the run's resume directory (a
+        // Training job's checkpoint directory, synced with S3 across spot interruptions), else
+        // the store.
+        let work = cx
+            .resume_dir
+            .map_or_else(|| cx.store.derived_dir("train-unet"), Path::to_path_buf)
+            .join(resume_id(
+                &cx.params.canonical_json(),
+                cx.seed,
+                &input.digest.to_hex(),
+            ));
         std::fs::create_dir_all(&work)
             .map_err(|e| StepError::new(format!("{}: {e}", work.display())))?;
         let mut log = std::fs::OpenOptions::new()
@@ -424,18 +476,7 @@ impl Step for TrainUnet {
                     }
                 }
                 TrainEvent::Epoch { metrics: m, timing } => {
-                    let dice =
-                        |d: Option<f32>| d.map_or_else(|| "n/a".to_string(), |d| format!("{d:.4}"));
-                    let line = format!(
-                        "epoch {}/{epochs}: loss {:.4}, val Dice mean {} (TC {}, WT {}, ET {}), {:.1} samples/s",
-                        m.epoch,
-                        m.train_loss,
-                        dice(m.val_mean_dice),
-                        dice(m.val_dice_tc),
-                        dice(m.val_dice_wt),
-                        dice(m.val_dice_et),
-                        timing.train_samples_per_second
-                    );
+                    let line = epoch_line(m, epochs, timing.train_samples_per_second);
                     let _ = writeln!(log, "{line}");
                     cx.progress.note(&line);
                     cx.progress
@@ -515,6 +556,10 @@ impl Step for TrainUnet {
 
     fn remote(&self, _params: &Params) -> RemoteTask {
         RemoteTask::Training { instances: 1 }
+    }
+
+    fn metrics(&self) -> &'static [Metric] {
+        METRICS
     }
 }
 

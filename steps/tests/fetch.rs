@@ -315,6 +315,7 @@ fn fetch(
     let staging = store.stage("fetch").unwrap();
     let params = params(values);
     let cx = RunContext {
+        resume_dir: None,
         step_id: "fetch",
         workflow_dir: wf_dir.path(),
         params: &params,

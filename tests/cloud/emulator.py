@@ -47,6 +47,30 @@ What stock moto 5.2.5 lacks for wf, and what this file does about each gap:
 7. aws-sdk:s3:getObject. moto hands the state machine the streaming body object; AWS returns the
    body as a string, which is what `States.StringToJson($.Body)` reads (`read_sdk_bodies`).
 
+8. Error names of SDK integrations. moto names an aws-sdk task's error after the service as the
+   resource ARN spells it (`s3.NoSuchKeyException`); AWS capitalizes the service
+   (`S3.NoSuchKeyException`), and a Catch or Retry matches names exactly. The AWS names of the
+   services wf calls are added here (`name_sdk_errors`).
+
+9. Who a task calls AWS as. moto's interpreter signs every SDK call of a task with a fixed dummy
+   key, so with IAM enforcement on (POST /moto-api/reset-auth) every call fails as an unknown key.
+   AWS calls as the state machine's role: here the interpreter assumes the execution's RoleArn
+   through moto's STS and signs with those credentials, so the role's policies decide
+   (`run_tasks_as_the_role`).
+10. Managed spot training and checkpoints. moto keeps neither CheckpointConfig nor spot. A
+   Training job run here (4.) gets CheckpointConfig as SageMaker does it: S3Uri copied into
+   LocalPath before the container starts, LocalPath copied back to S3Uri when it ends. A spot
+   job (EnableManagedSpotTraining) tagged `wf-emulator:interrupt` = `after-first-checkpoint`
+   is interrupted as spot capacity is reclaimed: its process is killed as soon as a complete
+   checkpoint (a `checkpoint.json`) appears under LocalPath, the checkpoints are copied to S3,
+   and the job starts again on a fresh instance tree with them restored, once
+   (`run_training_job`).
+
+11. Job logs. SageMaker writes what a job's container prints to CloudWatch Logs, group
+   `/aws/sagemaker/ProcessingJobs` or `/aws/sagemaker/TrainingJobs`, one stream per instance
+   named `<job name>/<host>-<timestamp>`. moto runs no container; the jobs run here (4.) put their
+   standard error there when they end (`write_job_log`).
+
 The state machine interpreter calls back into this server at http://localhost:$MOTO_PORT; the
 port is set once the socket is bound. Jobs reach it through AWS_ENDPOINT_URL on 127.0.0.1.
 """
@@ -223,22 +247,33 @@ class Children:
         self._lock = threading.Lock()
         self._running = set()
 
-    def run(self, cmd, env):
-        """(exit status, stderr) of `cmd`; killed after JOB_TIMEOUT_SECONDS."""
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        with self._lock:
-            self._running.add(proc)
-        try:
-            _, err = proc.communicate(timeout=JOB_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            err += "\nkilled after %d s" % JOB_TIMEOUT_SECONDS
-        finally:
+    def run(self, cmd, env, stop_when=None):
+        """(exit status, stderr, stopped) of `cmd`: killed after JOB_TIMEOUT_SECONDS, or as soon
+        as `stop_when()` holds (then `stopped`)."""
+        with tempfile.TemporaryFile(mode="w+") as err_file:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err_file, text=True)
             with self._lock:
-                self._running.discard(proc)
-        return proc.returncode, err
+                self._running.add(proc)
+            stopped, note = False, ""
+            deadline = time.time() + JOB_TIMEOUT_SECONDS
+            try:
+                while proc.poll() is None:
+                    if stop_when is not None and stop_when():
+                        proc.kill()
+                        stopped = True
+                    elif time.time() > deadline:
+                        proc.kill()
+                        note = "\nkilled after %d s" % JOB_TIMEOUT_SECONDS
+                    if stopped or note:
+                        proc.wait()
+                    else:
+                        time.sleep(0.02)
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+            err_file.seek(0)
+            return proc.returncode, err_file.read() + note, stopped
 
     def kill_all(self):
         with self._lock:
@@ -309,18 +344,61 @@ def write_resource_config(path, host, hosts):
         json.dump({"current_host": host, "hosts": hosts}, f)
 
 
-def run_container(image, entrypoint, arguments, root):
-    """Runs a `local:<path>` image as SageMaker runs a container; (ok, reason)."""
+def write_job_log(group, stream, text):
+    """Puts a container's output into CloudWatch Logs, as SageMaker does."""
+    import boto3
+
+    env = aws_env()
+    logs = boto3.client("logs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    try:
+        logs.create_log_group(logGroupName=group)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    events = [{"timestamp": now, "message": line} for line in text.splitlines() if line.strip()]
+    if events:
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+
+
+def run_container(image, entrypoint, arguments, root, stop_when=None, log_to=None):
+    """Runs a `local:<path>` image as SageMaker runs a container; (ok, reason, stopped). `log_to`:
+    the (log group, stream) its output goes to."""
     executable = image[len(LOCAL_IMAGE):]
     cmd = [executable] + list(entrypoint or ["wf"])[1:] + list(arguments or [])
     env = dict(os.environ, WF_SM_ROOT=root, WF_PLAIN="1", **aws_env())
     try:
-        status, err = CHILDREN.run(cmd, env)
+        status, err, stopped = CHILDREN.run(cmd, env, stop_when)
     except OSError as e:
-        return False, "cannot run %s: %s" % (cmd, e)
-    log("%s -> exit %s\n%s" % (" ".join(cmd), status, err[-4000:]))
-    return status == 0, "exit %s: %s" % (status, err.strip()[-900:])
+        return False, "cannot run %s: %s" % (cmd, e), False
+    log("%s -> exit %s%s\n%s" % (" ".join(cmd), status, " (interrupted)" if stopped else "",
+                                 err[-4000:]))
+    if log_to is not None:
+        try:
+            write_job_log(log_to[0], log_to[1], err)
+        except Exception as e:  # noqa: BLE001  (a job's log is not worth failing the job for)
+            log("cannot write the job's log to %s: %r" % (log_to, e))
+    return status == 0, "exit %s: %s" % (status, err.strip()[-900:]), stopped
 
+
+def copy_to_s3(src, uri):
+    """Copies the files below src/ to below `uri`, as SageMaker syncs a checkpoint directory."""
+    bucket, prefix = split_s3_uri(uri)
+    s3 = s3_client()
+    for dirpath, _, files in os.walk(src):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, src).replace(os.sep, "/")
+            s3.upload_file(path, bucket, prefix.rstrip("/") + "/" + rel if prefix else rel)
+
+
+def has_checkpoint(directory):
+    for _, _, files in os.walk(directory):
+        if "checkpoint.json" in files:
+            return True
+    return False
 
 def host_names(count):
     return ["algo-%d" % (i + 1) for i in range(max(1, count))]
@@ -355,8 +433,10 @@ def run_processing_job(job):
         def instance(i):
             write_resource_config(os.path.join(roots[i], "config", "resourceconfig.json"),
                                   hosts[i], hosts)
+            stream = "%s/%s-%d" % (job.processing_job_name, hosts[i], int(time.time()))
             results[i] = run_container(spec["ImageUri"], spec.get("ContainerEntrypoint"),
-                                       spec.get("ContainerArguments"), roots[i])
+                                       spec.get("ContainerArguments"), roots[i],
+                                       log_to=("/aws/sagemaker/ProcessingJobs", stream))[:2]
 
         threads = [threading.Thread(target=instance, args=(i,)) for i in range(len(hosts))]
         for t in threads:
@@ -396,22 +476,46 @@ def channel_uri(channel, account, region):
     return base + ("/" + below[0] if below else "") + "/"
 
 
+INTERRUPT_TAG = ("wf-emulator:interrupt", "after-first-checkpoint")
+
+
 def run_training_job(job, account, region):
-    root = tempfile.mkdtemp(prefix="wf-sm-")
-    try:
-        for channel in job.input_data_config or []:
-            copy_from_s3(channel_uri(channel, account, region),
-                         os.path.join(root, "input", "data", channel["ChannelName"]))
-        hosts = host_names(int((job.resource_config or {}).get("InstanceCount", 1)))
-        write_resource_config(os.path.join(root, "input", "config", "resourceconfig.json"),
-                              hosts[0], hosts)
-        spec = job.algorithm_specification
-        ok, why = run_container(spec["TrainingImage"], spec.get("ContainerEntrypoint"),
-                                spec.get("ContainerArguments"), root)
-    except Exception as e:  # noqa: BLE001
-        ok, why = False, "staging the job failed: %r" % (e,)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    checkpoint = getattr(job, "wf_checkpoint_config", None) or {}
+    tags = [(t.get("Key"), t.get("Value")) for t in getattr(job, "wf_tags", None) or []]
+    interrupt = bool(getattr(job, "wf_spot", False)) and INTERRUPT_TAG in tags and checkpoint
+    ok, why = False, "did not run"
+    while True:
+        root = tempfile.mkdtemp(prefix="wf-sm-")
+        stopped = False
+        try:
+            for channel in job.input_data_config or []:
+                copy_from_s3(channel_uri(channel, account, region),
+                             os.path.join(root, "input", "data", channel["ChannelName"]))
+            hosts = host_names(int((job.resource_config or {}).get("InstanceCount", 1)))
+            write_resource_config(os.path.join(root, "input", "config", "resourceconfig.json"),
+                                  hosts[0], hosts)
+            local = None
+            if checkpoint:
+                local = container_path(root, checkpoint.get("LocalPath", "/opt/ml/checkpoints"))
+                copy_from_s3(checkpoint["S3Uri"], local)
+            spec = job.algorithm_specification
+            stop_when = (lambda: has_checkpoint(local)) if interrupt else None
+            stream = "%s/%s-%d" % (job.training_job_name, hosts[0], int(time.time()))
+            ok, why, stopped = run_container(spec["TrainingImage"], spec.get("ContainerEntrypoint"),
+                                             spec.get("ContainerArguments"), root, stop_when,
+                                             log_to=("/aws/sagemaker/TrainingJobs", stream))
+            if local is not None:
+                copy_to_s3(local, checkpoint["S3Uri"])
+        except Exception as e:  # noqa: BLE001
+            ok, why = False, "staging the job failed: %r" % (e,)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        if not stopped:
+            break
+        # Spot capacity came back: the job starts again with its checkpoints restored.
+        log("training job %s interrupted after its first checkpoint; restarting" %
+            job.training_job_name)
+        interrupt = False
     job.training_job_status = "Completed" if ok else "Failed"
     if hasattr(job, "secondary_status"):
         job.secondary_status = job.training_job_status
@@ -443,6 +547,9 @@ def run_local_jobs():
     def create_training_job(self):
         result = stock_training(self)
         job = self.sagemaker_backend.training_jobs[self._get_param("TrainingJobName")]
+        job.wf_checkpoint_config = self._get_param("CheckpointConfig")
+        job.wf_spot = self._get_param("EnableManagedSpotTraining")
+        job.wf_tags = self._get_param("Tags")
         image = str((job.algorithm_specification or {}).get("TrainingImage", ""))
         if image.startswith(LOCAL_IMAGE) and job.training_job_status != "Failed":
             job.training_job_status = "InProgress"
@@ -600,10 +707,63 @@ def read_sdk_bodies():
 
 
 # ---------------------------------------------------------------------------------------------
+# 8. SDK error names as AWS spells them
+# ---------------------------------------------------------------------------------------------
+
+def name_sdk_errors():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_aws_sdk as sdk)
+
+    sdk._SERVICE_ERROR_NAMES.update({"s3": "S3", "fsx": "FSx", "sagemaker": "SageMaker"})
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Tasks call AWS as the state machine's role
+# ---------------------------------------------------------------------------------------------
+
+def run_tasks_as_the_role():
+    import importlib
+    import sys
+
+    import boto3
+    from botocore.config import Config
+    from moto.stepfunctions.parser.asl.utils import boto_client as clients
+    from moto.sts.models import sts_backends
+
+    # Load the modules that bind boto_client_for by name, so that each gets the replacement.
+    for module in ("state_task_service_aws_sdk", "state_task_service_unsupported"):
+        importlib.import_module("moto.stepfunctions.parser.asl.component.state.exec.state_task."
+                                "service." + module)
+    stock = clients.boto_client_for
+
+    def boto_client_for(region, service, state_credentials=None):
+        role = getattr(state_credentials, "role_arn", None)
+        if not role or not str(role).startswith("arn:aws:iam::"):
+            return stock(region=region, service=service, state_credentials=state_credentials)
+        account = str(role).split(":")[4]
+        assumed = sts_backends[account]["global"].assume_role(
+            region_name=region, role_session_name="wf-state-machine", role_arn=role,
+            policy=None, duration=900, external_id=None)
+        return boto3.client(
+            service, region_name=region, endpoint_url=endpoint(),
+            aws_access_key_id=assumed.access_key_id,
+            aws_secret_access_key=assumed.secret_access_key,
+            aws_session_token=assumed.session_token,
+            config=Config(parameter_validation=False,
+                          retries={"max_attempts": 0, "total_max_attempts": 1}))
+
+    clients.boto_client_for = boto_client_for
+    for name, module in list(sys.modules.items()):
+        if name.startswith("moto.stepfunctions") and getattr(module, "boto_client_for", None) is stock:
+            module.boto_client_for = boto_client_for
+
+
+# ---------------------------------------------------------------------------------------------
 # The server
 # ---------------------------------------------------------------------------------------------
 
 def complete_moto():
+    run_tasks_as_the_role()
     enable_state_machine_execution()
     add_sagemaker_sync()
     make_fail_jobs_fail()
@@ -611,6 +771,7 @@ def complete_moto():
     complete_fsx()
     fix_intrinsic_escapes()
     read_sdk_bodies()
+    name_sdk_errors()
 
 
 def stop(status=0):

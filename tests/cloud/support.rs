@@ -200,6 +200,30 @@ impl Moto {
         http(&self.addr(), method, path, &all, body)
     }
 
+    /// The response headers of a HEAD of `bucket/key` (names lowercased).
+    pub fn head(&self, bucket: &str, key: &str) -> Vec<(String, String)> {
+        let addr = self.addr();
+        let mut s = TcpStream::connect(&addr).expect("emulator reachable");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let req = format!(
+            "HEAD /{bucket}/{key} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reader = BufReader::new(s);
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        out
+    }
+
     /// A bucket unique to this test process and name.
     pub fn bucket(&self, name: &str) -> String {
         let bucket = format!("wf-{name}-{}", std::process::id());

@@ -53,6 +53,39 @@ pub const FSX_POLL_SECONDS: u32 = 30;
 pub const MAX_ARG: usize = 256;
 /// Where SageMaker puts a Training job's checkpoints on the instance (`CheckpointConfig.LocalPath`).
 pub const CHECKPOINT_DIR: &str = "/opt/ml/checkpoints";
+/// Added to a job's own limit for the Task's `TimeoutSeconds` (queueing, image pull, upload).
+pub const TASK_TIMEOUT_SLACK: u32 = 1_800;
+/// Seconds before a failed job's retry (`targets.aws.steps.<id>.retries`).
+pub const RETRY_SECONDS: u32 = 60;
+/// SageMaker's longest `MaxWaitTimeInSeconds` (28 days).
+pub const MAX_WAIT_LIMIT: u32 = 2_419_200;
+
+/// `MaxWaitTimeInSeconds` of a spot job without `max_wait_seconds`: twice its run time (spot
+/// capacity may take as long again), within SageMaker's limit.
+pub fn default_max_wait(max_runtime_seconds: u32) -> u32 {
+    max_runtime_seconds
+        .saturating_mul(2)
+        .min(MAX_WAIT_LIMIT)
+        .max(max_runtime_seconds)
+}
+
+/// Instance families with local NVMe storage. SageMaker encrypts that storage in hardware and
+/// refuses a `VolumeKmsKeyId` for them.
+const INSTANCE_STORAGE_FAMILIES: &[&str] = &[
+    "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200", "g4dn", "g5", "g6", "g6e", "gr6", "trn1",
+    "trn1n", "trn2", "inf2", "m5d", "m5dn", "m5ad", "m6id", "c5d", "c6id", "r5d", "r5dn", "r5ad",
+    "r6id", "x2iedn",
+];
+
+/// Whether an `ml.<family>.<size>` instance type has local NVMe storage (no volume key then).
+pub fn has_instance_storage(instance_type: &str) -> bool {
+    let family = instance_type
+        .strip_prefix("ml.")
+        .unwrap_or(instance_type)
+        .rsplit_once('.')
+        .map_or("", |(f, _)| f);
+    INSTANCE_STORAGE_FAMILIES.contains(&family)
+}
 
 /// Paths inside a job's container, relative to SageMaker's root `/opt/ml` (docs/cloud.md §5).
 pub mod paths {
@@ -85,7 +118,11 @@ pub mod paths {
         "input/config/resourceconfig.json",
         "config/resourceconfig.json",
     ];
+
+    /// A Training job's checkpoint directory (`CHECKPOINT_DIR`), relative to the root.
+    pub const CHECKPOINTS: &str = "checkpoints";
 }
+
 /// The environment variable naming the step in every job.
 pub const STEP_ENV: &str = "WF_STEP";
 /// The tag naming the step on every job and file system.
@@ -142,7 +179,26 @@ pub struct JobSpec {
     pub max_runtime_seconds: u32,
     pub environment: Vec<(String, String)>,
     pub tags: Vec<(String, String)>,
+    /// `VpcConfig` (Training) or `NetworkConfig.VpcConfig` (Processing), when the target has subnets.
+    pub vpc: Option<Vpc>,
+    /// `VolumeKmsKeyId`: the target's key, unless the instance type has local NVMe storage
+    /// ([`has_instance_storage`]).
+    pub volume_kms_key_id: Option<String>,
+    /// The target's key, for what the job writes itself (a Training job's `OutputDataConfig` and
+    /// checkpoints).
+    pub output_kms_key_id: Option<String>,
+    /// Retries after the job failed, each under a new name (`targets.aws.steps.<id>.retries`).
+    pub retries: u32,
+    /// How long the state machine waits for one attempt (the Task's `TimeoutSeconds`).
+    pub timeout_seconds: u32,
     pub form: JobForm,
+}
+
+/// Managed spot training (`targets.aws.steps.<id>.spot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spot {
+    /// `MaxWaitTimeInSeconds`: waiting for capacity plus running, at least the job's run time.
+    pub max_wait_seconds: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,9 +211,12 @@ pub enum JobForm {
         /// Each param as text (strings unquoted, the rest canonical JSON), for the console.
         hyperparameters: Vec<(String, String)>,
         output_path: String,
+        /// `CheckpointConfig.S3Uri`: `P/checkpoints/<key>/`, synced with `CHECKPOINT_DIR`, where
+        /// the worker resumes from (`RunContext::resume_dir`).
         checkpoint_uri: Text,
-        /// `VpcConfig`, when the target has subnets.
-        vpc: Option<Vpc>,
+        /// `AlgorithmSpecification.MetricDefinitions` (`Step::metrics`).
+        metrics: Vec<crate::step::Metric>,
+        spot: Option<Spot>,
     },
 }
 
@@ -282,24 +341,53 @@ pub fn plan_step(
         files,
         shards: None,
         commit: false,
+        kms_key_id: target.kms_key_id.clone(),
     };
-    let job = |call: &WorkerCall, name: Text, d: &JobDefaults, count: u32, form: JobForm| JobSpec {
-        step: id.to_string(),
-        name,
-        role_arn: target.role_arn.clone(),
-        image_uri: target.image_uri.clone(),
-        entrypoint: call.entrypoint(),
-        args: call.args(),
-        instance_type: res
+    let vpc = (!target.subnets.is_empty()).then(|| Vpc {
+        subnets: target.subnets.clone(),
+        security_group_ids: target.security_groups.clone(),
+    });
+    let job = |call: &WorkerCall, name: Text, d: &JobDefaults, count: u32, form: JobForm| {
+        let instance_type = res
             .instance_type
             .clone()
-            .unwrap_or_else(|| d.instance_type.to_string()),
-        instance_count: count,
-        volume_size_gb: res.volume_size_gb.unwrap_or(d.volume_size_gb),
-        max_runtime_seconds: res.max_runtime_seconds.unwrap_or(d.max_runtime_seconds),
-        environment: vec![(STEP_ENV.into(), id.to_string())],
-        tags: vec![(STEP_TAG.into(), id.to_string())],
-        form,
+            .unwrap_or_else(|| d.instance_type.to_string());
+        let max_runtime_seconds = res
+            .max_runtime_seconds
+            .as_ref()
+            .map_or(d.max_runtime_seconds, |m| m.value);
+        let waits = match &form {
+            JobForm::Training {
+                spot: Some(spot), ..
+            } => spot.max_wait_seconds,
+            _ => max_runtime_seconds,
+        };
+        JobSpec {
+            step: id.to_string(),
+            name,
+            role_arn: target.role_arn.clone(),
+            image_uri: target.image_uri.clone(),
+            entrypoint: call.entrypoint(),
+            args: call.args(),
+            volume_kms_key_id: target
+                .kms_key_id
+                .clone()
+                .filter(|_| !has_instance_storage(&instance_type)),
+            output_kms_key_id: target.kms_key_id.clone(),
+            instance_type,
+            instance_count: count,
+            volume_size_gb: res.volume_size_gb.unwrap_or(d.volume_size_gb),
+            max_runtime_seconds,
+            environment: vec![(STEP_ENV.into(), id.to_string())],
+            tags: target.tags(id),
+            vpc: vpc.clone(),
+            retries: res.retries.unwrap_or(0),
+            timeout_seconds: res
+                .timeout
+                .as_ref()
+                .map_or_else(|| waits.saturating_add(TASK_TIMEOUT_SLACK), |t| t.value),
+            form,
+        }
     };
 
     match remote {
@@ -360,10 +448,16 @@ pub fn plan_step(
                     commit: true,
                     ..call.clone()
                 };
+                let instance_type = COMMIT.instance_type.to_string();
                 JobSpec {
-                    instance_type: COMMIT.instance_type.to_string(),
+                    volume_kms_key_id: target
+                        .kms_key_id
+                        .clone()
+                        .filter(|_| !has_instance_storage(&instance_type)),
+                    instance_type,
                     volume_size_gb: COMMIT.volume_size_gb,
                     max_runtime_seconds: COMMIT.max_runtime_seconds,
+                    timeout_seconds: COMMIT.max_runtime_seconds + TASK_TIMEOUT_SLACK,
                     ..job(
                         &call,
                         job_name(id, "c"),
@@ -425,6 +519,16 @@ pub fn plan_step(
                 })
                 .collect();
             let count = res.instance_count.unwrap_or(instances).max(1);
+            let runtime = res
+                .max_runtime_seconds
+                .as_ref()
+                .map_or(TRAINING.max_runtime_seconds, |m| m.value);
+            let spot = res.spot.as_ref().filter(|s| s.value).map(|_| Spot {
+                max_wait_seconds: res
+                    .max_wait_seconds
+                    .as_ref()
+                    .map_or_else(|| default_max_wait(runtime), |w| w.value),
+            });
             let run = job(
                 &call,
                 job_name(id, ""),
@@ -435,10 +539,8 @@ pub fn plan_step(
                     hyperparameters,
                     output_path: cache.url(layout::jobs()),
                     checkpoint_uri: layout::checkpoints_url(cache, Var::Key),
-                    vpc: (!target.subnets.is_empty()).then(|| Vpc {
-                        subnets: target.subnets.clone(),
-                        security_group_ids: target.security_groups.clone(),
-                    }),
+                    metrics: def.step.metrics().to_vec(),
+                    spot,
                 },
             );
             let fsx = fsx_slot.map(|slot| FsxUse {
@@ -465,7 +567,7 @@ fn fsx_create(target: &AwsTarget, id: &str, slot: &str) -> FsxCreate {
         subnet_ids: target.subnets.iter().take(1).cloned().collect(),
         security_group_ids: target.security_groups.clone(),
         import_path: layout::tree_url(&target.cache, Var::Artifact(slot.to_string())),
-        tags: vec![(STEP_TAG.into(), id.to_string())],
+        tags: target.tags(id),
     }
 }
 
@@ -516,5 +618,27 @@ mod tests {
             fsx: None,
         };
         assert_eq!(v.resolve(&t), "pre-process-20261206-120000-abcdef01-c0");
+    }
+
+    #[test]
+    fn volume_keys_only_where_sagemaker_takes_them() {
+        for t in [
+            "ml.m5.xlarge",
+            "ml.c5.9xlarge",
+            "ml.p3.2xlarge",
+            "ml.m5.large",
+        ] {
+            assert!(!has_instance_storage(t), "{t}");
+        }
+        for t in [
+            "ml.p4d.24xlarge",
+            "ml.g5.2xlarge",
+            "ml.m5d.large",
+            "ml.p5.48xlarge",
+        ] {
+            assert!(has_instance_storage(t), "{t}");
+        }
+        assert_eq!(default_max_wait(3600), 7200);
+        assert_eq!(default_max_wait(MAX_WAIT_LIMIT), MAX_WAIT_LIMIT);
     }
 }

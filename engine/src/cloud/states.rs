@@ -4,6 +4,23 @@
 /// The first state of every compiled machine.
 pub const INIT: &str = "Init";
 
+/// The states around independent steps (docs/cloud.md §4), numbered from 1 by the depth of the
+/// steps they run (`Parallel 2`: the steps two inputs deep). None of these names parses as a step's
+/// state.
+pub mod branches {
+    /// The `Parallel` state whose branches are the independent steps.
+    pub fn parallel(n: usize) -> String {
+        format!("Parallel {n}")
+    }
+
+    /// The Pass after it that gathers the branches' outputs under `$.steps`.
+    pub fn merge(n: usize) -> String {
+        format!("Parallel {n} merge")
+    }
+}
+
+pub use branches::{merge, parallel};
+
 /// The part of a step's state name after `<step id>.`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -12,7 +29,18 @@ pub enum State {
     Run,
     Commit,
     Published,
+    /// The job ended without publishing the entry.
+    NotPublished,
     Done,
+    /// Choice: a failed SageMaker job (its description in the error's cause), or another error?
+    Diagnose,
+    /// Reads the failed job's description out of the error.
+    Job,
+    /// Choice: does the description hold a `FailureReason`?
+    HasReason,
+    /// Fails the step with the job's `FailureReason`.
+    JobFailed,
+    /// Fails the step with the error.
     Failed,
     Fsx(Fsx),
 }
@@ -30,10 +58,12 @@ pub enum Fsx {
     DefaultMount,
     Delete,
     DeleteAfterError,
+    /// The created file system ended FAILED or did not become AVAILABLE in time.
+    NotAvailable,
 }
 
 impl Fsx {
-    const ALL: [Fsx; 10] = [
+    const ALL: [Fsx; 11] = [
         Fsx::Create,
         Fsx::Wait,
         Fsx::Describe,
@@ -44,6 +74,7 @@ impl Fsx {
         Fsx::DefaultMount,
         Fsx::Delete,
         Fsx::DeleteAfterError,
+        Fsx::NotAvailable,
     ];
 
     fn suffix(self) -> &'static str {
@@ -58,18 +89,24 @@ impl Fsx {
             Fsx::DefaultMount => "Fsx.DefaultMount",
             Fsx::Delete => "Fsx.Delete",
             Fsx::DeleteAfterError => "Fsx.DeleteAfterError",
+            Fsx::NotAvailable => "Fsx.NotAvailable",
         }
     }
 }
 
 impl State {
-    const PLAIN: [State; 7] = [
+    const PLAIN: [State; 12] = [
         State::Key,
         State::Lookup,
         State::Run,
         State::Commit,
         State::Published,
+        State::NotPublished,
         State::Done,
+        State::Diagnose,
+        State::Job,
+        State::HasReason,
+        State::JobFailed,
         State::Failed,
     ];
 
@@ -80,7 +117,12 @@ impl State {
             State::Run => "Run",
             State::Commit => "Commit",
             State::Published => "Published",
+            State::NotPublished => "NotPublished",
             State::Done => "Done",
+            State::Diagnose => "Diagnose",
+            State::Job => "Job",
+            State::HasReason => "HasReason",
+            State::JobFailed => "JobFailed",
             State::Failed => "Failed",
             State::Fsx(f) => f.suffix(),
         }
@@ -127,6 +169,9 @@ mod tests {
         }
         assert_eq!(State::parse(INIT), None);
         assert_eq!(State::parse(".Run"), None);
+        for n in [branches::parallel(1), branches::merge(1)] {
+            assert_eq!(State::parse(&n), None, "{n}");
+        }
         assert_eq!(State::parse("x.Other"), None);
         assert!(
             State::longest("t")

@@ -6,7 +6,7 @@ use super::layout::S3Url;
 use crate::diag::{Diagnostics, Span, did_you_mean};
 use crate::step::RemoteTask;
 use crate::targets::{AwsSettings, StepResources};
-use crate::workflow::Workflow;
+use crate::workflow::{StepDef, Workflow};
 use std::collections::BTreeMap;
 
 /// `targets.aws.fsx`, defaults filled in.
@@ -30,6 +30,26 @@ impl Default for FsxSettings {
     }
 }
 
+/// The state machine's CloudWatch Logs `loggingConfiguration` (docs/cloud.md §8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logging {
+    /// `ALL`, `ERROR` or `FATAL`.
+    pub level: String,
+    /// The log group's name; `wf deploy` creates it when missing.
+    pub group: String,
+}
+
+/// `targets.aws.log_level` when not given.
+pub const DEFAULT_LOG_LEVEL: &str = "ERROR";
+
+/// The log group of a state machine when `targets.aws.log_group` is not given.
+pub fn default_log_group(state_machine: &str) -> String {
+    format!("/aws/vendedlogs/states/{state_machine}")
+}
+
+/// Tags AWS allows on one resource; the step's own `wf:step` tag is one of them.
+pub const MAX_TAGS: usize = 50;
+
 /// Everything the cloud side needs from `targets.aws`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AwsTarget {
@@ -45,6 +65,14 @@ pub struct AwsTarget {
     pub state_machine_name: String,
     pub fsx: FsxSettings,
     pub steps: BTreeMap<String, StepResources>,
+    /// Tags of the state machine and of every job and file system (before each step's own).
+    pub tags: Vec<(String, String)>,
+    /// SSE-KMS for every object wf writes, and the jobs' volumes and outputs.
+    pub kms_key_id: Option<String>,
+    /// `None`: `log_level: OFF`.
+    pub logging: Option<Logging>,
+    /// X-Ray tracing of the state machine.
+    pub tracing: bool,
 }
 
 impl AwsTarget {
@@ -182,6 +210,17 @@ impl AwsTarget {
             );
         }
 
+        if s.tags.len() + 1 > MAX_TAGS {
+            diags.error(
+                block,
+                format!(
+                    "targets.aws.tags: {} tags; with `wf:step` on every job AWS allows {}",
+                    s.tags.len(),
+                    MAX_TAGS - 1
+                ),
+            );
+        }
+
         let ids: Vec<&str> = wf.steps.iter().map(|d| d.id.as_str()).collect();
         let mut steps = BTreeMap::new();
         for (id, resources) in &s.steps {
@@ -201,6 +240,9 @@ impl AwsTarget {
                     ),
                 }
             }
+            if let Some(def) = wf.steps.iter().find(|d| d.id == id.value) {
+                check_step(def, resources, &s.tags, id.span, diags);
+            }
             steps.insert(id.value.clone(), resources.clone());
         }
 
@@ -214,14 +256,131 @@ impl AwsTarget {
             cache: cache?,
             subnets: s.subnets.clone(),
             security_groups: s.security_groups.clone(),
+            logging: match s.log_level.as_ref().map(|l| l.value.as_str()) {
+                Some("OFF") => None,
+                level => Some(Logging {
+                    level: level.unwrap_or(DEFAULT_LOG_LEVEL).to_string(),
+                    group: value(&s.log_group)
+                        .unwrap_or_else(|| default_log_group(&state_machine_name)),
+                }),
+            },
             state_machine_name,
             fsx,
             steps,
+            tags: s.tags.clone(),
+            kms_key_id: value(&s.kms_key_id),
+            tracing: s.tracing.unwrap_or(false),
         })
+    }
+
+    /// The tags of step `step`'s jobs: `wf:step`, the workflow's, then the step's (a key of both
+    /// takes the step's value).
+    pub fn tags(&self, step: &str) -> Vec<(String, String)> {
+        let mut out = vec![(super::job::STEP_TAG.to_string(), step.to_string())];
+        for (k, v) in self.tags.iter().chain(&self.resources(step).tags) {
+            match out.iter_mut().find(|(key, _)| key == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => out.push((k.clone(), v.clone())),
+            }
+        }
+        out
     }
 
     /// `targets.aws.steps.<step>`, or no settings.
     pub fn resources(&self, step: &str) -> StepResources {
         self.steps.get(step).cloned().unwrap_or_default()
+    }
+}
+
+/// What `targets.aws.steps.<id>` may ask of its step: spot capacity only for Training jobs, a spot
+/// job's wait at least its run time, a task timeout no shorter than the job's own limit, and no more
+/// tags than AWS allows.
+fn check_step(
+    def: &StepDef,
+    r: &StepResources,
+    workflow_tags: &[(String, String)],
+    at: Span,
+    diags: &mut Diagnostics,
+) {
+    let remote = def.step.remote(&def.params);
+    let training = matches!(remote, RemoteTask::Training { .. });
+    let defaults = if training {
+        super::job::TRAINING
+    } else {
+        super::job::PROCESSING
+    };
+    let runtime = r
+        .max_runtime_seconds
+        .as_ref()
+        .map_or(defaults.max_runtime_seconds, |m| m.value);
+    let spot = r.spot.as_ref().is_some_and(|s| s.value);
+    if let Some(s) = r.spot.as_ref().filter(|s| s.value) {
+        match remote {
+            RemoteTask::Training { .. } => {}
+            RemoteTask::Processing { .. } => diags.error_with_help(
+                s.span,
+                format!(
+                    "targets.aws.steps.{}.spot: step `{}` ({}) runs as a SageMaker Processing job, which SageMaker runs on on-demand capacity only; managed spot is for Training jobs",
+                    def.id,
+                    def.id,
+                    def.kind()
+                ),
+                "remove `spot`",
+            ),
+            RemoteTask::FsxImport => diags.error(
+                s.span,
+                format!(
+                    "targets.aws.steps.{}.spot: step `{}` ({}) runs no job",
+                    def.id,
+                    def.id,
+                    def.kind()
+                ),
+            ),
+        }
+    }
+    if let Some(w) = &r.max_wait_seconds {
+        if !spot {
+            diags.error(
+                w.span,
+                format!(
+                    "targets.aws.steps.{}.max_wait_seconds is for managed spot training; add `spot: true` or remove it",
+                    def.id
+                ),
+            );
+        } else if w.value < runtime {
+            diags.error(
+                w.span,
+                format!(
+                    "targets.aws.steps.{}.max_wait_seconds ({}) must be at least the job's max_runtime_seconds ({runtime})",
+                    def.id, w.value
+                ),
+            );
+        }
+    }
+    if let Some(t) = &r.timeout
+        && t.value < runtime
+    {
+        diags.error(
+            t.span,
+            format!(
+                "targets.aws.steps.{}.timeout ({}) is shorter than the job's max_runtime_seconds ({runtime}): the state machine would give up on a job that is still allowed to run",
+                def.id, t.value
+            ),
+        );
+    }
+    let count = 1
+        + workflow_tags.len()
+        + r.tags
+            .iter()
+            .filter(|(k, _)| !workflow_tags.iter().any(|(w, _)| w == k))
+            .count();
+    if count > MAX_TAGS {
+        diags.error(
+            at,
+            format!(
+                "targets.aws.steps.{}: its jobs would have {count} tags (the workflow's, the step's and `wf:step`); AWS allows {MAX_TAGS}",
+                def.id
+            ),
+        );
     }
 }

@@ -12,6 +12,7 @@
 //!     --input <slot>=<digest>          one per input slot, slots sorted
 //!     --files <files digest>           only for steps with declared files
 //!     --shards <n>                     only for sharded jobs with n > 1 instances
+//!     --kms-key-id <key>               only with targets.aws.kms_key_id: SSE-KMS for what it writes
 //! ```
 
 use super::layout::S3Url;
@@ -32,9 +33,10 @@ const INPUT: &str = "--input";
 const FILES: &str = "--files";
 const SHARDS: &str = "--shards";
 const KIND: &str = "--kind";
+const KMS: &str = "--kms-key-id";
 
 /// Help text for `wf worker --help`.
-pub const USAGE: &str = "wf worker <KIND> --step ID --key KEY --cache s3://BUCKET/PREFIX --params JSON|s3://... --seed N [--input SLOT=DIGEST]... [--files DIGEST] [--shards N]\n\
+pub const USAGE: &str = "wf worker <KIND> --step ID --key KEY --cache s3://BUCKET/PREFIX --params JSON|s3://... --seed N [--input SLOT=DIGEST]... [--files DIGEST] [--shards N] [--kms-key-id KEY]\n\
 wf worker commit --kind KIND <the same arguments, --shards N included>";
 
 /// One job's worker invocation, as the compiler and the executor describe it. The key and the input
@@ -57,6 +59,8 @@ pub struct WorkerCall {
     pub shards: Option<u32>,
     /// The commit job of a sharded step (`wf worker commit --kind <kind>`).
     pub commit: bool,
+    /// The KMS key of every object the worker writes (SSE-KMS).
+    pub kms_key_id: Option<String>,
 }
 
 impl WorkerCall {
@@ -94,6 +98,9 @@ impl WorkerCall {
         if let Some(n) = self.shards {
             a.extend([SHARDS.into(), n.to_string().into()]);
         }
+        if let Some(k) = &self.kms_key_id {
+            a.extend([KMS.into(), k.as_str().into()]);
+        }
         a
     }
 }
@@ -121,6 +128,7 @@ pub struct WorkerRequest {
     pub inputs: BTreeMap<String, ArtifactDigest>,
     pub files: Option<String>,
     pub shards: Option<u32>,
+    pub kms_key_id: Option<String>,
 }
 
 impl WorkerRequest {
@@ -135,6 +143,7 @@ impl WorkerRequest {
         let mut inputs = BTreeMap::new();
         let mut files = None;
         let mut shards = None;
+        let mut kms_key_id = None;
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let mut value = || {
@@ -158,6 +167,7 @@ impl WorkerRequest {
                 SEED => once(&mut seed, value()?)?,
                 FILES => once(&mut files, value()?)?,
                 SHARDS => once(&mut shards, value()?)?,
+                KMS => once(&mut kms_key_id, value()?)?,
                 INPUT => {
                     let v = value()?;
                     let (slot, digest) = v
@@ -215,6 +225,7 @@ impl WorkerRequest {
             inputs,
             files,
             shards,
+            kms_key_id,
         })
     }
 }
@@ -242,6 +253,7 @@ mod tests {
             files: Some("ab".repeat(32)),
             shards: Some(4),
             commit,
+            kms_key_id: Some("alias/wf".into()),
         }
     }
 
@@ -279,6 +291,7 @@ mod tests {
             assert_eq!(r.inputs, digests);
             assert_eq!(r.files, c.files);
             assert_eq!(r.shards, Some(4));
+            assert_eq!(r.kms_key_id.as_deref(), Some("alias/wf"));
         }
     }
 

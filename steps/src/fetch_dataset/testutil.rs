@@ -38,6 +38,7 @@ pub(super) fn run_cancellable(wf_dir: &Path, values: &[(&str, Json)], cancel: &C
     let staging = store.stage("fetch").unwrap();
     let params = params(values);
     let cx = RunContext {
+        resume_dir: None,
         step_id: "fetch",
         workflow_dir: wf_dir,
         params: &params,
