@@ -159,16 +159,21 @@ pub fn start(wf: &Workflow, wait: bool) -> CliResult {
     watch(&rt, &aws, &exec, true)
 }
 
-/// `wf status EXECUTION_ARN`: per-step states from the execution history.
-/// `wf logs EXECUTION_ARN [STEP]`: the CloudWatch log tail of each job the execution ran for STEP
-/// (default: the failed step, else every step with a job), one block per instance.
-pub fn logs(execution_arn: &str, step: Option<&str>, lines: i32) -> CliResult {
+/// The region of an execution ARN (`arn:aws:states:REGION:...`), or exit 2 for what is not one.
+fn execution_region(execution_arn: &str) -> Result<Option<&str>, CliError> {
     let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
     if !execution_arn.starts_with("arn:") || region.is_none() {
         return Err(CliError::invalid(format!(
             "error: `{execution_arn}` is not an execution ARN"
         )));
     }
+    Ok(region)
+}
+
+/// `wf logs EXECUTION_ARN [STEP]`: the CloudWatch log tail of each job the execution ran for STEP
+/// (default: the failed step, else every step with a job), one block per instance.
+pub fn logs(execution_arn: &str, step: Option<&str>, lines: i32) -> CliResult {
+    let region = execution_region(execution_arn)?;
     let rt = runtime()?;
     let aws = rt.block_on(wf_aws::Aws::load(region, wf_aws::Credentials::Default));
     let fail = |e: wf_aws::AwsError| CliError::failed(format!("error: {e}"));
@@ -217,13 +222,9 @@ pub fn logs(execution_arn: &str, step: Option<&str>, lines: i32) -> CliResult {
     Ok(Exit::Ok)
 }
 
+/// `wf status EXECUTION_ARN`: per-step states from the execution history.
 pub fn status(execution_arn: &str) -> CliResult {
-    let region = execution_arn.split(':').nth(3).filter(|r| !r.is_empty());
-    if !execution_arn.starts_with("arn:") || region.is_none() {
-        return Err(CliError::invalid(format!(
-            "error: `{execution_arn}` is not an execution ARN"
-        )));
-    }
+    let region = execution_region(execution_arn)?;
     let rt = runtime()?;
     let aws = rt.block_on(wf_aws::Aws::load(region, wf_aws::Credentials::Default));
     watch(&rt, &aws, execution_arn, false)

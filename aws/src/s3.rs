@@ -326,7 +326,7 @@ impl Bucket {
         size: u64,
         threshold: u64,
     ) -> Result<(), AwsError> {
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        use aws_sdk_s3::types::CompletedPart;
         let (sse, kms) = self.sse();
         let created = self
             .client
@@ -351,38 +351,7 @@ impl Bucket {
             }
         })
         .await;
-        let completed = match uploaded {
-            Ok(mut parts) => {
-                parts.sort_by_key(|p| p.part_number());
-                self.client
-                    .complete_multipart_upload()
-                    .bucket(&self.name)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| self.err("CompleteMultipartUpload", key, &e))
-                    .map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        if completed.is_err() {
-            // Best effort: the part error is what the caller needs to see.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.name)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-        }
-        completed
+        self.finish_multipart(key, &upload_id, uploaded).await
     }
 
     async fn upload_part(
@@ -447,7 +416,7 @@ impl Bucket {
                 .map_err(|e| self.err("CopyObject", dst, &e))?;
             return Ok(());
         }
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        use aws_sdk_s3::types::CompletedPart;
         let created = self
             .client
             .create_multipart_upload()
@@ -488,33 +457,45 @@ impl Bucket {
             }
         })
         .await;
-        let completed = match copied {
+        self.finish_multipart(dst, &upload_id, copied).await
+    }
+
+    /// Completes multipart upload `upload_id` of `key` from its parts, or aborts it when a part
+    /// failed or completing failed, so that no orphaned parts are left to be billed.
+    async fn finish_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Result<Vec<aws_sdk_s3::types::CompletedPart>, AwsError>,
+    ) -> Result<(), AwsError> {
+        let completed = match parts {
             Ok(mut parts) => {
                 parts.sort_by_key(|p| p.part_number());
                 self.client
                     .complete_multipart_upload()
                     .bucket(&self.name)
-                    .key(dst)
-                    .upload_id(&upload_id)
+                    .key(key)
+                    .upload_id(upload_id)
                     .multipart_upload(
-                        CompletedMultipartUpload::builder()
+                        aws_sdk_s3::types::CompletedMultipartUpload::builder()
                             .set_parts(Some(parts))
                             .build(),
                     )
                     .send()
                     .await
-                    .map_err(|e| self.err("CompleteMultipartUpload", dst, &e))
+                    .map_err(|e| self.err("CompleteMultipartUpload", key, &e))
                     .map(|_| ())
             }
             Err(e) => Err(e),
         };
         if completed.is_err() {
+            // Best effort: the part's or the completion's error is what the caller needs to see.
             let _ = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.name)
-                .key(dst)
-                .upload_id(&upload_id)
+                .key(key)
+                .upload_id(upload_id)
                 .send()
                 .await;
         }

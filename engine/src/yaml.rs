@@ -257,7 +257,7 @@ fn too_large(limits: &Limits, diags: &mut Diagnostics) {
 }
 
 fn mib(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")
