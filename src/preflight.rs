@@ -5,8 +5,8 @@
 //!
 //! Which steps will run: those `wf plan` does not show as hits. The plan (keys, a HEAD for a URL
 //! source) is computed only when some step could be refused or a download's announced size must be
-//! asked (`SizeEstimate::Ask`), so a run with nothing to refuse costs nothing more. A step after a miss counts as running: whether it will hit is not known before the
-//! steps it waits for have run.
+//! asked (`SizeEstimate::Ask`), so a run with nothing to refuse costs nothing more. A step after a
+//! miss counts as running: whether it will hit is not known before the steps it waits for have run.
 
 use crate::error::{CliError, CliResult};
 use std::collections::BTreeSet;
