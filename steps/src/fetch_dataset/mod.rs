@@ -551,7 +551,12 @@ mod tests {
     #[test]
     fn many_missing_files_are_counted_not_all_listed() {
         let missing: Vec<(String, String)> = (0..500)
-            .map(|i| (format!("training[{i}].image"), format!("./imagesTr/c{i}.nii.gz")))
+            .map(|i| {
+                (
+                    format!("training[{i}].image"),
+                    format!("./imagesTr/c{i}.nii.gz"),
+                )
+            })
             .collect();
         let e = layout_error(ImagingError::MsdMissing {
             file: "/data/dataset.json".into(),
@@ -559,7 +564,10 @@ mod tests {
         });
         let detail = e.detail.as_deref().unwrap_or("");
         assert_eq!(detail.lines().count(), MISSING_LISTED + 1, "{detail}");
-        assert!(detail.contains("training[0].image: ./imagesTr/c0.nii.gz"), "{detail}");
+        assert!(
+            detail.contains("training[0].image: ./imagesTr/c0.nii.gz"),
+            "{detail}"
+        );
         assert!(detail.ends_with("… and 480 more missing files"), "{detail}");
     }
 
