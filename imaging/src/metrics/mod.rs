@@ -1,7 +1,7 @@
 //! Segmentation metrics of one binary 3-D region, with MONAI 1.6.1's semantics: Dice
 //! (`DiceMetric`) and the percentile Hausdorff distance (`HausdorffDistanceMetric(percentile=95,
 //! distance_metric="euclidean")`) in millimetres. `tests/data/metrics` holds MONAI's outputs on
-//! fixture volumes; the `metrics_parity` test compares against them.
+//! fixture volumes; the `metrics::parity` test compares against them.
 //!
 //! Masks are C-order `(X, Y, Z)` (Z fastest) boolean volumes, as labels everywhere in this crate;
 //! `spacing` is the voxel size in mm along X, Y, Z.
@@ -23,10 +23,15 @@
 //! - Dice: an empty label gives NaN (MONAI's default `ignore_empty=True`), whatever the prediction;
 //!   so a mean over cases skips it, as MONAI's `nanmean` reduction does. We keep it rather than
 //!   score 1 or 0: an empty label says nothing about how well the region is found.
-//! - Hausdorff: both empty gives NaN; exactly one empty gives `+inf` (MONAI gives `inf` distances
-//!   from or to an empty surface). Callers that print or serialize these say so in words.
+//! - Hausdorff: both empty gives NaN. Exactly one empty gives `+inf` distances from or to the
+//!   empty surface; their maximum is `+inf`, but a percentile of them is NaN in MONAI (torch's
+//!   `quantile` interpolates `inf - inf`), and so it is here: an HD95 with one side empty is NaN,
+//!   skipped by a NaN-mean over cases. [`RegionScore`]'s voxel counts tell the cases apart; callers
+//!   that print or serialize a NaN say which side was empty.
 
 pub mod edt;
+#[cfg(test)]
+mod parity;
 
 use crate::ImagingError;
 
@@ -38,8 +43,7 @@ pub const HD_PERCENTILE: f64 = 95.0;
 pub struct RegionScore {
     /// `2 |P ∩ L| / (|P| + |L|)`; NaN when the label is empty.
     pub dice: f64,
-    /// The 95th-percentile symmetric Hausdorff distance in mm; NaN when both are empty, `+inf` when
-    /// exactly one is.
+    /// The 95th-percentile symmetric Hausdorff distance in mm; NaN when either mask is empty.
     pub hd95: f64,
     pub pred_voxels: usize,
     pub label_voxels: usize,
@@ -87,7 +91,8 @@ pub fn dice(pred: &[bool], label: &[bool]) -> Result<f64, ImagingError> {
 
 /// The symmetric Hausdorff distance in mm between the surfaces of `pred` and `label`: the maximum
 /// of the two directed `percentile`s (0–100), or of the two directed maxima with `None`. NaN when
-/// both masks are empty, `+inf` when one is.
+/// both masks are empty; when exactly one is, `+inf` for the maximum and NaN for a percentile, as
+/// MONAI.
 pub fn hausdorff(
     pred: &[bool],
     label: &[bool],
@@ -113,7 +118,11 @@ pub fn hausdorff(
     };
     let (pred_any, label_any) = (pred.contains(&true), label.contains(&true));
     if !(pred_any && label_any) {
-        return Ok(f64::INFINITY);
+        return Ok(if percentile.is_some() {
+            f64::NAN
+        } else {
+            f64::INFINITY
+        });
     }
     let bshape = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
     let (ep, el) = (
@@ -338,8 +347,11 @@ mod tests {
         let e = vec![false; S.iter().product()];
         let a = cube(S, [1, 1, 1], 3);
         assert!(hd95(&e, &e, S, [1.0; 3]).unwrap().is_nan());
-        assert_eq!(hd95(&a, &e, S, [1.0; 3]).unwrap(), f64::INFINITY);
-        assert_eq!(hd95(&e, &a, S, [1.0; 3]).unwrap(), f64::INFINITY);
+        assert!(hausdorff(&e, &e, S, [1.0; 3], None).unwrap().is_nan());
+        for (p, l) in [(&a, &e), (&e, &a)] {
+            assert!(hd95(p, l, S, [1.0; 3]).unwrap().is_nan());
+            assert_eq!(hausdorff(p, l, S, [1.0; 3], None).unwrap(), f64::INFINITY);
+        }
         let s = score(&e, &a, S, [1.0; 3]).unwrap();
         assert_eq!((s.dice, s.pred_voxels, s.label_voxels), (0.0, 0, 27));
     }
