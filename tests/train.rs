@@ -345,6 +345,26 @@ fn train_export_and_predict_end_to_end() {
             && said.contains("affine"),
         "{said}"
     );
+    // A value outside the convention (MSD: 0-3) is refused with exit 2, naming the value.
+    let odd = dir.join("odd_label.nii.gz");
+    let mut data = truth.data.clone();
+    data[5] = 7.0;
+    wf_imaging::nifti::write_nifti(
+        &odd,
+        &truth.dims,
+        wf_imaging::nifti::NiftiData::F32(&data),
+        &truth.affine,
+    )
+    .unwrap();
+    let out = predict_with(&["--label", odd.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "odd_label.nii.gz: value 7 at voxel (5, 0, 0) is not a label of the `msd` convention"
+        ),
+        "{}",
+        stderr(&out)
+    );
     // --json means the scores of --label; alone it is a usage error.
     let out = predict_with(&["--json"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
