@@ -6,10 +6,16 @@
 //! (MSD: 1 edema, 2 non-enhancing core, 3 enhancing; BraTS: 2, 1, 4), resamples them back onto the
 //! input image's grid (nearest neighbour through the affines) and writes a uint8 NIfTI with the input's
 //! affine.
+//!
+//! With `--label LABEL`, the segmentation is then scored against that label on the input grid, per
+//! region of the convention (TC, WT, ET): Dice and HD95 in mm (`wf_imaging::metrics`, MONAI's
+//! semantics), as a table on stdout, or as JSON with `--json`. The label must lie on the image's grid
+//! (shape and affine); another grid is refused before inference.
 
 use crate::error::{CliError, CliResult, Exit};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use wf_imaging::metrics::RegionScore;
 use wf_imaging::samples::{PREPROCESSING_FILE, Preprocessing};
 use wf_imaging::transforms::{CaseSource, LabelConvention};
 
@@ -35,6 +41,13 @@ pub struct PredictArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 1)]
     pub sw_batch_size: usize,
+    /// A reference segmentation on the image's grid (label values of the model's convention):
+    /// prints Dice and HD95 (mm) of each region (TC, WT, ET) of the prediction against it.
+    #[arg(long)]
+    pub label: Option<PathBuf>,
+    /// Print the scores of `--label` as JSON on stdout instead of a table.
+    #[arg(long, requires = "label")]
+    pub json: bool,
 }
 
 pub fn main(args: &PredictArgs) -> CliResult {
@@ -162,6 +175,11 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
     let in_shape = [input.dims[0], input.dims[1], input.dims[2]];
     let in_affine = input.affine;
     drop(input);
+    // Read and checked before inference, so a wrong label costs nothing.
+    let reference = match &args.label {
+        Some(path) => Some(read_label(path, &args.image, in_shape, &in_affine, conv)?),
+        None => None,
+    };
 
     let id = args
         .image
@@ -233,7 +251,187 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         args.out.display(),
         t0.elapsed().as_secs_f64()
     );
+    if let (Some(label), Some(path)) = (reference, &args.label) {
+        let pred: Vec<u8> = seg
+            .iter()
+            .map(|&v| conv.regions(f32::from(v)).unwrap_or(0))
+            .collect();
+        let spacing = voxel_size(&in_affine);
+        let scores = score_regions(&pred, &label, in_shape, spacing)
+            .map_err(|e| CliError::failed(format!("scoring against {}: {e}", path.display())))?;
+        if args.json {
+            let doc = scores_json(&args.image, path, &labels, spacing, &scores);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("scores serialize")
+            );
+        } else {
+            print!("{}", scores_table(&scores));
+        }
+    }
     Ok(())
+}
+
+/// The regions scored by `--label`, in the order they are printed.
+const REGIONS: [(&str, u8); 3] = [
+    ("TC", wf_imaging::transforms::TC),
+    ("WT", wf_imaging::transforms::WT),
+    ("ET", wf_imaging::transforms::ET),
+];
+
+/// `--label`: region bits in C order on the image's grid; refused (exit 2) when its grid is not the
+/// image's or a value is not part of the convention.
+fn read_label(
+    path: &Path,
+    image: &Path,
+    shape: [usize; 3],
+    affine: &[[f64; 4]; 4],
+    conv: LabelConvention,
+) -> CliResult<Vec<u8>> {
+    let nifti = wf_imaging::nifti::read_nifti(path)
+        .map_err(|e| invalid(format!("--label {}: {e}", path.display())))?;
+    let case = format!(
+        "--label {} against --image {}",
+        path.display(),
+        image.display()
+    );
+    let label = wf_imaging::transforms::load::label_from_nifti(nifti, &case, shape, affine)
+        .map_err(|e| {
+            invalid(format!(
+                "--label {} is not on the grid of --image {}: {e}",
+                path.display(),
+                image.display()
+            ))
+        })?;
+    let wf_imaging::transforms::LabelData::Raw(raw) = &label.data else {
+        return Err(invalid(format!(
+            "--label {}: not raw label values",
+            path.display()
+        )));
+    };
+    let [nx, ny, nz] = shape;
+    let mut out = vec![0u8; raw.len()];
+    for x in 0..nx {
+        for y in 0..ny {
+            for z in 0..nz {
+                // NIfTI's order is X fastest.
+                let v = raw[(z * ny + y) * nx + x];
+                out[(x * ny + y) * nz + z] = conv.regions(v).ok_or_else(|| {
+                    invalid(format!(
+                        "--label {}: value {v} at voxel ({x}, {y}, {z}) is not a label of the `{}` convention",
+                        path.display(),
+                        conv.name()
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The voxel size in mm along each axis of a grid: the lengths of its affine's columns.
+fn voxel_size(affine: &[[f64; 4]; 4]) -> [f64; 3] {
+    std::array::from_fn(|j| {
+        (0..3)
+            .map(|i| affine[i][j] * affine[i][j])
+            .sum::<f64>()
+            .sqrt()
+    })
+}
+
+/// Dice and HD95 of each region of `REGIONS`, prediction against label (region bits, C order).
+fn score_regions(
+    pred: &[u8],
+    label: &[u8],
+    shape: [usize; 3],
+    spacing: [f64; 3],
+) -> Result<Vec<(&'static str, RegionScore)>, wf_imaging::ImagingError> {
+    REGIONS
+        .iter()
+        .map(|&(name, bit)| {
+            let p: Vec<bool> = pred.iter().map(|v| v & bit != 0).collect();
+            let l: Vec<bool> = label.iter().map(|v| v & bit != 0).collect();
+            Ok((name, wf_imaging::metrics::score(&p, &l, shape, spacing)?))
+        })
+        .collect()
+}
+
+/// Why a region's score is NaN, in words; `None` when both sides have voxels.
+fn empty_side(s: &RegionScore) -> Option<&'static str> {
+    match (s.pred_voxels, s.label_voxels) {
+        (0, 0) => Some("both empty"),
+        (0, _) => Some("empty prediction"),
+        (_, 0) => Some("empty label"),
+        _ => None,
+    }
+}
+
+/// A finite score as a number, anything else (an empty region's NaN) as `null`.
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn scores_json(
+    image: &Path,
+    label: &Path,
+    labels: &str,
+    spacing: [f64; 3],
+    scores: &[(&str, RegionScore)],
+) -> serde_json::Value {
+    let regions: Vec<_> = scores
+        .iter()
+        .map(|(name, s)| {
+            serde_json::json!({
+                "region": name,
+                "dice": finite(s.dice),
+                "hd95_mm": finite(s.hd95),
+                "pred_voxels": s.pred_voxels,
+                "label_voxels": s.label_voxels,
+                "empty": empty_side(s),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "image": image.display().to_string(),
+        "label": label.display().to_string(),
+        "labels": labels,
+        "spacing_mm": spacing,
+        "regions": regions,
+    })
+}
+
+/// One line per region: Dice to 4 decimals, HD95 to 2 (mm), `n/a` and the reason when a side is
+/// empty.
+fn scores_table(scores: &[(&str, RegionScore)]) -> String {
+    let num = |v: f64, places: usize| {
+        if v.is_finite() {
+            format!("{v:.places$}")
+        } else {
+            "n/a".to_string()
+        }
+    };
+    let mut out = format!(
+        "{:<6} {:>7} {:>10} {:>11} {:>12}\n",
+        "region", "dice", "hd95_mm", "pred_voxels", "label_voxels"
+    );
+    for (name, s) in scores {
+        let line = format!(
+            "{name:<6} {:>7} {:>10} {:>11} {:>12}",
+            num(s.dice, 4),
+            num(s.hd95, 2),
+            s.pred_voxels,
+            s.label_voxels
+        );
+        match empty_side(s) {
+            Some(why) => out.push_str(&format!("{line}  ({why})\n")),
+            None => out.push_str(&format!("{line}\n")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -269,6 +467,57 @@ mod tests {
             class_counts(convention("msd").unwrap(), &[0, 3, 3]),
             "1 edema: 0, 2 non-enhancing tumour: 0, 3 enhancing tumour: 2"
         );
+    }
+
+    #[test]
+    fn voxel_size_is_the_length_of_each_affine_column() {
+        // A rotation about Z by 90 degrees with voxels of 2 x 3 x 0.5 mm.
+        let a = [
+            [0.0, -3.0, 0.0, 10.0],
+            [2.0, 0.0, 0.0, -4.0],
+            [0.0, 0.0, 0.5, 1.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        assert_eq!(voxel_size(&a), [2.0, 3.0, 0.5]);
+    }
+
+    #[test]
+    fn regions_are_scored_from_their_own_bit() {
+        // 1 x 1 x 4: the label has WT on all four voxels, TC on two, no ET; the prediction WT on
+        // two, TC on the same two, ET on one.
+        let label = [WT | TC, WT | TC, WT, WT];
+        let pred = [WT | TC | ET, WT | TC, 0, 0];
+        let s = score_regions(&pred, &label, [1, 1, 4], [1.0, 1.0, 2.0]).unwrap();
+        let names: Vec<&str> = s.iter().map(|r| r.0).collect();
+        assert_eq!(names, ["TC", "WT", "ET"]);
+        assert_eq!((s[0].1.dice, s[0].1.hd95), (1.0, 0.0));
+        // WT: 2 * 2 / (2 + 4). Label → prediction: 0, 0, 2, 4 mm, whose 95th percentile is
+        // 2 + 0.85 * 2; prediction → label: 0, 0.
+        assert!((s[1].1.dice - 2.0 / 3.0).abs() < 1e-12);
+        assert!((s[1].1.hd95 - 3.7).abs() < 1e-12, "{:?}", s[1].1);
+        assert!(s[2].1.dice.is_nan() && s[2].1.hd95.is_nan());
+        assert_eq!((s[2].1.pred_voxels, s[2].1.label_voxels), (1, 0));
+
+        let table = scores_table(&s);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[1].starts_with("TC") && lines[1].contains("1.0000"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("0.6667") && !lines[2].contains("("),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("n/a") && lines[3].ends_with("(empty label)"),
+            "{table}"
+        );
+        let doc = scores_json(Path::new("i"), Path::new("l"), "msd", [1.0, 1.0, 2.0], &s);
+        assert_eq!(doc["regions"][2]["dice"], serde_json::Value::Null);
+        assert_eq!(doc["regions"][2]["empty"], "empty label");
+        assert_eq!(doc["regions"][0]["dice"], 1.0);
+        assert_eq!(doc["regions"][0]["empty"], serde_json::Value::Null);
     }
 
     #[test]

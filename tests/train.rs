@@ -240,8 +240,136 @@ fn train_export_and_predict_end_to_end() {
         "{said}"
     );
 
-    // Bad input: an image with the wrong number of channels is refused with exit 2.
+    // `--label`: the segmentation scored against the case's label on the input grid, per region.
     let label = dataset.join("labelsTr").join(image.file_name().unwrap());
+    let predict_with = |extra: &[&str]| {
+        let mut a = vec![
+            "predict",
+            "--model",
+            export.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--out",
+            seg.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        wf(dir, &a)
+    };
+    let out = predict_with(&["--label", label.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores = json(&out);
+    let regions = scores["regions"].as_array().unwrap();
+    let names: Vec<&str> = regions
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["TC", "WT", "ET"], "{scores}");
+    // The same numbers as the metrics computed here from the written segmentation and the label
+    // file, both on the input grid.
+    let got = wf_imaging::nifti::read_nifti(&seg).unwrap();
+    let truth = wf_imaging::nifti::read_nifti(&label).unwrap();
+    let spacing = [
+        input.affine[0][0].abs(),
+        input.affine[1][1].abs(),
+        input.affine[2][2].abs(),
+    ];
+    let d = &input.dims;
+    let fortran_to_c = |v: &[f32], bit: u8| -> Vec<bool> {
+        let mut out = vec![false; v.len()];
+        for x in 0..d[0] {
+            for y in 0..d[1] {
+                for z in 0..d[2] {
+                    let value = v[(z * d[1] + y) * d[0] + x];
+                    let bits = wf_imaging::transforms::LabelConvention::Msd
+                        .regions(value)
+                        .unwrap();
+                    out[(x * d[1] + y) * d[2] + z] = bits & bit != 0;
+                }
+            }
+        }
+        out
+    };
+    use wf_imaging::transforms::{ET, TC, WT};
+    for (r, bit) in regions.iter().zip([TC, WT, ET]) {
+        let (p, l) = (fortran_to_c(&got.data, bit), fortran_to_c(&truth.data, bit));
+        let want = wf_imaging::metrics::score(&p, &l, [d[0], d[1], d[2]], spacing).unwrap();
+        assert_eq!(r["label_voxels"], want.label_voxels, "{r}");
+        assert_eq!(r["pred_voxels"], want.pred_voxels, "{r}");
+        assert!(
+            want.label_voxels > 0,
+            "the synthetic label has every region: {r}"
+        );
+        match r["dice"].as_f64() {
+            Some(dice) => assert!((dice - want.dice).abs() < 1e-12, "{r}"),
+            None => assert!(want.dice.is_nan() && r["empty"].is_string(), "{r}"),
+        }
+        match r["hd95_mm"].as_f64() {
+            Some(hd) => assert!((hd - want.hd95).abs() < 1e-12, "{r}"),
+            None => assert!(want.hd95.is_nan() && r["empty"].is_string(), "{r}"),
+        }
+    }
+    assert_eq!(scores["labels"], "msd");
+
+    // Without --json: a table of the same regions.
+    let out = predict_with(&["--label", label.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[0].starts_with("region") && lines[0].contains("hd95_mm"),
+        "{table}"
+    );
+    for (line, name) in lines[1..].iter().zip(["TC", "WT", "ET"]) {
+        assert!(line.starts_with(name), "{table}");
+    }
+
+    // A label on another grid (the same voxels, moved 1 mm) is refused with exit 2 before
+    // inference, naming both files.
+    let moved = dir.join("moved_label.nii.gz");
+    let mut affine = truth.affine;
+    affine[0][3] += 1.0;
+    wf_imaging::nifti::write_nifti(
+        &moved,
+        &truth.dims,
+        wf_imaging::nifti::NiftiData::F32(&truth.data),
+        &affine,
+    )
+    .unwrap();
+    let out = predict_with(&["--label", moved.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("moved_label.nii.gz is not on the grid of --image")
+            && said.contains(image.to_str().unwrap())
+            && said.contains("affine"),
+        "{said}"
+    );
+    // A value outside the convention (MSD: 0-3) is refused with exit 2, naming the value.
+    let odd = dir.join("odd_label.nii.gz");
+    let mut data = truth.data.clone();
+    data[5] = 7.0;
+    wf_imaging::nifti::write_nifti(
+        &odd,
+        &truth.dims,
+        wf_imaging::nifti::NiftiData::F32(&data),
+        &truth.affine,
+    )
+    .unwrap();
+    let out = predict_with(&["--label", odd.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "odd_label.nii.gz: value 7 at voxel (5, 0, 0) is not a label of the `msd` convention"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // --json means the scores of --label; alone it is a usage error.
+    let out = predict_with(&["--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // Bad input: an image with the wrong number of channels is refused with exit 2.
     let out = wf(
         dir,
         &[

@@ -102,6 +102,10 @@ pub enum ImagingError {
         file: String,
         missing: Vec<(String, String)>,
     },
+    /// Masks a metric cannot compare (lengths that do not match the shape, a bad spacing or
+    /// percentile); `what` names the argument.
+    #[error("metric: {what}: {reason}")]
+    Metric { what: &'static str, reason: String },
 }
 
 impl ImagingError {

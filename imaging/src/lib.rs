@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod memory;
+pub mod metrics;
 pub mod msd;
 pub mod nifti;
 pub mod resample;
