@@ -3,8 +3,8 @@
 # stdout; everything else goes to stderr.
 #   bench/setup-monai.sh [VENV]      default VENV: $WF_MONAI_VENV, else ~/.cache/wf-monai-venv
 # The pins are those of the MONAI parity data (imaging/tests/data/monai-1.6.1/requirements.txt):
-# monai 1.6.1, torch 2.15.0, nibabel 5.4.2, numpy 2.4.6, so the benchmark times the same MONAI that the
-# parity tests compare against. A venv that already has exactly these versions is reused without
+# monai 1.6.1, torch 2.15.0, nibabel 5.4.2, numpy 2.4.6 and scipy 1.17.1, so the benchmarks time the same
+# MONAI that the parity tests compare against. A venv that already has exactly these versions is reused without
 # touching the network. torch's default wheel pulls CUDA libraries (several GB, minutes to install);
 # the benchmark runs it on the CPU.
 set -euo pipefail
