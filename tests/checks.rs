@@ -32,6 +32,8 @@ fixture!(
     volume_not_divisible,
     network_shape,
     too_few_cases,
+    warmup_too_long,
+    unknown_lr_schedule,
 );
 
 #[test]

@@ -191,7 +191,8 @@ fn brats_in_production_has_metrics_spot_tags_and_kms_on_every_job() {
             "validation:dice_tc",
             "validation:dice_wt",
             "validation:dice_et",
-            "train:samples_per_second"
+            "train:samples_per_second",
+            "train:lr"
         ]
     );
     assert!(train["EnableManagedSpotTraining"].is_null());

@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn workflow(dir: &Path, epochs: usize) {
+    workflow_with(dir, epochs, "");
+}
+
+/// `workflow` with more train-unet params (`extra`: `, key: value` pairs).
+fn workflow_with(dir: &Path, epochs: usize, extra: &str) {
     let yaml = format!(
         r#"name: tiny
 seed: 3
@@ -36,7 +41,7 @@ steps:
     uses: train-unet
     inputs: {{ samples: stage }}
     with: {{ epochs: {epochs}, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0,
-            channels: [4, 8, 16], strides: [2, 2], num_res_units: 1 }}
+            channels: [4, 8, 16], strides: [2, 2], num_res_units: 1{extra} }}
   export: {{ uses: export-checkpoint, inputs: {{ model: train }} }}
 "#
     );
@@ -90,7 +95,14 @@ fn metric_definitions_read_the_epoch_lines(output: &str, epochs: &[serde_json::V
     let rates = found("train:samples_per_second");
     assert_eq!(rates.len(), epochs.len(), "{output}");
     assert!(rates.iter().all(|r| *r > 0.0), "{rates:?}");
-    assert_eq!(wf_steps::train_unet::METRICS.len(), 6);
+    // The learning rate is printed with 5 significant digits.
+    let lrs = found("train:lr");
+    let want: Vec<f64> = epochs.iter().map(|e| e["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs.len(), want.len(), "{output}");
+    for (g, w) in lrs.iter().zip(&want) {
+        assert!((g - w).abs() <= 0.5e-4 * w, "train:lr: {g} vs {w}");
+    }
+    assert_eq!(wf_steps::train_unet::METRICS.len(), 7);
 }
 
 #[test]
@@ -480,16 +492,20 @@ fn last_weights(model: &Path) -> Vec<u8> {
 #[test]
 fn killed_training_resumes_from_its_last_checkpoint() {
     const EPOCHS: usize = 6;
+    // With a warm-up and cosine schedule, so a resumed epoch must recompute its learning rate.
+    const SCHEDULE: &str = ", lr_schedule: cosine, warmup_epochs: 1";
     // An uninterrupted reference run.
     let reference = tempfile::tempdir().unwrap();
-    workflow(reference.path(), EPOCHS);
+    workflow_with(reference.path(), EPOCHS, SCHEDULE);
     let out = wf(reference.path(), &["run", "wf.yaml", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let want = last_weights(&output_path(&json(&out), "train"));
+    let reference_model = output_path(&json(&out), "train");
+    let want = last_weights(&reference_model);
+    let want_metrics = read(reference_model.join("metrics.jsonl"));
 
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    workflow(dir, EPOCHS);
+    workflow_with(dir, EPOCHS, SCHEDULE);
     let mut child = std::process::Command::new(wf_bin())
         .args(["run", "wf.yaml"])
         .current_dir(dir)
@@ -553,6 +569,21 @@ fn killed_training_resumes_from_its_last_checkpoint() {
     assert!(
         last_weights(&model) == want,
         "resumed training ended with different weights than an uninterrupted run"
+    );
+    // The same losses, Dice and learning rates per epoch (warm-up, then cosine down).
+    let got_metrics = read(model.join("metrics.jsonl"));
+    assert_eq!(got_metrics, want_metrics);
+    let lrs: Vec<f64> = got_metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        lrs[0] == 5e-4 && lrs[1] == 1e-3 && lrs.windows(2).skip(1).all(|w| w[1] < w[0]),
+        "{lrs:?}"
     );
     // The resume area is cleaned up once the output is in the cache.
     assert!(!checkpoint_done(&cache, EPOCHS));

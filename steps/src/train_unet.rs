@@ -37,6 +37,7 @@ use wf_trainer::machine::Machine;
 use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
 use wf_trainer::record::{TRAIN_FORMAT, TrainRecord};
+use wf_trainer::schedule::{LrSchedule, ScheduleKind};
 use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent};
 use wf_trainer::unet::UNetConfig;
 
@@ -69,6 +70,21 @@ const PARAMS: &[ParamSpec] = &[
     ),
     ParamSpec::optional("lr", ParamType::Float, "1.0e-4", "Adam learning rate")
         .shape("number > 0", || json!({ "type": "number", "exclusiveMinimum": 0 })),
+    ParamSpec::optional(
+        "lr_schedule",
+        ParamType::Enum(&["constant", "cosine"]),
+        "\"constant\"",
+        "learning rate per epoch after the warm-up: `constant` (`lr`), or `cosine`: `torch.optim.lr_scheduler.CosineAnnealingLR(T_max = epochs - warmup_epochs, eta_min = 0)` stepped once per epoch, lr·(1 + cos(π·k/T_max))/2 in epoch k (from 0) after the warm-up (MONAI's BraTS tutorial)",
+    ),
+    ParamSpec::optional(
+        "warmup_epochs",
+        ParamType::Int {
+            min: 0,
+            max: 100_000,
+        },
+        "0",
+        "epochs of linear warm-up before `lr_schedule`: epoch e (0-based) < N trains at lr·(e + 1)/(N + 1); less than `epochs`",
+    ),
     ParamSpec::optional(
         "weight_decay",
         ParamType::Float,
@@ -136,6 +152,8 @@ struct TrainParams {
     epochs: usize,
     batch_size: usize,
     lr: f64,
+    lr_schedule: String,
+    warmup_epochs: usize,
     weight_decay: f64,
     val_fraction: f64,
     loss: String,
@@ -170,6 +188,14 @@ impl TrainParams {
             seed,
             resume: true,
             bf16: self.precision == "bf16",
+            lr_schedule: LrSchedule {
+                kind: if self.lr_schedule == "cosine" {
+                    ScheduleKind::Cosine
+                } else {
+                    ScheduleKind::Constant
+                },
+                warmup_epochs: self.warmup_epochs,
+            },
         }
     }
 }
@@ -203,20 +229,25 @@ pub const METRICS: &[Metric] = &[
         name: "train:samples_per_second",
         regex: r"epoch [0-9]+/[0-9]+: .*, ([0-9.]+) samples/s",
     },
+    Metric {
+        name: "train:lr",
+        regex: r"epoch [0-9]+/[0-9]+: .*, lr ([0-9.eE+-]+)$",
+    },
 ];
 
 /// The line each epoch prints (and the worker writes to the job's log), which `METRICS` reads.
 fn epoch_line(m: &wf_trainer::train::EpochMetrics, epochs: u64, samples_per_second: f64) -> String {
     let dice = |d: Option<f32>| d.map_or_else(|| "n/a".to_string(), |d| format!("{d:.4}"));
     format!(
-        "epoch {}/{epochs}: loss {:.4}, val Dice mean {} (TC {}, WT {}, ET {}), {:.1} samples/s",
+        "epoch {}/{epochs}: loss {:.4}, val Dice mean {} (TC {}, WT {}, ET {}), {:.1} samples/s, lr {:.4e}",
         m.epoch,
         m.train_loss,
         dice(m.val_mean_dice),
         dice(m.val_dice_tc),
         dice(m.val_dice_wt),
         dice(m.val_dice_et),
-        samples_per_second
+        samples_per_second,
+        m.lr
     )
 }
 
@@ -258,6 +289,14 @@ impl Step for TrainUnet {
             diags.error(
                 params.span_of("lr"),
                 format!("step `{id}`: `lr` must be > 0, found {}", p.lr),
+            );
+        }
+        if let Err(TrainerError::Config { field, detail }) =
+            p.config(0).lr_schedule.validate(p.epochs)
+        {
+            diags.error(
+                params.span_of(field),
+                format!("step `{id}`: `{field}` {detail}"),
             );
         }
         if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {

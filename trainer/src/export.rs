@@ -120,7 +120,12 @@ fn trained_on(record: Option<&TrainRecord>) -> String {
 /// best checkpoint of `train_dir` into `out_dir`. `data` describes the training data for the card;
 /// the machine it was trained on comes from the model's `train.json`.
 pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> {
-    let machine = trained_on(TrainRecord::read_in(train_dir)?.as_ref());
+    let trained = TrainRecord::read_in(train_dir)?;
+    let machine = trained_on(trained.as_ref());
+    // The schedule is recorded in train.json only; a model without one leaves it unsaid.
+    let schedule = trained.as_ref().map_or_else(String::new, |r| {
+        format!(", learning rate {}", r.config.lr_schedule.describe())
+    });
     let (ckpt, best) = best_checkpoint(train_dir)?;
     let meta = checkpoint::read_meta(&ckpt)?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -157,7 +162,7 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
          - Architecture: `monai.networks.nets.UNet(spatial_dims=3, in_channels={}, out_channels={}, channels={:?}, strides={:?}, num_res_units={})`\n\
          - Weights: `model.safetensors` (MONAI state_dict names; `load_state_dict(..., strict=True)`), epoch {} of training\n\
          - Training data: {data}\n\
-         - Optimizer: Adam, lr {}, weight decay {}\n\
+         - Optimizer: Adam, lr {}, weight decay {}{schedule}\n\
          - Validation Dice (sigmoid > 0.5): mean {}, TC {}, WT {}, ET {}\n\
          - Output channels: TC, WT, ET (sigmoid per channel)\n\
          - Trained on: {machine}\n\
@@ -251,7 +256,13 @@ mod tests {
         let machine = crate::machine::Machine::detect(2);
         TrainRecord {
             format: crate::record::TRAIN_FORMAT.into(),
-            config: Default::default(),
+            config: crate::train::TrainConfig {
+                lr_schedule: crate::schedule::LrSchedule {
+                    kind: crate::schedule::ScheduleKind::Cosine,
+                    warmup_epochs: 2,
+                },
+                ..Default::default()
+            },
             samples: "ab".repeat(32),
             split: crate::placement::Split {
                 train_cases: vec!["a".into(), "b".into()],
@@ -274,7 +285,10 @@ mod tests {
         assert!(
             card.contains("Training data: synthetic")
                 && card.contains(&format!("Trained on: `cpu`, fp32; {}", machine.describe()))
-                && card.contains("same kind of machine"),
+                && card.contains("same kind of machine")
+                && card.contains(
+                    ", learning rate cosine annealing to 0 (CosineAnnealingLR per epoch) after 2 linear warm-up epochs\n"
+                ),
             "{card}"
         );
     }

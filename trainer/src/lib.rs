@@ -21,6 +21,7 @@ pub mod optim;
 pub mod placement;
 pub mod plot;
 pub mod record;
+pub mod schedule;
 pub mod train;
 pub mod unet;
 

@@ -3,7 +3,8 @@
 //! Output directory layout:
 //! - `checkpoints/epoch-NNNN/` after each epoch (see `checkpoint`); the latest and the best (by
 //!   validation mean Dice) are kept, older ones removed;
-//! - `metrics.jsonl`: one [`EpochMetrics`] per line, appended after that epoch's checkpoint.
+//! - `metrics.jsonl`: one [`EpochMetrics`] per line, appended after that epoch's checkpoint, with
+//!   the learning rate the epoch trained with (`schedule`: set before each epoch from its number).
 //!
 //! Everything written there is a function of the configuration, the data and the machine's
 //! arithmetic: no clock. How long an epoch took ([`EpochTiming`]) comes with the epoch's event only,
@@ -17,6 +18,7 @@ use crate::ddp::{GradReducer, SingleProcess};
 use crate::error::{Result, TrainerError};
 use crate::loss::{DiceLoss, DiceMetric};
 use crate::optim::{Adam, AdamConfig};
+use crate::schedule::LrSchedule;
 use crate::unet::{UNet, UNetConfig, init_seeded};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -129,6 +131,10 @@ pub struct TrainConfig {
     /// bf16 mixed precision (convolutions in bf16, the rest f32); CUDA devices only.
     #[serde(default)]
     pub bf16: bool,
+    /// The learning rate per epoch (`schedule`); absent in configurations recorded before it,
+    /// which trained at the constant `adam.lr`.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
 }
 
 impl Default for TrainConfig {
@@ -141,6 +147,7 @@ impl Default for TrainConfig {
             seed: 0,
             resume: true,
             bf16: false,
+            lr_schedule: LrSchedule::default(),
         }
     }
 }
@@ -162,6 +169,7 @@ pub struct EpochMetrics {
     /// MONAI DiceMetric "mean"; `None` without validation samples.
     pub val_mean_dice: Option<f32>,
     pub val_samples: usize,
+    /// The learning rate this epoch trained with (the schedule's, see `schedule`).
     pub lr: f64,
 }
 
@@ -473,6 +481,7 @@ fn run_replica(
 ) -> Result<TrainSummary> {
     cfg.unet.validate()?;
     cfg.adam.validate()?;
+    cfg.lr_schedule.validate(cfg.epochs)?;
     let rank0 = reducer.rank() == 0;
     if cfg.bf16 && !device.is_cuda() {
         return Err(TrainerError::Config {
@@ -495,8 +504,8 @@ fn run_replica(
         if cfg.resume
             && let Some(dir) = checkpoint::latest(&ckpt_root)?
         {
+            // The learning rate is set per epoch from the schedule, whatever the checkpoint held.
             let meta = checkpoint::load(&dir, &vm, &mut opt)?;
-            opt.set_lr(cfg.adam.lr);
             // Lines past the checkpoint come from an epoch whose checkpoint never completed.
             let metrics: Vec<EpochMetrics> = read_metrics(out_dir)?
                 .into_iter()
@@ -520,6 +529,7 @@ fn run_replica(
         agree(reducer, device, "preparing (checkpoints, resume)", prepared)?;
 
     for epoch in start_epoch..cfg.epochs {
+        opt.set_lr(cfg.lr_schedule.lr(cfg.adam.lr, epoch, cfg.epochs));
         agree(
             reducer,
             device,
@@ -802,20 +812,77 @@ mod tests {
         );
     }
 
+    /// A batch source that fails to start epoch `stop_at` (0-based), as a kill between epochs.
+    struct StopAt {
+        inner: VecSource,
+        stop_at: Option<usize>,
+    }
+
+    impl BatchSource for StopAt {
+        fn start_epoch(&mut self, epoch: usize) -> Result<()> {
+            if Some(epoch) == self.stop_at {
+                return Err(TrainerError::Config {
+                    field: "test",
+                    detail: "stopped".into(),
+                });
+            }
+            self.inner.start_epoch(epoch)
+        }
+        fn next_batch(&mut self) -> Result<Option<(Tensor, Tensor)>> {
+            self.inner.next_batch()
+        }
+    }
+
+    /// Resuming gives the weights, metrics and learning rates of an uninterrupted run, with the
+    /// constant rate and with a warm-up and cosine schedule (recomputed from the resumed epoch).
     #[test]
     fn resume_equals_uninterrupted_run() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let run = |dir: &Path, epochs: usize| {
-            let mut tr = VecSource::new(synthetic(4, 0), 2, Some(3)).unwrap();
-            let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
-            train(&small_cfg(epochs), dir, &mut tr, &mut va, &mut |_| {}).unwrap()
+        use crate::schedule::ScheduleKind;
+        let cosine = LrSchedule {
+            kind: ScheduleKind::Cosine,
+            warmup_epochs: 1,
         };
-        let full = run(d1.path(), 2);
-        run(d2.path(), 1);
-        let resumed = run(d2.path(), 2);
-        let a = std::fs::read(full.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
-        let b = std::fs::read(resumed.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
-        assert!(a == b, "resumed weights differ from an uninterrupted run");
+        for (schedule, epochs, killed_after) in [(LrSchedule::default(), 2, 1), (cosine, 4, 2)] {
+            let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let run = |dir: &Path, epochs: usize, stop_at: Option<usize>| {
+                let mut tr = StopAt {
+                    inner: VecSource::new(synthetic(4, 0), 2, Some(3)).unwrap(),
+                    stop_at,
+                };
+                let mut va = VecSource::new(synthetic(2, 50), 2, None).unwrap();
+                let cfg = TrainConfig {
+                    lr_schedule: schedule,
+                    ..small_cfg(epochs)
+                };
+                train(&cfg, dir, &mut tr, &mut va, &mut |_| {})
+            };
+            let full = run(d1.path(), epochs, None);
+            // The interrupted run has the same configuration (so the same schedule) and stops
+            // as a kill would between epochs: after `killed_after` epochs' checkpoints.
+            assert!(run(d2.path(), epochs, Some(killed_after)).is_err());
+            let resumed = run(d2.path(), epochs, None).unwrap();
+            let full = full.unwrap();
+            let lrs = |s: &TrainSummary| s.metrics.iter().map(|m| m.lr).collect::<Vec<_>>();
+            let want: Vec<f64> = (0..epochs).map(|e| schedule.lr(1e-2, e, epochs)).collect();
+            assert_eq!(lrs(&full), want, "{schedule:?}");
+            assert_eq!(
+                lrs(&resumed),
+                want,
+                "{schedule:?}: learning rates after resume"
+            );
+            let a = std::fs::read(full.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
+            let b =
+                std::fs::read(resumed.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
+            assert!(
+                a == b,
+                "{schedule:?}: resumed weights differ from an uninterrupted run"
+            );
+            let (fa, fb) = (
+                std::fs::read(metrics_path(d1.path())).unwrap(),
+                std::fs::read(metrics_path(d2.path())).unwrap(),
+            );
+            assert!(fa == fb, "{schedule:?}: metrics.jsonl differs after resume");
+        }
     }
 
     /// Every file under `dir`, by relative path.
