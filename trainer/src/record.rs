@@ -104,6 +104,27 @@ mod tests {
         }
     }
 
+    /// The schedule is part of the recorded configuration.
+    #[test]
+    fn records_the_learning_rate_schedule() {
+        use crate::schedule::{LrSchedule, ScheduleKind};
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record();
+        r.config.lr_schedule = LrSchedule {
+            kind: ScheduleKind::Cosine,
+            warmup_epochs: 3,
+        };
+        r.write_in(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(TRAIN_FILE)).unwrap();
+        assert!(
+            text.contains(
+                "\"lr_schedule\": {\n      \"kind\": \"cosine\",\n      \"warmup_epochs\": 3\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(TrainRecord::read_in(dir.path()).unwrap(), Some(r));
+    }
+
     #[test]
     fn round_trips_and_checks_its_format() {
         let dir = tempfile::tempdir().unwrap();
@@ -122,6 +143,11 @@ mod tests {
         let old = TrainRecord::read_in(dir.path()).unwrap().unwrap();
         assert_eq!(old.machine, None);
         assert_eq!(old.config, record().config);
+        // Written before the learning-rate schedule: read as the constant rate it trained with.
+        v["config"].as_object_mut().unwrap().remove("lr_schedule");
+        std::fs::write(dir.path().join(TRAIN_FILE), v.to_string()).unwrap();
+        let old = TrainRecord::read_in(dir.path()).unwrap().unwrap();
+        assert_eq!(old.config.lr_schedule, Default::default());
         v["format"] = "wf-train-v9".into();
         std::fs::write(dir.path().join(TRAIN_FILE), v.to_string()).unwrap();
         let e = TrainRecord::read_in(dir.path()).unwrap_err().to_string();
