@@ -982,7 +982,7 @@ fn brats_deploys_and_runs_in_the_emulator() {
             .as_array()
             .unwrap()
             .len(),
-        6
+        7
     );
     assert_eq!(train["OutputDataConfig"]["KmsKeyId"], "alias/wf-brats");
     for (state, p) in tasks
