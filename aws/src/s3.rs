@@ -327,18 +327,7 @@ impl Bucket {
         threshold: u64,
     ) -> Result<(), AwsError> {
         use aws_sdk_s3::types::CompletedPart;
-        let (sse, kms) = self.sse();
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.name)
-            .key(key)
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms)
-            .send()
-            .await
-            .map_err(|e| self.err("CreateMultipartUpload", key, &e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let upload_id = self.start_multipart(key).await?;
         let parts = ranges(size, part_size(size, threshold));
         let this = self.clone();
         let (key_s, src_p, id) = (key.to_string(), src.to_path_buf(), upload_id.clone());
@@ -417,17 +406,7 @@ impl Bucket {
             return Ok(());
         }
         use aws_sdk_s3::types::CompletedPart;
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.name)
-            .key(dst)
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms)
-            .send()
-            .await
-            .map_err(|e| self.err("CreateMultipartUpload", dst, &e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let upload_id = self.start_multipart(dst).await?;
         let numbered: Vec<(i32, (u64, u64))> = (1..)
             .zip(ranges(size, part_size(size, threshold)))
             .collect();
@@ -458,6 +437,22 @@ impl Bucket {
         })
         .await;
         self.finish_multipart(dst, &upload_id, copied).await
+    }
+
+    /// Starts a multipart upload of `key`, encrypted as every object wf writes; its upload id.
+    async fn start_multipart(&self, key: &str) -> Result<String, AwsError> {
+        let (sse, kms) = self.sse();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.name)
+            .key(key)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms)
+            .send()
+            .await
+            .map_err(|e| self.err("CreateMultipartUpload", key, &e))?;
+        Ok(created.upload_id().unwrap_or_default().to_string())
     }
 
     /// Completes multipart upload `upload_id` of `key` from its parts, or aborts it when a part
