@@ -1441,13 +1441,23 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, text).unwrap();
         }
+        commit_staged(store, &st, params, inputs)
+    }
+
+    /// Commits what `st` holds as a Files artifact of a step whose params are `params`.
+    fn commit_staged(
+        store: &Store,
+        st: &Staging,
+        params: &str,
+        inputs: &[(&str, ArtifactDigest)],
+    ) -> Result<Entry, StoreError> {
         let c = components(params, inputs);
         let producer = Producer {
             workflow: "w".into(),
             step: params.into(),
         };
         store.commit(
-            &st,
+            st,
             &c.key(),
             &c,
             ArtifactType::Files,
@@ -1505,22 +1515,7 @@ mod tests {
         fs::set_permissions(&mine, fs::Permissions::from_mode(0o640)).unwrap();
         let st = store.stage("t").unwrap();
         fs::hard_link(&mine, st.out.join("v")).unwrap();
-        let c = components("link", &[]);
-        let producer = Producer {
-            workflow: "w".into(),
-            step: "s".into(),
-        };
-        let e = store
-            .commit(
-                &st,
-                &c.key(),
-                &c,
-                ArtifactType::Files,
-                producer,
-                Default::default(),
-                1,
-            )
-            .unwrap();
+        let e = commit_staged(&store, &st, "link", &[]).unwrap();
         let meta = fs::metadata(&mine).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o640);
         let object = fs::metadata(object_of(&store, &e, "v")).unwrap();
@@ -1540,22 +1535,7 @@ mod tests {
         store
             .link_derived(&derived.join("x"), &st.out.join("x"))
             .unwrap();
-        let c = components("derived", &[]);
-        let producer = Producer {
-            workflow: "w".into(),
-            step: "s".into(),
-        };
-        let e = store
-            .commit(
-                &st,
-                &c.key(),
-                &c,
-                ArtifactType::Files,
-                producer,
-                Default::default(),
-                1,
-            )
-            .unwrap();
+        let e = commit_staged(&store, &st, "derived", &[]).unwrap();
         let object = object_of(&store, &e, "x");
         let ino = fs::metadata(&object).unwrap().ino();
         assert_eq!(ino, fs::metadata(derived.join("x")).unwrap().ino());
