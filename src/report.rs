@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use wf_engine::exec::{Event, Level, Status, StepOutcome};
 use wf_engine::{ArtifactType, Count, Unit, Workflow};
+use wf_trainer::evaluation::EvalReport;
 use wf_trainer::export::ExportMetrics;
 
 pub struct Reporter {
@@ -143,17 +144,24 @@ impl Reporter {
         let outputs: Vec<(&StepInfo, &Path)> = self
             .steps
             .iter()
-            .filter(|i| i.terminal)
+            .filter(|i| i.terminal || i.output == ArtifactType::Export)
             .filter_map(|i| Some((i, by_id.get(i.id.as_str())?.output.as_ref()?.path.as_path())))
             .collect();
         if !outputs.is_empty() {
-            let _ = writeln!(s, "\n  output of each final step:");
+            let _ = writeln!(s, "\n  outputs (final steps and exports):");
             for (info, path) in outputs {
                 let _ = writeln!(s, "  {:<w$}  {}", info.id, path.display());
                 if info.output == ArtifactType::Export
                     && let Some(text) = export_line(path)
                 {
                     let _ = writeln!(s, "  {:<w$}  {text}", "");
+                }
+                if info.output == ArtifactType::Report
+                    && let Some(text) = report_table(path)
+                {
+                    for line in text.lines() {
+                        let _ = writeln!(s, "  {:<w$}  {line}", "");
+                    }
                 }
             }
         }
@@ -229,6 +237,17 @@ fn export_line(dir: &Path) -> Option<String> {
         ),
         None => format!("no validation Dice (epoch {})", m.epoch),
     })
+}
+
+/// What the summary shows under an evaluation's path: how many cases, and its per-region table.
+fn report_table(dir: &Path) -> Option<String> {
+    let r = EvalReport::read_in(dir).ok()?;
+    Some(format!(
+        "{} ({}), whole volumes:\n{}",
+        wf_engine::plural(r.cases.len(), "case"),
+        r.cases_from,
+        r.table()
+    ))
 }
 
 /// A running step's lines in the live view: a spinner that becomes a bar once the step counts its
@@ -541,7 +560,7 @@ mod tests {
   notes   ok           1.50s  ran
   broken  skipped          -  -
 
-  output of each final step:
+  outputs (final steps and exports):
   export  {}
           validation Dice 0.5000 (TC 0.5000, WT 0.7500, ET 0.2500), epoch 2
   notes   /cache/artifacts/n

@@ -90,9 +90,9 @@ fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
-/// The path printed under "output of each final step:" for `step`.
+/// The path printed under "outputs (final steps and exports):" for `step`.
 fn summary_output(text: &str, step: &str) -> Option<PathBuf> {
-    let rest = text.split("output of each final step:").nth(1)?;
+    let rest = text.split("outputs (final steps and exports):").nth(1)?;
     rest.lines().find_map(|l| {
         let mut words = l.split_whitespace();
         (words.next() == Some(step))

@@ -43,6 +43,7 @@ steps:
     with: {{ epochs: {epochs}, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0,
             channels: [4, 8, 16], strides: [2, 2], num_res_units: 1{extra} }}
   export: {{ uses: export-checkpoint, inputs: {{ model: train }} }}
+  evaluate: {{ uses: evaluate, inputs: {{ model: export, dataset: fetch }} }}
 "#
     );
     std::fs::write(dir.join("wf.yaml"), yaml).unwrap();
@@ -438,6 +439,86 @@ fn train_export_and_predict_end_to_end() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+
+    let cached = wf(dir, &["run", "wf.yaml"]);
+    assert!(cached.status.success(), "{}", stderr(&cached));
+    evaluation_matches_predict(dir, &v, &stderr(&cached));
+}
+
+/// The evaluate step's Report: the held-out case of the training, scored on its whole volume; the
+/// run's summary prints the table; `wf predict --label` on the same case gives the same numbers.
+fn evaluation_matches_predict(dir: &Path, v: &serde_json::Value, cached_run: &str) {
+    assert_eq!(status_of(v, "evaluate"), "ran");
+    let report_dir = output_path(v, "evaluate");
+    let report: serde_json::Value =
+        serde_json::from_str(&read(report_dir.join("report.json"))).unwrap();
+    assert_eq!(report["format"], "wf-report-v1");
+    assert_eq!(report["cases_from"], "held-out");
+    let train: serde_json::Value =
+        serde_json::from_str(&read(output_path(v, "train").join("train.json"))).unwrap();
+    let held_out = &train["split"]["val_cases"];
+    assert_eq!(&report["held_out"], held_out, "{report}");
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 1, "{report}");
+    assert_eq!(cases[0]["case"], held_out[0]);
+    let summary = report["summary"].as_array().unwrap();
+    let names: Vec<&str> = summary
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["TC", "WT", "ET"]);
+    let csv = read(report_dir.join("cases.csv"));
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.starts_with("case,region,dice,hd95_mm,pred_voxels,label_voxels,empty\n"));
+    let png = std::fs::read(report_dir.join("boxplot.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
+    // The summary of a run (here a cached one) prints the table under the report's path.
+    assert!(
+        cached_run.contains("1 case (held-out), whole volumes:")
+            && cached_run.contains("Dice mean ± std"),
+        "{cached_run}"
+    );
+
+    let dataset = output_path(v, "fetch");
+    let case = cases[0]["case"].as_str().unwrap();
+    let out = wf(
+        dir,
+        &[
+            "predict",
+            "--model",
+            output_path(v, "export").to_str().unwrap(),
+            "--image",
+            dataset
+                .join(cases[0]["image"].as_str().unwrap())
+                .to_str()
+                .unwrap(),
+            "--label",
+            dataset
+                .join(cases[0]["label"].as_str().unwrap())
+                .to_str()
+                .unwrap(),
+            "--out",
+            dir.join(format!("out/{case}.nii.gz")).to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores = json(&out);
+    for (p, e) in scores["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cases[0]["regions"].as_array().unwrap())
+    {
+        assert_eq!(p["region"], e["region"]);
+        for k in ["dice", "pred_voxels", "label_voxels", "empty"] {
+            assert_eq!(p[k], e[k], "{k}: predict {p} against evaluate {e}");
+        }
+        assert_eq!(
+            p["hd95_mm"], e["hd95_mm"],
+            "predict {p} against evaluate {e}"
+        );
+    }
 }
 
 /// `--out` must name a NIfTI file: checked first, before the model or the image is read.

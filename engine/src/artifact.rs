@@ -13,16 +13,19 @@ pub enum ArtifactType {
     Model,
     /// A published model (safetensors, config, metrics, model card).
     Export,
+    /// An evaluation: per-case scores and their summary (report.json, cases.csv, boxplot.png).
+    Report,
     /// Any files: the untyped output of a `command` step.
     Files,
 }
 
 impl ArtifactType {
-    pub const ALL: [ArtifactType; 5] = [
+    pub const ALL: [ArtifactType; 6] = [
         ArtifactType::Dataset,
         ArtifactType::Samples,
         ArtifactType::Model,
         ArtifactType::Export,
+        ArtifactType::Report,
         ArtifactType::Files,
     ];
 
@@ -32,6 +35,7 @@ impl ArtifactType {
             ArtifactType::Samples => "Samples",
             ArtifactType::Model => "Model",
             ArtifactType::Export => "Export",
+            ArtifactType::Report => "Report",
             ArtifactType::Files => "Files",
         }
     }

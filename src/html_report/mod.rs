@@ -235,6 +235,9 @@ fn page(wf: &Workflow, store: &Store, steps: &[StepInfo]) -> String {
     for s in steps.iter().filter(|s| s.output == ArtifactType::Export) {
         export_section(&mut out, s);
     }
+    for s in steps.iter().filter(|s| s.output == ArtifactType::Report) {
+        evaluation_section(&mut out, s);
+    }
     let _ = write!(out, "<script>{SCRIPT}</script>\n</body></html>\n");
     out
 }
@@ -627,6 +630,104 @@ fn export_section(out: &mut String, s: &StepInfo) {
             html::markdown(&card)
         );
     }
+}
+
+/// An evaluate step's Report: the per-region summary, the box plot, and every case's scores.
+fn evaluation_section(out: &mut String, s: &StepInfo) {
+    let _ = writeln!(
+        out,
+        "<h2 id=\"evaluation-{0}\">Evaluation: <code>{0}</code></h2>",
+        escape(&s.id)
+    );
+    let Some(dir) = &s.dir else {
+        return missing(out, s);
+    };
+    let r = match wf_trainer::evaluation::EvalReport::read_in(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(&e.to_string()));
+            return;
+        }
+    };
+    let num = |v: Option<f64>, p: usize| v.map_or("–".to_string(), |x| format!("{x:.p$}"));
+    let _ = writeln!(
+        out,
+        "<p class=\"meta\">{} ({}), whole volumes · roi {:?} · overlap {} · {} back onto each image's grid · labels {} · {}</p>",
+        wf_engine::plural(r.cases.len(), "case"),
+        escape(&r.cases_from),
+        r.roi,
+        r.overlap,
+        escape(&r.resample),
+        escape(&r.labels),
+        escape(&dir.display().to_string())
+    );
+    out.push_str(
+        "<table class=\"evaluation\"><tr><th>region</th><th>Dice mean</th><th>std</th><th>median</th>\
+         <th>HD95 mean (mm)</th><th>std</th><th>median</th><th>cases (Dice / HD95)</th></tr>\n",
+    );
+    for g in &r.summary {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td></tr>",
+            escape(&g.region),
+            num(g.dice.mean, 4),
+            num(g.dice.std, 4),
+            num(g.dice.median, 4),
+            num(g.hd95_mm.mean, 2),
+            num(g.hd95_mm.std, 2),
+            num(g.hd95_mm.median, 2),
+            g.dice.n,
+            g.hd95_mm.n
+        );
+    }
+    out.push_str("</table>\n");
+    match std::fs::read(dir.join(wf_trainer::evaluation::BOXPLOT_FILE)) {
+        Ok(png) => {
+            let _ = writeln!(
+                out,
+                "<p>{}</p>",
+                html::png_img(&png, "Dice and HD95 per region over the cases", "plot")
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "<p class=\"note\">{}: {e}</p>",
+                wf_trainer::evaluation::BOXPLOT_FILE
+            );
+        }
+    }
+    out.push_str("<table class=\"cases\"><tr><th>case</th>");
+    let names: Vec<&str> = r.summary.iter().map(|g| g.region.as_str()).collect();
+    for n in &names {
+        let _ = write!(out, "<th>{0} Dice</th><th>{0} HD95 (mm)</th>", escape(n));
+    }
+    out.push_str("</tr>\n");
+    for c in &r.cases {
+        let _ = write!(out, "<tr><td><code>{}</code></td>", escape(&c.case));
+        for n in &names {
+            match c.regions.iter().find(|x| x.region == *n) {
+                Some(x) => {
+                    let why = x.empty.as_deref().map(escape).unwrap_or_default();
+                    let cell = |v: Option<f64>, p: usize| match v {
+                        Some(_) => num(v, p),
+                        None if !why.is_empty() => format!("– ({why})"),
+                        None => "–".to_string(),
+                    };
+                    let _ = write!(
+                        out,
+                        "<td class=\"num\">{}</td><td class=\"num\">{}</td>",
+                        cell(x.dice, 4),
+                        cell(x.hd95_mm, 2)
+                    );
+                }
+                None => out.push_str("<td></td><td></td>"),
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! `UNet(...).load_state_dict(safetensors.torch.load_file(p), strict=True)`), with `config.json`
 //! (the MONAI constructor arguments), `metrics.json` (best epoch's Dice as `val_mean_dice`, TC, WT,
 //! ET, and the whole history), a model card `README.md` (the data, and the machine the training ran
-//! on, from the model's `train.json`), and `preprocessing.json` (the chain `wf predict` replays on
-//! new images).
+//! on, from the model's `train.json`), `preprocessing.json` (the chain `wf predict` replays on
+//! new images), and the model's `train.json` itself (the evaluate step reads its held-out cases).
 
 use crate::train_unet::{PREPROCESSING_FILE, TRAIN_FILE};
 use wf_engine::{
@@ -19,7 +19,7 @@ impl Step for ExportCheckpoint {
         "export-checkpoint"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn summary(&self) -> &'static str {
         "publish the best checkpoint as MONAI-loadable safetensors with config, metrics and a model card"
@@ -53,10 +53,12 @@ impl Step for ExportCheckpoint {
         };
         let exported = wf_trainer::export::export(&input.path, cx.out_dir, &data)
             .map_err(|e| StepError::new(e.to_string()))?;
-        let pre = input.path.join(PREPROCESSING_FILE);
-        if pre.is_file() {
-            std::fs::copy(&pre, cx.out_dir.join(PREPROCESSING_FILE))
-                .map_err(|e| StepError::new(format!("{}: {e}", pre.display())))?;
+        for name in [PREPROCESSING_FILE, TRAIN_FILE] {
+            let from = input.path.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, cx.out_dir.join(name))
+                    .map_err(|e| StepError::new(format!("{}: {e}", from.display())))?;
+            }
         }
         let dice = exported.val_mean_dice.map_or_else(
             || "no validation".to_string(),

@@ -3,6 +3,7 @@
 //! directory split by concern, the `Step` impl in its `mod.rs`.
 
 pub mod command;
+pub mod evaluate;
 pub mod export_checkpoint;
 pub mod facts;
 pub mod fetch_dataset;
@@ -21,5 +22,6 @@ pub fn registry() -> Registry {
     r.register(sharded_transform::ShardedTransform);
     r.register(train_unet::TrainUnet);
     r.register(export_checkpoint::ExportCheckpoint);
+    r.register(evaluate::Evaluate);
     r
 }

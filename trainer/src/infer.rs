@@ -271,18 +271,28 @@ impl Predictor {
         })
     }
 
-    /// [`Predictor::regions`] for a C-order `(C, X, Y, Z)` f32 image held as a plain slice
-    /// (callers need not build tensors).
-    pub fn regions_of(
+    /// [`Predictor::logits`] for a C-order `(C, X, Y, Z)` f32 image held as a plain slice, as a
+    /// C-order image of the output channels on the same grid.
+    pub fn logits_of(
         &self,
         image: &[f32],
         shape: [usize; 4],
         roi: [usize; 3],
         overlap: f64,
         sw_batch_size: usize,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<wf_imaging::transforms::Image> {
         let t = Tensor::from_slice(image, shape.as_slice(), &Device::Cpu)?;
-        self.regions(&t, roi, overlap, sw_batch_size)
+        let logits = self.logits(&t, roi, overlap, sw_batch_size)?;
+        let [c, x, y, z] = logits.dims()[..] else {
+            return Err(TrainerError::shape(
+                "logits_of",
+                format!("the network returned {:?}", logits.dims()),
+            ));
+        };
+        Ok(wf_imaging::transforms::Image::new(
+            [c, x, y, z],
+            logits.flatten_all()?.to_vec1::<f32>()?,
+        ))
     }
 
     /// Region bits per voxel (channel k above 0.5 after sigmoid sets bit k: TC = 1, WT = 2, ET = 4),

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod data;
 pub mod ddp;
 pub mod error;
+pub mod evaluation;
 pub mod export;
 #[cfg(feature = "cuda")]
 pub mod gpu;
@@ -22,6 +23,7 @@ pub mod placement;
 pub mod plot;
 pub mod record;
 pub mod schedule;
+pub mod segment;
 pub mod train;
 pub mod unet;
 

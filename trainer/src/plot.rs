@@ -287,6 +287,140 @@ fn draw_legend(
     Ok(())
 }
 
+/// The evaluate step's `boxplot.png` size in pixels.
+pub const BOXPLOT_SIZE: (u32, u32) = (900, 420);
+
+/// Quartiles with numpy's default (linear) interpolation of sorted `v` (not empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// The evaluate step's box plot: Dice (left) and HD95 in mm (right), one box per region over the
+/// cases with a finite value (quartiles, median, whiskers to the furthest value within 1.5 IQR as
+/// matplotlib draws them), every case a dot. A region with no finite value has no box.
+pub fn boxplot_png(report: &crate::evaluation::EvalReport) -> std::result::Result<Vec<u8>, String> {
+    font_ready()?;
+    let mut rgb = vec![255u8; BOXPLOT_SIZE.0 as usize * BOXPLOT_SIZE.1 as usize * 3];
+    draw_boxes(report, &mut rgb).map_err(|e| e.to_string())?;
+    encode_png(&rgb, BOXPLOT_SIZE)
+}
+
+fn region_color(name: &str) -> RGBColor {
+    match name {
+        "TC" => TC_COLOR,
+        "WT" => WT_COLOR,
+        "ET" => ET_COLOR,
+        _ => BLACK,
+    }
+}
+
+fn draw_boxes(report: &crate::evaluation::EvalReport, rgb: &mut [u8]) -> DrawResult {
+    let root = BitMapBackend::with_buffer(rgb, BOXPLOT_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let names: Vec<String> = report.summary.iter().map(|s| s.region.clone()).collect();
+    let values = |name: &str, f: &dyn Fn(&crate::evaluation::RegionResult) -> Option<f64>| {
+        let mut v: Vec<f64> = report
+            .cases
+            .iter()
+            .filter_map(|c| c.regions.iter().find(|r| r.region == name).and_then(f))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let dice: Vec<Vec<f64>> = names.iter().map(|n| values(n, &|r| r.dice)).collect();
+    let hd: Vec<Vec<f64>> = names.iter().map(|n| values(n, &|r| r.hd95_mm)).collect();
+    let hd_top = hd.iter().flatten().copied().fold(0.0, f64::max);
+    let hd_top = if hd_top > 0.0 { hd_top * 1.1 } else { 1.0 };
+    let n = names.len().max(1) as f64;
+    let (left, right) = root.split_horizontally(BOXPLOT_SIZE.0 / 2);
+    for (area, title, y, data, top) in [
+        (&left, "Dice per case", "Dice", &dice, 1.0),
+        (&right, "HD95 per case", "HD95 (mm)", &hd, hd_top),
+    ] {
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{title} ({} cases)", report.cases.len()),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..n, 0.0..top)?;
+        let labels = names.clone();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(names.len() * 2 + 1)
+            .x_label_formatter(&move |x: &f64| {
+                let i = (x - 0.5).round();
+                if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(y)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(RGBColor(244, 244, 244))
+            .draw()?;
+        for (i, (name, v)) in names.iter().zip(data.iter()).enumerate() {
+            let color = region_color(name);
+            let x = i as f64 + 0.5;
+            if !v.is_empty() {
+                let (q1, med, q3) = (quantile(v, 0.25), quantile(v, 0.5), quantile(v, 0.75));
+                let iqr = q3 - q1;
+                let lo = v
+                    .iter()
+                    .copied()
+                    .find(|&a| a >= q1 - 1.5 * iqr)
+                    .unwrap_or(q1);
+                let hi = v
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&a| a <= q3 + 1.5 * iqr)
+                    .unwrap_or(q3);
+                let w = 0.22;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x - w, q1), (x + w, q3)],
+                    color.mix(0.25).filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x - w, q1), (x + w, q3)],
+                    color.stroke_width(2),
+                )))?;
+                for seg in [
+                    [(x - w, med), (x + w, med)],
+                    [(x, q3), (x, hi)],
+                    [(x, q1), (x, lo)],
+                    [(x - w / 2.0, hi), (x + w / 2.0, hi)],
+                    [(x - w / 2.0, lo), (x + w / 2.0, lo)],
+                ] {
+                    chart.draw_series(std::iter::once(PathElement::new(
+                        seg.to_vec(),
+                        color.stroke_width(2),
+                    )))?;
+                }
+            }
+            // Every case, spread a little sideways so equal values stay visible.
+            let k = v.len().max(1) as f64;
+            chart.draw_series(v.iter().enumerate().map(|(j, &a)| {
+                let dx = if v.len() > 1 {
+                    (j as f64 / (k - 1.0) - 0.5) * 0.3
+                } else {
+                    0.0
+                };
+                Circle::new((x + dx, a), 3, BLACK.filled())
+            }))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
