@@ -20,6 +20,7 @@ use std::time::Instant;
 use wf_imaging::metrics::RegionScore;
 use wf_imaging::resample::BackToInput;
 use wf_imaging::transforms::LabelConvention;
+use wf_trainer::infer::Blend;
 use wf_trainer::segment::{
     SegmentError, SegmentOptions, Segmenter, empty_side, read_label, score_regions, voxel_size,
 };
@@ -46,6 +47,10 @@ pub struct PredictArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 1)]
     pub sw_batch_size: usize,
+    /// How overlapping windows are blended (MONAI's `mode`): equal weights, or a Gaussian
+    /// centred on each window (sigma 0.125 of its size).
+    #[arg(long, value_enum, default_value = "constant")]
+    pub blend: BlendArg,
     /// A reference segmentation on the image's grid (label values of the model's convention):
     /// prints Dice and HD95 (mm) of each region (TC, WT, ET) of the prediction against it.
     #[arg(long)]
@@ -59,6 +64,22 @@ pub struct PredictArgs {
     /// larger index).
     #[arg(long, value_enum, default_value = "linear")]
     pub resample: Resample,
+}
+
+/// `--blend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlendArg {
+    Constant,
+    Gaussian,
+}
+
+impl BlendArg {
+    fn blend(self) -> Blend {
+        match self {
+            BlendArg::Constant => Blend::Constant,
+            BlendArg::Gaussian => Blend::Gaussian,
+        }
+    }
 }
 
 /// `--resample`.
@@ -130,6 +151,7 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         roi: args.roi,
         overlap: args.overlap,
         sw_batch_size: args.sw_batch_size,
+        blend: args.blend.blend(),
         back: args.resample.back(),
     };
     let segmenter = Segmenter::from_export(&args.model, opts).map_err(|e| match e {

@@ -522,6 +522,67 @@ fn evaluation_matches_predict(dir: &Path, v: &serde_json::Value, cached_run: &st
 }
 
 /// `--out` must name a NIfTI file: checked first, before the model or the image is read.
+/// `val_mode: volumes`: refused at validation when the samples are materialized crops (naming
+/// `copies_per_case`), and with the prefix stored, each epoch scores the held-out case's whole
+/// volume by sliding windows; the choice is recorded in train.json.
+#[test]
+fn whole_volume_validation() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    workflow_with(dir, 2, ", val_mode: volumes");
+    let out = wf(dir, &["validate", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("`val_mode: volumes` validates on each case's whole preprocessed volume")
+            && said.contains("`copies_per_case` of step `preprocess`")
+            && said.contains("set `copies_per_case: 0`"),
+        "{said}"
+    );
+
+    let yaml = read(dir.join("wf.yaml")).replace("copies_per_case: 3", "copies_per_case: 0");
+    std::fs::write(dir.join("wf.yaml"), &yaml).unwrap();
+    let bad = yaml.replace(
+        "val_mode: volumes",
+        "val_mode: volumes, val_roi: [10, 16, 16]",
+    );
+    std::fs::write(dir.join("bad.yaml"), bad).unwrap();
+    let out = wf(dir, &["validate", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`val_roi` [10, 16, 16]: each must be a positive multiple of 4"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = wf(dir, &["run", "wf.yaml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "1 whole validation volume (sliding window 16×16×16, overlap 0.5, constant blending)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let v = json(&out);
+    let model = output_path(&v, "train");
+    let train: serde_json::Value = serde_json::from_str(&read(model.join("train.json"))).unwrap();
+    assert_eq!(
+        train["config"]["validation"],
+        serde_json::json!({"mode": "volumes", "roi": [16, 16, 16], "overlap": 0.5, "blend": "constant"}),
+        "{train}"
+    );
+    let lines: Vec<serde_json::Value> = read(model.join("metrics.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for m in &lines {
+        assert_eq!(m["val_samples"], 1, "one whole volume: {m}");
+        assert!(m["val_mean_dice"].is_number(), "{m}");
+    }
+}
+
 #[test]
 fn predict_refuses_a_non_nifti_out_before_any_work() {
     let t = tempfile::tempdir().unwrap();

@@ -652,11 +652,12 @@ fn evaluation_section(out: &mut String, s: &StepInfo) {
     let num = |v: Option<f64>, p: usize| v.map_or("–".to_string(), |x| format!("{x:.p$}"));
     let _ = writeln!(
         out,
-        "<p class=\"meta\">{} ({}), whole volumes · roi {:?} · overlap {} · {} back onto each image's grid · labels {} · {}</p>",
+        "<p class=\"meta\">{} ({}), whole volumes · roi {:?} · overlap {} · {} blending · {} back onto each image's grid · labels {} · {}</p>",
         wf_engine::plural(r.cases.len(), "case"),
         escape(&r.cases_from),
         r.roi,
         r.overlap,
+        escape(&r.blend),
         escape(&r.resample),
         escape(&r.labels),
         escape(&dir.display().to_string())

@@ -23,6 +23,7 @@ use wf_trainer::evaluation::{
     BOXPLOT_FILE, CSV_FILE, CaseResult, EvalReport, REPORT_FILE, REPORT_FORMAT, RegionResult,
     summarize,
 };
+use wf_trainer::infer::Blend;
 use wf_trainer::record::TrainRecord;
 use wf_trainer::segment::{
     SegmentError, SegmentOptions, Segmenter, read_label, score_regions, voxel_size,
@@ -71,6 +72,12 @@ const PARAMS: &[ParamSpec] = &[
         "windows per forward pass",
     ),
     ParamSpec::optional(
+        "blend",
+        ParamType::Enum(&["constant", "gaussian"]),
+        "\"constant\"",
+        "how overlapping windows are blended (MONAI's `mode`): equal weights, or a Gaussian centred on each window (sigma 0.125 of its size)",
+    ),
+    ParamSpec::optional(
         "resample",
         ParamType::Enum(&["linear", "nearest"]),
         "\"linear\"",
@@ -84,6 +91,7 @@ struct EvalParams {
     roi: Option<[usize; 3]>,
     overlap: f64,
     sw_batch_size: usize,
+    blend: String,
     resample: String,
 }
 
@@ -127,6 +135,14 @@ impl Choice {
             Choice::All => "all",
             Choice::Listed(_) => "listed",
         }
+    }
+}
+
+fn blend_of(name: &str) -> Blend {
+    if name == "gaussian" {
+        Blend::Gaussian
+    } else {
+        Blend::Constant
     }
 }
 
@@ -215,6 +231,7 @@ impl Step for Evaluate {
             roi: p.roi,
             overlap: p.overlap,
             sw_batch_size: p.sw_batch_size,
+            blend: blend_of(&p.blend),
             back: back_to_input(&p.resample),
         };
         let segmenter = Segmenter::from_export(model, opts).map_err(step_error)?;
@@ -265,11 +282,12 @@ impl Step for Evaluate {
             ));
         }
         cx.progress.note(&format!(
-            "{} ({}), roi {:?}, overlap {}, {} back onto each image's grid",
+            "{} ({}), roi {:?}, overlap {}, {} blending, {} back onto each image's grid",
             plural(chosen.len(), "case"),
             choice.name(),
             segmenter.roi(),
             p.overlap,
+            p.blend,
             p.resample
         ));
 
@@ -320,6 +338,7 @@ impl Step for Evaluate {
             labels: conv.name().to_string(),
             roi: segmenter.roi(),
             overlap: p.overlap,
+            blend: p.blend.clone(),
             resample: p.resample.clone(),
             summary: summarize(&cases),
             cases,

@@ -55,4 +55,7 @@ pub struct SamplesFacts {
     pub spatial: Option<Known<[usize; 3]>>,
     /// Whether that size is a crop's (else whole volumes').
     pub cropped: bool,
+    /// Whether the artifact holds each case's deterministic prefix only (`copies_per_case: 0`,
+    /// augmentation online), with where that is set; whole-volume validation needs it.
+    pub prefix_only: Option<Known<bool>>,
 }

@@ -165,6 +165,14 @@ impl Step for ShardedTransform {
                 cx.step_id,
             ),
             cropped,
+            prefix_only: Some(Known::new(
+                params
+                    .get("copies_per_case")
+                    .and_then(|v| v.as_u64())
+                    .is_some_and(|c| c == 0),
+                params.span_of("copies_per_case"),
+                format!("`copies_per_case` of step `{}`", cx.step_id),
+            )),
         }))
     }
 

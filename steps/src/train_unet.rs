@@ -38,7 +38,7 @@ use wf_trainer::optim::AdamConfig;
 use wf_trainer::placement::{Gpus, Placement, SamplesSpec, Split, train_on};
 use wf_trainer::record::{TRAIN_FORMAT, TrainRecord};
 use wf_trainer::schedule::{LrSchedule, ScheduleKind};
-use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent};
+use wf_trainer::train::{EpochTiming, TrainConfig, TrainEvent, Validation};
 use wf_trainer::unet::UNetConfig;
 
 pub struct TrainUnet;
@@ -100,6 +100,37 @@ const PARAMS: &[ParamSpec] = &[
     )
     .shape("number in [0, 1)", fraction_schema),
     ParamSpec::optional(
+        "val_mode",
+        ParamType::Enum(&["crops", "volumes"]),
+        "\"crops\"",
+        "what each epoch validates on: `crops`, the validation cases' samples as training reads them (the seed); `volumes`, sliding-window inference over each validation case's whole volume (its deterministic preprocessing; needs `copies_per_case: 0` upstream), Dice per case averaged per region, as MONAI's BraTS tutorial",
+    ),
+    ParamSpec::optional(
+        "val_roi",
+        ParamType::Any,
+        "null",
+        "`val_mode: volumes`: the sliding window [X, Y, Z], multiples of the network's size divisor; null: the training crop's `roi` rounded up to one",
+    )
+    .shape("[X, Y, Z] or null", || {
+        json!({ "anyOf": [
+            { "type": "null" },
+            { "type": "array", "items": { "type": "integer", "minimum": 1, "maximum": 4096 }, "minItems": 3, "maxItems": 3 }
+        ] })
+    }),
+    ParamSpec::optional(
+        "val_overlap",
+        ParamType::Float,
+        "0.5",
+        "`val_mode: volumes`: fraction by which neighbouring windows overlap (MONAI's `overlap`)",
+    )
+    .shape("number in [0, 1)", fraction_schema),
+    ParamSpec::optional(
+        "val_blend",
+        ParamType::Enum(&["constant", "gaussian"]),
+        "\"constant\"",
+        "`val_mode: volumes`: how overlapping windows are blended (MONAI's `mode`)",
+    ),
+    ParamSpec::optional(
         "loss",
         ParamType::Enum(&["dice", "dice-bce"]),
         "\"dice\"",
@@ -156,6 +187,10 @@ struct TrainParams {
     warmup_epochs: usize,
     weight_decay: f64,
     val_fraction: f64,
+    val_mode: String,
+    val_roi: Option<[usize; 3]>,
+    val_overlap: f64,
+    val_blend: String,
     loss: String,
     precision: String,
     gpus: serde_json::Value,
@@ -196,8 +231,41 @@ impl TrainParams {
                 },
                 warmup_epochs: self.warmup_epochs,
             },
+            validation: Validation::Crops,
         }
     }
+
+    /// How each epoch validates, given the training crop's size (if the chain crops): the window
+    /// is `val_roi`, else the crop rounded up to the network's size divisor, else 8 × 8 × 4 of it
+    /// (as `wf predict`).
+    fn validation(&self, unet: &UNetConfig, crop: Option<[usize; 3]>) -> Validation {
+        if self.val_mode != "volumes" {
+            return Validation::Crops;
+        }
+        let div = unet.size_divisor().max(1);
+        let roi = match (self.val_roi, crop) {
+            (Some(r), _) => r,
+            (None, Some(c)) => c.map(|v| v.div_ceil(div) * div),
+            (None, None) => [div * 8, div * 8, div * 4],
+        };
+        Validation::Volumes {
+            roi,
+            overlap: self.val_overlap,
+            blend: if self.val_blend == "gaussian" {
+                wf_trainer::infer::Blend::Gaussian
+            } else {
+                wf_trainer::infer::Blend::Constant
+            },
+        }
+    }
+}
+
+/// The `roi` of the chain's `rand-spatial-crop`, if it has one.
+fn crop_of(chain: &wf_imaging::transforms::Chain) -> Option<[usize; 3]> {
+    chain.specs().iter().find_map(|s| match s {
+        wf_imaging::transforms::TransformSpec::RandSpatialCrop(c) => Some(c.roi),
+        _ => None,
+    })
 }
 
 /// The numbers of each epoch's line (`epoch_line`), for a Training job's `MetricDefinitions`:
@@ -276,6 +344,23 @@ impl Step for TrainUnet {
 
     fn check(&self, params: &Params, cx: &CheckContext<'_>, diags: &mut Diagnostics) {
         let id = cx.step_id;
+        // An `Any` param: its structure is checked here.
+        if let Some(v) = params.get("val_roi")
+            && !v.is_null()
+            && !v.as_array().is_some_and(|a| {
+                a.len() == 3
+                    && a.iter()
+                        .all(|n| n.as_u64().is_some_and(|n| (1..=4096).contains(&n)))
+            })
+        {
+            diags.error(
+                params.span_of("val_roi"),
+                format!(
+                    "step `{id}`: `val_roi` must be [X, Y, Z] (integers 1 to 4096) or null, found {v}"
+                ),
+            );
+            return;
+        }
         let Ok(p) = params.decode::<TrainParams>() else {
             return; // the schema check already reported it
         };
@@ -316,6 +401,41 @@ impl Step for TrainUnet {
                     p.val_fraction
                 ),
             );
+        }
+        if p.val_mode == "volumes" {
+            if !(0.0..1.0).contains(&p.val_overlap) {
+                diags.error(
+                    params.span_of("val_overlap"),
+                    format!(
+                        "step `{id}`: `val_overlap` must be in [0, 1), found {}",
+                        p.val_overlap
+                    ),
+                );
+            }
+            let unet = p.config(0).unet;
+            if unet.validate().is_ok()
+                && let Err(TrainerError::Config { detail, .. }) =
+                    p.validation(&unet, None).validate(&unet)
+                && p.val_roi.is_some()
+            {
+                diags.error(
+                    params.span_of("val_roi"),
+                    format!("step `{id}`: `val_roi` {detail}"),
+                );
+            }
+            if let Some(samples) = cx.input::<SamplesFacts>("samples")
+                && let Some(prefix) = &samples.prefix_only
+                && !prefix.value
+            {
+                diags.error_with_help(
+                    params.span_of("val_mode"),
+                    format!(
+                        "step `{id}`: `val_mode: volumes` validates on each case's whole preprocessed volume, but the samples hold augmented copies ({} is not 0)",
+                        prefix.what
+                    ),
+                    "set `copies_per_case: 0` on the preprocessing step (augmentation then runs online, per epoch), or use `val_mode: crops`",
+                );
+            }
         }
         if !(0.0..1.0).contains(&p.dropout) {
             diags.error(
@@ -419,11 +539,13 @@ impl Step for TrainUnet {
             .inputs
             .get("samples")
             .ok_or_else(|| StepError::new("missing input `samples`"))?;
-        let cfg = p.config(cx.seed);
+        let mut cfg = p.config(cx.seed);
         // The samples' chain and label convention, so an export can preprocess new images the
         // same way (read first: a Samples artifact without a readable index fails before training).
         let index = SamplesIndex::read(&input.path.join(INDEX_FILE))
             .map_err(|e| StepError::new(format!("the samples index: {e}")))?;
+        let crop = index.chain().ok().as_ref().and_then(crop_of);
+        cfg.validation = p.validation(&cfg.unet, crop);
 
         // Checkpoints go where the next attempt finds them: the run's resume directory (a
         // Training job's checkpoint directory, synced with S3 across spot interruptions), else
@@ -455,13 +577,29 @@ impl Step for TrainUnet {
         // Optimizer steps per epoch: batches of `batch_size` over all replicas (a replica's share
         // of the last one may be padded, so a count past it raises the total).
         let steps_per_epoch = AtomicU64::new(0);
+        let val_what = |s: &Split| match cfg.validation {
+            Validation::Crops => format!(
+                "{} ({})",
+                plural(s.val_samples, "validation sample"),
+                plural(s.val_cases.len(), "case")
+            ),
+            Validation::Volumes {
+                roi,
+                overlap,
+                blend,
+            } => format!(
+                "{} (sliding window {}, overlap {overlap}, {} blending)",
+                plural(s.val_cases.len(), "whole validation volume"),
+                roi.map(|r| r.to_string()).join("×"),
+                blend.name()
+            ),
+        };
         let mut on_split = |s: &Split| {
             let msg = format!(
-                "{} ({}), {} ({}), {} on {on}, {}",
+                "{} ({}), {}, {} on {on}, {}",
                 plural(s.train_samples, "training sample"),
                 plural(s.train_cases.len(), "case"),
-                plural(s.val_samples, "validation sample"),
-                plural(s.val_cases.len(), "case"),
+                val_what(s),
                 plural(cfg.epochs, "epoch"),
                 p.precision
             );
@@ -546,6 +684,7 @@ impl Step for TrainUnet {
             val_fraction: p.val_fraction,
             batch_size: p.batch_size,
             seed: cx.seed,
+            whole_volumes: matches!(cfg.validation, Validation::Volumes { .. }),
         };
         let cancelled = || cx.cancel.is_cancelled();
         let summary = pool

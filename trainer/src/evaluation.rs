@@ -121,6 +121,8 @@ pub struct EvalReport {
     pub labels: String,
     pub roi: [usize; 3],
     pub overlap: f64,
+    /// `constant` or `gaussian`.
+    pub blend: String,
     pub resample: String,
     pub cases: Vec<CaseResult>,
     pub summary: Vec<RegionSummary>,
@@ -315,6 +317,7 @@ mod tests {
             labels: "msd".into(),
             roi: [16, 16, 16],
             overlap: 0.5,
+            blend: "constant".into(),
             resample: "linear".into(),
             cases,
             summary,

@@ -1,4 +1,4 @@
-//! Whole-volume inference: MONAI's `sliding_window_inference` (constant blending) and the sigmoid > 0.5 post-processing.
+//! Whole-volume inference: MONAI's `sliding_window_inference` (constant or Gaussian blending) and the sigmoid > 0.5 post-processing.
 
 use crate::error::{Result, TrainerError};
 use crate::unet::{UNet, UNetConfig};
@@ -18,6 +18,60 @@ fn starts(size: usize, roi: usize, overlap: f64) -> Vec<usize> {
         .find(|d| d * interval + roi >= size)
         .map_or(1, |d| d + 1);
     (0..count).map(|i| (i * interval).min(size - roi)).collect()
+}
+
+/// How overlapping windows are blended (MONAI's `mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// Every voxel of a window weighs the same.
+    #[default]
+    Constant,
+    /// Voxels weigh by a Gaussian centred on the window, sigma 0.125 × its size per axis
+    /// (MONAI's `sigma_scale=0.125`), so window edges count less.
+    Gaussian,
+}
+
+impl Blend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Blend::Constant => "constant",
+            Blend::Gaussian => "gaussian",
+        }
+    }
+}
+
+/// MONAI's `compute_importance_map(roi, mode, sigma_scale=0.125)` in float32, C order: ones, or
+/// the outer product of `exp(x² / (-2 σ²))` per axis (x from -(n-1)/2 to (n-1)/2, σ = 0.125 n),
+/// clamped below at max(its minimum, 1e-3).
+pub fn importance_map(roi: [usize; 3], blend: Blend) -> Vec<f32> {
+    let n: usize = roi.iter().product();
+    if blend == Blend::Constant {
+        return vec![1.0; n];
+    }
+    let axis = |size: usize| -> Vec<f32> {
+        let sigma = size as f64 * 0.125;
+        let denom = (-2.0 * sigma * sigma) as f32;
+        (0..size)
+            .map(|i| {
+                let x = (-((size as f32 - 1.0) / 2.0)) + i as f32;
+                (x * x / denom).exp()
+            })
+            .collect()
+    };
+    let (a, b, c) = (axis(roi[0]), axis(roi[1]), axis(roi[2]));
+    let mut map = Vec::with_capacity(n);
+    for &u in &a {
+        for &v in &b {
+            let uv = u * v;
+            for &w in &c {
+                map.push(uv * w);
+            }
+        }
+    }
+    let min = map.iter().copied().fold(f32::INFINITY, f32::min).max(1e-3);
+    map.iter_mut().for_each(|v| *v = v.max(min));
+    map
 }
 
 /// New bytes a [`Predictor::logits`] pass allocates at least, for a `(C, X, Y, Z)` image: the
@@ -57,13 +111,15 @@ pub fn inference_bytes(
 }
 
 /// Runs `predict` over windows of `roi` voxels covering `x` (N, C, D, H, W) with the given
-/// fractional `overlap`, `sw_batch_size` windows per call, and averages overlapping predictions.
-/// Axes shorter than the window are zero-padded symmetrically, then cropped back, as in MONAI.
+/// fractional `overlap`, `sw_batch_size` windows per call, and averages overlapping predictions
+/// weighted by `blend`'s importance map. Axes shorter than the window are zero-padded
+/// symmetrically, then cropped back, as in MONAI.
 pub fn sliding_window_inference(
     x: &Tensor,
     roi: [usize; 3],
     sw_batch_size: usize,
     overlap: f64,
+    blend: Blend,
     predict: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let dims = x.dims();
@@ -102,6 +158,7 @@ pub fn sliding_window_inference(
     };
 
     let n = dims[0];
+    let weight = importance_map(roi, blend);
     let mut out: Option<Vec<f32>> = None;
     let mut out_c = 0;
     let mut count = vec![0f32; size.iter().product()];
@@ -144,8 +201,12 @@ pub fn sliding_window_inference(
                         for y in 0..roi[1] {
                             let o = base + (s[0] + z) * plane + (s[1] + y) * size[2] + s[2];
                             let r = (z * roi[1] + y) * roi[2];
-                            for (a, v) in acc[o..o + roi[2]].iter_mut().zip(&src[r..r + roi[2]]) {
-                                *a += *v;
+                            for ((a, v), w) in acc[o..o + roi[2]]
+                                .iter_mut()
+                                .zip(&src[r..r + roi[2]])
+                                .zip(&weight[r..r + roi[2]])
+                            {
+                                *a += *v * *w;
                             }
                         }
                     }
@@ -154,7 +215,12 @@ pub fn sliding_window_inference(
                     for z in 0..roi[0] {
                         for y in 0..roi[1] {
                             let o = (s[0] + z) * plane + (s[1] + y) * size[2] + s[2];
-                            count[o..o + roi[2]].iter_mut().for_each(|v| *v += 1.0);
+                            let r = (z * roi[1] + y) * roi[2];
+                            for (c, w) in
+                                count[o..o + roi[2]].iter_mut().zip(&weight[r..r + roi[2]])
+                            {
+                                *c += *w;
+                            }
                         }
                     }
                 }
@@ -164,10 +230,11 @@ pub fn sliding_window_inference(
     let mut acc = out.unwrap_or_default();
     let vol: usize = size.iter().product();
     for chunk in acc.chunks_mut(vol) {
-        chunk
-            .iter_mut()
-            .zip(&count)
-            .for_each(|(a, c)| *a /= c.max(1.0));
+        chunk.iter_mut().zip(&count).for_each(|(a, c)| {
+            if *c > 0.0 {
+                *a /= *c
+            }
+        });
     }
     let full = Tensor::from_vec(acc, (n, out_c, size[0], size[1], size[2]), x.device())?;
     Ok(full
@@ -186,6 +253,7 @@ pub fn threshold_logits(logits: &Tensor) -> Result<Tensor> {
 /// whole-volume prediction.
 pub struct Predictor {
     net: UNet,
+    blend: Blend,
 }
 
 impl Predictor {
@@ -215,11 +283,23 @@ impl Predictor {
             &cfg,
             VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
         )?;
-        Ok(Predictor { net })
+        Ok(Predictor {
+            net,
+            blend: Blend::Constant,
+        })
     }
 
     pub fn new(net: UNet) -> Self {
-        Predictor { net }
+        Predictor {
+            net,
+            blend: Blend::Constant,
+        }
+    }
+
+    /// Blends overlapping windows by `blend` (constant unless set).
+    pub fn with_blend(mut self, blend: Blend) -> Self {
+        self.blend = blend;
+        self
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -246,7 +326,7 @@ impl Predictor {
             self.check_memory([c, x, y, z], roi, overlap, sw_batch_size)?;
         }
         let x = image.unsqueeze(0)?;
-        let y = sliding_window_inference(&x, roi, sw_batch_size, overlap, &mut |w| {
+        let y = sliding_window_inference(&x, roi, sw_batch_size, overlap, self.blend, &mut |w| {
             self.net.forward_t(w, false)
         })?;
         Ok(y.squeeze(0)?)
@@ -329,20 +409,64 @@ mod tests {
         let t = fixture("sliding.safetensors");
         for (i, overlap) in [0.25, 0.5].into_iter().enumerate() {
             let mut calls = 0;
-            let got = sliding_window_inference(&t["input"], [8, 8, 8], 3, overlap, &mut |w| {
-                calls += 1;
-                assert!(w.dim(0).unwrap() <= 3);
-                let mean = w
-                    .flatten_from(1)?
-                    .mean_keepdim(1)?
-                    .reshape((w.dim(0)?, 1, 1, 1, 1))?;
-                Ok(w.broadcast_add(&mean)?)
-            })
+            let got = sliding_window_inference(
+                &t["input"],
+                [8, 8, 8],
+                3,
+                overlap,
+                Blend::Constant,
+                &mut |w| {
+                    calls += 1;
+                    assert!(w.dim(0).unwrap() <= 3);
+                    let mean =
+                        w.flatten_from(1)?
+                            .mean_keepdim(1)?
+                            .reshape((w.dim(0)?, 1, 1, 1, 1))?;
+                    Ok(w.broadcast_add(&mean)?)
+                },
+            )
             .unwrap();
             let e = rel_err(&got, &t[&format!("overlap{i}")]);
             assert!(e < 1e-5, "overlap {overlap}: rel err {e}");
             assert!(calls > 1);
         }
+    }
+
+    #[test]
+    fn gaussian_blending_matches_monai() {
+        let t = fixture("sliding.safetensors");
+        for (i, overlap) in [0.25, 0.5].into_iter().enumerate() {
+            let got = sliding_window_inference(
+                &t["input"],
+                [8, 8, 8],
+                3,
+                overlap,
+                Blend::Gaussian,
+                &mut |w| {
+                    let mean =
+                        w.flatten_from(1)?
+                            .mean_keepdim(1)?
+                            .reshape((w.dim(0)?, 1, 1, 1, 1))?;
+                    Ok(w.broadcast_add(&mean)?)
+                },
+            )
+            .unwrap();
+            let e = rel_err(&got, &t[&format!("gaussian{i}")]);
+            assert!(e < 1e-5, "overlap {overlap}: rel err {e}");
+            // Not the constant blend's result: the weights matter here.
+            assert!(rel_err(&got, &t[&format!("overlap{i}")]) > 1e-3);
+        }
+        // MONAI's map: 1 at the centre of an odd window, exp(-8) ≈ 3.4e-4 clamped to 1e-3 at
+        // the corners of a large one.
+        let m = importance_map([5, 5, 5], Blend::Gaussian);
+        assert_eq!(m[62], 1.0);
+        let big = importance_map([64, 64, 64], Blend::Gaussian);
+        assert_eq!(big[0], 1e-3);
+        assert!(
+            importance_map([2, 3, 4], Blend::Constant)
+                .iter()
+                .all(|v| *v == 1.0)
+        );
     }
 
     #[test]
@@ -384,11 +508,23 @@ mod tests {
     #[test]
     fn bad_arguments_are_errors() {
         let x = Tensor::zeros((1, 1, 4, 4, 4), DType::F32, &candle_core::Device::Cpu).unwrap();
-        assert!(sliding_window_inference(&x, [4, 4, 4], 0, 0.25, &mut |w| Ok(w.clone())).is_err());
-        assert!(sliding_window_inference(&x, [4, 4, 4], 1, 1.0, &mut |w| Ok(w.clone())).is_err());
         assert!(
-            sliding_window_inference(&x, [4, 4, 4], 1, 0.0, &mut |w| Ok(w.narrow(2, 0, 2)?))
-                .is_err()
+            sliding_window_inference(&x, [4, 4, 4], 0, 0.25, Blend::Constant, &mut |w| Ok(
+                w.clone()
+            ))
+            .is_err()
+        );
+        assert!(
+            sliding_window_inference(&x, [4, 4, 4], 1, 1.0, Blend::Constant, &mut |w| Ok(
+                w.clone()
+            ))
+            .is_err()
+        );
+        assert!(
+            sliding_window_inference(&x, [4, 4, 4], 1, 0.0, Blend::Constant, &mut |w| Ok(
+                w.narrow(2, 0, 2)?
+            ))
+            .is_err()
         );
     }
 }

@@ -66,6 +66,9 @@ struct Source {
     seed: u64,
     device: Device,
     label_channels: usize,
+    /// Whole-volume validation ([`SamplesLoader::whole_volumes`]): the chain's deterministic
+    /// transforms after the prefix, applied to each prefix volume instead of the random suffix.
+    whole: Option<Arc<Chain>>,
 }
 
 /// Loader worker threads unless set with [`SamplesLoader::with_workers`]: the machine's parallelism,
@@ -193,6 +196,7 @@ pub fn open_samples(
         seed,
         device: device.clone(),
         label_channels: 3,
+        whole: None,
     };
     // One pool for both splits: validation runs after training, never beside it.
     let pool = worker_pool(default_workers())?;
@@ -215,6 +219,34 @@ impl SamplesLoader {
         self.pool = worker_pool(workers)?;
         Ok(self)
     }
+    /// This split as whole volumes, for sliding-window validation: each case's deterministic
+    /// prefix (`prefix.wfs`) through the chain's later deterministic transforms
+    /// (normalize-intensity), random ones left out, one volume per batch in case order. Needs a
+    /// prefix-only artifact (`copies_per_case: 0`): materialized copies are crops and augmented.
+    pub fn whole_volumes(mut self) -> Result<Self> {
+        let Some(online) = &self.src.online else {
+            return Err(TrainerError::Config {
+                field: "val_mode",
+                detail: format!(
+                    "whole-volume validation needs the samples' deterministic prefix, but {} holds materialized copies: preprocess with `copies_per_case: 0` (augmentation online)",
+                    self.src.root.display()
+                ),
+            });
+        };
+        let deterministic: Vec<_> = online
+            .chain
+            .suffix()
+            .iter()
+            .filter(|s| !s.is_random())
+            .cloned()
+            .collect();
+        let chain = Chain::new(deterministic).map_err(|e| bad(&self.src.root, e.to_string()))?;
+        self.src.whole = Some(Arc::new(chain));
+        self.batch_size = 1;
+        self.shuffle = false;
+        Ok(self)
+    }
+
     /// This loader as replica `rank` of `world` in data-parallel training: every replica draws
     /// the same epoch order, cuts it into global batches of `world` x batch size, and takes its own
     /// contiguous share of each. When the split's size is not a multiple of `world`, the order is
@@ -300,6 +332,20 @@ struct Slot {
 fn open_slot(src: &Source, item: &Item, epoch: usize) -> Result<Slot> {
     let file = item.open()?;
     let shape = file.shape();
+    if let Some(chain) = &src.whole {
+        let case = chain
+            .apply_prefix(file.to_case())
+            .map_err(|e| bad(&item.path, e.to_string()))?;
+        let labels = match case.label.map(|l| l.data) {
+            Some(LabelData::Regions(r)) => r,
+            _ => return Err(bad(&item.path, "sample without region labels")),
+        };
+        return Ok(Slot {
+            file,
+            plan: Plan::identity(case.image.shape),
+            owned: Some((case.image.data, labels)),
+        });
+    }
     let Some(online) = &src.online else {
         return Ok(Slot {
             file,
@@ -727,5 +773,43 @@ mod tests {
             );
         }
         assert!(worst < 1e-4, "sharded run differs by {worst}");
+    }
+
+    /// Whole-volume validation: each validation case's prefix volume, normalized as the chain's
+    /// deterministic suffix says (the random crop, flips and intensity draws left out), one per
+    /// batch, the same every epoch; materialized copies are refused with the reason.
+    #[test]
+    fn whole_volumes_are_the_normalized_prefix_of_each_case() {
+        let t = tempfile::tempdir().unwrap();
+        artifact(t.path(), 0, SampleDtype::F32);
+        let (_, val) = open_samples(t.path(), 0.4, 3, 5, &Device::Cpu).unwrap();
+        let cases = val.cases();
+        assert_eq!(cases.len(), 2);
+        let mut val = val.whole_volumes().unwrap();
+        let first = epoch(&mut val, 0);
+        assert_eq!(first.len(), 2, "one volume per batch");
+        assert_eq!(first, epoch(&mut val, 3), "no random draw");
+        let norm: wf_imaging::transforms::TransformSpec = serde_json::from_value(
+            serde_json::json!({"normalize-intensity": {"nonzero": true, "channel_wise": true}}),
+        )
+        .unwrap();
+        for ((bits, labels, dims), id) in first.iter().zip(&cases) {
+            assert_eq!(dims, &[1, 4, 12, 11, 10]);
+            let i: usize = id["BRATS_".len()..].parse().unwrap();
+            let want = norm.apply(case(i, [4, 12, 11, 10])).unwrap();
+            let got: Vec<f32> = bits.iter().map(|b| f32::from_bits(*b)).collect();
+            assert_eq!(got, want.image.data, "{id}");
+            let LabelData::Regions(r) = &want.label.unwrap().data else {
+                panic!()
+            };
+            let bit = |c: usize| -> Vec<f32> { r.iter().map(|v| f32::from(v >> c & 1)).collect() };
+            assert_eq!(labels, &[bit(0), bit(1), bit(2)].concat(), "{id}");
+        }
+
+        let t = tempfile::tempdir().unwrap();
+        artifact(t.path(), 2, SampleDtype::F32);
+        let (_, val) = open_samples(t.path(), 0.4, 3, 5, &Device::Cpu).unwrap();
+        let e = val.whole_volumes().err().unwrap().to_string();
+        assert!(e.contains("copies_per_case: 0"), "{e}");
     }
 }

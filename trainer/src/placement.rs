@@ -152,6 +152,8 @@ pub struct SamplesSpec<'a> {
     pub batch_size: usize,
     /// Shuffling and the validation split.
     pub seed: u64,
+    /// Validate on whole volumes (`SamplesLoader::whole_volumes`) instead of the split's samples.
+    pub whole_volumes: bool,
 }
 
 /// How the samples were split, for the caller's record.
@@ -176,13 +178,19 @@ pub fn train_on(
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainSummary> {
     let open = |device: &crate::Device, batch: usize| {
-        crate::loader::open_samples(
+        let (train, val) = crate::loader::open_samples(
             samples.dir,
             samples.val_fraction,
             batch,
             samples.seed,
             device,
-        )
+        )?;
+        let val = if samples.whole_volumes {
+            val.whole_volumes()?
+        } else {
+            val
+        };
+        Ok::<_, TrainerError>((train, val))
     };
     // The split is the same on every device: read it from CPU loaders (cheap: maps and an index).
     let (mut train_src, mut val_src) = open(&crate::Device::Cpu, samples.batch_size)?;

@@ -574,4 +574,61 @@ mod tests {
             .to_string();
         assert!(e.contains("plot.png"), "{e}");
     }
+
+    /// The box plot: its size, a box in each region's colour in both panels, and the same bytes
+    /// for the same report.
+    #[test]
+    fn boxplot_draws_a_box_per_region_in_each_panel() {
+        use crate::evaluation::{CaseResult, EvalReport, REPORT_FORMAT, RegionResult, summarize};
+        let case = |i: usize| CaseResult {
+            case: format!("BRATS_{i:03}"),
+            image: String::new(),
+            label: String::new(),
+            shape: [1, 1, 1],
+            spacing_mm: [1.0; 3],
+            regions: ["TC", "WT", "ET"]
+                .iter()
+                .enumerate()
+                .map(|(k, r)| RegionResult {
+                    region: r.to_string(),
+                    dice: Some(0.5 + 0.1 * k as f64 + 0.05 * i as f64),
+                    hd95_mm: (k != 2 || i > 0).then_some(2.0 + i as f64 + k as f64),
+                    pred_voxels: 1,
+                    label_voxels: 1,
+                    empty: None,
+                })
+                .collect(),
+        };
+        let cases: Vec<CaseResult> = (0..4).map(case).collect();
+        let report = EvalReport {
+            format: REPORT_FORMAT.into(),
+            held_out: None,
+            cases_from: "all".into(),
+            labels: "msd".into(),
+            roi: [16, 16, 16],
+            overlap: 0.5,
+            blend: "constant".into(),
+            resample: "linear".into(),
+            summary: summarize(&cases),
+            cases,
+        };
+        let bytes = boxplot_png(&report).unwrap();
+        assert_eq!(bytes, boxplot_png(&report).unwrap(), "deterministic");
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("boxplot.png");
+        std::fs::write(&path, &bytes).unwrap();
+        let (w, h, px) = decode(&path);
+        assert_eq!((w, h), BOXPLOT_SIZE);
+        let half = (w / 2) as usize;
+        for c in [TC_COLOR, WT_COLOR, ET_COLOR] {
+            let want = [c.0, c.1, c.2];
+            for (name, range) in [("Dice", 0..half), ("HD95", half..w as usize)] {
+                let found = px
+                    .iter()
+                    .enumerate()
+                    .any(|(i, p)| *p == want && range.contains(&(i % w as usize)));
+                assert!(found, "{name} panel lacks {want:?}");
+            }
+        }
+    }
 }

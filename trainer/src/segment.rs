@@ -49,6 +49,8 @@ pub struct SegmentOptions {
     /// MONAI's `overlap`, in [0, 1).
     pub overlap: f64,
     pub sw_batch_size: usize,
+    /// How overlapping windows are blended (MONAI's `mode`).
+    pub blend: crate::infer::Blend,
     pub back: BackToInput,
 }
 
@@ -58,6 +60,7 @@ impl Default for SegmentOptions {
             roi: None,
             overlap: 0.5,
             sw_batch_size: 1,
+            blend: crate::infer::Blend::Constant,
             back: BackToInput::Linear,
         }
     }
@@ -128,7 +131,8 @@ impl Segmenter {
             return Err(invalid("sw_batch_size must be >= 1"));
         }
         let predictor = Predictor::from_export(dir)
-            .map_err(|e| invalid(format!("model {}: {e}", dir.display())))?;
+            .map_err(|e| invalid(format!("model {}: {e}", dir.display())))?
+            .with_blend(opts.blend);
         let pre_path = dir.join(PREPROCESSING_FILE);
         let pre = Preprocessing::read(&pre_path).map_err(|e| {
             invalid(format!(

@@ -135,6 +135,52 @@ pub struct TrainConfig {
     /// which trained at the constant `adam.lr`.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// How the validation split is scored each epoch; absent in configurations recorded before
+    /// it, which validated on the split's batches (crops).
+    #[serde(default)]
+    pub validation: Validation,
+}
+
+/// How validation runs each epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum Validation {
+    /// The network on each validation batch as the source yields it (the seed's random crops).
+    #[default]
+    Crops,
+    /// Sliding-window inference (`infer::sliding_window_inference`) over each validation batch:
+    /// whole volumes, one per batch (`loader::SamplesLoader::whole_volumes`), of any size;
+    /// windows of `roi` (multiples of the network's size divisor) overlapping by `overlap`,
+    /// blended by `blend`. Dice per case, averaged over cases per region.
+    Volumes {
+        roi: [usize; 3],
+        overlap: f64,
+        #[serde(default)]
+        blend: crate::infer::Blend,
+    },
+}
+
+impl Validation {
+    pub fn validate(&self, unet: &UNetConfig) -> Result<()> {
+        if let Validation::Volumes { roi, overlap, .. } = *self {
+            let div = unet.size_divisor();
+            if roi.iter().any(|r| *r == 0 || r % div != 0) {
+                return Err(TrainerError::Config {
+                    field: "val_roi",
+                    detail: format!(
+                        "{roi:?}: each must be a positive multiple of {div} (the network's size divisor)"
+                    ),
+                });
+            }
+            if !(0.0..1.0).contains(&overlap) {
+                return Err(TrainerError::Config {
+                    field: "val_overlap",
+                    detail: format!("{overlap} is not in [0, 1)"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -148,6 +194,7 @@ impl Default for TrainConfig {
             resume: true,
             bf16: false,
             lr_schedule: LrSchedule::default(),
+            validation: Validation::Crops,
         }
     }
 }
@@ -304,13 +351,25 @@ fn check_batch(
     step: usize,
     x: &Tensor,
     y: &Tensor,
+    whole_volume: bool,
 ) -> Result<()> {
     let bad = |detail: String| TrainerError::BadBatch {
         epoch,
         step,
         detail,
     };
-    net.check_input(x).map_err(|e| bad(e.to_string()))?;
+    if whole_volume {
+        // Sliding windows take any size: only the channels must fit.
+        let d = x.dims();
+        if d.len() != 5 || d[1] != cfg.in_channels || d[2..].contains(&0) {
+            return Err(bad(format!(
+                "volume must be (N, {}, D, H, W), got {d:?}",
+                cfg.in_channels
+            )));
+        }
+    } else {
+        net.check_input(x).map_err(|e| bad(e.to_string()))?;
+    }
     let (xd, yd) = (x.dims(), y.dims());
     if yd.len() != 5 || yd[0] != xd[0] || yd[1] != cfg.out_channels || yd[2..] != xd[2..] {
         return Err(bad(format!(
@@ -451,7 +510,7 @@ fn local_step(
     let Some((x, y)) = train_src.next_batch()? else {
         return Ok(None);
     };
-    check_batch(&cfg.unet, net, epoch + 1, step, &x, &y)?;
+    check_batch(&cfg.unet, net, epoch + 1, step, &x, &y, false)?;
     let logits = net.forward_t(&x, true)?;
     let loss = cfg.loss.forward(&logits, &y)?;
     let mut grads = opt.gradients(&loss.backward()?);
@@ -482,6 +541,7 @@ fn run_replica(
     cfg.unet.validate()?;
     cfg.adam.validate()?;
     cfg.lr_schedule.validate(cfg.epochs)?;
+    cfg.validation.validate(&cfg.unet)?;
     let rank0 = reducer.rank() == 0;
     if cfg.bf16 && !device.is_cuda() {
         return Err(TrainerError::Config {
@@ -604,19 +664,37 @@ fn run_replica(
             let mut vstep = 0;
             while let Some((x, y)) = val_src.next_batch()? {
                 vstep += 1;
-                check_batch(&cfg.unet, &net, epoch + 1, vstep, &x, &y).map_err(|e| match e {
-                    TrainerError::BadBatch {
-                        epoch,
-                        step,
-                        detail,
-                    } => TrainerError::BadBatch {
-                        epoch,
-                        step,
-                        detail: format!("validation: {detail}"),
+                let whole = matches!(cfg.validation, Validation::Volumes { .. });
+                check_batch(&cfg.unet, &net, epoch + 1, vstep, &x, &y, whole).map_err(
+                    |e| match e {
+                        TrainerError::BadBatch {
+                            epoch,
+                            step,
+                            detail,
+                        } => TrainerError::BadBatch {
+                            epoch,
+                            step,
+                            detail: format!("validation: {detail}"),
+                        },
+                        other => other,
                     },
-                    other => other,
-                })?;
-                dice.update(&net.forward_t(&x, false)?, &y)?;
+                )?;
+                let logits = match cfg.validation {
+                    Validation::Crops => net.forward_t(&x, false)?,
+                    Validation::Volumes {
+                        roi,
+                        overlap,
+                        blend,
+                    } => crate::infer::sliding_window_inference(
+                        &x,
+                        roi,
+                        1,
+                        overlap,
+                        blend,
+                        &mut |w| net.forward_t(w, false),
+                    )?,
+                };
+                dice.update(&logits, &y)?;
                 val_samples += x.dim(0)?;
             }
             let per_channel = dice.per_channel();

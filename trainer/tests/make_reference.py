@@ -165,7 +165,7 @@ def adam():
 
 
 def sliding():
-    """monai.inferers.sliding_window_inference (constant blending) with a window-dependent predictor."""
+    """monai.inferers.sliding_window_inference (constant and Gaussian blending) with a window-dependent predictor."""
     from monai.inferers import sliding_window_inference
 
     torch.manual_seed(4)
@@ -178,7 +178,11 @@ def sliding():
     t = {"input": x}
     for i, overlap in enumerate((0.25, 0.5)):
         t[f"overlap{i}"] = sliding_window_inference(x, (8, 8, 8), 3, predictor, overlap=overlap, mode="constant")
-    save_file(t, os.path.join(OUT, "sliding.safetensors"), metadata={"roi": "8,8,8", "overlaps": "0.25,0.5"})
+        t[f"gaussian{i}"] = sliding_window_inference(
+            x, (8, 8, 8), 3, predictor, overlap=overlap, mode="gaussian", sigma_scale=0.125
+        )
+    save_file(t, os.path.join(OUT, "sliding.safetensors"),
+              metadata={"roi": "8,8,8", "overlaps": "0.25,0.5", "sigma_scale": "0.125"})
 
 
 if __name__ == "__main__":
