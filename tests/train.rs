@@ -519,6 +519,51 @@ fn evaluation_matches_predict(dir: &Path, v: &serde_json::Value, cached_run: &st
             "predict {p} against evaluate {e}"
         );
     }
+
+    // The same export on every labelled case, with Gaussian blending: only the evaluation runs.
+    let yaml = read(dir.join("wf.yaml"));
+    let with = |params: &str| {
+        let changed = yaml.replace(
+            "inputs: { model: export, dataset: fetch } }",
+            &format!("inputs: {{ model: export, dataset: fetch }}, with: {{ {params} }} }}"),
+        );
+        assert_ne!(changed, yaml);
+        changed
+    };
+    std::fs::write(dir.join("all.yaml"), with("cases: all, blend: gaussian")).unwrap();
+    let out = wf(dir, &["run", "all.yaml", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = json(&out);
+    assert_eq!(status_of(&w, "train"), "cached");
+    assert_eq!(status_of(&w, "evaluate"), "ran");
+    let report: serde_json::Value =
+        serde_json::from_str(&read(output_path(&w, "evaluate").join("report.json"))).unwrap();
+    assert_eq!(report["cases"].as_array().unwrap().len(), 4, "{report}");
+    assert_eq!(report["cases_from"], "all");
+    assert_eq!(report["blend"], "gaussian");
+
+    // Bad choices: a misspelt choice is invalid input (exit 2) before anything runs; an id the
+    // Dataset does not have fails the step (exit 1), naming it.
+    std::fs::write(dir.join("typo.yaml"), with("cases: heldout")).unwrap();
+    let out = wf(dir, &["run", "typo.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`cases`: expected `held-out`, `all` or a list of case ids"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        dir.join("unknown.yaml"),
+        with(&format!("cases: [{case}, BRATS_999]")),
+    )
+    .unwrap();
+    let out = wf(dir, &["run", "unknown.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 case is not among the Dataset's labelled cases: BRATS_999"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `--out` must name a NIfTI file: checked first, before the model or the image is read.

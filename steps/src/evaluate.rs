@@ -270,9 +270,10 @@ impl Step for Evaluate {
             }
         }
         if !unknown.is_empty() {
+            let n = unknown.len();
             return Err(StepError::new(format!(
-                "{} not among the Dataset's labelled cases: {}",
-                plural(unknown.len(), "case is"),
+                "{n} {} not among the Dataset's labelled cases: {}",
+                if n == 1 { "case is" } else { "cases are" },
                 unknown.join(", ")
             )));
         }
