@@ -294,6 +294,9 @@ impl Step for Evaluate {
 
         let total = chosen.len() as u64;
         let mut cases = Vec::with_capacity(chosen.len());
+        // How long each case took to segment (preprocessing, inference, back onto its grid) and to
+        // score (reading the label, Dice and HD95): facts of the run, not part of the Report.
+        let mut timings = Vec::with_capacity(chosen.len());
         for (i, c) in chosen.iter().enumerate() {
             if cx.cancel.is_cancelled() {
                 return Err(StepError::new("cancelled"));
@@ -302,9 +305,11 @@ impl Step for Evaluate {
             cx.progress.message(&format!("segmenting {}", c.id));
             let image = dataset.join(&c.image);
             let label_rel = c.label.as_deref().expect("labelled cases only");
+            let t0 = std::time::Instant::now();
             let seg = segmenter
                 .segment(&c.id, &image)
                 .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
+            let t1 = std::time::Instant::now();
             let label = read_label(
                 &dataset.join(label_rel),
                 &format!("case {}: label {label_rel}", c.id),
@@ -321,6 +326,12 @@ impl Step for Evaluate {
                 .iter()
                 .map(|(n, s)| RegionResult::new(n, s))
                 .collect();
+            timings.push(json!({
+                "case": c.id,
+                "segment_seconds": (t1 - t0).as_secs_f64(),
+                "score_seconds": t1.elapsed().as_secs_f64(),
+            }));
+            cx.progress.fact("cases", json!(timings));
             cx.progress.note(&case_line(&c.id, &regions));
             cases.push(CaseResult {
                 case: c.id.clone(),
