@@ -1,6 +1,6 @@
 //! `wf report` end to end: a small training workflow runs, then its report is one self-contained
 //! HTML file (every image a data URI, nothing loaded from elsewhere) holding the steps, the training
-//! curves, sample slices and the export's card; headless Chromium (Debian's `chromium`; the test
+//! curves, sample slices, the export's card and the evaluation (table, box plot, every case); headless Chromium (Debian's `chromium`; the test
 //! prints SKIP without it) renders it with every image decoded and a screenshot that is not blank.
 //! Bad input: no run yet, an invalid workflow (exit 2), an unwritable output (exit 1).
 
@@ -37,6 +37,7 @@ steps:
     with: { epochs: 2, batch_size: 2, lr: 1.0e-3, val_fraction: 0.25, gpus: 0,
             channels: [4, 8, 16], strides: [2, 2], num_res_units: 1 }
   export: { uses: export-checkpoint, inputs: { model: train } }
+  evaluate: { uses: evaluate, inputs: { model: export, dataset: fetch } }
 "#;
     std::fs::write(dir.join("wf.yaml"), yaml).unwrap();
 }
@@ -105,7 +106,7 @@ fn report_holds_the_run_and_renders_in_headless_chromium() {
     );
     // The last run: train ran again, the rest was cached (export too: the Model did not change).
     assert_eq!(row_state(&html, "train"), "ran");
-    for id in ["fetch", "preprocess", "export"] {
+    for id in ["fetch", "preprocess", "export", "evaluate"] {
         assert_eq!(row_state(&html, id), "cached", "{id}");
     }
     for part in [
@@ -118,6 +119,10 @@ fn report_holds_the_run_and_renders_in_headless_chromium() {
         "Model card",
         "same kind of machine",
         "GEMM kernel",
+        "Evaluation: <code>evaluate</code>",
+        "1 case (held-out), whole volumes",
+        "alt=\"Dice and HD95 per region over the cases\"",
+        "<th>TC Dice</th><th>TC HD95 (mm)</th>",
     ] {
         assert!(html.contains(part), "the report lacks {part}");
     }

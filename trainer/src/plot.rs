@@ -372,17 +372,20 @@ fn draw_boxes(report: &crate::evaluation::EvalReport, rgb: &mut [u8]) -> DrawRes
             if !v.is_empty() {
                 let (q1, med, q3) = (quantile(v, 0.25), quantile(v, 0.5), quantile(v, 0.75));
                 let iqr = q3 - q1;
+                // Whiskers end at the furthest value within 1.5 IQR, never inside the box.
                 let lo = v
                     .iter()
                     .copied()
                     .find(|&a| a >= q1 - 1.5 * iqr)
-                    .unwrap_or(q1);
+                    .unwrap_or(q1)
+                    .min(q1);
                 let hi = v
                     .iter()
                     .rev()
                     .copied()
                     .find(|&a| a <= q3 + 1.5 * iqr)
-                    .unwrap_or(q3);
+                    .unwrap_or(q3)
+                    .max(q3);
                 let w = 0.22;
                 chart.draw_series(std::iter::once(Rectangle::new(
                     [(x - w, q1), (x + w, q3)],
