@@ -97,7 +97,7 @@ def main():
     net.load_state_dict(load_safetensors(export / "model.safetensors"), strict=True)
     net.eval()
     transforms, crop = transforms_of(pre["transforms"])
-    div = int(np.prod(cfg["strides"]))
+    div = int(np.prod(cfg["strides"][: len(cfg["channels"]) - 1]))
     roi = tuple(-(-c // div) * div for c in crop) if crop else (div * 8, div * 8, div * 4)
     post = Compose([
         Invertd(keys="pred", transform=transforms, orig_keys="image", nearest_interp=False, to_tensor=True),

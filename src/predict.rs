@@ -154,8 +154,17 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         blend: args.blend.blend(),
         back: args.resample.back(),
     };
+    let roi_arg = |m: String| {
+        if args.roi.is_some() {
+            invalid(format!("--{m}"))
+        } else {
+            invalid(format!(
+                "the default window (the training crop, rounded up): {m}"
+            ))
+        }
+    };
     let segmenter = Segmenter::from_export(&args.model, opts).map_err(|e| match e {
-        SegmentError::Invalid(m) if m.starts_with("roi ") => invalid(format!("--{m}")),
+        SegmentError::Invalid(m) if m.starts_with("roi ") => roi_arg(m),
         SegmentError::Invalid(m) if m.starts_with("overlap ") => invalid(format!("--{m}")),
         SegmentError::Invalid(m) if m.starts_with("sw_batch_size ") => {
             invalid(format!("--{}", m.replace("sw_batch_size", "sw-batch-size")))
@@ -165,19 +174,6 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
     let conv = segmenter.convention();
     let roi = segmenter.roi();
 
-    // The input grid, checked with the label before inference, so a wrong label costs nothing.
-    let (in_shape, in_affine) = Segmenter::input_grid(&args.image).map_err(segment_error)?;
-    let reference = match &args.label {
-        Some(path) => {
-            let what = format!("--label {}", path.display());
-            let image = format!("--image {}", args.image.display());
-            let label =
-                read_label(path, &what, &image, in_shape, &in_affine, conv).map_err(invalid)?;
-            Some(label)
-        }
-        None => None,
-    };
-
     let id = args
         .image
         .file_name()
@@ -186,8 +182,21 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         .trim_end_matches(".gz")
         .trim_end_matches(".nii")
         .to_string();
+    // The input grid, checked with the label before inference, so a wrong label costs nothing.
+    let (in_shape, in_affine) = Segmenter::input_grid(&args.image).map_err(segment_error)?;
+    let reference = match &args.label {
+        Some(path) => {
+            let what = format!("--label {}", path.display());
+            let image = format!("--image {}", args.image.display());
+            let label = read_label(path, &what, &image, &id, in_shape, &in_affine, conv)
+                .map_err(invalid)?;
+            Some(label)
+        }
+        None => None,
+    };
+
     let seg = segmenter.segment(&id, &args.image).map_err(|e| match e {
-        SegmentError::Invalid(m) if m.starts_with("roi ") => invalid(format!("--{m}")),
+        SegmentError::Invalid(m) if m.starts_with("roi ") => roi_arg(m),
         other => segment_error(other),
     })?;
     let values = seg.label_values(conv);

@@ -528,6 +528,32 @@ pub fn read_nifti(path: &Path) -> Result<NiftiImage, ImagingError> {
     read_nifti_bytes(&bytes, &path.display().to_string())
 }
 
+/// The voxel grid of a `.nii` or `.nii.gz` from its header alone (the data is not read): the
+/// dims (trailing ones kept) and the affine, as [`read_nifti`] would give them.
+pub fn read_grid(path: &Path) -> Result<(Vec<usize>, [[f64; 4]; 4]), ImagingError> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| ImagingError::io(path, "read", e))?;
+    let mut raw = std::io::BufReader::new(file);
+    let mut magic = [0u8; 2];
+    let got = read_full(&mut raw, &mut magic).map_err(|e| ImagingError::io(path, "read", e))?;
+    let mut head = vec![0u8; 540];
+    let chained = std::io::Read::chain(&magic[..got], raw);
+    let n = if got == 2 && magic == [0x1f, 0x8b] {
+        read_full(&mut flate2::read::MultiGzDecoder::new(chained), &mut head).map_err(|e| {
+            ImagingError::Gzip {
+                name: name.clone(),
+                reason: e.to_string(),
+            }
+        })?
+    } else {
+        let mut chained = chained;
+        read_full(&mut chained, &mut head).map_err(|e| ImagingError::io(path, "read", e))?
+    };
+    let header = parse_header(&head[..n], &name)?;
+    let (dims, ..) = layout(&header, &name)?;
+    Ok((dims, header.affine(&name)?))
+}
+
 /// Decompresses when the buffer is gzip (any number of members), else borrows it.
 pub fn maybe_gunzip<'a>(
     bytes: &'a [u8],
@@ -952,6 +978,32 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImagingError
 
 #[cfg(test)]
 mod tests {
+    /// The grid from the header alone equals the grid of a full read, gzip or not; a file too
+    /// short for a header is an error naming it.
+    #[test]
+    fn read_grid_reads_the_header_only() {
+        let t = tempfile::tempdir().unwrap();
+        let affine = [
+            [0.0, -1.5, 0.0, 10.0],
+            [2.0, 0.0, 0.0, -4.0],
+            [0.0, 0.0, 1.25, 3.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let data: Vec<f32> = (0..5 * 4 * 3 * 2).map(|v| v as f32).collect();
+        for name in ["a.nii", "a.nii.gz"] {
+            let path = t.path().join(name);
+            super::write_nifti(&path, &[5, 4, 3, 2], super::NiftiData::F32(&data), &affine)
+                .unwrap();
+            let full = super::read_nifti(&path).unwrap();
+            let (dims, aff) = super::read_grid(&path).unwrap();
+            assert_eq!((dims, aff), (full.dims, full.affine), "{name}");
+        }
+        let short = t.path().join("short.nii");
+        std::fs::write(&short, b"\x5c\x01\x00").unwrap();
+        let e = super::read_grid(&short).unwrap_err().to_string();
+        assert!(e.contains("short.nii"), "{e}");
+    }
+
     use super::*;
     use crate::testdata::{monai_file, monai_manifest};
 

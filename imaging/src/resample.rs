@@ -49,7 +49,7 @@ pub fn in_region(logit: f32) -> bool {
 
 /// Region bits (channel `c` inside sets bit `c`; at most 8 channels) on the input grid
 /// (`in_shape`, `in_affine`), C order, from `logits` (C, X, Y, Z) on the grid whose affine is
-/// `model_affine`. Errors name a singular affine or a grid too large.
+/// `model_affine`. Errors name a singular affine (and, for `Linear`, a grid too large to allocate).
 pub fn regions_on_input(
     logits: &Image,
     model_affine: &Affine,

@@ -48,7 +48,7 @@ const PARAMS: &[ParamSpec] = &[
         "roi",
         ParamType::Any,
         "null",
-        "sliding-window size [X, Y, Z], multiples of the network's size divisor (16 for the seed's UNet); null: the training crop rounded up",
+        "sliding-window size [X, Y, Z], multiples of the network's size divisor (16 for the seed's UNet); null: the training crop rounded up to multiples of it, or 8 × 8 × 4 of it without a crop",
     )
     .shape("[X, Y, Z] or null", || {
         json!({ "anyOf": [
@@ -236,9 +236,13 @@ impl Step for Evaluate {
         };
         let segmenter = Segmenter::from_export(model, opts).map_err(step_error)?;
         let conv = segmenter.convention();
-        let held_out = TrainRecord::read_in(model)
-            .map_err(|e| StepError::new(e.to_string()))?
-            .map(|r| r.split.val_cases);
+        // The export's record of its held-out cases: needed to choose them, reported otherwise
+        // (an unreadable record then just goes unreported).
+        let held_out = match TrainRecord::read_in(model) {
+            Ok(r) => r.map(|r| r.split.val_cases),
+            Err(e) if choice == Choice::HeldOut => return Err(StepError::new(e.to_string())),
+            Err(_) => None,
+        };
         let ds = MsdDataset::read(&dataset.join(wf_imaging::msd::DATASET_JSON))
             .map_err(|e| StepError::new(e.to_string()))?;
         let all = ds.cases().map_err(|e| StepError::new(e.to_string()))?;
@@ -282,6 +286,37 @@ impl Step for Evaluate {
                 "the Dataset has no labelled case to evaluate",
             ));
         }
+        // Every label on its image's grid, from the headers, before any inference: a wrong label
+        // costs nothing and loses no case already scored.
+        for c in &chosen {
+            let label_rel = c.label.as_deref().expect("labelled cases only");
+            let grid = |rel: &str| {
+                wf_imaging::nifti::read_grid(&dataset.join(rel))
+                    .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))
+            };
+            let ((dims, affine), (ldims, laffine)) = (grid(&c.image)?, grid(label_rel)?);
+            if dims.len() < 3 {
+                return Err(StepError::new(format!(
+                    "case {}: {} is {}-D; expected 3-D or 4-D",
+                    c.id,
+                    c.image,
+                    dims.len()
+                )));
+            }
+            wf_imaging::transforms::load::check_label_grid(
+                &c.id,
+                &ldims,
+                &laffine,
+                [dims[0], dims[1], dims[2]],
+                &affine,
+            )
+            .map_err(|e| {
+                StepError::new(format!(
+                    "case {}: label {label_rel} is not on the grid of its image {}: {e}",
+                    c.id, c.image
+                ))
+            })?;
+        }
         cx.progress.note(&format!(
             "{} ({}), roi {:?}, overlap {}, {} blending, {} back onto each image's grid",
             plural(chosen.len(), "case"),
@@ -305,20 +340,27 @@ impl Step for Evaluate {
             cx.progress.message(&format!("segmenting {}", c.id));
             let image = dataset.join(&c.image);
             let label_rel = c.label.as_deref().expect("labelled cases only");
+            // The label first (its values are checked as it is read), then the inference.
             let t0 = std::time::Instant::now();
-            let seg = segmenter
-                .segment(&c.id, &image)
+            let (shape, affine) = Segmenter::input_grid(&image)
                 .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
-            let t1 = std::time::Instant::now();
             let label = read_label(
                 &dataset.join(label_rel),
                 &format!("case {}: label {label_rel}", c.id),
                 &format!("its image {}", c.image),
-                seg.shape,
-                &seg.affine,
+                &c.id,
+                shape,
+                &affine,
                 conv,
             )
             .map_err(StepError::new)?;
+            let read = t0.elapsed();
+            let t1 = std::time::Instant::now();
+            let seg = segmenter
+                .segment(&c.id, &image)
+                .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
+            let segmented = t1.elapsed();
+            let t2 = std::time::Instant::now();
             let spacing = voxel_size(&seg.affine);
             let scores = score_regions(&seg.nested_regions(conv), &label, seg.shape, spacing)
                 .map_err(|e| StepError::new(format!("case {}: scoring: {e}", c.id)))?;
@@ -328,8 +370,8 @@ impl Step for Evaluate {
                 .collect();
             timings.push(json!({
                 "case": c.id,
-                "segment_seconds": (t1 - t0).as_secs_f64(),
-                "score_seconds": t1.elapsed().as_secs_f64(),
+                "segment_seconds": segmented.as_secs_f64(),
+                "score_seconds": (read + t2.elapsed()).as_secs_f64(),
             }));
             cx.progress.fact("cases", json!(timings));
             cx.progress.note(&case_line(&c.id, &regions));

@@ -109,7 +109,7 @@ const PARAMS: &[ParamSpec] = &[
         "val_roi",
         ParamType::Any,
         "null",
-        "`val_mode: volumes`: the sliding window [X, Y, Z], multiples of the network's size divisor; null: the training crop's `roi` rounded up to one",
+        "`val_mode: volumes`: the sliding window [X, Y, Z], multiples of the network's size divisor; null: the training crop's `roi` rounded up to multiples of it, or 8 × 8 × 4 of it without a crop",
     )
     .shape("[X, Y, Z] or null", || {
         json!({ "anyOf": [
@@ -414,8 +414,10 @@ impl Step for TrainUnet {
             }
             let unet = p.config(0).unet;
             if unet.validate().is_ok()
-                && let Err(TrainerError::Config { detail, .. }) =
-                    p.validation(&unet, None).validate(&unet)
+                && let Err(TrainerError::Config {
+                    field: "val_roi",
+                    detail,
+                }) = p.validation(&unet, None).validate(&unet)
                 && p.val_roi.is_some()
             {
                 diags.error(

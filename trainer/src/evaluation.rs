@@ -185,8 +185,8 @@ impl EvalReport {
         serde_json::to_string_pretty(self).expect("reports serialize") + "\n"
     }
 
-    /// `cases.csv`: a header, then one row per case and region. Case ids are the Dataset's file
-    /// names (no commas or quotes: fetch-dataset refuses them), written as they are.
+    /// `cases.csv`: a header, then one row per case and region; a case id holding a comma, a quote
+    /// or a line break is quoted (RFC 4180). An empty `dice` or `hd95_mm` is NaN (`empty` says why).
     pub fn to_csv(&self) -> String {
         let num = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
         let mut s = String::from("case,region,dice,hd95_mm,pred_voxels,label_voxels,empty\n");
@@ -208,7 +208,8 @@ impl EvalReport {
     }
 
     /// The per-region table `wf run` prints and `wf report` shows: mean ± std and median of Dice
-    /// and HD95 (mm), with how many cases each is over.
+    /// and HD95 (mm), and the cases they are over: one number when every case counted, else
+    /// `D/H of N` (Dice over D cases, HD95 over H, of N).
     pub fn table(&self) -> String {
         let f = |v: Option<f64>, p: usize| v.map_or("n/a".to_string(), |x| format!("{x:.p$}"));
         let mut out = format!(
@@ -224,7 +225,7 @@ impl EvalReport {
             let cases = if s.dice.skipped + s.hd95_mm.skipped == 0 {
                 format!("{}", s.dice.n)
             } else {
-                format!("{}/{}", s.dice.n.min(s.hd95_mm.n), self.cases.len())
+                format!("{}/{} of {}", s.dice.n, s.hd95_mm.n, self.cases.len())
             };
             out.push_str(&format!(
                 "{:<6} {:>17} {:>11} {:>19} {:>13} {:>7}\n",
@@ -330,7 +331,7 @@ mod tests {
         let table = r.table();
         assert!(table.contains("0.6000 ± 0.1000"), "{table}");
         let wt = table.lines().find(|l| l.starts_with("WT")).unwrap();
-        assert!(wt.ends_with("1/2"), "{table}");
+        assert!(wt.ends_with("1/1 of 2"), "{table}");
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(REPORT_FILE), r.to_json()).unwrap();

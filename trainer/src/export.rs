@@ -163,7 +163,7 @@ pub fn export(train_dir: &Path, out_dir: &Path, data: &str) -> Result<Exported> 
          - Weights: `model.safetensors` (MONAI state_dict names; `load_state_dict(..., strict=True)`), epoch {} of training\n\
          - Training data: {data}\n\
          - Optimizer: Adam, lr {}, weight decay {}{schedule}\n\
-         - Validation Dice (sigmoid > 0.5): mean {}, TC {}, WT {}, ET {}\n\
+         - Validation Dice (sigmoid ≥ 0.5): mean {}, TC {}, WT {}, ET {}\n\
          - Output channels: TC, WT, ET (sigmoid per channel)\n\
          - Trained on: {machine}\n\
          - Reproducibility: retraining with the same workflow and wf build on the same kind of machine \

@@ -1,4 +1,4 @@
-//! Whole-volume inference: MONAI's `sliding_window_inference` (constant or Gaussian blending) and the sigmoid > 0.5 post-processing.
+//! Whole-volume inference: MONAI's `sliding_window_inference` (constant or Gaussian blending) and the sigmoid >= 0.5 post-processing.
 
 use crate::error::{Result, TrainerError};
 use crate::unet::{UNet, UNetConfig};
@@ -244,9 +244,9 @@ pub fn sliding_window_inference(
         .contiguous()?)
 }
 
-/// MONAI's `Activations(sigmoid=True)` + `AsDiscrete(threshold=0.5)`: 1 where the logit is > 0.
+/// MONAI's `Activations(sigmoid=True)` + `AsDiscrete(threshold=0.5)`: 1 where the logit is >= 0.
 pub fn threshold_logits(logits: &Tensor) -> Result<Tensor> {
-    Ok(logits.gt(0.0)?.to_dtype(DType::U8)?)
+    Ok(logits.ge(0.0)?.to_dtype(DType::U8)?)
 }
 
 /// A trained UNet loaded from an export directory (`config.json` + `model.safetensors`), for
@@ -375,7 +375,7 @@ impl Predictor {
         ))
     }
 
-    /// Region bits per voxel (channel k above 0.5 after sigmoid sets bit k: TC = 1, WT = 2, ET = 4),
+    /// Region bits per voxel (channel k at or above 0.5 after sigmoid sets bit k: TC = 1, WT = 2, ET = 4),
     /// X-major C order, as wf-imaging stores labels.
     pub fn regions(
         &self,

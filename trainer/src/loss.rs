@@ -77,7 +77,7 @@ pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 }
 
 /// Accumulates MONAI's `DiceMetric(include_background=True)` over validation batches, with the
-/// tutorial's post-processing (sigmoid > 0.5). A sample whose target channel is empty gives NaN
+/// tutorial's post-processing (sigmoid >= 0.5). A sample whose target channel is empty gives NaN
 /// (ignore_empty) and is left out of the means, as in MONAI's `do_metric_reduction`.
 #[derive(Clone, Debug, Default)]
 pub struct DiceMetric {
@@ -105,8 +105,9 @@ impl DiceMetric {
                 ),
             ));
         }
-        // sigmoid(x) > 0.5 exactly when x > 0.
-        let pred = logits.gt(0.0)?.to_dtype(DType::F32)?.reshape((n, c, ()))?;
+        // MONAI's AsDiscrete(threshold=0.5) keeps sigmoid(x) >= 0.5: x >= 0 (and, in float32,
+        // negative x within about 6e-8 of 0, which this leaves out).
+        let pred = logits.ge(0.0)?.to_dtype(DType::F32)?.reshape((n, c, ()))?;
         let t = target
             .to_dtype(DType::F32)?
             .gt(0.5)?

@@ -133,6 +133,13 @@ impl Segmenter {
         let predictor = Predictor::from_export(dir)
             .map_err(|e| invalid(format!("model {}: {e}", dir.display())))?
             .with_blend(opts.blend);
+        let out = predictor.config().out_channels;
+        if out != REGIONS.len() {
+            return Err(invalid(format!(
+                "model {}: {out} output channel(s); segmenting needs the 3 region channels (TC, WT, ET) of a BraTS model",
+                dir.display()
+            )));
+        }
         let pre_path = dir.join(PREPROCESSING_FILE);
         let pre = Preprocessing::read(&pre_path).map_err(|e| {
             invalid(format!(
@@ -178,15 +185,16 @@ impl Segmenter {
     /// The grid (shape, affine) of a NIfTI image, read before any inference so a label can be
     /// checked against it first.
     pub fn input_grid(image: &Path) -> Result<([usize; 3], Affine), SegmentError> {
-        let input = wf_imaging::nifti::read_nifti(image).map_err(|e| invalid(format!("{e}")))?;
-        if input.dims.len() < 3 {
+        let (dims, affine) =
+            wf_imaging::nifti::read_grid(image).map_err(|e| invalid(format!("{e}")))?;
+        if dims.len() < 3 {
             return Err(invalid(format!(
                 "{}: a {}-D image; expected 3-D or 4-D",
                 image.display(),
-                input.dims.len()
+                dims.len()
             )));
         }
-        Ok(([input.dims[0], input.dims[1], input.dims[2]], input.affine))
+        Ok(([dims[0], dims[1], dims[2]], affine))
     }
 
     /// Segments one image (`id` names it in errors).
@@ -266,22 +274,34 @@ pub const REGIONS: [(&str, u8); 3] = [
     ("ET", wf_imaging::transforms::ET),
 ];
 
-/// A reference label on an image's grid, as region bits in C order. Refused (with `what` naming
-/// it, and `image` the image) when its grid is not the image's or a value is not part of the
-/// convention.
+/// A reference label on an image's grid, as region bits in C order. `what` names the label and
+/// `image` the image in errors, `case` the case. Refused when its grid is not the image's, a value
+/// is not finite, or a value is not a label of the convention (for `brats-monai`, whose conversion
+/// counts unknown values as background, anything but 0, 1, 2, 4 is refused here too: a score over
+/// silently dropped labels would mislead).
 pub fn read_label(
     path: &Path,
     what: &str,
     image: &str,
+    case: &str,
     shape: [usize; 3],
     affine: &Affine,
     conv: LabelConvention,
 ) -> Result<Vec<u8>, String> {
     let nifti = wf_imaging::nifti::read_nifti(path).map_err(|e| format!("{what}: {e}"))?;
-    let label = wf_imaging::transforms::load::label_from_nifti(nifti, what, shape, affine)
-        .map_err(|e| format!("{what} is not on the grid of {image}: {e}"))?;
+    let label = wf_imaging::transforms::load::label_from_nifti(nifti, case, shape, affine)
+        .map_err(|e| match e {
+            wf_imaging::ImagingError::Mismatch { .. } => {
+                format!("{what} is not on the grid of {image}: {e}")
+            }
+            other => format!("{what}: {other}"),
+        })?;
     let wf_imaging::transforms::LabelData::Raw(raw) = &label.data else {
         return Err(format!("{what}: not raw label values"));
+    };
+    let strict = match conv {
+        LabelConvention::BratsMonai => LabelConvention::Brats,
+        other => other,
     };
     let [nx, ny, nz] = shape;
     let mut out = vec![0u8; raw.len()];
@@ -290,7 +310,7 @@ pub fn read_label(
             for z in 0..nz {
                 // NIfTI's order is X fastest.
                 let v = raw[(z * ny + y) * nx + x];
-                out[(x * ny + y) * nz + z] = conv.regions(v).ok_or_else(|| {
+                out[(x * ny + y) * nz + z] = strict.regions(v).ok_or_else(|| {
                     format!(
                         "{what}: value {v} at voxel ({x}, {y}, {z}) is not a label of the `{}` convention",
                         conv.name()
@@ -398,6 +418,76 @@ mod tests {
         assert_eq!((s[2].1.pred_voxels, s[2].1.label_voxels), (1, 0));
         assert_eq!(empty_side(&s[2].1), Some("empty label"));
         assert_eq!(empty_side(&s[0].1), None);
+    }
+
+    /// A label is refused with the reason: another grid, a value that is not finite, a value
+    /// outside the convention (brats-monai too), each naming the label.
+    #[test]
+    fn labels_are_refused_for_what_is_wrong_with_them() {
+        let t = tempfile::tempdir().unwrap();
+        let affine = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let write = |name: &str, data: &[f32], affine: &Affine| {
+            let path = t.path().join(name);
+            wf_imaging::nifti::write_nifti(
+                &path,
+                &[2, 2, 2],
+                wf_imaging::nifti::NiftiData::F32(data),
+                affine,
+            )
+            .unwrap();
+            path
+        };
+        let read = |path: &Path, conv| {
+            read_label(
+                path,
+                "the label",
+                "the image",
+                "C1",
+                [2, 2, 2],
+                &affine,
+                conv,
+            )
+        };
+        let ok = write("ok.nii", &[0.0, 1.0, 2.0, 4.0, 0.0, 0.0, 0.0, 1.0], &affine);
+        let bits = read(&ok, LabelConvention::Brats).unwrap();
+        // NIfTI order is X fastest: voxel (1, 0, 0) is the second value (1: TC + WT).
+        assert_eq!(bits[4], TC | WT);
+        // (1, 1, 0): the fourth value (4: every region); (0, 1, 0): the third (2: WT).
+        assert_eq!(bits[6], WT | TC | ET);
+        assert_eq!(bits[2], WT);
+
+        let mut moved = affine;
+        moved[0][3] = 3.0;
+        let e = read(&write("moved.nii", &[0.0; 8], &moved), LabelConvention::Msd).unwrap_err();
+        assert!(
+            e.starts_with("the label is not on the grid of the image: "),
+            "{e}"
+        );
+
+        let nan = write(
+            "nan.nii",
+            &[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            &affine,
+        );
+        let e = read(&nan, LabelConvention::Msd).unwrap_err();
+        assert!(e.starts_with("the label: ") && !e.contains("grid"), "{e}");
+
+        let three = write(
+            "three.nii",
+            &[0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            &affine,
+        );
+        let e = read(&three, LabelConvention::BratsMonai).unwrap_err();
+        assert_eq!(
+            e,
+            "the label: value 3 at voxel (1, 0, 0) is not a label of the `brats-monai` convention"
+        );
+        assert!(read(&three, LabelConvention::Msd).is_ok());
     }
 
     #[test]

@@ -178,6 +178,14 @@ impl Validation {
                     detail: format!("{overlap} is not in [0, 1)"),
                 });
             }
+            // One window's buffers at least (a volume no larger than the window): refused before
+            // training rather than at the first validation.
+            let shape = [unet.in_channels, roi[0], roi[1], roi[2]];
+            let need = crate::infer::inference_bytes(unet, shape, roi, overlap, 1);
+            wf_imaging::memory::check(need).map_err(|why| TrainerError::Config {
+                field: "val_roi",
+                detail: format!("{roi:?}: sliding-window validation with this window {why}"),
+            })?;
         }
         Ok(())
     }

@@ -46,6 +46,42 @@ impl Load {
     }
 }
 
+/// Whether a label of `dims` and `affine` lies on the image's grid: the same spatial shape (extra
+/// dims of size 1 only) and the same affine within the loader's tolerance. The check
+/// [`label_from_nifti`] makes, for callers that have only the headers (`nifti::read_grid`).
+pub fn check_label_grid(
+    case: &str,
+    dims: &[usize],
+    affine: &Affine,
+    image_spatial: [usize; 3],
+    image_affine: &Affine,
+) -> Result<(), ImagingError> {
+    let ok = dims.len() >= 3 && dims[3..].iter().all(|&v| v == 1);
+    if !ok || dims[..3] != image_spatial {
+        return Err(ImagingError::Mismatch {
+            case: case.to_string(),
+            what: "shape",
+            image: format!("{image_spatial:?}"),
+            label: format!("{dims:?}"),
+        });
+    }
+    let close = (0..3).all(|i| {
+        (0..4).all(|j| {
+            (affine[i][j] - image_affine[i][j]).abs()
+                <= AFFINE_TOL * image_affine[i][j].abs().max(1.0)
+        })
+    });
+    if !close {
+        return Err(ImagingError::Mismatch {
+            case: case.to_string(),
+            what: "affine",
+            image: format!("{image_affine:?}"),
+            label: format!("{affine:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// (X, Y, Z[, C]) Fortran order → (C, X, Y, Z) C order, checking every voxel is finite.
 pub fn image_from_nifti(img: NiftiImage, case: &str) -> Result<Image, ImagingError> {
     let d = &img.dims;
@@ -83,35 +119,8 @@ pub fn label_from_nifti(
     image_spatial: [usize; 3],
     image_affine: &Affine,
 ) -> Result<Label, ImagingError> {
-    let d = &lab.dims;
-    let ok = d.len() >= 3 && d[3..].iter().all(|&v| v == 1);
-    let sp = if d.len() >= 3 {
-        [d[0], d[1], d[2]]
-    } else {
-        [0, 0, 0]
-    };
-    if !ok || sp != image_spatial {
-        return Err(ImagingError::Mismatch {
-            case: case.to_string(),
-            what: "shape",
-            image: format!("{image_spatial:?}"),
-            label: format!("{d:?}"),
-        });
-    }
-    let close = (0..3).all(|i| {
-        (0..4).all(|j| {
-            (lab.affine[i][j] - image_affine[i][j]).abs()
-                <= AFFINE_TOL * image_affine[i][j].abs().max(1.0)
-        })
-    });
-    if !close {
-        return Err(ImagingError::Mismatch {
-            case: case.to_string(),
-            what: "affine",
-            image: format!("{image_affine:?}"),
-            label: format!("{:?}", lab.affine),
-        });
-    }
+    check_label_grid(case, &lab.dims, &lab.affine, image_spatial, image_affine)?;
+    let sp = [lab.dims[0], lab.dims[1], lab.dims[2]];
     if let Some(i) = first_non_finite(&lab.data) {
         return Err(ImagingError::NonFinite {
             case: case.to_string(),
