@@ -345,22 +345,14 @@ mod tests {
     }
 
     #[test]
-    fn regions_are_scored_from_their_own_bit() {
+    fn scores_print_as_a_table_and_json() {
         // 1 x 1 x 4: the label has WT on all four voxels, TC on two, no ET; the prediction WT on
         // two, TC on the same two, ET on one.
         let label = [WT | TC, WT | TC, WT, WT];
         let pred = [WT | TC | ET, WT | TC, 0, 0];
+        // The scores themselves are wf_trainer::segment's (tested there): TC 1.0, WT 2/3, ET
+        // NaN with an empty label.
         let s = score_regions(&pred, &label, [1, 1, 4], [1.0, 1.0, 2.0]).unwrap();
-        let names: Vec<&str> = s.iter().map(|r| r.0).collect();
-        assert_eq!(names, ["TC", "WT", "ET"]);
-        assert_eq!((s[0].1.dice, s[0].1.hd95), (1.0, 0.0));
-        // WT: 2 * 2 / (2 + 4). Label → prediction: 0, 0, 2, 4 mm, whose 95th percentile is
-        // 2 + 0.85 * 2; prediction → label: 0, 0.
-        assert!((s[1].1.dice - 2.0 / 3.0).abs() < 1e-12);
-        assert!((s[1].1.hd95 - 3.7).abs() < 1e-12, "{:?}", s[1].1);
-        assert!(s[2].1.dice.is_nan() && s[2].1.hd95.is_nan());
-        assert_eq!((s[2].1.pred_voxels, s[2].1.label_voxels), (1, 0));
-
         let table = scores_table(&s);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");

@@ -404,6 +404,16 @@ mod tests {
     use super::*;
     use crate::testutil::{fixture, rel_err};
 
+    /// The fixture's predictor: each window plus its own mean, so the result depends on the
+    /// windows and their blending.
+    fn window_plus_mean(w: &Tensor) -> Result<Tensor> {
+        let mean = w
+            .flatten_from(1)?
+            .mean_keepdim(1)?
+            .reshape((w.dim(0)?, 1, 1, 1, 1))?;
+        Ok(w.broadcast_add(&mean)?)
+    }
+
     #[test]
     fn matches_monai_sliding_window_inference() {
         let t = fixture("sliding.safetensors");
@@ -418,11 +428,7 @@ mod tests {
                 &mut |w| {
                     calls += 1;
                     assert!(w.dim(0).unwrap() <= 3);
-                    let mean =
-                        w.flatten_from(1)?
-                            .mean_keepdim(1)?
-                            .reshape((w.dim(0)?, 1, 1, 1, 1))?;
-                    Ok(w.broadcast_add(&mean)?)
+                    window_plus_mean(w)
                 },
             )
             .unwrap();
@@ -442,13 +448,7 @@ mod tests {
                 3,
                 overlap,
                 Blend::Gaussian,
-                &mut |w| {
-                    let mean =
-                        w.flatten_from(1)?
-                            .mean_keepdim(1)?
-                            .reshape((w.dim(0)?, 1, 1, 1, 1))?;
-                    Ok(w.broadcast_add(&mean)?)
-                },
+                &mut |w| window_plus_mean(w),
             )
             .unwrap();
             let e = rel_err(&got, &t[&format!("gaussian{i}")]);
