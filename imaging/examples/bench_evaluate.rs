@@ -15,7 +15,7 @@ use wf_imaging::transforms::{ET, LabelConvention, TC, WT};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 3 || args.len() % 2 == 0 {
+    if args.len() < 3 || args.len().is_multiple_of(2) {
         eprintln!("usage: bench_evaluate PYTHON SEG LABEL [SEG LABEL ...]");
         std::process::exit(2);
     }
