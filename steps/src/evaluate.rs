@@ -214,198 +214,12 @@ impl Step for Evaluate {
     }
 
     fn run(&self, cx: &RunContext<'_>) -> Result<(), StepError> {
-        let p: EvalParams = cx
-            .params
-            .decode()
-            .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
-        let choice =
-            Choice::parse(&p.cases).map_err(|e| StepError::new(format!("`cases`: {e}")))?;
-        let input = |slot: &str| {
-            cx.inputs
-                .get(slot)
-                .map(|a| a.path.as_path())
-                .ok_or_else(|| StepError::new(format!("missing input `{slot}`")))
-        };
-        let (model, dataset) = (input("model")?, input("dataset")?);
-        let opts = SegmentOptions {
-            roi: p.roi,
-            overlap: p.overlap,
-            sw_batch_size: p.sw_batch_size,
-            blend: blend_of(&p.blend),
-            back: back_to_input(&p.resample),
-        };
-        let segmenter = Segmenter::from_export(model, opts).map_err(step_error)?;
-        let conv = segmenter.convention();
-        // The export's record of its held-out cases: needed to choose them, reported otherwise
-        // (an unreadable record then just goes unreported).
-        let held_out = match TrainRecord::read_in(model) {
-            Ok(r) => r.map(|r| r.split.val_cases),
-            Err(e) if choice == Choice::HeldOut => return Err(StepError::new(e.to_string())),
-            Err(_) => None,
-        };
-        let ds = MsdDataset::read(&dataset.join(wf_imaging::msd::DATASET_JSON))
-            .map_err(|e| StepError::new(e.to_string()))?;
-        let all = ds.cases().map_err(|e| StepError::new(e.to_string()))?;
-        let labelled: Vec<_> = all.iter().filter(|c| c.label.is_some()).collect();
-        let wanted: Vec<String> = match &choice {
-            Choice::All => labelled.iter().map(|c| c.id.clone()).collect(),
-            Choice::Listed(ids) => ids.clone(),
-            Choice::HeldOut => match &held_out {
-                Some(v) if !v.is_empty() => v.clone(),
-                Some(_) => {
-                    return Err(StepError::new(
-                        "the export's training held out no cases (`val_fraction: 0`): set `cases: all` or list the case ids to evaluate",
-                    ));
-                }
-                None => {
-                    return Err(StepError::new(format!(
-                        "the export has no {} naming its held-out cases (exported by an older export-checkpoint?): set `cases: all` or list the case ids",
-                        wf_trainer::record::TRAIN_FILE
-                    )));
-                }
-            },
-        };
-        let mut chosen = Vec::with_capacity(wanted.len());
-        let mut unknown = Vec::new();
-        for id in &wanted {
-            match labelled.iter().find(|c| &c.id == id) {
-                Some(c) => chosen.push(*c),
-                None => unknown.push(id.as_str()),
-            }
-        }
-        if !unknown.is_empty() {
-            let n = unknown.len();
-            return Err(StepError::new(format!(
-                "{n} {} not among the Dataset's labelled cases: {}",
-                if n == 1 { "case is" } else { "cases are" },
-                unknown.join(", ")
-            )));
-        }
-        if chosen.is_empty() {
-            return Err(StepError::new(
-                "the Dataset has no labelled case to evaluate",
-            ));
-        }
-        // Every label on its image's grid, from the headers, before any inference: a wrong label
-        // costs nothing and loses no case already scored.
-        for c in &chosen {
-            let label_rel = c.label.as_deref().expect("labelled cases only");
-            let grid = |rel: &str| {
-                wf_imaging::nifti::read_grid(&dataset.join(rel))
-                    .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))
-            };
-            let ((dims, affine), (ldims, laffine)) = (grid(&c.image)?, grid(label_rel)?);
-            if dims.len() < 3 {
-                return Err(StepError::new(format!(
-                    "case {}: {} is {}-D; expected 3-D or 4-D",
-                    c.id,
-                    c.image,
-                    dims.len()
-                )));
-            }
-            wf_imaging::transforms::load::check_label_grid(
-                &c.id,
-                &ldims,
-                &laffine,
-                [dims[0], dims[1], dims[2]],
-                &affine,
-            )
-            .map_err(|e| {
-                StepError::new(format!(
-                    "case {}: label {label_rel} is not on the grid of its image {}: {e}",
-                    c.id, c.image
-                ))
-            })?;
-        }
-        cx.progress.note(&format!(
-            "{} ({}), roi {:?}, overlap {}, {} blending, {} back onto each image's grid",
-            plural(chosen.len(), "case"),
-            choice.name(),
-            segmenter.roi(),
-            p.overlap,
-            p.blend,
-            p.resample
-        ));
-
-        let total = chosen.len() as u64;
-        let mut cases = Vec::with_capacity(chosen.len());
-        // How long each case took to segment (preprocessing, inference, back onto its grid) and to
-        // score (reading the label, Dice and HD95): facts of the run, not part of the Report.
-        let mut timings = Vec::with_capacity(chosen.len());
-        for (i, c) in chosen.iter().enumerate() {
-            if cx.cancel.is_cancelled() {
-                return Err(StepError::new("cancelled"));
-            }
-            cx.progress.advance(Count::new(i as u64, total, Unit::Case));
-            cx.progress.message(&format!("segmenting {}", c.id));
-            let image = dataset.join(&c.image);
-            let label_rel = c.label.as_deref().expect("labelled cases only");
-            // The label first (its values are checked as it is read), then the inference.
-            let t0 = std::time::Instant::now();
-            let (shape, affine) = Segmenter::input_grid(&image)
-                .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
-            let label = read_label(
-                &dataset.join(label_rel),
-                &format!("case {}: label {label_rel}", c.id),
-                &format!("its image {}", c.image),
-                &c.id,
-                shape,
-                &affine,
-                conv,
-            )
-            .map_err(StepError::new)?;
-            let read = t0.elapsed();
-            let t1 = std::time::Instant::now();
-            let seg = segmenter
-                .segment(&c.id, &image)
-                .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
-            let segmented = t1.elapsed();
-            let t2 = std::time::Instant::now();
-            let spacing = voxel_size(&seg.affine);
-            let scores = score_regions(&seg.nested_regions(conv), &label, seg.shape, spacing)
-                .map_err(|e| StepError::new(format!("case {}: scoring: {e}", c.id)))?;
-            let regions: Vec<RegionResult> = scores
-                .iter()
-                .map(|(n, s)| RegionResult::new(n, s))
-                .collect();
-            timings.push(json!({
-                "case": c.id,
-                "segment_seconds": segmented.as_secs_f64(),
-                "score_seconds": (read + t2.elapsed()).as_secs_f64(),
-            }));
-            cx.progress.fact("cases", json!(timings));
-            cx.progress.note(&case_line(&c.id, &regions));
-            cases.push(CaseResult {
-                case: c.id.clone(),
-                image: c.image.clone(),
-                label: label_rel.to_string(),
-                shape: seg.shape,
-                spacing_mm: spacing,
-                regions,
-            });
-        }
-        cx.progress.advance(Count::new(total, total, Unit::Case));
-        let report = EvalReport {
-            format: REPORT_FORMAT.to_string(),
-            held_out,
-            cases_from: choice.name().to_string(),
-            labels: conv.name().to_string(),
-            roi: segmenter.roi(),
-            overlap: p.overlap,
-            blend: p.blend.clone(),
-            resample: p.resample.clone(),
-            summary: summarize(&cases),
-            cases,
-        };
-        write(cx.out_dir, REPORT_FILE, report.to_json().as_bytes())?;
-        write(cx.out_dir, CSV_FILE, report.to_csv().as_bytes())?;
-        let png = wf_trainer::plot::boxplot_png(&report)
-            .map_err(|e| StepError::new(format!("{BOXPLOT_FILE}: {e}")))?;
-        write(cx.out_dir, BOXPLOT_FILE, &png)?;
-        for line in report.table().lines() {
-            cx.progress.note(line);
-        }
-        Ok(())
+        // Inference and the metrics use rayon: on the step's own threads, not the whole machine.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cx.threads.max(1))
+            .build()
+            .map_err(|e| StepError::new(format!("cannot start the evaluation threads: {e}")))?;
+        pool.install(|| evaluate(cx))
     }
 
     fn remote(&self, _params: &Params) -> RemoteTask {
@@ -414,6 +228,200 @@ impl Step for Evaluate {
             sharded_input: false,
         }
     }
+}
+
+fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
+    let p: EvalParams = cx
+        .params
+        .decode()
+        .map_err(|e| StepError::new(format!("invalid params: {e}")))?;
+    let choice = Choice::parse(&p.cases).map_err(|e| StepError::new(format!("`cases`: {e}")))?;
+    let input = |slot: &str| {
+        cx.inputs
+            .get(slot)
+            .map(|a| a.path.as_path())
+            .ok_or_else(|| StepError::new(format!("missing input `{slot}`")))
+    };
+    let (model, dataset) = (input("model")?, input("dataset")?);
+    let opts = SegmentOptions {
+        roi: p.roi,
+        overlap: p.overlap,
+        sw_batch_size: p.sw_batch_size,
+        blend: blend_of(&p.blend),
+        back: back_to_input(&p.resample),
+    };
+    let segmenter = Segmenter::from_export(model, opts).map_err(step_error)?;
+    let conv = segmenter.convention();
+    // The export's record of its held-out cases: needed to choose them, reported otherwise
+    // (an unreadable record then just goes unreported).
+    let held_out = match TrainRecord::read_in(model) {
+        Ok(r) => r.map(|r| r.split.val_cases),
+        Err(e) if choice == Choice::HeldOut => return Err(StepError::new(e.to_string())),
+        Err(_) => None,
+    };
+    let ds = MsdDataset::read(&dataset.join(wf_imaging::msd::DATASET_JSON))
+        .map_err(|e| StepError::new(e.to_string()))?;
+    let all = ds.cases().map_err(|e| StepError::new(e.to_string()))?;
+    let labelled: Vec<_> = all.iter().filter(|c| c.label.is_some()).collect();
+    let wanted: Vec<String> = match &choice {
+        Choice::All => labelled.iter().map(|c| c.id.clone()).collect(),
+        Choice::Listed(ids) => ids.clone(),
+        Choice::HeldOut => match &held_out {
+            Some(v) if !v.is_empty() => v.clone(),
+            Some(_) => {
+                return Err(StepError::new(
+                    "the export's training held out no cases (`val_fraction: 0`): set `cases: all` or list the case ids to evaluate",
+                ));
+            }
+            None => {
+                return Err(StepError::new(format!(
+                    "the export has no {} naming its held-out cases (exported by an older export-checkpoint?): set `cases: all` or list the case ids",
+                    wf_trainer::record::TRAIN_FILE
+                )));
+            }
+        },
+    };
+    let mut chosen = Vec::with_capacity(wanted.len());
+    let mut unknown = Vec::new();
+    for id in &wanted {
+        match labelled.iter().find(|c| &c.id == id) {
+            Some(c) => chosen.push(*c),
+            None => unknown.push(id.as_str()),
+        }
+    }
+    if !unknown.is_empty() {
+        let n = unknown.len();
+        return Err(StepError::new(format!(
+            "{n} {} not among the Dataset's labelled cases: {}",
+            if n == 1 { "case is" } else { "cases are" },
+            unknown.join(", ")
+        )));
+    }
+    if chosen.is_empty() {
+        return Err(StepError::new(
+            "the Dataset has no labelled case to evaluate",
+        ));
+    }
+    // Every label on its image's grid, from the headers, before any inference: a wrong label
+    // costs nothing and loses no case already scored.
+    for c in &chosen {
+        let label_rel = c.label.as_deref().expect("labelled cases only");
+        let grid = |rel: &str| {
+            wf_imaging::nifti::read_grid(&dataset.join(rel))
+                .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))
+        };
+        let ((dims, affine), (ldims, laffine)) = (grid(&c.image)?, grid(label_rel)?);
+        if dims.len() < 3 {
+            return Err(StepError::new(format!(
+                "case {}: {} is {}-D; expected 3-D or 4-D",
+                c.id,
+                c.image,
+                dims.len()
+            )));
+        }
+        wf_imaging::transforms::load::check_label_grid(
+            &c.id,
+            &ldims,
+            &laffine,
+            [dims[0], dims[1], dims[2]],
+            &affine,
+        )
+        .map_err(|e| {
+            StepError::new(format!(
+                "case {}: label {label_rel} is not on the grid of its image {}: {e}",
+                c.id, c.image
+            ))
+        })?;
+    }
+    cx.progress.note(&format!(
+        "{} ({}), roi {:?}, overlap {}, {} blending, {} back onto each image's grid",
+        plural(chosen.len(), "case"),
+        choice.name(),
+        segmenter.roi(),
+        p.overlap,
+        p.blend,
+        p.resample
+    ));
+
+    let total = chosen.len() as u64;
+    let mut cases = Vec::with_capacity(chosen.len());
+    // How long each case took to segment (preprocessing, inference, back onto its grid) and to
+    // score (reading the label, Dice and HD95): facts of the run, not part of the Report.
+    let mut timings = Vec::with_capacity(chosen.len());
+    for (i, c) in chosen.iter().enumerate() {
+        if cx.cancel.is_cancelled() {
+            return Err(StepError::new("cancelled"));
+        }
+        cx.progress.advance(Count::new(i as u64, total, Unit::Case));
+        cx.progress.message(&format!("segmenting {}", c.id));
+        let image = dataset.join(&c.image);
+        let label_rel = c.label.as_deref().expect("labelled cases only");
+        // The label first (its values are checked as it is read), then the inference.
+        let t0 = std::time::Instant::now();
+        let (shape, affine) = Segmenter::input_grid(&image)
+            .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
+        let label = read_label(
+            &dataset.join(label_rel),
+            &format!("case {}: label {label_rel}", c.id),
+            &format!("its image {}", c.image),
+            &c.id,
+            shape,
+            &affine,
+            conv,
+        )
+        .map_err(StepError::new)?;
+        let read = t0.elapsed();
+        let t1 = std::time::Instant::now();
+        let seg = segmenter
+            .segment(&c.id, &image)
+            .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
+        let segmented = t1.elapsed();
+        let t2 = std::time::Instant::now();
+        let spacing = voxel_size(&seg.affine);
+        let scores = score_regions(&seg.nested_regions(conv), &label, seg.shape, spacing)
+            .map_err(|e| StepError::new(format!("case {}: scoring: {e}", c.id)))?;
+        let regions: Vec<RegionResult> = scores
+            .iter()
+            .map(|(n, s)| RegionResult::new(n, s))
+            .collect();
+        timings.push(json!({
+            "case": c.id,
+            "segment_seconds": segmented.as_secs_f64(),
+            "score_seconds": (read + t2.elapsed()).as_secs_f64(),
+        }));
+        cx.progress.fact("cases", json!(timings));
+        cx.progress.note(&case_line(&c.id, &regions));
+        cases.push(CaseResult {
+            case: c.id.clone(),
+            image: c.image.clone(),
+            label: label_rel.to_string(),
+            shape: seg.shape,
+            spacing_mm: spacing,
+            regions,
+        });
+    }
+    cx.progress.advance(Count::new(total, total, Unit::Case));
+    let report = EvalReport {
+        format: REPORT_FORMAT.to_string(),
+        held_out,
+        cases_from: choice.name().to_string(),
+        labels: conv.name().to_string(),
+        roi: segmenter.roi(),
+        overlap: p.overlap,
+        blend: p.blend.clone(),
+        resample: p.resample.clone(),
+        summary: summarize(&cases),
+        cases,
+    };
+    write(cx.out_dir, REPORT_FILE, report.to_json().as_bytes())?;
+    write(cx.out_dir, CSV_FILE, report.to_csv().as_bytes())?;
+    let png = wf_trainer::plot::boxplot_png(&report)
+        .map_err(|e| StepError::new(format!("{BOXPLOT_FILE}: {e}")))?;
+    write(cx.out_dir, BOXPLOT_FILE, &png)?;
+    for line in report.table().lines() {
+        cx.progress.note(line);
+    }
+    Ok(())
 }
 
 fn step_error(e: SegmentError) -> StepError {
