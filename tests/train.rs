@@ -124,6 +124,10 @@ fn train_export_and_predict_end_to_end() {
         .collect();
     assert_eq!(lines.len(), 2, "one metrics line per epoch");
     assert!(lines.iter().all(|m| m["val_mean_dice"].is_number()));
+    assert!(
+        lines.iter().all(|m| m.get("val_dice_per_case").is_none()),
+        "crops validation records no per-case Dice"
+    );
     metric_definitions_read_the_epoch_lines(&stderr(&out), &lines);
     let png = std::fs::read(model.join("plot.png")).expect("plot.png in the model");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
@@ -625,6 +629,11 @@ fn whole_volume_validation() {
     for m in &lines {
         assert_eq!(m["val_samples"], 1, "one whole volume: {m}");
         assert!(m["val_mean_dice"].is_number(), "{m}");
+        // The case's own Dice per region: with one case, the means themselves.
+        let per_case = m["val_dice_per_case"].as_array().unwrap();
+        assert_eq!(per_case.len(), 1, "{m}");
+        assert_eq!(per_case[0][0], m["val_dice_tc"], "{m}");
+        assert_eq!(per_case[0][2], m["val_dice_et"], "{m}");
     }
 }
 

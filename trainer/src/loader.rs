@@ -221,7 +221,7 @@ impl SamplesLoader {
     }
     /// This split as whole volumes, for sliding-window validation: each case's deterministic
     /// prefix (`prefix.wfs`) through the chain's later deterministic transforms
-    /// (normalize-intensity), random ones left out, one volume per batch in case order. Needs a
+    /// (normalize-intensity), random ones left out, one volume per batch in case-id order. Needs a
     /// prefix-only artifact (`copies_per_case: 0`): materialized copies are crops and augmented.
     pub fn whole_volumes(mut self) -> Result<Self> {
         let Some(online) = &self.src.online else {
@@ -242,6 +242,8 @@ impl SamplesLoader {
             .collect();
         let chain = Chain::new(deterministic).map_err(|e| bad(&self.src.root, e.to_string()))?;
         self.src.whole = Some(Arc::new(chain));
+        // In case-id order, as `cases()` lists them: per-case results line up with that list.
+        self.items.sort_by(|a, b| a.case.cmp(&b.case));
         self.batch_size = 1;
         self.shuffle = false;
         Ok(self)

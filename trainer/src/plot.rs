@@ -441,6 +441,7 @@ mod tests {
             val_mean_dice: dice.map(|d| (d[0] + d[1] + d[2]) / 3.0),
             val_samples: 2,
             lr: 1e-4,
+            val_dice_per_case: Vec::new(),
         }
     }
 

@@ -226,6 +226,11 @@ pub struct EpochMetrics {
     pub val_samples: usize,
     /// The learning rate this epoch trained with (the schedule's, see `schedule`).
     pub lr: f64,
+    /// With whole-volume validation, each validation case's Dice per channel (`null` where the
+    /// case's label region is empty), in the order of the split's `val_cases` (sorted case ids);
+    /// empty, and left out of the line, otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_dice_per_case: Vec<Vec<Option<f32>>>,
 }
 
 /// How long an epoch's training steps took: a fact about the run, never written into the output.
@@ -719,6 +724,14 @@ fn run_replica(
                 val_dice_per_channel: per_channel.clone(),
                 val_samples,
                 lr: opt.config().lr,
+                val_dice_per_case: match cfg.validation {
+                    Validation::Crops => Vec::new(),
+                    Validation::Volumes { .. } => dice
+                        .values()
+                        .iter()
+                        .map(|r| r.iter().map(|v| v.is_finite().then_some(*v)).collect())
+                        .collect(),
+                },
             };
 
             let dir = checkpoint::epoch_dir(&ckpt_root, epoch + 1);
