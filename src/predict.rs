@@ -22,7 +22,7 @@ use wf_imaging::resample::BackToInput;
 use wf_imaging::transforms::LabelConvention;
 use wf_trainer::infer::Blend;
 use wf_trainer::segment::{
-    SegmentError, SegmentOptions, Segmenter, empty_side, read_label, score_regions, voxel_size,
+    SegmentError, SegmentOptions, Segmenter, empty_side, read_label, score_regions,
 };
 
 #[derive(clap::Args)]
@@ -223,7 +223,7 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         t0.elapsed().as_secs_f64()
     );
     if let (Some(label), Some(path)) = (reference, &args.label) {
-        let spacing = voxel_size(&in_affine);
+        let spacing = wf_imaging::transforms::spacing_of(&in_affine);
         let scores = score_regions(&seg.nested_regions(conv), &label, in_shape, spacing)
             .map_err(|e| CliError::failed(format!("scoring against {}: {e}", path.display())))?;
         if args.json {

@@ -25,9 +25,7 @@ use wf_trainer::evaluation::{
 };
 use wf_trainer::infer::Blend;
 use wf_trainer::record::TrainRecord;
-use wf_trainer::segment::{
-    SegmentError, SegmentOptions, Segmenter, read_label, score_regions, voxel_size,
-};
+use wf_trainer::segment::{SegmentError, SegmentOptions, Segmenter, read_label, score_regions};
 
 pub struct Evaluate;
 
@@ -377,7 +375,7 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
             .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
         let segmented = t1.elapsed();
         let t2 = std::time::Instant::now();
-        let spacing = voxel_size(&seg.affine);
+        let spacing = wf_imaging::transforms::spacing_of(&seg.affine);
         let scores = score_regions(&seg.nested_regions(conv), &label, seg.shape, spacing)
             .map_err(|e| StepError::new(format!("case {}: scoring: {e}", c.id)))?;
         let regions: Vec<RegionResult> = scores

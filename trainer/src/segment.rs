@@ -322,16 +322,6 @@ pub fn read_label(
     Ok(out)
 }
 
-/// The voxel size in mm along each axis of a grid: the lengths of its affine's columns.
-pub fn voxel_size(affine: &Affine) -> [f64; 3] {
-    std::array::from_fn(|j| {
-        (0..3)
-            .map(|i| affine[i][j] * affine[i][j])
-            .sum::<f64>()
-            .sqrt()
-    })
-}
-
 /// Dice and HD95 of each region of [`REGIONS`], prediction against label (region bits, C order).
 pub fn score_regions(
     pred: &[u8],
@@ -386,18 +376,6 @@ mod tests {
                 .iter()
                 .all(|n| !n.contains("rand") && !n.contains("convert"))
         );
-    }
-
-    #[test]
-    fn voxel_size_is_the_length_of_each_affine_column() {
-        // A rotation about Z by 90 degrees with voxels of 2 x 3 x 0.5 mm.
-        let a = [
-            [0.0, -3.0, 0.0, 10.0],
-            [2.0, 0.0, 0.0, -4.0],
-            [0.0, 0.0, 0.5, 1.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
-        assert_eq!(voxel_size(&a), [2.0, 3.0, 0.5]);
     }
 
     #[test]

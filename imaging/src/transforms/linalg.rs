@@ -182,6 +182,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spacing_is_the_length_of_each_affine_column() {
+        // A rotation about Z by 90 degrees with voxels of 2 x 3 x 0.5 mm.
+        let a = [
+            [0.0, -3.0, 0.0, 10.0],
+            [2.0, 0.0, 0.0, -4.0],
+            [0.0, 0.0, 0.5, 1.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        assert_eq!(spacing_of(&a), [2.0, 3.0, 0.5]);
+    }
+
+    #[test]
     fn solve_and_polar() {
         let a = [
             [2.0, 0.0, 30.0, -1.0],

@@ -34,6 +34,7 @@ pub use convert_labels::{ConvertLabels, LabelConvention};
 pub use ensure_channel_first::EnsureChannelFirst;
 pub use fields::{Field, TRANSFORMS, TransformInfo};
 pub use item::{ItemError, PathSeg, parse_item};
+pub use linalg::spacing_of;
 pub use load::Load;
 pub use normalize_intensity::NormalizeIntensity;
 pub use orientation::Orientation;
