@@ -246,15 +246,6 @@ fn segment_error(e: SegmentError) -> CliError {
     }
 }
 
-/// A finite score as a number, anything else (an empty region's NaN) as `null`.
-fn finite(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        serde_json::json!(v)
-    } else {
-        serde_json::Value::Null
-    }
-}
-
 fn scores_json(
     image: &Path,
     label: &Path,
@@ -262,18 +253,10 @@ fn scores_json(
     spacing: [f64; 3],
     scores: &[(&str, RegionScore)],
 ) -> serde_json::Value {
+    // The evaluate step's per-region record, so both report a case in the same words.
     let regions: Vec<_> = scores
         .iter()
-        .map(|(name, s)| {
-            serde_json::json!({
-                "region": name,
-                "dice": finite(s.dice),
-                "hd95_mm": finite(s.hd95),
-                "pred_voxels": s.pred_voxels,
-                "label_voxels": s.label_voxels,
-                "empty": empty_side(s),
-            })
-        })
+        .map(|(name, s)| wf_trainer::evaluation::RegionResult::new(name, s))
         .collect();
     serde_json::json!({
         "image": image.display().to_string(),
