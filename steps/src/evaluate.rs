@@ -89,8 +89,8 @@ struct EvalParams {
     roi: Option<[usize; 3]>,
     overlap: f64,
     sw_batch_size: usize,
-    blend: String,
-    resample: String,
+    blend: Blend,
+    resample: BackToInput,
 }
 
 /// `cases`, checked.
@@ -133,22 +133,6 @@ impl Choice {
             Choice::All => "all",
             Choice::Listed(_) => "listed",
         }
-    }
-}
-
-fn blend_of(name: &str) -> Blend {
-    if name == "gaussian" {
-        Blend::Gaussian
-    } else {
-        Blend::Constant
-    }
-}
-
-fn back_to_input(name: &str) -> BackToInput {
-    if name == "nearest" {
-        BackToInput::Nearest
-    } else {
-        BackToInput::Linear
     }
 }
 
@@ -245,8 +229,8 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
         roi: p.roi,
         overlap: p.overlap,
         sw_batch_size: p.sw_batch_size,
-        blend: blend_of(&p.blend),
-        back: back_to_input(&p.resample),
+        blend: p.blend,
+        back: p.resample,
     };
     let segmenter = Segmenter::from_export(model, opts).map_err(step_error)?;
     let conv = segmenter.convention();
@@ -337,8 +321,8 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
         choice.name(),
         segmenter.roi(),
         p.overlap,
-        p.blend,
-        p.resample
+        p.blend.name(),
+        p.resample.name()
     ));
 
     let total = chosen.len() as u64;
@@ -406,8 +390,8 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
         labels: conv.name().to_string(),
         roi: segmenter.roi(),
         overlap: p.overlap,
-        blend: p.blend.clone(),
-        resample: p.resample.clone(),
+        blend: p.blend.name().to_string(),
+        resample: p.resample.name().to_string(),
         summary: summarize(&cases),
         cases,
     };
