@@ -195,10 +195,13 @@ fn predict(args: &PredictArgs) -> CliResult<()> {
         None => None,
     };
 
-    let seg = segmenter.segment(&id, &args.image).map_err(|e| match e {
-        SegmentError::Invalid(m) if m.starts_with("roi ") => roi_arg(m),
-        other => segment_error(other),
-    })?;
+    let grid = (in_shape, in_affine);
+    let seg = segmenter
+        .segment(&id, &args.image, grid)
+        .map_err(|e| match e {
+            SegmentError::Invalid(m) if m.starts_with("roi ") => roi_arg(m),
+            other => segment_error(other),
+        })?;
     let values = seg.label_values(conv);
     let fortran = wf_imaging::transforms::load::c_to_fortran(&values, in_shape, 1);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -285,35 +285,23 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
         ));
     }
     // Every label on its image's grid, from the headers, before any inference: a wrong label
-    // costs nothing and loses no case already scored.
+    // costs nothing and loses no case already scored. The image grids are kept for segmenting.
+    let mut grids = Vec::with_capacity(chosen.len());
     for c in &chosen {
         let label_rel = c.label.as_deref().expect("labelled cases only");
-        let grid = |rel: &str| {
-            wf_imaging::nifti::read_grid(&dataset.join(rel))
-                .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))
-        };
-        let ((dims, affine), (ldims, laffine)) = (grid(&c.image)?, grid(label_rel)?);
-        if dims.len() < 3 {
-            return Err(StepError::new(format!(
-                "case {}: {} is {}-D; expected 3-D or 4-D",
-                c.id,
-                c.image,
-                dims.len()
-            )));
-        }
-        wf_imaging::transforms::load::check_label_grid(
-            &c.id,
-            &ldims,
-            &laffine,
-            [dims[0], dims[1], dims[2]],
-            &affine,
-        )
-        .map_err(|e| {
-            StepError::new(format!(
-                "case {}: label {label_rel} is not on the grid of its image {}: {e}",
-                c.id, c.image
-            ))
-        })?;
+        let case_error = |e: String| StepError::new(format!("case {}: {e}", c.id));
+        let (shape, affine) = Segmenter::input_grid(&dataset.join(&c.image))
+            .map_err(|e| case_error(e.to_string()))?;
+        let (ldims, laffine) = wf_imaging::nifti::read_grid(&dataset.join(label_rel))
+            .map_err(|e| case_error(e.to_string()))?;
+        wf_imaging::transforms::load::check_label_grid(&c.id, &ldims, &laffine, shape, &affine)
+            .map_err(|e| {
+                case_error(format!(
+                    "label {label_rel} is not on the grid of its image {}: {e}",
+                    c.image
+                ))
+            })?;
+        grids.push((shape, affine));
     }
     cx.progress.note(&format!(
         "{} ({}), roi {:?}, overlap {}, {} blending, {} back onto each image's grid",
@@ -330,7 +318,7 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
     // How long each case took to segment (preprocessing, inference, back onto its grid) and to
     // score (reading the label, Dice and HD95): facts of the run, not part of the Report.
     let mut timings = Vec::with_capacity(chosen.len());
-    for (i, c) in chosen.iter().enumerate() {
+    for (i, (c, &(shape, affine))) in chosen.iter().zip(&grids).enumerate() {
         if cx.cancel.is_cancelled() {
             return Err(StepError::new("cancelled"));
         }
@@ -340,8 +328,6 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
         let label_rel = c.label.as_deref().expect("labelled cases only");
         // The label first (its values are checked as it is read), then the inference.
         let t0 = std::time::Instant::now();
-        let (shape, affine) = Segmenter::input_grid(&image)
-            .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
         let label = read_label(
             &dataset.join(label_rel),
             &format!("case {}: label {label_rel}", c.id),
@@ -355,7 +341,7 @@ fn evaluate(cx: &RunContext<'_>) -> Result<(), StepError> {
         let read = t0.elapsed();
         let t1 = std::time::Instant::now();
         let seg = segmenter
-            .segment(&c.id, &image)
+            .segment(&c.id, &image, (shape, affine))
             .map_err(|e| StepError::new(format!("case {}: {e}", c.id)))?;
         let segmented = t1.elapsed();
         let t2 = std::time::Instant::now();

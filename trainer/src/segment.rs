@@ -197,9 +197,15 @@ impl Segmenter {
         Ok(([dims[0], dims[1], dims[2]], affine))
     }
 
-    /// Segments one image (`id` names it in errors).
-    pub fn segment(&self, id: &str, image: &Path) -> Result<Segmentation, SegmentError> {
-        let (in_shape, in_affine) = Self::input_grid(image)?;
+    /// Segments one image (`id` names it in errors) whose grid, from [`Segmenter::input_grid`],
+    /// is `grid`: callers read it first to check a label against it.
+    pub fn segment(
+        &self,
+        id: &str,
+        image: &Path,
+        grid: ([usize; 3], Affine),
+    ) -> Result<Segmentation, SegmentError> {
+        let (in_shape, in_affine) = grid;
         let src = CaseSource {
             id: id.to_string(),
             image: image.to_path_buf(),
