@@ -404,20 +404,7 @@ fn train_export_and_predict_end_to_end() {
 
     // A window far larger than memory is an invalid argument, refused before allocating (not an
     // allocator abort, exit 134).
-    let out = wf(
-        dir,
-        &[
-            "predict",
-            "--model",
-            export.to_str().unwrap(),
-            "--image",
-            image.to_str().unwrap(),
-            "--out",
-            "x.nii.gz",
-            "--roi",
-            "100000,100000,100000",
-        ],
-    );
+    let out = predict_with(&["--roi", "100000,100000,100000"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("--roi 100000,100000,100000: ")
