@@ -81,8 +81,6 @@ pub struct Segmentation {
     pub regions: Vec<u8>,
     pub shape: [usize; 3],
     pub affine: Affine,
-    /// The sliding-window pass's input grid (after the deterministic transforms).
-    pub model_shape: [usize; 3],
 }
 
 /// The label convention recorded in preprocessing.json (`msd`, `brats`, `brats-monai`).
@@ -178,10 +176,6 @@ impl Segmenter {
         self.conv
     }
 
-    pub fn options(&self) -> SegmentOptions {
-        self.opts
-    }
-
     /// The grid (shape, affine) of a NIfTI image, read before any inference so a label can be
     /// checked against it first.
     pub fn input_grid(image: &Path) -> Result<([usize; 3], Affine), SegmentError> {
@@ -229,7 +223,6 @@ impl Segmenter {
         self.predictor
             .check_memory(case.image.shape, roi, o.overlap, o.sw_batch_size)
             .map_err(|e| invalid(format!("roi {}: {e}", roi.map(|r| r.to_string()).join(","))))?;
-        let model_shape = case.image.spatial();
         let logits = self
             .predictor
             .logits_of(
@@ -253,7 +246,6 @@ impl Segmenter {
             regions,
             shape: in_shape,
             affine: in_affine,
-            model_shape,
         })
     }
 }
