@@ -143,6 +143,12 @@ const PARAMS: &[ParamSpec] = &[
         "fp32, or bf16 mixed precision (convolutions in bf16, f32 weights): CUDA builds only",
     ),
     ParamSpec::optional(
+        "fused",
+        ParamType::Enum(&["auto", "off"]),
+        "\"auto\"",
+        "`auto`: the fused CPU kernels (convolution + bias, instance norm + PReLU, the Dice loss, Adam in place) wherever they apply; `off`: candle's own ops everywhere, the reference path to fall back on. On a GPU both run candle's ops",
+    ),
+    ParamSpec::optional(
         "gpus",
         ParamType::Any,
         "\"all\"",
@@ -193,6 +199,7 @@ struct TrainParams {
     val_blend: String,
     loss: String,
     precision: String,
+    fused: String,
     gpus: serde_json::Value,
     channels: Vec<usize>,
     strides: Vec<usize>,
@@ -223,6 +230,7 @@ impl TrainParams {
             seed,
             resume: true,
             bf16: self.precision == "bf16",
+            fused: self.fused != "off",
             lr_schedule: LrSchedule {
                 kind: if self.lr_schedule == "cosine" {
                     ScheduleKind::Cosine

@@ -3,18 +3,26 @@
 //! batch: forward in training mode, MONAI's Dice loss (sigmoid, squared_pred), backward, and the
 //! Adam update (lr 1e-4). Two warm-up steps, then one `step: SECONDS` line per timed step, and the
 //! median (`bench/unet_step_vs_pytorch.sh` runs the same step in PyTorch + MONAI beside it).
-//! Threads: rayon's default, or `RAYON_NUM_THREADS`.
+//! Threads: rayon's default, or `RAYON_NUM_THREADS`. With `--profile` (anywhere in the arguments)
+//! it also prints the mean time per step of each phase (forward, loss, backward, Adam) and of each
+//! kernel within it; a phase's "other" is what candle's own ops (bias, residual adds, concatenation,
+//! gradient sums) and the allocator took.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 use wf_trainer::loss::DiceLoss;
+use wf_trainer::ops::profile;
 use wf_trainer::optim::{Adam, AdamConfig};
 use wf_trainer::unet::{UNet, UNetConfig, init_seeded};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let profiling = args.iter().any(|a| a == "--profile");
+    args.retain(|a| a != "--profile");
+    let args: Vec<usize> = args
+        .iter()
         .map(|a| a.parse())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("usage: unet_speed N D H W [STEPS]: {e}"))?;
@@ -48,19 +56,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rayon::current_num_threads()
     );
     let mut times = Vec::with_capacity(steps);
+    // (phase, kernel) -> (calls, seconds) over the timed steps; kernel "" is the phase's wall time.
+    let mut table: BTreeMap<(usize, String), (u64, f64)> = BTreeMap::new();
     for i in 0..steps + 2 {
+        profile::enable(profiling && i >= 2);
         let t0 = Instant::now();
+        let mut mark = t0;
+        let mut phase = |p: usize, table: &mut BTreeMap<(usize, String), (u64, f64)>| {
+            if !profile::enabled() {
+                return;
+            }
+            let now = Instant::now();
+            let e = table.entry((p, String::new())).or_default();
+            e.0 += 1;
+            e.1 += (now - mark).as_secs_f64();
+            for (k, n, s) in profile::take() {
+                let e = table.entry((p, k)).or_default();
+                e.0 += n;
+                e.1 += s;
+            }
+            mark = Instant::now();
+        };
         let y = net.forward_t(&x, true)?;
+        phase(0, &mut table);
         let l = loss.forward(&y, &t)?;
+        phase(1, &mut table);
         let grads = l.backward()?;
+        phase(2, &mut table);
         opt.step(&grads)?;
+        phase(3, &mut table);
         let secs = t0.elapsed().as_secs_f64();
         if i >= 2 {
             println!("step: {secs:.4}");
             times.push(secs);
         }
     }
+    profile::enable(false);
     times.sort_by(f64::total_cmp);
     println!("median: {:.4}", times[times.len() / 2]);
+    if profiling {
+        print_profile(&table, steps);
+    }
     Ok(())
+}
+
+fn print_profile(table: &BTreeMap<(usize, String), (u64, f64)>, steps: usize) {
+    let per = |s: f64| s / steps as f64 * 1e3;
+    println!("mean per step (ms); kernels sorted by time within each phase");
+    for (p, name) in ["forward", "loss", "backward", "adam"].iter().enumerate() {
+        let wall = table.get(&(p, String::new())).map_or(0.0, |e| e.1);
+        let mut rows: Vec<_> = table
+            .iter()
+            .filter(|((q, k), _)| *q == p && !k.is_empty())
+            .map(|((_, k), &(n, s))| (k.clone(), n, s))
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let kernels: f64 = rows.iter().map(|r| r.2).sum();
+        println!("{name:<10} {:8.1}", per(wall));
+        for (k, n, s) in &rows {
+            println!("    {:8.2}  x{:<3} {k}", per(*s), n / steps as u64);
+        }
+        println!("    {:8.2}  other", per(wall - kernels));
+    }
 }

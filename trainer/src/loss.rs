@@ -42,15 +42,44 @@ fn check_pair(op: &'static str, logits: &Tensor, target: &Tensor) -> Result<()> 
 }
 
 impl DiceLoss {
-    /// Scalar loss from logits and a {0, 1} target of the same shape (any float or u8 dtype).
+    /// Scalar loss from logits and a {0, 1} target of the same shape (any float or u8 dtype),
+    /// with the Dice part as one fused op on CPU (`ops::dice_loss_sigmoid`).
     pub fn forward(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        self.forward_with(logits, target, true)
+    }
+
+    /// `forward`, with the fused Dice op (`fused`, CPU only) or from candle's own ops.
+    pub fn forward_with(&self, logits: &Tensor, target: &Tensor, fused: bool) -> Result<Tensor> {
         check_pair("dice_loss", logits, target)?;
         let (n, c) = (logits.dim(0)?, logits.dim(1)?);
         let target = target.to_dtype(DType::F32)?.reshape((n, c, ()))?;
         let flat = logits.reshape((n, c, ()))?;
-        let p = ops::sigmoid(&flat)?;
+        let fast = if fused {
+            ops::dice_loss_sigmoid(
+                &flat,
+                &target,
+                self.squared_pred,
+                self.smooth_nr,
+                self.smooth_dr,
+            )?
+        } else {
+            None
+        };
+        let dice = match fast {
+            Some(d) => d,
+            None => self.dice_composite(&flat, &target)?,
+        };
+        if self.bce_weight == 0.0 {
+            return Ok(dice);
+        }
+        let bce = bce_with_logits(&flat, &target)?;
+        Ok((dice + (bce * self.bce_weight)?)?)
+    }
+
+    fn dice_composite(&self, flat: &Tensor, target: &Tensor) -> Result<Tensor> {
+        let p = ops::sigmoid(flat)?;
         // MONAI computes tp, fp, fn; with fp and fn halved the quotient reduces to this form.
-        let inter = (&p * &target)?.sum(2)?;
+        let inter = (&p * target)?.sum(2)?;
         let (ps, ts) = if self.squared_pred {
             (p.sqr()?.sum(2)?, target.sqr()?.sum(2)?)
         } else {
@@ -58,12 +87,7 @@ impl DiceLoss {
         };
         let num = ((inter * 2.0)? + self.smooth_nr)?;
         let den = ((ps + ts)? + self.smooth_dr)?;
-        let dice = (num / den)?.affine(-1.0, 1.0)?.mean_all()?;
-        if self.bce_weight == 0.0 {
-            return Ok(dice);
-        }
-        let bce = bce_with_logits(&flat, &target)?;
-        Ok((dice + (bce * self.bce_weight)?)?)
+        Ok((num / den)?.affine(-1.0, 1.0)?.mean_all()?)
     }
 }
 
@@ -185,27 +209,32 @@ mod tests {
         let t = fixture("dice.safetensors");
         let logits = Var::from_tensor(&t["logits"]).unwrap();
         let target = &t["target"];
-        for (loss, value, grad) in [
-            (DiceLoss::default(), "dice_loss", "grad_dice"),
-            (
-                DiceLoss {
-                    squared_pred: false,
-                    ..Default::default()
-                },
-                "dice_loss_plain",
-                "grad_dice_plain",
-            ),
-        ] {
-            let l = loss.forward(logits.as_tensor(), target).unwrap();
-            assert!(
-                (scalar(&l) - scalar(&t[value])).abs() < 1e-6,
-                "{value}: {} vs {}",
-                scalar(&l),
-                scalar(&t[value])
-            );
-            let g = l.backward().unwrap();
-            let e = rel_err(g.get(logits.as_tensor()).unwrap(), &t[grad]);
-            assert!(e < 1e-4, "{grad}: rel err {e}");
+        // The fused op and candle's ops, each against MONAI.
+        for fused in [true, false] {
+            for (loss, value, grad) in [
+                (DiceLoss::default(), "dice_loss", "grad_dice"),
+                (
+                    DiceLoss {
+                        squared_pred: false,
+                        ..Default::default()
+                    },
+                    "dice_loss_plain",
+                    "grad_dice_plain",
+                ),
+            ] {
+                let l = loss
+                    .forward_with(logits.as_tensor(), target, fused)
+                    .unwrap();
+                assert!(
+                    (scalar(&l) - scalar(&t[value])).abs() < 1e-6,
+                    "{value} (fused {fused}): {} vs {}",
+                    scalar(&l),
+                    scalar(&t[value])
+                );
+                let g = l.backward().unwrap();
+                let e = rel_err(g.get(logits.as_tensor()).unwrap(), &t[grad]);
+                assert!(e < 1e-4, "{grad} (fused {fused}): rel err {e}");
+            }
         }
         let bce = bce_with_logits(logits.as_tensor(), target).unwrap();
         assert!((scalar(&bce) - scalar(&t["bce"])).abs() < 1e-6);

@@ -101,6 +101,11 @@ impl Adam {
         Adam::new(params, cfg)
     }
 
+    /// The in-place CPU update (on by default) or, off, the update from candle's ops.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
+    }
+
     pub fn config(&self) -> &AdamConfig {
         &self.cfg
     }

@@ -139,6 +139,15 @@ pub struct TrainConfig {
     /// it, which validated on the split's batches (crops).
     #[serde(default)]
     pub validation: Validation,
+    /// The fused CPU ops (`ops::conv3d_bias`, `ops::instance_norm_prelu`, the one-op Dice loss,
+    /// the in-place Adam) or, off, candle's own ops everywhere; configurations recorded before
+    /// the switch ran the fused path.
+    #[serde(default = "fused_default")]
+    pub fused: bool,
+}
+
+fn fused_default() -> bool {
+    true
 }
 
 /// How validation runs each epoch.
@@ -203,6 +212,7 @@ impl Default for TrainConfig {
             bf16: false,
             lr_schedule: LrSchedule::default(),
             validation: Validation::Crops,
+            fused: true,
         }
     }
 }
@@ -525,7 +535,7 @@ fn local_step(
     };
     check_batch(&cfg.unet, net, epoch + 1, step, &x, &y, false)?;
     let logits = net.forward_t(&x, true)?;
-    let loss = cfg.loss.forward(&logits, &y)?;
+    let loss = cfg.loss.forward_with(&logits, &y, cfg.fused)?;
     let mut grads = opt.gradients(&loss.backward()?);
     grads.push(Some(loss.reshape(1)?.detach()));
     Ok(Some((grads, x.dim(0)?)))
@@ -563,10 +573,12 @@ fn run_replica(
         });
     }
     let vm = VarMap::new();
-    let net =
-        UNet::new(&cfg.unet, VarBuilder::from_varmap(&vm, DType::F32, device))?.with_bf16(cfg.bf16);
+    let net = UNet::new(&cfg.unet, VarBuilder::from_varmap(&vm, DType::F32, device))?
+        .with_bf16(cfg.bf16)
+        .with_fused(cfg.fused);
     init_seeded(&vm, cfg.seed)?;
     let mut opt = Adam::from_varmap(&vm, cfg.adam.clone())?;
+    opt.set_fused(cfg.fused);
     let ckpt_root = checkpoints_dir(out_dir);
     let world = reducer.world_size();
 

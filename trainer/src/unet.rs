@@ -161,6 +161,12 @@ impl ConvLayer {
     }
 
     fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
+        if let (true, false, Some(b)) = (m.fused, m.bf16, &self.bias) {
+            return match &self.kind {
+                ConvKind::Conv(c) => ops::conv3d_bias(x, &self.weight, b, c),
+                ConvKind::Transposed(c) => ops::conv_transpose3d_bias(x, &self.weight, b, c),
+            };
+        }
         // Mixed precision (autocast): the convolution runs in bf16 from bf16 copies of its input
         // and of the f32 master weight; everything else (bias, norm, activation, loss) stays f32,
         // and the casts' backward brings the gradients back to f32.
@@ -231,11 +237,23 @@ impl Convolution {
     fn forward(&self, x: &Tensor, m: Mode) -> candle_core::Result<Tensor> {
         let y = self.conv.forward(x, m)?;
         let Some(a) = &self.prelu else { return Ok(y) };
-        let mut y = ops::instance_norm(&y, 1e-5)?;
-        if m.train && self.dropout > 0.0 {
+        let dropout = m.train && self.dropout > 0.0;
+        if m.fused && !dropout {
+            return ops::instance_norm_prelu(&y, a, 1e-5);
+        }
+        let mut y = if m.fused {
+            ops::instance_norm(&y, 1e-5)?
+        } else {
+            ops::instance_norm_composite(&y, 1e-5)?
+        };
+        if dropout {
             y = candle_nn::ops::dropout(&y, self.dropout as f32)?;
         }
-        ops::prelu(&y, a)
+        if m.fused {
+            ops::prelu(&y, a)
+        } else {
+            ops::prelu_composite(&y, a)
+        }
     }
 }
 
@@ -481,13 +499,16 @@ pub struct UNet {
     cfg: UNetConfig,
     model: Level,
     bf16: bool,
+    fused: bool,
 }
 
-/// How a forward pass runs: with dropout (training) or not, convolutions in bf16 or f32.
+/// How a forward pass runs: with dropout (training) or not, convolutions in bf16 or f32, and
+/// with the fused CPU ops or candle's own.
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     train: bool,
     bf16: bool,
+    fused: bool,
 }
 
 impl UNet {
@@ -507,7 +528,20 @@ impl UNet {
             cfg: cfg.clone(),
             model,
             bf16: false,
+            fused: true,
         })
+    }
+
+    /// The fused ops (`ops::conv3d_bias`, `ops::instance_norm_prelu`; on by default) or, off,
+    /// every block from candle's own ops: the reference path, and the fallback a user can choose.
+    /// The fused ops run on CPU; on a GPU both settings run candle's ops.
+    pub fn with_fused(mut self, on: bool) -> Self {
+        self.fused = on;
+        self
+    }
+
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     /// bf16 mixed precision: convolutions in bf16 (cuDNN, f32 accumulation), weights, norms,
@@ -558,6 +592,7 @@ impl UNet {
             Mode {
                 train,
                 bf16: self.bf16,
+                fused: self.fused,
             },
         )?)
     }
@@ -695,6 +730,13 @@ mod tests {
 
     #[test]
     fn forward_and_gradients_match_monai() {
+        // The fused ops and candle's own, each against MONAI.
+        for fused in [true, false] {
+            forward_and_gradients_match_monai_with(fused);
+        }
+    }
+
+    fn forward_and_gradients_match_monai_with(fused: bool) {
         let t = fixture("unet_small.safetensors");
         let weights: HashMap<String, Tensor> = t
             .iter()
@@ -715,7 +757,8 @@ mod tests {
             &small_cfg(),
             VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
         )
-        .unwrap();
+        .unwrap()
+        .with_fused(fused);
         assert_eq!(
             vm.data().lock().unwrap().len(),
             weights.len(),
@@ -727,7 +770,7 @@ mod tests {
         assert!(e < 1e-4, "forward rel err {e}");
         let target = t["target"].to_dtype(DType::F32).unwrap();
         let loss = crate::loss::DiceLoss::default()
-            .forward(&y, &target)
+            .forward_with(&y, &target, fused)
             .unwrap();
         let want = t["loss"].to_vec1::<f32>().unwrap()[0];
         let got = loss.to_scalar::<f32>().unwrap();
@@ -759,7 +802,10 @@ mod tests {
             // rounding noise), and tiny PReLU slope gradients are sums with heavy cancellation.
             let scale = max_abs(want).max(0.05 * global);
             let e = max_abs(&(g - want).unwrap()) / scale;
-            assert!(e < 1e-3, "gradient of {k}: err {e} (scale {scale})");
+            assert!(
+                e < 1e-3,
+                "gradient of {k} (fused {fused}): err {e} (scale {scale})"
+            );
         }
     }
 

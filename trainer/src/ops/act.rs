@@ -84,6 +84,7 @@ impl CustomOp2 for PRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::scope(|| format!("{} {:?}", self.name(), l1.dims()));
         let (x, a) = (data(self.name(), s1, l1)?, data(self.name(), s2, l2)?);
         let (bs, c) = blocks(l1);
         let mut y = x.to_vec();
@@ -129,6 +130,7 @@ impl CustomOp3 for PReluGradX {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::scope(|| format!("{} {:?}", self.name(), l1.dims()));
         let (x, a, g) = (
             data(self.name(), s1, l1)?,
             data(self.name(), s2, l2)?,
@@ -169,6 +171,7 @@ impl CustomOp2 for PReluGradA {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::scope(|| format!("{} {:?}", self.name(), l1.dims()));
         let (x, g) = (data(self.name(), s1, l1)?, data(self.name(), s2, l2)?);
         let (bs, c) = blocks(l1);
         let per_block: Vec<f64> = x
@@ -217,6 +220,7 @@ impl CustomOp1 for Sigmoid {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::scope(|| format!("sigmoid {:?}", l.dims()));
         let x = data(self.name(), s, l)?;
         let y: Vec<f32> = x.par_iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
         Ok((CpuStorage::F32(y), l.shape().clone()))

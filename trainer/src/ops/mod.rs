@@ -11,10 +11,13 @@ mod act;
 mod cpu;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+mod fused;
 mod norm;
+pub mod profile;
 
-pub use act::{prelu, sigmoid};
-pub use norm::instance_norm;
+pub use act::{prelu, prelu_composite, sigmoid};
+pub use fused::{conv_transpose3d_bias, conv3d_bias, dice_loss_sigmoid, instance_norm_prelu};
+pub use norm::{instance_norm, instance_norm_composite};
 
 use crate::error::TrainerError;
 use candle_core::backend::BackendStorage;
@@ -106,6 +109,24 @@ fn check_hyper(op: &'static str, stride: [usize; 3], dilation: [usize; 3]) -> Re
 
 /// `torch.nn.functional.conv3d(x, w, None, stride, padding, dilation)`: x (N, Ci, D, H, W), w (Co, Ci, kd, kh, kw).
 pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, conv3d_prim(x, w, cfg)?)
+}
+
+/// The gradient of `conv3d(x, w, cfg)` in `w` for the output gradient `dy`, without building a
+/// graph (`w` gives the shape only): the weight-gradient primitive on its own, for benchmarks.
+pub fn conv3d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    w: &Tensor,
+    cfg: &Conv3dConfig,
+) -> Result<Tensor> {
+    let prim = conv3d_prim(x, w, cfg)?.with(Kind::BwdFilter);
+    x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &prim)
+}
+
+/// Checks a convolution's operands and resolves its geometry.
+fn conv3d_prim(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Prim> {
     const OP: &str = "conv3d";
     check_dtypes(OP, x, w)?;
     check_hyper(OP, cfg.stride, cfg.dilation)?;
@@ -144,13 +165,18 @@ pub fn conv3d(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Tensor> {
         big,
         small,
     };
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, Prim { kind: Kind::Fwd, g })
+    Ok(Prim { kind: Kind::Fwd, g })
 }
 
 /// `torch.nn.functional.conv_transpose3d(x, w, None, stride, padding, output_padding, 1, dilation)`:
 /// x (N, Ci, D, H, W), w (Ci, Co, kd, kh, kw).
 pub fn conv_transpose3d(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, conv_transpose3d_prim(x, w, cfg)?)
+}
+
+/// Checks a transposed convolution's operands and resolves its geometry.
+fn conv_transpose3d_prim(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> Result<Prim> {
     const OP: &str = "conv_transpose3d";
     check_dtypes(OP, x, w)?;
     check_hyper(OP, cfg.stride, cfg.dilation)?;
@@ -203,13 +229,10 @@ pub fn conv_transpose3d(x: &Tensor, w: &Tensor, cfg: &ConvTranspose3dConfig) -> 
         big,
         small,
     };
-    x.contiguous()?.apply_op2(
-        &w.contiguous()?,
-        Prim {
-            kind: Kind::BwdData,
-            g,
-        },
-    )
+    Ok(Prim {
+        kind: Kind::BwdData,
+        g,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -299,6 +322,39 @@ impl Prim {
     }
 }
 
+impl Prim {
+    /// The primitive on CPU: its result and shape.
+    fn cpu_run(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        let g = &self.g;
+        let (a, b) = (
+            slice(self.name_str(), s1, l1)?,
+            slice(self.name_str(), s2, l2)?,
+        );
+        let (n, ci, co, shape) = self.shapes(l1.dims(), l2.dims())?;
+        let _t = profile::scope(|| {
+            format!(
+                "{} {ci}->{co} k{} s{} {:?}",
+                self.name_str(),
+                g.kernel[0],
+                g.stride[0],
+                g.big
+            )
+        });
+        let out = match self.kind {
+            Kind::Fwd => cpu::conv_fwd(g, a, b, n, ci, co),
+            Kind::BwdData => cpu::conv_bwd_data(g, a, b, n, ci, co),
+            Kind::BwdFilter => cpu::conv_bwd_filter(g, a, b, n, ci, co),
+        };
+        Ok((out, shape))
+    }
+}
+
 impl CustomOp2 for Prim {
     fn name(&self) -> &'static str {
         self.name_str()
@@ -311,17 +367,7 @@ impl CustomOp2 for Prim {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.g;
-        let (a, b) = (
-            slice(self.name_str(), s1, l1)?,
-            slice(self.name_str(), s2, l2)?,
-        );
-        let (n, ci, co, shape) = self.shapes(l1.dims(), l2.dims())?;
-        let out = match self.kind {
-            Kind::Fwd => cpu::conv_fwd(g, a, b, n, ci, co),
-            Kind::BwdData => cpu::conv_bwd_data(g, a, b, n, ci, co),
-            Kind::BwdFilter => cpu::conv_bwd_filter(g, a, b, n, ci, co),
-        };
+        let (out, shape) = self.cpu_run(s1, l1, s2, l2)?;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 

@@ -68,6 +68,7 @@ impl CustomOp1 for InstanceNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::scope(|| format!("instance_norm {:?}", l.dims()));
         let (mut x, row) = rows("instance_norm", s, l)?;
         x.par_chunks_mut(row).for_each(|r| {
             let (m, rstd) = stats(r, self.eps);
@@ -101,6 +102,7 @@ impl CustomOp2 for InstanceNormBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::profile::scope(|| format!("instance_norm-backward {:?}", l1.dims()));
         let (x, row) = rows(self.name(), s1, l1)?;
         let (mut dy, _) = rows(self.name(), s2, l2)?;
         if l1.dims() != l2.dims() {

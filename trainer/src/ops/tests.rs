@@ -483,3 +483,117 @@ fn sigmoid_matches_the_gpu_path_and_gradient() {
     );
     assert!(e < 1e-5, "sigmoid gradient err {e}");
 }
+
+/// Sum of `y * r` and its gradients in `vars`: a dense upstream gradient.
+fn grads_of(y: &Tensor, r: &Tensor, vars: &[&Var]) -> Vec<Tensor> {
+    let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.iter()
+        .map(|v| g.get(v.as_tensor()).expect("gradient").clone())
+        .collect()
+}
+
+#[test]
+fn biased_convolutions_match_conv_plus_bias_and_gradients() {
+    let x = Var::from_tensor(&randn(21, &[2, 3, 5, 6, 4])).unwrap();
+    let b = Var::from_tensor(&randn(22, &[4])).unwrap();
+    // A strided convolution and a transposed one (whose weight is (Ci, Co, k)).
+    let w = Var::from_tensor(&(randn(23, &[4, 3, 3, 3, 3]) * 0.2).unwrap()).unwrap();
+    let cfg = Conv3dConfig {
+        stride: [2, 1, 2],
+        padding: [1; 3],
+        dilation: [1; 3],
+    };
+    let y = conv3d_bias(x.as_tensor(), w.as_tensor(), b.as_tensor(), &cfg).unwrap();
+    let want = conv3d(x.as_tensor(), w.as_tensor(), &cfg)
+        .unwrap()
+        .broadcast_add(&b.as_tensor().reshape((1, 4, 1, 1, 1)).unwrap())
+        .unwrap();
+    assert!(rel_err(&y, &want) < 1e-6);
+    let r = randn(24, y.dims());
+    let (g1, g2) = (
+        grads_of(&y, &r, &[&x, &w, &b]),
+        grads_of(&want, &r, &[&x, &w, &b]),
+    );
+    for (a, e) in g1.iter().zip(&g2) {
+        assert!(
+            rel_err(a, e) < 1e-5,
+            "conv3d_bias gradient err {}",
+            rel_err(a, e)
+        );
+    }
+    let wt = Var::from_tensor(&(randn(25, &[3, 4, 3, 3, 3]) * 0.2).unwrap()).unwrap();
+    let tcfg = ConvTranspose3dConfig {
+        stride: [2; 3],
+        padding: [1; 3],
+        dilation: [1; 3],
+        output_padding: [1; 3],
+    };
+    let y = conv_transpose3d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), &tcfg).unwrap();
+    let want = conv_transpose3d(x.as_tensor(), wt.as_tensor(), &tcfg)
+        .unwrap()
+        .broadcast_add(&b.as_tensor().reshape((1, 4, 1, 1, 1)).unwrap())
+        .unwrap();
+    assert_eq!(y.dims(), &[2, 4, 10, 12, 8]);
+    assert!(rel_err(&y, &want) < 1e-6);
+    let r = randn(26, y.dims());
+    let (g1, g2) = (
+        grads_of(&y, &r, &[&x, &wt, &b]),
+        grads_of(&want, &r, &[&x, &wt, &b]),
+    );
+    for (a, e) in g1.iter().zip(&g2) {
+        assert!(
+            rel_err(a, e) < 1e-5,
+            "transposed gradient err {}",
+            rel_err(a, e)
+        );
+    }
+    // A bias of the wrong length is an error naming both sizes.
+    let e = conv3d_bias(x.as_tensor(), w.as_tensor(), &randn(27, &[3]), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bias has shape [3]") && e.contains("4 channels"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fused_norm_prelu_matches_candle_ops_and_gradients() {
+    // Rows of 3 (no full lane block), 1030 (one full 1024-block plus a ragged tail) and 2 x 1024.
+    for (dims, slope_per_channel) in [
+        ([2usize, 3, 3, 1, 1], false),
+        ([2, 4, 10, 103, 1], true),
+        ([1, 2, 16, 16, 8], false),
+    ] {
+        let x =
+            Var::from_tensor(&(randn(31, &dims) * 2.0).unwrap().affine(1.0, 0.7).unwrap()).unwrap();
+        let a = Var::from_tensor(&if slope_per_channel {
+            randn(32, &[dims[1]])
+        } else {
+            Tensor::new(&[0.25f32], &Device::Cpu).unwrap()
+        })
+        .unwrap();
+        let y = instance_norm_prelu(x.as_tensor(), a.as_tensor(), 1e-5).unwrap();
+        let want = prelu_composite(
+            &instance_norm_composite(x.as_tensor(), 1e-5).unwrap(),
+            a.as_tensor(),
+        )
+        .unwrap();
+        assert!(
+            rel_err(&y, &want) < 1e-5,
+            "{dims:?}: {}",
+            rel_err(&y, &want)
+        );
+        let r = randn(33, &dims);
+        let (g1, g2) = (grads_of(&y, &r, &[&x, &a]), grads_of(&want, &r, &[&x, &a]));
+        for (what, got, exp) in [("x", &g1[0], &g2[0]), ("slope", &g1[1], &g2[1])] {
+            let e = rel_err(got, exp);
+            assert!(e < 1e-4, "{dims:?} gradient in {what}: err {e}");
+        }
+    }
+    let x = randn(34, &[1, 3, 2, 2, 2]);
+    let e = instance_norm_prelu(&x, &randn(35, &[2]), 1e-5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 elements") && e.contains("3 channels"), "{e}");
+}
