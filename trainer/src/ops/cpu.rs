@@ -62,14 +62,23 @@ fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], (z0, z1): (usize, usize), row
     let (d0, d1) = (d0.max(z0), d1.min(z1));
     let (h0, h1) = valid_range(sh, bh, s[1], p[1], koff[1]);
     let (w0, w1) = valid_range(sw, bw, s[2], p[2], koff[2]);
-    row.fill(0.0);
-    for od in d0..d1 {
+    // Every element is written exactly once: padding positions get 0, the rest the input.
+    let plane = sh * sw;
+    for od in z0..z1 {
+        let prow = &mut row[(od - z0) * plane..(od - z0 + 1) * plane];
+        if od < d0 || od >= d1 {
+            prow.fill(0.0);
+            continue;
+        }
         let id = od * s[0] + koff[0] - p[0];
+        prow[..h0 * sw].fill(0.0);
+        prow[h1 * sw..].fill(0.0);
         for oh in h0..h1 {
             let ih = oh * s[1] + koff[1] - p[1];
             let src = &x_c[(id * bh + ih) * bw..(id * bh + ih + 1) * bw];
-            let o = ((od - z0) * sh + oh) * sw;
-            let dst = &mut row[o..o + sw];
+            let dst = &mut prow[oh * sw..(oh + 1) * sw];
+            dst[..w0].fill(0.0);
+            dst[w1..].fill(0.0);
             if s[2] == 1 {
                 let start = w0 + koff[2] - p[2];
                 dst[w0..w1].copy_from_slice(&src[start..start + (w1 - w0)]);
@@ -80,6 +89,22 @@ fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], (z0, z1): (usize, usize), row
             }
         }
     }
+}
+
+/// A buffer of `n` floats whose every element the caller writes before reading any.
+fn scratch(buf: &mut Vec<f32>, n: usize) {
+    buf.clear();
+    buf.reserve(n);
+    // SAFETY: f32 has no invalid bit patterns and the capacity covers n; every caller overwrites
+    // all n elements (vol2col rows, or a GEMM with accumulate = false) before reading them.
+    unsafe { buf.set_len(n) };
+}
+
+/// `vec![0.0; n]` without the zeroing, for outputs every element of which is written.
+fn uninit(n: usize) -> Vec<f32> {
+    let mut v = Vec::new();
+    scratch(&mut v, n);
+    v
 }
 
 fn kernel_offsets(g: &Geom, r: usize) -> (usize, [usize; 3]) {
@@ -195,10 +220,18 @@ impl<'a> Mat<'a> {
 
 /// dst[m x n] (+)= a[m x k] * b[k x n], row-major dst.
 fn matmul(a: Mat, b: Mat, dst: &mut [f32], accumulate: bool, threads: usize) {
+    let n = b.logical().1;
+    assert_eq!(dst.len(), a.logical().0 * n);
+    matmul_ld(a, b, dst, n, accumulate, threads)
+}
+
+/// dst[m x n] (+)= a[m x k] * b[k x n], dst row-major with rows `dst_ld` apart (>= n), so the
+/// product can land in a column block of a wider matrix.
+fn matmul_ld(a: Mat, b: Mat, dst: &mut [f32], dst_ld: usize, accumulate: bool, threads: usize) {
     let (m, k) = a.logical();
     let (k2, n) = b.logical();
     assert_eq!(k, k2);
-    assert_eq!(dst.len(), m * n);
+    assert!(dst_ld >= n && (m == 0 || dst.len() >= (m - 1) * dst_ld + n));
     assert!(a.rows == 0 || a.data.len() >= (a.rows - 1) * a.ld + a.cols);
     assert!(b.rows == 0 || b.data.len() >= (b.rows - 1) * b.ld + b.cols);
     assert!(a.ld >= a.cols && b.ld >= b.cols);
@@ -207,7 +240,9 @@ fn matmul(a: Mat, b: Mat, dst: &mut [f32], accumulate: bool, threads: usize) {
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for r in 0..m {
+                dst[r * dst_ld..r * dst_ld + n].fill(0.0);
+            }
         }
         return;
     }
@@ -218,7 +253,8 @@ fn matmul(a: Mat, b: Mat, dst: &mut [f32], accumulate: bool, threads: usize) {
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the pointers cover the matrices described by the sizes and strides asserted above;
+    // SAFETY: the pointers cover the matrices described by the sizes and strides asserted above
+    // (dst: m rows of n, `dst_ld` apart);
     // dst does not alias a or b (distinct borrows).
     unsafe {
         gemm::gemm(
@@ -227,7 +263,7 @@ fn matmul(a: Mat, b: Mat, dst: &mut [f32], accumulate: bool, threads: usize) {
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_ld as isize,
             accumulate,
             a.data.as_ptr(),
             a_cs,
@@ -253,7 +289,7 @@ fn threads() -> usize {
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
     let rows = ci * kv;
-    let mut y = vec![0f32; n * co * sv];
+    let mut y = uninit(n * co * sv);
     let wm = Mat::dense(w, co, rows, false);
     let mut col = Vec::new();
     for b in 0..n {
@@ -266,21 +302,17 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: 
         let plane = g.small[1] * g.small[2];
         for (z0, z1) in plane_chunks(g, rows) {
             let cols = (z1 - z0) * plane;
-            col.resize(rows * cols, 0.0);
+            scratch(&mut col, rows * cols);
             vol2col(g, x_n, ci, (z0, z1), &mut col);
             // The chunk's output columns, written in place through the row stride of y.
-            let mut out = vec![0f32; co * cols];
-            matmul(
+            matmul_ld(
                 wm,
                 Mat::dense(&col, rows, cols, false),
-                &mut out,
+                &mut y_n[z0 * plane..],
+                sv,
                 false,
                 threads(),
             );
-            for r in 0..co {
-                y_n[r * sv + z0 * plane..r * sv + z1 * plane]
-                    .copy_from_slice(&out[r * cols..(r + 1) * cols]);
-            }
         }
     }
     y
@@ -310,7 +342,7 @@ pub(crate) fn conv_bwd_data(
         let plane = g.small[1] * g.small[2];
         for (z0, z1) in plane_chunks(g, rows) {
             let cols = (z1 - z0) * plane;
-            col.resize(rows * cols, 0.0);
+            scratch(&mut col, rows * cols);
             let dm = Mat {
                 data: &dy_n[z0 * plane..],
                 rows: co,
@@ -355,7 +387,7 @@ pub(crate) fn conv_bwd_filter(
             let (cm, ld): (&[f32], usize) = if g.is_pointwise() {
                 (x_n, sv)
             } else {
-                col.resize(rows * cols, 0.0);
+                scratch(&mut col, rows * cols);
                 vol2col(g, x_n, ci, (z0, z1), &mut col);
                 (&col, cols)
             };
