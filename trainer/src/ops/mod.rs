@@ -390,24 +390,28 @@ impl CustomOp2 for Prim {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
+        // An operand that does not depend on a variable (the network's input) gets no gradient:
+        // candle would compute it and throw it away.
+        let (t1, t2) = (a1.track_op(), a2.track_op());
+        let run = |on: bool, f: &dyn Fn() -> Result<Tensor>| on.then(f).transpose();
         let (g1, g2) = match self.kind {
             // y = F(x, w): dx = D(dy, w), dw = W(x, dy)
             Kind::Fwd => (
-                grad.apply_op2(a2, self.with(Kind::BwdData))?,
-                a1.apply_op2(&grad, self.with(Kind::BwdFilter))?,
+                run(t1, &|| grad.apply_op2(a2, self.with(Kind::BwdData)))?,
+                run(t2, &|| a1.apply_op2(&grad, self.with(Kind::BwdFilter)))?,
             ),
             // dx = D(dy, w): d(dy) = F(g, w), dw = W(g, dy)
             Kind::BwdData => (
-                grad.apply_op2(a2, self.with(Kind::Fwd))?,
-                grad.apply_op2(a1, self.with(Kind::BwdFilter))?,
+                run(t1, &|| grad.apply_op2(a2, self.with(Kind::Fwd)))?,
+                run(t2, &|| grad.apply_op2(a1, self.with(Kind::BwdFilter)))?,
             ),
             // dw = W(x, dy): dx = D(dy, g), d(dy) = F(x, g)
             Kind::BwdFilter => (
-                a2.apply_op2(&grad, self.with(Kind::BwdData))?,
-                a1.apply_op2(&grad, self.with(Kind::Fwd))?,
+                run(t1, &|| a2.apply_op2(&grad, self.with(Kind::BwdData)))?,
+                run(t2, &|| a1.apply_op2(&grad, self.with(Kind::Fwd)))?,
             ),
         };
-        Ok((Some(g1), Some(g2)))
+        Ok((g1, g2))
     }
 }
 
