@@ -6,7 +6,9 @@
 //! Threads: rayon's default, or `RAYON_NUM_THREADS`. With `--profile` (anywhere in the arguments)
 //! it also prints the mean time per step of each phase (forward, loss, backward, Adam) and of each
 //! kernel within it; a phase's "other" is what candle's own ops (bias, residual adds, concatenation,
-//! gradient sums) and the allocator took.
+//! gradient sums) and the allocator took. The step runs as train-unet runs it (the hand-written
+//! backward pass, `UNet::loss_and_grads`, where forward, loss and backward are one phase); with
+//! `--autograd` through candle's autograd instead, phase by phase.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -15,12 +17,14 @@ use std::time::Instant;
 use wf_trainer::loss::DiceLoss;
 use wf_trainer::ops::profile;
 use wf_trainer::optim::{Adam, AdamConfig};
+use wf_trainer::train::loss_and_gradients;
 use wf_trainer::unet::{UNet, UNetConfig, init_seeded};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let profiling = args.iter().any(|a| a == "--profile");
-    args.retain(|a| a != "--profile");
+    let hand = !args.iter().any(|a| a == "--autograd");
+    args.retain(|a| a != "--profile" && a != "--autograd");
     let args: Vec<usize> = args
         .iter()
         .map(|a| a.parse())
@@ -52,8 +56,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .to_dtype(DType::F32)?;
     let loss = DiceLoss::default();
     println!(
-        "input {n}x4x{d}x{h}x{w}, {} threads, 2 warm-up steps, {steps} timed",
-        rayon::current_num_threads()
+        "input {n}x4x{d}x{h}x{w}, {} threads, 2 warm-up steps, {steps} timed, backward {}",
+        rayon::current_num_threads(),
+        if hand {
+            "by hand"
+        } else {
+            "by candle's autograd"
+        }
     );
     let mut times = Vec::with_capacity(steps);
     // (phase, kernel) -> (calls, seconds) over the timed steps; kernel "" is the phase's wall time.
@@ -77,13 +86,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             mark = Instant::now();
         };
-        let y = net.forward_t(&x, true)?;
-        phase(0, &mut table);
-        let l = loss.forward(&y, &t)?;
-        phase(1, &mut table);
-        let grads = l.backward()?;
-        phase(2, &mut table);
-        opt.step(&grads)?;
+        if hand {
+            // train-unet's path: forward, loss and backward in one call.
+            let (_, grads) = loss_and_gradients(&net, &opt, &loss, true, &x, &t)?;
+            phase(2, &mut table);
+            opt.step_with(&grads)?;
+        } else {
+            let y = net.forward_t(&x, true)?;
+            phase(0, &mut table);
+            let l = loss.forward(&y, &t)?;
+            phase(1, &mut table);
+            let grads = l.backward()?;
+            phase(2, &mut table);
+            opt.step(&grads)?;
+        }
         phase(3, &mut table);
         let secs = t0.elapsed().as_secs_f64();
         if i >= 2 {
@@ -95,15 +111,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(f64::total_cmp);
     println!("median: {:.4}", times[times.len() / 2]);
     if profiling {
-        print_profile(&table, steps);
+        print_profile(&table, steps, hand);
     }
     Ok(())
 }
 
-fn print_profile(table: &BTreeMap<(usize, String), (u64, f64)>, steps: usize) {
+fn print_profile(table: &BTreeMap<(usize, String), (u64, f64)>, steps: usize, hand: bool) {
     let per = |s: f64| s / steps as f64 * 1e3;
     println!("mean per step (ms); kernels sorted by time within each phase");
-    for (p, name) in ["forward", "loss", "backward", "adam"].iter().enumerate() {
+    let names = if hand {
+        ["", "", "forward+loss+backward", "adam"]
+    } else {
+        ["forward", "loss", "backward", "adam"]
+    };
+    for (p, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            continue;
+        }
         let wall = table.get(&(p, String::new())).map_or(0.0, |e| e.1);
         let mut rows: Vec<_> = table
             .iter()

@@ -27,7 +27,7 @@ impl Default for DiceLoss {
     }
 }
 
-fn check_pair(op: &'static str, logits: &Tensor, target: &Tensor) -> Result<()> {
+pub(crate) fn check_pair(op: &'static str, logits: &Tensor, target: &Tensor) -> Result<()> {
     if logits.dims() != target.dims() || logits.rank() < 3 {
         return Err(TrainerError::shape(
             op,
@@ -55,13 +55,7 @@ impl DiceLoss {
         let target = target.to_dtype(DType::F32)?.reshape((n, c, ()))?;
         let flat = logits.reshape((n, c, ()))?;
         let fast = if fused {
-            ops::dice_loss_sigmoid(
-                &flat,
-                &target,
-                self.squared_pred,
-                self.smooth_nr,
-                self.smooth_dr,
-            )?
+            ops::dice_loss_sigmoid(&flat, &target, self)?
         } else {
             None
         };

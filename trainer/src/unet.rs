@@ -14,6 +14,9 @@ use crate::ops::{self, Conv3dConfig, ConvTranspose3dConfig};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+mod tape;
+pub use tape::Grads;
+
 /// Hyper-parameters of MONAI's UNet (spatial_dims is always 3).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UNetConfig {
@@ -730,13 +733,14 @@ mod tests {
 
     #[test]
     fn forward_and_gradients_match_monai() {
-        // The fused ops and candle's own, each against MONAI.
-        for fused in [true, false] {
-            forward_and_gradients_match_monai_with(fused);
+        // candle's autograd over the fused ops and over candle's own, and the hand-written
+        // backward pass, each against MONAI.
+        for (fused, hand) in [(true, false), (false, false), (true, true)] {
+            forward_and_gradients_match_monai_with(fused, hand);
         }
     }
 
-    fn forward_and_gradients_match_monai_with(fused: bool) {
+    fn forward_and_gradients_match_monai_with(fused: bool, hand: bool) {
         let t = fixture("unet_small.safetensors");
         let weights: HashMap<String, Tensor> = t
             .iter()
@@ -765,23 +769,33 @@ mod tests {
             "model created tensors MONAI does not have"
         );
         let x = Var::from_tensor(&t["input"]).unwrap();
-        let y = net.forward_t(x.as_tensor(), true).unwrap();
-        let e = rel_err(&y, &t["output"]);
-        assert!(e < 1e-4, "forward rel err {e}");
         let target = t["target"].to_dtype(DType::F32).unwrap();
-        let loss = crate::loss::DiceLoss::default()
-            .forward_with(&y, &target, fused)
-            .unwrap();
+        let dice = crate::loss::DiceLoss::default();
         let want = t["loss"].to_vec1::<f32>().unwrap()[0];
-        let got = loss.to_scalar::<f32>().unwrap();
-        assert!((got - want).abs() < 1e-5, "loss {got} vs {want}");
-        let grads = loss.backward().unwrap();
-        let gx = grads.get(x.as_tensor()).unwrap();
-        assert!(
-            rel_err(gx, &t["grad.input"]) < 1e-3,
-            "input grad err {}",
-            rel_err(gx, &t["grad.input"])
-        );
+        let grad_of: Box<dyn Fn(&Tensor) -> Option<Tensor>> = if hand {
+            assert!(net.hand_backward_applies(x.as_tensor(), &dice));
+            let (loss, grads) = net.loss_and_grads(x.as_tensor(), &target, &dice).unwrap();
+            let got = loss.to_scalar::<f32>().unwrap();
+            assert!((got - want).abs() < 1e-5, "loss {got} vs {want}");
+            // The network's input needs no gradient in training, and gets none.
+            assert!(!grads.contains_key(&x.as_tensor().id()));
+            Box::new(move |v| grads.get(&v.id()).cloned())
+        } else {
+            let y = net.forward_t(x.as_tensor(), true).unwrap();
+            let e = rel_err(&y, &t["output"]);
+            assert!(e < 1e-4, "forward rel err {e}");
+            let loss = dice.forward_with(&y, &target, fused).unwrap();
+            let got = loss.to_scalar::<f32>().unwrap();
+            assert!((got - want).abs() < 1e-5, "loss {got} vs {want}");
+            let grads = loss.backward().unwrap();
+            let gx = grads.get(x.as_tensor()).unwrap();
+            assert!(
+                rel_err(gx, &t["grad.input"]) < 1e-3,
+                "input grad err {}",
+                rel_err(gx, &t["grad.input"])
+            );
+            Box::new(move |v| grads.get(v).cloned())
+        };
         let data = vm.data().lock().unwrap();
         let max_abs = |t: &Tensor| {
             crate::testutil::to_vec(t)
@@ -793,9 +807,7 @@ mod tests {
             .map(|k| max_abs(&t[&format!("grad.{k}")]))
             .fold(0f32, f32::max);
         for (k, v) in data.iter() {
-            let g = grads
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {k}"));
+            let g = grad_of(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {k}"));
             let want = &t[&format!("grad.{k}")];
             // Errors are relative to the tensor's own scale, floored at 5% of the largest gradient:
             // a conv bias before instance norm has an exactly zero gradient (both sides hold
@@ -804,8 +816,56 @@ mod tests {
             let e = max_abs(&(g - want).unwrap()) / scale;
             assert!(
                 e < 1e-3,
-                "gradient of {k} (fused {fused}): err {e} (scale {scale})"
+                "gradient of {k} (fused {fused}, by hand {hand}): err {e} (scale {scale})"
             );
+        }
+    }
+
+    #[test]
+    fn hand_backward_matches_autograd_without_residual_units_or_bias() {
+        for cfg in [
+            UNetConfig {
+                channels: vec![2, 4, 8],
+                strides: vec![2, 2],
+                num_res_units: 0,
+                ..UNetConfig::brats()
+            },
+            UNetConfig {
+                channels: vec![3, 5, 6],
+                strides: vec![2, 1],
+                num_res_units: 1,
+                bias: false,
+                ..UNetConfig::brats()
+            },
+        ] {
+            let (vm, net) = build(&cfg);
+            init_seeded(&vm, 3).unwrap();
+            let x = crate::testutil::randn(41, &[2, 4, 8, 8, 4]);
+            let target = crate::testutil::randn(42, &[2, 3, 8, 8, 4])
+                .ge(0.5)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let dice = crate::loss::DiceLoss::default();
+            let (loss, hand) = net.loss_and_grads(&x, &target, &dice).unwrap();
+            let want = dice
+                .forward(&net.forward_t(&x, true).unwrap(), &target)
+                .unwrap();
+            let auto = want.backward().unwrap();
+            let (a, b) = (
+                loss.to_scalar::<f32>().unwrap(),
+                want.to_scalar::<f32>().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            let data = vm.data().lock().unwrap();
+            assert_eq!(hand.len(), data.len(), "one gradient per parameter");
+            for (k, v) in data.iter() {
+                let (h, w) = (&hand[&v.as_tensor().id()], auto.get(v.as_tensor()).unwrap());
+                let e = rel_err(h, w);
+                // Bias gradients before a norm are rounding noise on both sides.
+                let tiny = crate::testutil::to_vec(w).iter().all(|v| v.abs() < 1e-6);
+                assert!(tiny || e < 1e-4, "{k} ({:?}): err {e}", cfg.channels);
+            }
         }
     }
 

@@ -85,7 +85,7 @@ fn biased(
     y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1, 1))?)
 }
 
-struct BiasedConv(Prim);
+pub(super) struct BiasedConv(pub(super) Prim);
 
 impl CustomOp3 for BiasedConv {
     fn name(&self) -> &'static str {
@@ -129,7 +129,7 @@ impl CustomOp3 for BiasedConv {
 }
 
 /// (N, C, spatial...) -> (C): the sum over everything but the channel axis, in f64.
-struct ChannelSum;
+pub(super) struct ChannelSum;
 
 impl CustomOp1 for ChannelSum {
     fn name(&self) -> &'static str {
@@ -233,8 +233,8 @@ pub fn instance_norm_prelu(x: &Tensor, a: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 #[derive(Clone, Copy)]
-struct NormPrelu {
-    eps: f64,
+pub(super) struct NormPrelu {
+    pub(super) eps: f64,
 }
 
 fn slope(a: &[f32], row: usize, channels: usize) -> f32 {
@@ -300,8 +300,24 @@ impl CustomOp2 for NormPrelu {
 }
 
 /// Returns one flat buffer: the input gradient, then each row's share of the slope gradient.
-struct NormPreluBwd {
-    eps: f64,
+pub(super) struct NormPreluBwd {
+    pub(super) eps: f64,
+}
+
+impl NormPreluBwd {
+    /// The input gradient and the slope gradient (shaped as `a`) from this op's flat output.
+    pub(super) fn split(x: &Tensor, a: &Tensor, out: &Tensor) -> Result<(Tensor, Tensor)> {
+        let numel = x.elem_count();
+        let (n, c) = (x.dim(0)?, x.dim(1)?);
+        let gx = out.narrow(0, 0, numel)?.reshape(x.dims())?;
+        let per_row = out.narrow(0, numel, n * c)?.reshape((n, c))?;
+        let ga = if a.elem_count() == 1 {
+            per_row.sum_all()?
+        } else {
+            per_row.sum(0)?
+        };
+        Ok((gx, ga.reshape(a.dims())?))
+    }
 }
 
 impl CustomOp3 for NormPreluBwd {
@@ -365,15 +381,13 @@ impl CustomOp3 for NormPreluBwd {
     }
 }
 
-/// MONAI's `DiceLoss(sigmoid=True, squared_pred)` with batch=False and mean reduction, from
+/// The Dice part of `loss`: MONAI's `DiceLoss(sigmoid=True, squared_pred)` with batch=False and mean reduction, from
 /// logits (N, C, ...) and a target of the same shape, as one op; `None` where the inputs are
 /// not f32 on the CPU (the caller then builds the loss from candle's ops).
 pub fn dice_loss_sigmoid(
     logits: &Tensor,
     target: &Tensor,
-    squared_pred: bool,
-    smooth_nr: f64,
-    smooth_dr: f64,
+    loss: &crate::loss::DiceLoss,
 ) -> Result<Option<Tensor>> {
     if !on_cpu_f32(&[logits, target]) {
         return Ok(None);
@@ -389,19 +403,14 @@ pub fn dice_loss_sigmoid(
         )
         .into_candle());
     }
-    let op = Dice {
-        squared_pred,
-        smooth_nr,
-        smooth_dr,
-        rows: logits.dim(0)? * logits.dim(1)?,
-    };
+    let op = Dice::new(logits, loss)?;
     Ok(Some(
         logits.contiguous()?.apply_op2(&target.contiguous()?, op)?,
     ))
 }
 
 #[derive(Clone, Copy)]
-struct Dice {
+pub(super) struct Dice {
     squared_pred: bool,
     smooth_nr: f64,
     smooth_dr: f64,
@@ -413,6 +422,16 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 impl Dice {
+    /// The Dice part of `loss` over the (N, C) rows of `logits`.
+    pub(super) fn new(logits: &Tensor, loss: &crate::loss::DiceLoss) -> Result<Self> {
+        Ok(Dice {
+            squared_pred: loss.squared_pred,
+            smooth_nr: loss.smooth_nr,
+            smooth_dr: loss.smooth_dr,
+            rows: logits.dim(0)? * logits.dim(1)?,
+        })
+    }
+
     /// Per row: (numerator, denominator) of the Dice quotient.
     fn terms(&self, x: &[f32], t: &[f32]) -> Vec<(f64, f64)> {
         let row = (x.len() / self.rows.max(1)).max(1);
@@ -467,7 +486,7 @@ impl CustomOp2 for Dice {
 }
 
 /// d loss / d x = -(1/R) (2 t den - num dS/dp) / den^2 * p (1 - p), per element of its row.
-struct DiceBwd(Dice);
+pub(super) struct DiceBwd(pub(super) Dice);
 
 impl CustomOp3 for DiceBwd {
     fn name(&self) -> &'static str {

@@ -14,6 +14,7 @@ mod cudnn;
 mod fused;
 mod norm;
 pub mod profile;
+pub(crate) mod untracked;
 
 pub use act::{prelu, prelu_composite, sigmoid};
 pub use fused::{conv_transpose3d_bias, conv3d_bias, dice_loss_sigmoid, instance_norm_prelu};
