@@ -116,26 +116,39 @@ fn kernel_offsets(g: &Geom, r: usize) -> (usize, [usize; 3]) {
 }
 
 /// col[(c*K + k), o] = x[c, pos(o, k)] (zero outside) for output planes `planes`: one sample.
-fn vol2col(g: &Geom, x: &[f32], cin: usize, planes: (usize, usize), col: &mut [f32]) {
+/// `par`: rows in parallel on rayon's threads, else on the calling thread.
+fn vol2col(g: &Geom, x: &[f32], cin: usize, planes: (usize, usize), col: &mut [f32], par: bool) {
     let bv = g.big_vol();
     let cols = (planes.1 - planes.0) * g.small[1] * g.small[2];
     debug_assert_eq!(col.len(), cin * g.kvol() * cols);
-    col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+    let row = |(r, row): (usize, &mut [f32])| {
         let (c, kd) = kernel_offsets(g, r);
         fill_row(g, &x[c * bv..(c + 1) * bv], kd, planes, row);
-    });
+    };
+    if par {
+        col.par_chunks_mut(cols).enumerate().for_each(row);
+    } else {
+        col.chunks_mut(cols).enumerate().for_each(row);
+    }
 }
 
 /// The adjoint of vol2col for output planes `planes`: x[c, pos(o, k)] += col[(c*K + k), o].
-/// Channels write disjoint slices, so they run in parallel without atomics.
-fn col2vol_add(g: &Geom, col: &[f32], cin: usize, (z0, z1): (usize, usize), x: &mut [f32]) {
+/// Channels write disjoint slices, so they run in parallel without atomics (when `par`).
+fn col2vol_add(
+    g: &Geom,
+    col: &[f32],
+    cin: usize,
+    (z0, z1): (usize, usize),
+    x: &mut [f32],
+    par: bool,
+) {
     let (bv, kv) = (g.big_vol(), g.kvol());
     let [sd, sh, sw] = g.small;
     let [bd, bh, bw] = g.big;
     let (s, p, d) = (g.stride, g.padding, g.dilation);
     let cols = (z1 - z0) * sh * sw;
     debug_assert_eq!(x.len(), cin * bv);
-    x.par_chunks_mut(bv).enumerate().for_each(|(c, x_c)| {
+    let channel = |(c, x_c): (usize, &mut [f32])| {
         for k in 0..kv {
             let (_, kd) = kernel_offsets(g, k);
             let row = &col[(c * kv + k) * cols..(c * kv + k + 1) * cols];
@@ -164,16 +177,27 @@ fn col2vol_add(g: &Geom, col: &[f32], cin: usize, (z0, z1): (usize, usize), x: &
                 }
             }
         }
-    });
+    };
+    if par {
+        x.par_chunks_mut(bv).enumerate().for_each(channel);
+    } else {
+        x.chunks_mut(bv).enumerate().for_each(channel);
+    }
 }
 
 /// Splits the output depth into plane ranges whose column block stays around `TARGET` floats, so
-/// the column matrix stays cache-sized and memory stays bounded for large volumes.
-fn plane_chunks(g: &Geom, rows: usize) -> Vec<(usize, usize)> {
+/// the column matrix stays cache-sized and memory stays bounded for large volumes: 4 MiB when
+/// one sample's work is spread over the threads, 512 KiB (a core's L2 cache here) when each
+/// thread has samples of its own.
+fn plane_chunks(g: &Geom, rows: usize, per_sample: bool) -> Vec<(usize, usize)> {
     // Unit tests use tiny volumes: a tiny target makes them cover the multi-chunk paths.
-    const TARGET: usize = if cfg!(test) { 1 << 8 } else { 1 << 20 }; // 4 MiB of f32
+    let target: usize = match (cfg!(test), per_sample) {
+        (true, _) => 1 << 8,
+        (false, false) => 1 << 20,
+        (false, true) => 1 << 17,
+    };
     let plane = g.small[1] * g.small[2];
-    let per = (TARGET / (rows * plane).max(1)).max(1);
+    let per = (target / (rows * plane).max(1)).max(1);
     (0..g.small[0])
         .step_by(per)
         .map(|z| (z, (z + per).min(g.small[0])))
@@ -285,37 +309,71 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// Whether a batch runs one sample per thread (each single-threaded, its column block in its
+/// own cache) rather than each sample over all threads: when the samples divide evenly over
+/// the threads, or are many.
+fn per_sample(n: usize) -> bool {
+    let t = threads();
+    t > 1 && n >= t && (n % t == 0 || n >= 4 * t)
+}
+
 /// y[n, co, small] = sum w[co, ci, k] * x[n, ci, big @ k].
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
-    let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
-    let rows = ci * kv;
+    let (bv, sv) = (g.big_vol(), g.small_vol());
     let mut y = uninit(n * co * sv);
-    let wm = Mat::dense(w, co, rows, false);
-    let mut col = Vec::new();
-    for b in 0..n {
-        let x_n = &x[b * ci * bv..(b + 1) * ci * bv];
-        let y_n = &mut y[b * co * sv..(b + 1) * co * sv];
-        if g.is_pointwise() {
-            matmul(wm, Mat::dense(x_n, ci, sv, false), y_n, false, threads());
-            continue;
-        }
-        let plane = g.small[1] * g.small[2];
-        for (z0, z1) in plane_chunks(g, rows) {
-            let cols = (z1 - z0) * plane;
-            scratch(&mut col, rows * cols);
-            vol2col(g, x_n, ci, (z0, z1), &mut col);
-            // The chunk's output columns, written in place through the row stride of y.
-            matmul_ld(
-                wm,
-                Mat::dense(&col, rows, cols, false),
-                &mut y_n[z0 * plane..],
-                sv,
-                false,
-                threads(),
-            );
+    if n == 0 || co * sv == 0 {
+        return y;
+    }
+    if per_sample(n) {
+        y.par_chunks_mut(co * sv)
+            .zip(x.par_chunks(ci * bv))
+            .for_each_init(Vec::new, |col, (y_n, x_n)| {
+                conv_fwd_one(g, x_n, w, ci, co, y_n, col, false)
+            });
+    } else {
+        let mut col = Vec::new();
+        for (y_n, x_n) in y.chunks_mut(co * sv).zip(x.chunks(ci * bv)) {
+            conv_fwd_one(g, x_n, w, ci, co, y_n, &mut col, true);
         }
     }
     y
+}
+
+/// One sample of `conv_fwd`; `par`: spread over the threads.
+#[allow(clippy::too_many_arguments)]
+fn conv_fwd_one(
+    g: &Geom,
+    x_n: &[f32],
+    w: &[f32],
+    ci: usize,
+    co: usize,
+    y_n: &mut [f32],
+    col: &mut Vec<f32>,
+    par: bool,
+) {
+    let (sv, kv) = (g.small_vol(), g.kvol());
+    let rows = ci * kv;
+    let nt = if par { threads() } else { 1 };
+    let wm = Mat::dense(w, co, rows, false);
+    if g.is_pointwise() {
+        matmul(wm, Mat::dense(x_n, ci, sv, false), y_n, false, nt);
+        return;
+    }
+    let plane = g.small[1] * g.small[2];
+    for (z0, z1) in plane_chunks(g, rows, !par) {
+        let cols = (z1 - z0) * plane;
+        scratch(col, rows * cols);
+        vol2col(g, x_n, ci, (z0, z1), col, par);
+        // The chunk's output columns, written in place through the row stride of y.
+        matmul_ld(
+            wm,
+            Mat::dense(col, rows, cols, false),
+            &mut y_n[z0 * plane..],
+            sv,
+            false,
+            nt,
+        );
+    }
 }
 
 /// dx[n, ci, big] from dy[n, co, small]: the adjoint of `conv_fwd` in x.
@@ -327,39 +385,66 @@ pub(crate) fn conv_bwd_data(
     ci: usize,
     co: usize,
 ) -> Vec<f32> {
-    let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
-    let rows = ci * kv;
+    let (bv, sv) = (g.big_vol(), g.small_vol());
     let mut dx = vec![0f32; n * ci * bv];
-    let wm = Mat::dense(w, co, rows, true);
-    let mut col = Vec::new();
-    for b in 0..n {
-        let dy_n = &dy[b * co * sv..(b + 1) * co * sv];
-        let dx_n = &mut dx[b * ci * bv..(b + 1) * ci * bv];
-        if g.is_pointwise() {
-            matmul(wm, Mat::dense(dy_n, co, sv, false), dx_n, false, threads());
-            continue;
-        }
-        let plane = g.small[1] * g.small[2];
-        for (z0, z1) in plane_chunks(g, rows) {
-            let cols = (z1 - z0) * plane;
-            scratch(&mut col, rows * cols);
-            let dm = Mat {
-                data: &dy_n[z0 * plane..],
-                rows: co,
-                cols,
-                ld: sv,
-                transposed: false,
-            };
-            matmul(wm, dm, &mut col, false, threads());
-            col2vol_add(g, &col, ci, (z0, z1), dx_n);
+    if n == 0 || ci * bv == 0 {
+        return dx;
+    }
+    if per_sample(n) {
+        dx.par_chunks_mut(ci * bv)
+            .zip(dy.par_chunks(co * sv))
+            .for_each_init(Vec::new, |col, (dx_n, dy_n)| {
+                conv_bwd_data_one(g, dy_n, w, ci, co, dx_n, col, false)
+            });
+    } else {
+        let mut col = Vec::new();
+        for (dx_n, dy_n) in dx.chunks_mut(ci * bv).zip(dy.chunks(co * sv)) {
+            conv_bwd_data_one(g, dy_n, w, ci, co, dx_n, &mut col, true);
         }
     }
     dx
 }
 
+/// One sample of `conv_bwd_data` into a zeroed `dx_n`; `par`: spread over the threads.
+#[allow(clippy::too_many_arguments)]
+fn conv_bwd_data_one(
+    g: &Geom,
+    dy_n: &[f32],
+    w: &[f32],
+    ci: usize,
+    co: usize,
+    dx_n: &mut [f32],
+    col: &mut Vec<f32>,
+    par: bool,
+) {
+    let (sv, kv) = (g.small_vol(), g.kvol());
+    let rows = ci * kv;
+    let nt = if par { threads() } else { 1 };
+    let wm = Mat::dense(w, co, rows, true);
+    if g.is_pointwise() {
+        matmul(wm, Mat::dense(dy_n, co, sv, false), dx_n, false, nt);
+        return;
+    }
+    let plane = g.small[1] * g.small[2];
+    for (z0, z1) in plane_chunks(g, rows, !par) {
+        let cols = (z1 - z0) * plane;
+        scratch(col, rows * cols);
+        let dm = Mat {
+            data: &dy_n[z0 * plane..],
+            rows: co,
+            cols,
+            ld: sv,
+            transposed: false,
+        };
+        matmul(wm, dm, col, false, nt);
+        col2vol_add(g, col, ci, (z0, z1), dx_n, par);
+    }
+}
+
 /// dw[co, ci, k] = sum over samples and positions of dy[n, co, o] * x[n, ci, pos(o, k)].
 /// The reduction runs over the (long) spatial axis, which gemm does not split across threads,
-/// so each chunk's columns are split here into per-thread partial sums added at the end.
+/// so partial sums (one per sample, or one per thread over each chunk's columns) are added at
+/// the end.
 pub(crate) fn conv_bwd_filter(
     g: &Geom,
     x: &[f32],
@@ -370,64 +455,100 @@ pub(crate) fn conv_bwd_filter(
 ) -> Vec<f32> {
     let (bv, sv, kv) = (g.big_vol(), g.small_vol(), g.kvol());
     let rows = ci * kv;
-    let nt = threads();
-    let mut partial = vec![0f32; nt * co * rows];
-    let mut col = Vec::new();
-    let plane = g.small[1] * g.small[2];
-    let chunks = if g.is_pointwise() {
-        vec![(0, g.small[0])]
-    } else {
-        plane_chunks(g, rows)
-    };
-    for b in 0..n {
-        let x_n = &x[b * ci * bv..(b + 1) * ci * bv];
-        let dy_n = &dy[b * co * sv..(b + 1) * co * sv];
-        for &(z0, z1) in &chunks {
-            let cols = (z1 - z0) * plane;
-            let (cm, ld): (&[f32], usize) = if g.is_pointwise() {
-                (x_n, sv)
-            } else {
-                scratch(&mut col, rows * cols);
-                vol2col(g, x_n, ci, (z0, z1), &mut col);
-                (&col, cols)
-            };
-            let split = if nt > 1 && cols >= 2048 { nt } else { 1 };
-            let per = cols.div_ceil(split);
-            partial
-                .par_chunks_mut(co * rows)
-                .take(split)
-                .enumerate()
-                .for_each(|(t, acc)| {
-                    let (lo, hi) = ((t * per).min(cols), ((t + 1) * per).min(cols));
-                    if lo == hi {
-                        return;
-                    }
-                    // Column blocks [lo, hi) of both operands, addressed in place through the row stride.
-                    let am = Mat {
-                        data: &dy_n[z0 * plane + lo..],
-                        rows: co,
-                        cols: hi - lo,
-                        ld: sv,
-                        transposed: false,
-                    };
-                    let bm = Mat {
-                        data: &cm[lo..],
-                        rows,
-                        cols: hi - lo,
-                        ld,
-                        transposed: true,
-                    };
-                    matmul(am, bm, acc, true, 1);
-                });
-        }
-    }
     let mut dw = vec![0f32; co * rows];
+    if n == 0 || dw.is_empty() {
+        return dw;
+    }
+    let partial: Vec<f32> = if per_sample(n) {
+        let mut partial = vec![0f32; n * co * rows];
+        partial
+            .par_chunks_mut(co * rows)
+            .zip(x.par_chunks(ci * bv).zip(dy.par_chunks(co * sv)))
+            .for_each_init(Vec::new, |col, (acc, (x_n, dy_n))| {
+                bwd_filter_one(g, x_n, dy_n, ci, co, acc, col, 1)
+            });
+        partial
+    } else {
+        let nt = threads();
+        let mut partial = vec![0f32; nt * co * rows];
+        let mut col = Vec::new();
+        for (x_n, dy_n) in x.chunks(ci * bv).zip(dy.chunks(co * sv)) {
+            bwd_filter_one(g, x_n, dy_n, ci, co, &mut partial, &mut col, nt);
+        }
+        partial
+    };
     for p in partial.chunks(co * rows) {
         for (a, b) in dw.iter_mut().zip(p) {
             *a += *b;
         }
     }
     dw
+}
+
+/// One sample's share of `conv_bwd_filter`, added into `partial`: `nt` accumulators of
+/// co x rows, the columns of each chunk split over `nt` threads (1: this thread alone).
+#[allow(clippy::too_many_arguments)]
+fn bwd_filter_one(
+    g: &Geom,
+    x_n: &[f32],
+    dy_n: &[f32],
+    ci: usize,
+    co: usize,
+    partial: &mut [f32],
+    col: &mut Vec<f32>,
+    nt: usize,
+) {
+    let (sv, kv) = (g.small_vol(), g.kvol());
+    let rows = ci * kv;
+    let plane = g.small[1] * g.small[2];
+    let chunks = if g.is_pointwise() {
+        vec![(0, g.small[0])]
+    } else {
+        plane_chunks(g, rows, nt == 1)
+    };
+    for (z0, z1) in chunks {
+        let cols = (z1 - z0) * plane;
+        let (cm, ld): (&[f32], usize) = if g.is_pointwise() {
+            (x_n, sv)
+        } else {
+            scratch(col, rows * cols);
+            vol2col(g, x_n, ci, (z0, z1), col, nt > 1);
+            (col, cols)
+        };
+        let split = if nt > 1 && cols >= 2048 { nt } else { 1 };
+        let per = cols.div_ceil(split);
+        let block = |(t, acc): (usize, &mut [f32])| {
+            let (lo, hi) = ((t * per).min(cols), ((t + 1) * per).min(cols));
+            if lo == hi {
+                return;
+            }
+            // Column blocks [lo, hi) of both operands, addressed in place through the row stride.
+            let am = Mat {
+                data: &dy_n[z0 * plane + lo..],
+                rows: co,
+                cols: hi - lo,
+                ld: sv,
+                transposed: false,
+            };
+            let bm = Mat {
+                data: &cm[lo..],
+                rows,
+                cols: hi - lo,
+                ld,
+                transposed: true,
+            };
+            matmul(am, bm, acc, true, 1);
+        };
+        if split > 1 {
+            partial
+                .par_chunks_mut(co * rows)
+                .take(split)
+                .enumerate()
+                .for_each(block);
+        } else {
+            block((0, &mut partial[..co * rows]));
+        }
+    }
 }
 
 #[cfg(test)]
