@@ -135,7 +135,11 @@ fn print_profile(table: &BTreeMap<(usize, String), (u64, f64)>, steps: usize, ha
             .map(|((_, k), &(n, s))| (k.clone(), n, s))
             .collect();
         rows.sort_by(|a, b| b.2.total_cmp(&a.2));
-        let kernels: f64 = rows.iter().map(|r| r.2).sum();
+        let kernels: f64 = rows
+            .iter()
+            .filter(|r| !r.0.starts_with("pass: "))
+            .map(|r| r.2)
+            .sum();
         println!("{name:<10} {:8.1}", per(wall));
         for (k, n, s) in &rows {
             println!("    {:8.2}  x{:<3} {k}", per(*s), n / steps as u64);

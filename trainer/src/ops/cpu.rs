@@ -73,6 +73,21 @@ fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], (z0, z1): (usize, usize), row
         let id = od * s[0] + koff[0] - p[0];
         prow[..h0 * sw].fill(0.0);
         prow[h1 * sw..].fill(0.0);
+        if let Some((a, b, shift)) = contiguous_run(g, x_c.len(), id, koff, (h0, h1)) {
+            // Rows h0..h1 are one run of the input shifted by a constant: one copy, then zeros
+            // where the run wrapped into a neighbouring row (columns outside [w0, w1)).
+            let (da, db) = ((a as isize - shift) as usize, (b as isize - shift) as usize);
+            prow[h0 * sw..da].fill(0.0);
+            prow[db..h1 * sw].fill(0.0);
+            prow[da..db].copy_from_slice(&x_c[a..b]);
+            if w0 > 0 || w1 < sw {
+                for r in prow[h0 * sw..h1 * sw].chunks_exact_mut(sw) {
+                    r[..w0].fill(0.0);
+                    r[w1..].fill(0.0);
+                }
+            }
+            continue;
+        }
         for oh in h0..h1 {
             let ih = oh * s[1] + koff[1] - p[1];
             let src = &x_c[(id * bh + ih) * bw..(id * bh + ih + 1) * bw];
@@ -89,6 +104,29 @@ fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], (z0, z1): (usize, usize), row
             }
         }
     }
+}
+
+/// With unit stride in H and W and the output as wide as the input, output rows `h0..h1` of
+/// plane `id` read one contiguous run of the channel's input: output index `i` (in the plane)
+/// reads input index `i + shift`. Returns the run clamped to the channel, `[a, b)`, and `shift`;
+/// `None` when the geometry is not of that kind or the run is empty.
+fn contiguous_run(
+    g: &Geom,
+    len: usize,
+    id: usize,
+    koff: [usize; 3],
+    (h0, h1): (usize, usize),
+) -> Option<(usize, usize, isize)> {
+    let (s, p) = (g.stride, g.padding);
+    let (sw, bw, bh) = (g.small[2], g.big[2], g.big[1]);
+    if s[1] != 1 || s[2] != 1 || sw != bw || h0 >= h1 || sw == 0 {
+        return None;
+    }
+    let row0 = (id * bh) as isize + koff[1] as isize - p[1] as isize;
+    let shift = row0 * bw as isize + koff[2] as isize - p[2] as isize;
+    let a = ((h0 * sw) as isize + shift).max(0) as usize;
+    let b = ((h1 * sw) as isize + shift).min(len as isize).max(0) as usize;
+    (a < b).then_some((a, b, shift))
 }
 
 /// A buffer of `n` floats whose every element the caller writes before reading any.
@@ -136,7 +174,7 @@ fn vol2col(g: &Geom, x: &[f32], cin: usize, planes: (usize, usize), col: &mut [f
 /// Channels write disjoint slices, so they run in parallel without atomics (when `par`).
 fn col2vol_add(
     g: &Geom,
-    col: &[f32],
+    col: &mut [f32],
     cin: usize,
     (z0, z1): (usize, usize),
     x: &mut [f32],
@@ -148,10 +186,10 @@ fn col2vol_add(
     let (s, p, d) = (g.stride, g.padding, g.dilation);
     let cols = (z1 - z0) * sh * sw;
     debug_assert_eq!(x.len(), cin * bv);
-    let channel = |(c, x_c): (usize, &mut [f32])| {
+    let channel = |(x_c, col_c): (&mut [f32], &mut [f32])| {
         for k in 0..kv {
             let (_, kd) = kernel_offsets(g, k);
-            let row = &col[(c * kv + k) * cols..(c * kv + k + 1) * cols];
+            let row = &mut col_c[k * cols..(k + 1) * cols];
             let koff = [kd[0] * d[0], kd[1] * d[1], kd[2] * d[2]];
             let (d0, d1) = valid_range(sd, bd, s[0], p[0], koff[0]);
             let (d0, d1) = (d0.max(z0), d1.min(z1));
@@ -159,6 +197,24 @@ fn col2vol_add(
             let (w0, w1) = valid_range(sw, bw, s[2], p[2], koff[2]);
             for od in d0..d1 {
                 let id = od * s[0] + koff[0] - p[0];
+                let o = (od - z0) * sh * sw;
+                if let Some((a, b, shift)) = contiguous_run(g, x_c.len(), id, koff, (h0, h1)) {
+                    // The adjoint of vol2col's run: zero the columns that wrapped into a
+                    // neighbouring row (the column matrix is scratch), then one contiguous add.
+                    let block = &mut row[o + h0 * sw..o + h1 * sw];
+                    if w0 > 0 || w1 < sw {
+                        for r in block.chunks_exact_mut(sw) {
+                            r[..w0].fill(0.0);
+                            r[w1..].fill(0.0);
+                        }
+                    }
+                    let (da, db) = ((a as isize - shift) as usize, (b as isize - shift) as usize);
+                    let src = &row[o + da..o + db];
+                    for (x, v) in x_c[a..b].iter_mut().zip(src) {
+                        *x += *v;
+                    }
+                    continue;
+                }
                 for oh in h0..h1 {
                     let ih = oh * s[1] + koff[1] - p[1];
                     let dst = &mut x_c[(id * bh + ih) * bw..(id * bh + ih + 1) * bw];
@@ -179,9 +235,13 @@ fn col2vol_add(
         }
     };
     if par {
-        x.par_chunks_mut(bv).enumerate().for_each(channel);
+        x.par_chunks_mut(bv)
+            .zip(col.par_chunks_mut(kv * cols))
+            .for_each(channel);
     } else {
-        x.chunks_mut(bv).enumerate().for_each(channel);
+        x.chunks_mut(bv)
+            .zip(col.chunks_mut(kv * cols))
+            .for_each(channel);
     }
 }
 
@@ -252,10 +312,32 @@ fn matmul(a: Mat, b: Mat, dst: &mut [f32], accumulate: bool, threads: usize) {
 /// dst[m x n] (+)= a[m x k] * b[k x n], dst row-major with rows `dst_ld` apart (>= n), so the
 /// product can land in a column block of a wider matrix.
 fn matmul_ld(a: Mat, b: Mat, dst: &mut [f32], dst_ld: usize, accumulate: bool, threads: usize) {
+    gemm_into(a, b, dst, dst_ld, false, accumulate, threads)
+}
+
+/// As `matmul_ld`, the product stored transposed: element (i, j) at `dst[j * dst_ld + i]`. With
+/// `a` read transposed from a row-major matrix (unit stride down its columns), gemm uses `a` in
+/// place rather than packing it (when the block sizes allow), which matters when `a` is the
+/// large column matrix.
+fn matmul_t(a: Mat, b: Mat, dst: &mut [f32], dst_ld: usize, accumulate: bool, threads: usize) {
+    gemm_into(a, b, dst, dst_ld, true, accumulate, threads)
+}
+
+fn gemm_into(
+    a: Mat,
+    b: Mat,
+    dst: &mut [f32],
+    dst_ld: usize,
+    dst_t: bool,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k) = a.logical();
     let (k2, n) = b.logical();
     assert_eq!(k, k2);
-    assert!(dst_ld >= n && (m == 0 || dst.len() >= (m - 1) * dst_ld + n));
+    // Stored rows and their length: m rows of n, or (transposed) n rows of m.
+    let (srows, slen) = if dst_t { (n, m) } else { (m, n) };
+    assert!(dst_ld >= slen && (srows == 0 || dst.len() >= (srows - 1) * dst_ld + slen));
     assert!(a.rows == 0 || a.data.len() >= (a.rows - 1) * a.ld + a.cols);
     assert!(b.rows == 0 || b.data.len() >= (b.rows - 1) * b.ld + b.cols);
     assert!(a.ld >= a.cols && b.ld >= b.cols);
@@ -264,30 +346,35 @@ fn matmul_ld(a: Mat, b: Mat, dst: &mut [f32], dst_ld: usize, accumulate: bool, t
     }
     if k == 0 {
         if !accumulate {
-            for r in 0..m {
-                dst[r * dst_ld..r * dst_ld + n].fill(0.0);
+            for r in 0..srows {
+                dst[r * dst_ld..r * dst_ld + slen].fill(0.0);
             }
         }
         return;
     }
     let (a_rs, a_cs) = a.strides();
     let (b_rs, b_cs) = b.strides();
+    let (d_rs, d_cs) = if dst_t {
+        (1, dst_ld as isize)
+    } else {
+        (dst_ld as isize, 1)
+    };
     let par = if threads > 1 && m * n * k > 64 * 64 * 64 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: the pointers cover the matrices described by the sizes and strides asserted above
-    // (dst: m rows of n, `dst_ld` apart);
-    // dst does not alias a or b (distinct borrows).
+    // (dst: `srows` stored rows of `slen`, `dst_ld` apart); dst does not alias a or b (distinct
+    // borrows).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            dst_ld as isize,
+            d_cs,
+            d_rs,
             accumulate,
             a.data.as_ptr(),
             a_cs,
@@ -364,10 +451,11 @@ fn conv_fwd_one(
         let cols = (z1 - z0) * plane;
         scratch(col, rows * cols);
         vol2col(g, x_n, ci, (z0, z1), col, par);
-        // The chunk's output columns, written in place through the row stride of y.
-        matmul_ld(
-            wm,
-            Mat::dense(col, rows, cols, false),
+        // y[:, chunk]^T = col^T w^T, written in place through the row stride of y; col^T is
+        // read in place (unit stride down its columns), so gemm packs only the small weight.
+        matmul_t(
+            Mat::dense(col, rows, cols, true),
+            Mat::dense(w, co, rows, true),
             &mut y_n[z0 * plane..],
             sv,
             false,

@@ -2,6 +2,8 @@
 //!
 //! Off by default: each instrumented kernel then pays one relaxed atomic load. When on, every
 //! call adds its wall time to a table keyed by the kernel and its shape, read with [`take`].
+//! Keys starting with `pass: ` time a whole pass that contains kernels (the hand-written
+//! backward's forward, loss and backward passes), not a kernel.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

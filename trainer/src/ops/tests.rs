@@ -145,6 +145,18 @@ fn conv_cases() -> Vec<([usize; 5], usize, [usize; 3], Conv3dConfig)> {
                 dilation: [2, 1, 1],
             },
         ),
+        // Unit stride in H and W with the output as wide as the input: vol2col and col2vol copy
+        // whole planes as one run, then clear the columns that wrapped (two wide here).
+        (
+            [1, 2, 6, 5, 7],
+            3,
+            [3, 3, 3],
+            Conv3dConfig {
+                stride: [2, 1, 1],
+                padding: [1, 2, 2],
+                dilation: [1, 2, 2],
+            },
+        ),
         ([1, 3, 6, 6, 6], 5, [1, 1, 1], Conv3dConfig::default()),
         (
             [1, 4, 6, 5, 4],

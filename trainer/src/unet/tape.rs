@@ -313,11 +313,16 @@ impl UNet {
     ) -> Result<(Tensor, Grads)> {
         self.check_input(x)?;
         debug_assert!(self.hand_backward_applies(x, loss));
+        use crate::ops::profile::scope;
+        let t = scope(|| "pass: forward".into());
         let (logits, saved) = self.model.t_fwd(x)?;
+        drop(t);
         crate::loss::check_pair("dice_loss", &logits, target)?;
+        let t = scope(|| "pass: loss".into());
         let target = target.to_dtype(DType::F32)?;
         let (value, dlogits) = raw::dice_and_grad(&logits, &target, loss)?;
-        drop(logits);
+        drop((t, logits));
+        let _t = scope(|| "pass: backward".into());
         let mut grads = Grads::new();
         self.model.t_bwd(&saved, &dlogits, false, &mut grads)?;
         Ok((value, grads))
