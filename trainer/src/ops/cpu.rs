@@ -97,6 +97,19 @@ fn fill_row(g: &Geom, x_c: &[f32], kd: [usize; 3], (z0, z1): (usize, usize), row
             if s[2] == 1 {
                 let start = w0 + koff[2] - p[2];
                 dst[w0..w1].copy_from_slice(&src[start..start + (w1 - w0)]);
+            } else if s[2] == 2 && w1 > w0 {
+                // Every other input value (the UNet's down-sampling layers), as pairs so the
+                // loop vectorizes; the last pair may be cut short by the row's end.
+                let start = w0 * 2 + koff[2] - p[2];
+                let run = &src[start..(start + 2 * (w1 - w0)).min(src.len())];
+                let (pairs, last) = (run.chunks_exact(2), run.len() % 2 == 1);
+                let n = pairs.len();
+                for (d, pair) in dst[w0..w0 + n].iter_mut().zip(pairs) {
+                    *d = pair[0];
+                }
+                if last {
+                    dst[w0 + n] = run[run.len() - 1];
+                }
             } else {
                 for ow in w0..w1 {
                     dst[ow] = src[ow * s[2] + koff[2] - p[2]];
