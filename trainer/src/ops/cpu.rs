@@ -285,6 +285,8 @@ struct Mat<'a> {
     cols: usize,
     /// Distance between stored rows (>= cols), so a column block of a wider matrix needs no copy.
     ld: usize,
+    /// Distance between neighbouring elements of a stored row (1, or more to take every n-th).
+    elem: usize,
     transposed: bool,
 }
 
@@ -295,16 +297,23 @@ impl<'a> Mat<'a> {
             rows,
             cols,
             ld: cols,
+            elem: 1,
             transposed,
         }
     }
     /// (row stride, column stride) of the logical (possibly transposed) matrix.
     fn strides(&self) -> (isize, isize) {
         if self.transposed {
-            (1, self.ld as isize)
+            (self.elem as isize, self.ld as isize)
         } else {
-            (self.ld as isize, 1)
+            (self.ld as isize, self.elem as isize)
         }
+    }
+    /// Whether `data` holds every element the sizes and strides address.
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.data.len() >= (self.rows - 1) * self.ld + (self.cols - 1) * self.elem + 1
     }
     fn logical(&self) -> (usize, usize) {
         if self.transposed {
@@ -351,9 +360,7 @@ fn gemm_into(
     // Stored rows and their length: m rows of n, or (transposed) n rows of m.
     let (srows, slen) = if dst_t { (n, m) } else { (m, n) };
     assert!(dst_ld >= slen && (srows == 0 || dst.len() >= (srows - 1) * dst_ld + slen));
-    assert!(a.rows == 0 || a.data.len() >= (a.rows - 1) * a.ld + a.cols);
-    assert!(b.rows == 0 || b.data.len() >= (b.rows - 1) * b.ld + b.cols);
-    assert!(a.ld >= a.cols && b.ld >= b.cols);
+    assert!(a.fits() && b.fits());
     if m == 0 || n == 0 {
         return;
     }
@@ -459,6 +466,9 @@ fn conv_fwd_one(
         matmul(wm, Mat::dense(x_n, ci, sv, false), y_n, false, nt);
         return;
     }
+    if let Some(pw) = w_taps_in_gemm(g) {
+        return conv_fwd_w_taps(g, x_n, w, ci, co, y_n, col, par, pw);
+    }
     let plane = g.small[1] * g.small[2];
     for (z0, z1) in plane_chunks(g, rows, !par) {
         let cols = (z1 - z0) * plane;
@@ -477,6 +487,128 @@ fn conv_fwd_one(
     }
 }
 
+/// With unit stride and dilation along W, the W taps need no rows of their own in the column
+/// matrix: over an output grid as wide as the W-padded input (`pw` columns), tap `kw` of output
+/// column `i` is column `i + kw` of the same row, so one GEMM per tap reads the column matrix
+/// shifted by `kw`. The column matrix has a third of the rows (for 3 taps), for 2 junk columns
+/// per row of output. Returns `pw` where that applies.
+fn w_taps_in_gemm(g: &Geom) -> Option<usize> {
+    let kw = g.kernel[2];
+    let pw = g.big[2] + 2 * g.padding[2];
+    // Narrow outputs would compute mostly junk columns (2 of every 4 for W = 2).
+    let wide = g.small[2] >= 2 * (kw - 1);
+    (g.stride[2] == 1
+        && g.dilation[2] == 1
+        && kw > 1
+        && wide
+        && pw >= kw
+        && g.small[2] + kw - 1 == pw)
+        .then_some(pw)
+}
+
+/// `conv_fwd_one` with the W taps in the GEMM (`w_taps_in_gemm`).
+#[allow(clippy::too_many_arguments)]
+fn conv_fwd_w_taps(
+    g: &Geom,
+    x_n: &[f32],
+    w: &[f32],
+    ci: usize,
+    co: usize,
+    y_n: &mut [f32],
+    col: &mut Vec<f32>,
+    par: bool,
+    pw: usize,
+) {
+    let [kd, kh, kw] = g.kernel;
+    let [bd, bh, bw] = g.big;
+    let [sd, sh, sw] = g.small;
+    let (s, p, d) = (g.stride, g.padding, g.dilation);
+    let (sv, rows, rows9) = (g.small_vol(), ci * kd * kh * kw, ci * kd * kh);
+    let nt = if par { threads() } else { 1 };
+    // The input padded along W once: each row `p` zeros, the row, `p` zeros.
+    let mut xp = vec![0f32; ci * bd * bh * pw];
+    for (dst, src) in xp.chunks_exact_mut(pw).zip(x_n.chunks_exact(bw)) {
+        dst[p[2]..p[2] + bw].copy_from_slice(src);
+    }
+    let grid = sh * pw;
+    let mut acc = Vec::new();
+    for (z0, z1) in plane_chunks(g, rows9 * pw / sw.max(1), !par) {
+        let cols = (z1 - z0) * grid;
+        scratch(col, rows9 * cols);
+        // Row (c, kd, kh): output plane od, row oh reads padded input row (id, ih) whole.
+        let fill = |(r, row): (usize, &mut [f32])| {
+            let (c, a, b) = (r / (kd * kh), (r / kh) % kd, r % kh);
+            let (ko_d, ko_h) = (a * d[0], b * d[1]);
+            let (d0, d1) = valid_range(sd, bd, s[0], p[0], ko_d);
+            let (h0, h1) = valid_range(sh, bh, s[1], p[1], ko_h);
+            let xc = &xp[c * bd * bh * pw..(c + 1) * bd * bh * pw];
+            for od in z0..z1 {
+                let prow = &mut row[(od - z0) * grid..(od - z0 + 1) * grid];
+                if od < d0 || od >= d1 || h0 >= h1 {
+                    prow.fill(0.0);
+                    continue;
+                }
+                let id = od * s[0] + ko_d - p[0];
+                prow[..h0 * pw].fill(0.0);
+                prow[h1 * pw..].fill(0.0);
+                if s[1] == 1 {
+                    let ih0 = h0 + ko_h - p[1];
+                    let src = &xc[(id * bh + ih0) * pw..(id * bh + ih0 + h1 - h0) * pw];
+                    prow[h0 * pw..h1 * pw].copy_from_slice(src);
+                } else {
+                    for oh in h0..h1 {
+                        let ih = oh * s[1] + ko_h - p[1];
+                        prow[oh * pw..(oh + 1) * pw]
+                            .copy_from_slice(&xc[(id * bh + ih) * pw..(id * bh + ih + 1) * pw]);
+                    }
+                }
+            }
+        };
+        if par {
+            col.par_chunks_mut(cols).enumerate().for_each(fill);
+        } else {
+            col.chunks_mut(cols).enumerate().for_each(fill);
+        }
+        // acc[co][i] = sum over taps of w[:, :, :, :, t] . col[:, i + t], for the first
+        // `m` columns (the rest would read past the block; they are junk columns anyway).
+        let m = cols - (kw - 1);
+        scratch(&mut acc, co * cols);
+        for t in 0..kw {
+            matmul_t(
+                Mat {
+                    data: &col[t..],
+                    rows: rows9,
+                    cols: m,
+                    ld: cols,
+                    elem: 1,
+                    transposed: true,
+                },
+                Mat {
+                    data: &w[t..],
+                    rows: co,
+                    cols: rows9,
+                    ld: rows,
+                    elem: kw,
+                    transposed: true,
+                },
+                &mut acc,
+                cols,
+                t > 0,
+                nt,
+            );
+        }
+        // Keep the first `sw` of each `pw` columns.
+        for (o, a) in y_n.chunks_exact_mut(sv).zip(acc.chunks_exact(cols)) {
+            for (od, plane) in (z0..z1).zip(a.chunks_exact(grid)) {
+                for (oh, r) in plane.chunks_exact(pw).enumerate() {
+                    let at = (od * sh + oh) * sw;
+                    o[at..at + sw].copy_from_slice(&r[..sw]);
+                }
+            }
+        }
+    }
+}
+
 /// dx[n, ci, big] from dy[n, co, small]: the adjoint of `conv_fwd` in x.
 pub(crate) fn conv_bwd_data(
     g: &Geom,
@@ -487,6 +619,9 @@ pub(crate) fn conv_bwd_data(
     co: usize,
 ) -> Vec<f32> {
     let (bv, sv) = (g.big_vol(), g.small_vol());
+    if let Some((g2, wf)) = as_forward(g, w, ci, co) {
+        return conv_fwd(&g2, dy, &wf, n, co, ci);
+    }
     let mut dx = vec![0f32; n * ci * bv];
     if n == 0 || ci * bv == 0 {
         return dx;
@@ -504,6 +639,43 @@ pub(crate) fn conv_bwd_data(
         }
     }
     dx
+}
+
+/// With unit stride the input gradient is itself a convolution: of dy, with the weights flipped
+/// in space and their channel axes swapped, padded by d (k - 1) - p. Returns that convolution's
+/// geometry and weights (ci, co, kd, kh, kw) where it applies and pays, so the forward path's
+/// kernels (no col2vol scatter) compute it.
+fn as_forward(g: &Geom, w: &[f32], ci: usize, co: usize) -> Option<(Geom, Vec<f32>)> {
+    let mut padding = [0; 3];
+    for a in 0..3 {
+        let span = g.dilation[a] * (g.kernel[a].max(1) - 1);
+        if g.stride[a] != 1 || g.padding[a] > span {
+            return None;
+        }
+        padding[a] = span - g.padding[a];
+    }
+    let g2 = Geom {
+        kernel: g.kernel,
+        stride: [1; 3],
+        padding,
+        dilation: g.dilation,
+        big: g.small,
+        small: g.big,
+    };
+    // Only where that forward convolution takes the W taps in its GEMM: elsewhere (narrow
+    // volumes, 1x1x1 kernels) the GEMM + col2vol path measured as fast or faster.
+    w_taps_in_gemm(&g2)?;
+    let kv = g.kvol();
+    let mut wf = uninit(ci * co * kv);
+    for (o, wo) in w.chunks_exact(ci * kv).enumerate() {
+        for (i, taps) in wo.chunks_exact(kv).enumerate() {
+            let dst = &mut wf[(i * co + o) * kv..(i * co + o + 1) * kv];
+            for (d, t) in dst.iter_mut().zip(taps.iter().rev()) {
+                *d = *t;
+            }
+        }
+    }
+    Some((g2, wf))
 }
 
 /// One sample of `conv_bwd_data` into a zeroed `dx_n`; `par`: spread over the threads.
@@ -535,6 +707,7 @@ fn conv_bwd_data_one(
             rows: co,
             cols,
             ld: sv,
+            elem: 1,
             transposed: false,
         };
         matmul(wm, dm, col, false, nt);
@@ -629,6 +802,7 @@ fn bwd_filter_one(
                 rows: co,
                 cols: hi - lo,
                 ld: sv,
+                elem: 1,
                 transposed: false,
             };
             let bm = Mat {
@@ -636,6 +810,7 @@ fn bwd_filter_one(
                 rows,
                 cols: hi - lo,
                 ld,
+                elem: 1,
                 transposed: true,
             };
             matmul(am, bm, acc, true, 1);

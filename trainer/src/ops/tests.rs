@@ -157,6 +157,29 @@ fn conv_cases() -> Vec<([usize; 5], usize, [usize; 3], Conv3dConfig)> {
                 dilation: [1, 2, 2],
             },
         ),
+        // The W taps in the GEMM with strided, dilated D and H, and an even W kernel unpadded.
+        (
+            [2, 3, 7, 6, 5],
+            2,
+            [3, 2, 2],
+            Conv3dConfig {
+                stride: [2, 2, 1],
+                padding: [1, 0, 0],
+                dilation: [2, 1, 1],
+            },
+        ),
+        // Unit stride everywhere with dilation and uneven padding: the input gradient runs as a
+        // forward convolution with flipped weights.
+        (
+            [2, 2, 6, 5, 6],
+            3,
+            [3, 3, 2],
+            Conv3dConfig {
+                stride: [1; 3],
+                padding: [2, 1, 0],
+                dilation: [2, 1, 1],
+            },
+        ),
         ([1, 3, 6, 6, 6], 5, [1, 1, 1], Conv3dConfig::default()),
         (
             [1, 4, 6, 5, 4],
@@ -210,6 +233,17 @@ fn transpose_cases() -> Vec<([usize; 5], usize, [usize; 3], ConvTranspose3dConfi
             2,
             [1, 1, 1],
             ConvTranspose3dConfig::default(),
+        ),
+        (
+            [2, 3, 4, 3, 5],
+            2,
+            [3, 2, 3],
+            ConvTranspose3dConfig {
+                stride: [1; 3],
+                padding: [1, 0, 1],
+                dilation: [1, 2, 1],
+                output_padding: [0; 3],
+            },
         ),
         (
             [2, 2, 4, 3, 2],
