@@ -22,5 +22,8 @@ use std::process::ExitCode;
 static ALLOC: wf_trainer::alloc::Recycler = wf_trainer::alloc::Recycler::new();
 
 fn main() -> ExitCode {
+    // The same reasoning below 8 MiB: glibc keeps freed blocks up to 32 MiB on its heap instead of
+    // unmapping them (a fifth of a UNet training step on a 2-vCPU machine; BENCHMARKS.md).
+    wf_trainer::alloc::keep_freed_heap();
     cli::main()
 }

@@ -37,6 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: unet_speed N D H W [STEPS]".into()),
     };
     let [n, d, h, w] = shape;
+    // As the wf binary does for train-unet (`alloc::keep_freed_heap`).
+    wf_trainer::alloc::keep_freed_heap();
     let vm = VarMap::new();
     let net = UNet::new(
         &UNetConfig::brats(),
