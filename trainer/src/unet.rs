@@ -772,7 +772,8 @@ mod tests {
         let target = t["target"].to_dtype(DType::F32).unwrap();
         let dice = crate::loss::DiceLoss::default();
         let want = t["loss"].to_vec1::<f32>().unwrap()[0];
-        let grad_of: Box<dyn Fn(&Tensor) -> Option<Tensor>> = if hand {
+        type GradOf = Box<dyn Fn(&Tensor) -> Option<Tensor>>;
+        let grad_of: GradOf = if hand {
             assert!(net.hand_backward_applies(x.as_tensor(), &dice));
             let (loss, grads) = net.loss_and_grads(x.as_tensor(), &target, &dice).unwrap();
             let got = loss.to_scalar::<f32>().unwrap();

@@ -142,20 +142,10 @@ fn contiguous_run(
     (a < b).then_some((a, b, shift))
 }
 
-/// A buffer of `n` floats whose every element the caller writes before reading any.
+/// Sizes a reused buffer to `n` floats whose every element the caller writes before reading
+/// any: only growth is zero-filled, so the chunks of one call reuse it without zeroing it again.
 fn scratch(buf: &mut Vec<f32>, n: usize) {
-    buf.clear();
-    buf.reserve(n);
-    // SAFETY: f32 has no invalid bit patterns and the capacity covers n; every caller overwrites
-    // all n elements (vol2col rows, or a GEMM with accumulate = false) before reading them.
-    unsafe { buf.set_len(n) };
-}
-
-/// `vec![0.0; n]` without the zeroing, for outputs every element of which is written.
-fn uninit(n: usize) -> Vec<f32> {
-    let mut v = Vec::new();
-    scratch(&mut v, n);
-    v
+    buf.resize(n, 0.0);
 }
 
 fn kernel_offsets(g: &Geom, r: usize) -> (usize, [usize; 3]) {
@@ -313,7 +303,7 @@ impl<'a> Mat<'a> {
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
-            || self.data.len() >= (self.rows - 1) * self.ld + (self.cols - 1) * self.elem + 1
+            || self.data.len() > (self.rows - 1) * self.ld + (self.cols - 1) * self.elem
     }
     fn logical(&self) -> (usize, usize) {
         if self.transposed {
@@ -421,13 +411,13 @@ fn threads() -> usize {
 /// the threads, or are many.
 fn per_sample(n: usize) -> bool {
     let t = threads();
-    t > 1 && n >= t && (n % t == 0 || n >= 4 * t)
+    t > 1 && n >= t && (n.is_multiple_of(t) || n >= 4 * t)
 }
 
 /// y[n, co, small] = sum w[co, ci, k] * x[n, ci, big @ k].
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
     let (bv, sv) = (g.big_vol(), g.small_vol());
-    let mut y = uninit(n * co * sv);
+    let mut y = vec![0f32; n * co * sv];
     if n == 0 || co * sv == 0 {
         return y;
     }
@@ -647,12 +637,12 @@ pub(crate) fn conv_bwd_data(
 /// kernels (no col2vol scatter) compute it.
 fn as_forward(g: &Geom, w: &[f32], ci: usize, co: usize) -> Option<(Geom, Vec<f32>)> {
     let mut padding = [0; 3];
-    for a in 0..3 {
+    for (a, pad) in padding.iter_mut().enumerate() {
         let span = g.dilation[a] * (g.kernel[a].max(1) - 1);
         if g.stride[a] != 1 || g.padding[a] > span {
             return None;
         }
-        padding[a] = span - g.padding[a];
+        *pad = span - g.padding[a];
     }
     let g2 = Geom {
         kernel: g.kernel,
@@ -666,7 +656,7 @@ fn as_forward(g: &Geom, w: &[f32], ci: usize, co: usize) -> Option<(Geom, Vec<f3
     // volumes, 1x1x1 kernels) the GEMM + col2vol path measured as fast or faster.
     w_taps_in_gemm(&g2)?;
     let kv = g.kvol();
-    let mut wf = uninit(ci * co * kv);
+    let mut wf = vec![0f32; ci * co * kv];
     for (o, wo) in w.chunks_exact(ci * kv).enumerate() {
         for (i, taps) in wo.chunks_exact(kv).enumerate() {
             let dst = &mut wf[(i * co + o) * kv..(i * co + o + 1) * kv];
