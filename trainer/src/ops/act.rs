@@ -46,7 +46,8 @@ pub fn prelu_composite(x: &Tensor, a: &Tensor) -> Result<Tensor> {
     pos.add(&(x - &pos)?.broadcast_mul(&a)?)
 }
 
-fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a CPU operand.
+pub(super) fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         return Err(TrainerError::shape(op, "only f32 is supported").into_candle());
     };
@@ -62,7 +63,8 @@ fn blocks(l: &Layout) -> (usize, usize) {
     (dims[2..].iter().product::<usize>().max(1), dims[1])
 }
 
-fn slope(a: &[f32], block: usize, channels: usize) -> f32 {
+/// The PReLU slope of channel block (or row) `block`: the one slope, or its channel's.
+pub(super) fn slope(a: &[f32], block: usize, channels: usize) -> f32 {
     if a.len() == 1 {
         a[0]
     } else {

@@ -418,22 +418,36 @@ fn per_sample(n: usize) -> bool {
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], n: usize, ci: usize, co: usize) -> Vec<f32> {
     let (bv, sv) = (g.big_vol(), g.small_vol());
     let mut y = vec![0f32; n * co * sv];
-    if n == 0 || co * sv == 0 {
-        return y;
+    each_sample(&mut y, co * sv, x, ci * bv, n, |y_n, x_n, col, par| {
+        conv_fwd_one(g, x_n, w, ci, co, y_n, col, par)
+    });
+    y
+}
+
+/// Runs `f(out_n, in_n, column buffer, par)` for each sample's slices of `out` and `inp`: one
+/// sample per thread (`par` false) when `per_sample`, else one after the other, each spread over
+/// the threads (`par` true).
+fn each_sample(
+    out: &mut [f32],
+    out_len: usize,
+    inp: &[f32],
+    in_len: usize,
+    n: usize,
+    f: impl Fn(&mut [f32], &[f32], &mut Vec<f32>, bool) + Sync,
+) {
+    if n == 0 || out_len == 0 || in_len == 0 {
+        return;
     }
     if per_sample(n) {
-        y.par_chunks_mut(co * sv)
-            .zip(x.par_chunks(ci * bv))
-            .for_each_init(Vec::new, |col, (y_n, x_n)| {
-                conv_fwd_one(g, x_n, w, ci, co, y_n, col, false)
-            });
+        out.par_chunks_mut(out_len)
+            .zip(inp.par_chunks(in_len))
+            .for_each_init(Vec::new, |col, (o, i)| f(o, i, col, false));
     } else {
         let mut col = Vec::new();
-        for (y_n, x_n) in y.chunks_mut(co * sv).zip(x.chunks(ci * bv)) {
-            conv_fwd_one(g, x_n, w, ci, co, y_n, &mut col, true);
+        for (o, i) in out.chunks_mut(out_len).zip(inp.chunks(in_len)) {
+            f(o, i, &mut col, true);
         }
     }
-    y
 }
 
 /// One sample of `conv_fwd`; `par`: spread over the threads.
@@ -613,21 +627,9 @@ pub(crate) fn conv_bwd_data(
         return conv_fwd(&g2, dy, &wf, n, co, ci);
     }
     let mut dx = vec![0f32; n * ci * bv];
-    if n == 0 || ci * bv == 0 {
-        return dx;
-    }
-    if per_sample(n) {
-        dx.par_chunks_mut(ci * bv)
-            .zip(dy.par_chunks(co * sv))
-            .for_each_init(Vec::new, |col, (dx_n, dy_n)| {
-                conv_bwd_data_one(g, dy_n, w, ci, co, dx_n, col, false)
-            });
-    } else {
-        let mut col = Vec::new();
-        for (dx_n, dy_n) in dx.chunks_mut(ci * bv).zip(dy.chunks(co * sv)) {
-            conv_bwd_data_one(g, dy_n, w, ci, co, dx_n, &mut col, true);
-        }
-    }
+    each_sample(&mut dx, ci * bv, dy, co * sv, n, |dx_n, dy_n, col, par| {
+        conv_bwd_data_one(g, dy_n, w, ci, co, dx_n, col, par)
+    });
     dx
 }
 

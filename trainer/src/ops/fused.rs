@@ -13,22 +13,13 @@
 //! Each has a composite twin from candle's own ops, which is the path on a GPU and under
 //! `fused: off`; the tests hold the two to each other.
 
+use super::act::{data, slope};
 use super::{Conv3dConfig, ConvTranspose3dConfig, Prim, profile};
 use crate::error::TrainerError;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
-
-fn data<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        return Err(TrainerError::shape(op, "only f32 is supported").into_candle());
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        return Err(TrainerError::shape(op, "operand is not contiguous").into_candle());
-    };
-    Ok(&v[a..b])
-}
 
 fn on_cpu_f32(ts: &[&Tensor]) -> bool {
     ts.iter()
@@ -282,14 +273,6 @@ pub(super) struct NormPrelu {
     pub(super) eps: f64,
 }
 
-fn slope(a: &[f32], row: usize, channels: usize) -> f32 {
-    if a.len() == 1 {
-        a[0]
-    } else {
-        a[row % channels]
-    }
-}
-
 impl CustomOp2 for NormPrelu {
     fn name(&self) -> &'static str {
         "instance_norm_prelu"
@@ -328,19 +311,9 @@ impl CustomOp2 for NormPrelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let numel = x.elem_count();
-        let rows = x.dim(0)? * x.dim(1)?;
         let out = x.apply_op3_no_bwd(a, &grad.contiguous()?, &NormPreluBwd { eps: self.eps })?;
-        let gx = out.narrow(0, 0, numel)?.reshape(x.dims())?;
-        let per_row = out
-            .narrow(0, numel, rows)?
-            .reshape((x.dim(0)?, x.dim(1)?))?;
-        let ga = if a.elem_count() == 1 {
-            per_row.sum_all()?
-        } else {
-            per_row.sum(0)?
-        };
-        Ok((Some(gx), Some(ga.reshape(a.dims())?)))
+        let (gx, ga) = NormPreluBwd::split(x, a, &out)?;
+        Ok((Some(gx), Some(ga)))
     }
 }
 
