@@ -1,7 +1,7 @@
 //! One training step of the UNet on CPU with its backward pass written out by hand.
 //!
 //! candle's autograd gives every node's gradient a zero-filled buffer and then adds into it, and
-//! runs each op as a separate pass; on the seed's UNet that was a sixth of a step. Here the
+//! runs each op as a separate pass; on the seed's UNet that was about a quarter of a step. Here the
 //! forward pass keeps what each layer's backward needs (its input and, before a norm, the
 //! convolution's output), and the backward pass walks the same modules in reverse with the
 //! fused kernels (`ops::untracked`): a residual unit hands its output gradient to both branches
