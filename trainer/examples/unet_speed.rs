@@ -90,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         if hand {
             // train-unet's path: forward, loss and backward in one call.
-            let (_, grads) = loss_and_gradients(&net, &opt, &loss, true, &x, &t)?;
+            let (_, grads) = loss_and_gradients(&net, &opt, &loss, &x, &t)?;
             phase(2, &mut table);
             opt.step_with(&grads)?;
         } else {

@@ -534,23 +534,23 @@ fn local_step(
         return Ok(None);
     };
     check_batch(&cfg.unet, net, epoch + 1, step, &x, &y, false)?;
-    let (loss, mut grads) = loss_and_gradients(net, opt, &cfg.loss, cfg.fused, &x, &y)?;
+    let (loss, mut grads) = loss_and_gradients(net, opt, &cfg.loss, &x, &y)?;
     grads.push(Some(loss.reshape(1)?.detach()));
     Ok(Some((grads, x.dim(0)?)))
 }
 
 /// One training-mode forward pass of `net` on `x`, the loss against `y`, and the gradients of
 /// `opt`'s parameters in its order: by the hand-written backward pass where it applies
-/// (`UNet::hand_backward_applies`: fused, CPU, f32), else by candle's autograd.
+/// (`UNet::hand_backward_applies`: fused, CPU, f32), else by candle's autograd, with the fused
+/// loss op as the network uses fused ops (`UNet::fused`).
 pub fn loss_and_gradients(
     net: &UNet,
     opt: &Adam,
     loss: &DiceLoss,
-    fused: bool,
     x: &Tensor,
     y: &Tensor,
 ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
-    if fused && net.hand_backward_applies(x, loss) {
+    if net.hand_backward_applies(x, loss) {
         let (value, grads) = net.loss_and_grads(x, y, loss)?;
         let by_param = opt
             .params()
@@ -560,7 +560,7 @@ pub fn loss_and_gradients(
         return Ok((value, by_param));
     }
     let logits = net.forward_t(x, true)?;
-    let value = loss.forward_with(&logits, y, fused)?;
+    let value = loss.forward_with(&logits, y, net.fused())?;
     let grads = opt.gradients(&value.backward()?);
     Ok((value, grads))
 }

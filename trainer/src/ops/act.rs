@@ -20,19 +20,25 @@ pub fn prelu(x: &Tensor, a: &Tensor) -> Result<Tensor> {
         )
         .into_candle());
     }
-    let (c, na) = (x.dim(1)?, a.elem_count());
-    if na != 1 && na != c {
-        return Err(TrainerError::shape(
-            OP,
-            format!("weight has {na} elements, input has {c} channels"),
-        )
-        .into_candle());
-    }
+    check_slopes(OP, "weight", x, a)?;
     if !x.device().is_cpu() {
         return prelu_composite(x, a);
     }
     x.contiguous()?
         .apply_op2(&a.flatten_all()?.contiguous()?, PRelu)
+}
+
+/// A PReLU slope tensor (`what` names it in the error) holds one value or one per channel of `x`.
+pub(super) fn check_slopes(op: &'static str, what: &str, x: &Tensor, a: &Tensor) -> Result<()> {
+    let (c, na) = (x.dim(1)?, a.elem_count());
+    if na != 1 && na != c {
+        return Err(TrainerError::shape(
+            op,
+            format!("{what} has {na} elements, input has {c} channels"),
+        )
+        .into_candle());
+    }
+    Ok(())
 }
 
 /// PReLU from candle's own ops (CUDA kernels and gradients): relu(x) + a * (x - relu(x)), the

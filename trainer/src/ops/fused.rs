@@ -13,7 +13,7 @@
 //! Each has a composite twin from candle's own ops, which is the path on a GPU and under
 //! `fused: off`; the tests hold the two to each other.
 
-use super::act::{data, slope};
+use super::act::{check_slopes, data, slope};
 use super::{Conv3dConfig, ConvTranspose3dConfig, Prim, profile};
 use crate::error::TrainerError;
 use candle_core::{
@@ -132,7 +132,10 @@ impl CustomOp1 for ChannelSum {
         let v = data(self.name(), s, l)?;
         let c = l.dims()[1];
         let block = l.dims()[2..].iter().product::<usize>().max(1);
-        let per: Vec<f64> = v.par_chunks(block).map(|r| sums(r).0).collect();
+        let per: Vec<f64> = v
+            .par_chunks(block)
+            .map(|r| lane_sums(r, r, |v, _| [v, 0.0, 0.0])[0])
+            .collect();
         let mut out = vec![0f64; c];
         for (i, s) in per.into_iter().enumerate() {
             out[i % c] += s;
@@ -247,15 +250,7 @@ fn check_norm_prelu(x: &Tensor, a: &Tensor) -> Result<()> {
         )
         .into_candle());
     }
-    let (c, na) = (x.dim(1)?, a.elem_count());
-    if na != 1 && na != c {
-        return Err(TrainerError::shape(
-            OP,
-            format!("slope has {na} elements, input has {c} channels"),
-        )
-        .into_candle());
-    }
-    Ok(())
+    check_slopes(OP, "slope", x, a)
 }
 
 /// `prelu(instance_norm(x, eps), a)`: `a` of one element or one per channel.

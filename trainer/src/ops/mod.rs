@@ -390,29 +390,48 @@ impl CustomOp2 for Prim {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
         // An operand that does not depend on a variable (the network's input) gets no gradient:
-        // candle would compute it and throw it away.
-        let (t1, t2) = (a1.track_op(), a2.track_op());
+        // candle would compute it and throw it away. Tracked ops, so gradients of gradients work.
+        self.grads(
+            a1,
+            a2,
+            &grad.contiguous()?,
+            (a1.track_op(), a2.track_op()),
+            |a, b, p| a.apply_op2(b, p),
+        )
+    }
+}
+
+impl Prim {
+    /// The gradients of this primitive in its two operands for the output gradient `grad`
+    /// (contiguous), each only when `need` says so; `apply(a, b, p)` runs primitive `p` on
+    /// (a, b), recording a graph or not.
+    fn grads(
+        &self,
+        a1: &Tensor,
+        a2: &Tensor,
+        grad: &Tensor,
+        need: (bool, bool),
+        apply: impl Fn(&Tensor, &Tensor, Prim) -> Result<Tensor>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let run = |on: bool, f: &dyn Fn() -> Result<Tensor>| on.then(f).transpose();
-        let (g1, g2) = match self.kind {
+        Ok(match self.kind {
             // y = F(x, w): dx = D(dy, w), dw = W(x, dy)
             Kind::Fwd => (
-                run(t1, &|| grad.apply_op2(a2, self.with(Kind::BwdData)))?,
-                run(t2, &|| a1.apply_op2(&grad, self.with(Kind::BwdFilter)))?,
+                run(need.0, &|| apply(grad, a2, self.with(Kind::BwdData)))?,
+                run(need.1, &|| apply(a1, grad, self.with(Kind::BwdFilter)))?,
             ),
             // dx = D(dy, w): d(dy) = F(g, w), dw = W(g, dy)
             Kind::BwdData => (
-                run(t1, &|| grad.apply_op2(a2, self.with(Kind::Fwd)))?,
-                run(t2, &|| grad.apply_op2(a1, self.with(Kind::BwdFilter)))?,
+                run(need.0, &|| apply(grad, a2, self.with(Kind::Fwd)))?,
+                run(need.1, &|| apply(grad, a1, self.with(Kind::BwdFilter)))?,
             ),
             // dw = W(x, dy): dx = D(dy, g), d(dy) = F(x, g)
             Kind::BwdFilter => (
-                run(t1, &|| a2.apply_op2(&grad, self.with(Kind::BwdData)))?,
-                run(t2, &|| a1.apply_op2(&grad, self.with(Kind::Fwd)))?,
+                run(need.0, &|| apply(a2, grad, self.with(Kind::BwdData)))?,
+                run(need.1, &|| apply(a1, grad, self.with(Kind::Fwd)))?,
             ),
-        };
-        Ok((g1, g2))
+        })
     }
 }
 

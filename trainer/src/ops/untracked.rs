@@ -3,7 +3,7 @@
 //! leaves candle's autograd out, so no gradient goes through a zero-filled buffer and an add.
 
 use super::fused::{BiasedConv, ChannelSum, Dice, DiceBwd, NormPrelu, NormPreluBwd};
-use super::{Conv3dConfig, ConvTranspose3dConfig, Kind, Prim};
+use super::{Conv3dConfig, ConvTranspose3dConfig, Prim};
 use candle_core::{Result, Tensor};
 
 /// A convolution of the network: forward or transposed.
@@ -42,23 +42,10 @@ pub(crate) fn conv_grads(
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let p = prim(x, w, c)?;
     let dy = dy.contiguous()?;
-    let (dx, dw) = match p.kind {
-        // y = F(x, w): dx = D(dy, w), dw = W(x, dy)
-        Kind::Fwd => (
-            need_dx
-                .then(|| dy.apply_op2_no_bwd(w, &p.with(Kind::BwdData)))
-                .transpose()?,
-            x.apply_op2_no_bwd(&dy, &p.with(Kind::BwdFilter))?,
-        ),
-        // y = D(x, w): dx = F(dy, w), dw = W(dy, x)
-        Kind::BwdData => (
-            need_dx
-                .then(|| dy.apply_op2_no_bwd(w, &p.with(Kind::Fwd)))
-                .transpose()?,
-            dy.apply_op2_no_bwd(x, &p.with(Kind::BwdFilter))?,
-        ),
-        Kind::BwdFilter => unreachable!("a layer is a forward or a transposed convolution"),
-    };
+    let (dx, dw) = p.grads(x, w, &dy, (need_dx, true), |a, b, q| {
+        a.apply_op2_no_bwd(b, &q)
+    })?;
+    let dw = dw.expect("asked for");
     let db = bias.then(|| dy.apply_op1_no_bwd(&ChannelSum)).transpose()?;
     Ok((dx, dw, db))
 }
